@@ -1,0 +1,157 @@
+"""The trainer's subcommands of `tecaflow`: train, evaluate, ablate, bench gate."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from trainer.model import ABLATIONS
+
+log = logging.getLogger(__name__)
+
+DATA_HELP = ("'synthetic' (the seeded generator), a folder with utterances.csv (+ audio*.npz, visual*.npz), "
+             "an MMSA CMU-MOSI/MOSEI .pkl, or a UR-FUNNY folder. Pickles can run code when loaded: "
+             "only name pickle files you trust")
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--out", required=True, type=Path, help="run directory (created)")
+    p.add_argument("--epochs", type=_positive(int), default=40)
+    p.add_argument("--batch-size", type=_positive(int), default=32)
+    p.add_argument("--lr", type=_positive(float), default=1e-3, help="learning rate, all but the text encoder")
+    p.add_argument("--lr-encoder", type=_positive(float), default=None,
+                   help="text encoder learning rate (default 5e-5; the main rate for 'tiny')")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--freeze-encoder", action="store_true", help="keep the text encoder's weights fixed")
+    p.add_argument("--clip", type=_positive(float), default=1.0, help="gradient norm clip")
+    p.add_argument("--patience", type=_positive(int), default=10, help="early-stopping patience in epochs")
+    p.add_argument("--seed", type=int, default=1111)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--text-encoder", default="minilm",
+                   help="minilm (offline all-MiniLM-L6-v2), tiny (small random BERT), or a local BERT-family path")
+    p.add_argument("--max-text-tokens", type=_positive(int), default=50)
+    p.add_argument("--max-frames", type=_positive(int), default=50, help="audio/visual frames kept per segment")
+    p.add_argument("--log-every", type=_positive(int), default=10, help="loss trace period K in steps")
+    p.add_argument("--synthetic-size", type=_positive(int), default=1200, help="utterances for --data synthetic")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a TeCaFNConfig field, e.g. --set p=0.4 --set cross_layers=2 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train TeCaFN and write a run directory")
+    add_training_args(p)
+    p.add_argument("--ablation", default="full", choices=list(ABLATIONS), metavar="NAME",
+                   help="one of: " + ", ".join(ABLATIONS))
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset, as JSON")
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--split", action="append", choices=("train", "valid", "test"),
+                   help="splits to evaluate (default valid and test)")
+    p.add_argument("--synthetic-size", type=_positive(int), default=1200)
+    p.add_argument("--seed", type=int, default=1111)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("ablate", help="Table 5 / Fig. 3 rows and p / num sweeps, as a Markdown table")
+    add_training_args(p)
+    p.add_argument("--rows", nargs="+", metavar="NAME", help="ablations to run (default: all of Table 5 and Fig. 3)")
+    p.add_argument("--sweep", help="p=0.1,0.3,0.5,0.7,0.9 (Table 6) or num=1,2,3,4,5 (Table 7)")
+    p.set_defaults(func=cmd_ablate)
+
+
+def register_bench(bench_sub) -> None:
+    p = bench_sub.add_parser("gate", help="vectorised mining + gate vs a per-sample loop; step overhead")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--repeat", type=_positive(int), default=20)
+    p.set_defaults(func=cmd_bench_gate)
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def parse_overrides(items: list[str]) -> dict:
+    from dataclasses import fields
+
+    from trainer.model import TeCaFNConfig
+    types = {f.name: f.type for f in fields(TeCaFNConfig)}
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in types:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(types)}")
+        kind = types[name]
+        try:
+            if "tuple" in str(kind):
+                out[name] = tuple(v for v in value.split(",") if v)
+            elif kind in ("bool", bool):
+                out[name] = value.lower() in ("1", "true", "yes")
+            else:
+                out[name] = {"int": int, "float": float, "str": str}.get(str(kind), str)(value)
+        except ValueError:
+            raise ValueError(f"--set {item!r}: {value!r} is not a valid {kind}") from None
+    return out
+
+
+def _options(args, **extra):
+    from trainer.train import TrainOptions
+    return TrainOptions(out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        lr_encoder=args.lr_encoder, weight_decay=args.weight_decay,
+                        freeze_encoder=args.freeze_encoder, clip=args.clip, patience=args.patience,
+                        seed=args.seed, device=args.device, text_encoder=args.text_encoder,
+                        max_text_tokens=args.max_text_tokens, max_frames=args.max_frames,
+                        log_every=args.log_every, model_overrides=parse_overrides(args.set),
+                        progress=not args.no_progress, **extra)
+
+
+def _dataset(args):
+    from trainer.data import load_dataset
+    ds = load_dataset(args.data, seed=args.seed, n=args.synthetic_size) if args.data == "synthetic" \
+        else load_dataset(args.data)
+    log.info("data %s", ds.describe())
+    return ds
+
+
+def cmd_train(args) -> int:
+    from trainer.train import train
+    opts = _options(args, ablation=args.ablation)
+    from trainer.train import resolve_device
+    resolve_device(opts.device)
+    metrics = train(_dataset(args), opts)
+    print(json.dumps({"out": str(args.out), "valid": metrics["valid"], "test": metrics["test"]}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from trainer.train import evaluate_checkpoint
+    result = evaluate_checkpoint(args.checkpoint, _dataset(args), args.device, tuple(args.split or ("valid", "test")))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from trainer.ablate import plan, run_ablations
+    plan(args.rows, args.sweep)  # validate names before any training starts
+    print(run_ablations(_dataset(args), _options(args), args.rows, args.sweep))
+    return 0
+
+
+def cmd_bench_gate(args) -> int:
+    from trainer.bench import bench_gate, format_report
+    result = bench_gate(repeat=args.repeat)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0

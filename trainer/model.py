@@ -1,0 +1,390 @@
+"""TeCaFN: Text-centered Cross-sample Fusion Network (Huang et al., Multimedia Systems 30:228, 2024).
+
+The full definition of the model, all of it in this one file. Names follow the paper:
+
+    E_m        unimodal encoders (BERT for text; pre-LN transformer + LSTM for audio and vision)
+    Conv1D     temporal convolution of every modality to the common width d
+    L_uccon    text-centred unimodal contrastive loss, InfoNCE(t, a) + InfoNCE(t, v), both directions
+    mining     the top-`num` most similar *other* samples of modality m for every text
+    gate       the replacement gate: with probability p, modality m is swapped for a hard negative
+    CoAt       text-centred cross-sample attention: text queries, modality m keys/values
+    L_ap       pairwise prediction: is (text, m) the original pair (1) or a replaced one (0)?
+    L_bicon    fused bimodal contrastive loss between the t-v and t-a fusions of the same text
+    L_task     MAE of tanh(FC(fusion)) * 3 against the label in [-3, 3]
+
+    L = L_task + gamma1 * (L_uccon + L_bicon) + gamma2 * L_ap
+
+"Centre" is text in the paper; `center="audio"` or `"visual"` gives the Fig. 3 variants, where
+the named modality takes text's role and the other two are its sides.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODALITIES = ("text", "audio", "visual")
+SHORT = {"text": "t", "audio": "a", "visual": "v"}
+
+
+@dataclass
+class TeCaFNConfig:
+    """Every hyper-parameter of the model; the defaults are the paper's (MOSI setting)."""
+
+    d_text: int = 384  # width of the text encoder's hidden states (set from the encoder)
+    d_audio: int = 5  # input feature widths (set from the data)
+    d_visual: int = 20
+    d_model: int = 30  # the common width d after Conv1D
+    n_heads: int = 5
+    encoder_layers: int = 6  # L for the audio/vision pre-LN transformer encoders
+    cross_layers: int = 6  # L for CoAt
+    conv_kernel: int = 3  # temporal Conv1D kernel
+    dropout: float = 0.1
+    fusion_hidden: int = 128
+    tau: float = 0.1  # InfoNCE temperature
+    p: float = 0.7  # replacement probability (best on MOSI, Table 6)
+    num: int = 3  # hard negatives per text (best, Table 7)
+    gamma1: float = 0.1  # weight of L_uccon + L_bicon
+    gamma2: float = 0.1  # weight of L_ap
+    label_range: float = 3.0
+    task: str = "regression"  # or "binary" (UR-FUNNY)
+    # Structure: which modalities exist, which one is the centre, and which parts are on.
+    center: str = "text"
+    modalities: tuple[str, ...] = MODALITIES
+    contrast_sides: tuple[str, ...] = ("audio", "visual")  # sides with an L_uccon term
+    gate_sides: tuple[str, ...] = ("audio", "visual")  # sides with a replacement gate (and L_ap)
+    hard_negative_sides: tuple[str, ...] = ("audio", "visual")  # else: uniform other samples
+    use_bicon: bool = True
+
+    def __post_init__(self):
+        for name in ("modalities", "contrast_sides", "gate_sides", "hard_negative_sides"):
+            setattr(self, name, tuple(getattr(self, name)))
+        unknown = set(self.modalities) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)}; known: {MODALITIES}")
+        if self.center not in self.modalities:
+            raise ValueError(f"centre modality {self.center!r} is not among {self.modalities}")
+        if self.task not in ("regression", "binary"):
+            raise ValueError(f"task must be 'regression' or 'binary', not {self.task!r}")
+        if not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {self.p}")
+        if self.num < 1:
+            raise ValueError(f"num must be >= 1, got {self.num}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+
+    @property
+    def sides(self) -> tuple[str, ...]:
+        """The modalities the centre attends to, in a fixed order."""
+        return tuple(m for m in self.modalities if m != self.center)
+
+    def pair(self, side: str) -> str:
+        """Paper-style pair name, e.g. 'ta' for text-audio."""
+        return SHORT[self.center] + SHORT[side]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TeCaFNConfig":
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------
+# Ablations: every row of Table 5 and the Fig. 3 variants, as transformations of a config.
+
+def _without(sides: tuple[str, ...], *drop: str) -> tuple[str, ...]:
+    return tuple(s for s in sides if s not in drop)
+
+
+ABLATIONS = {
+    "full": ("TeCaFN", lambda c: c),
+    "wo-uccon-ta": ("w/o L_ta", lambda c: replace(c, contrast_sides=_without(c.contrast_sides, "audio"))),
+    "wo-uccon-tv": ("w/o L_tv", lambda c: replace(c, contrast_sides=_without(c.contrast_sides, "visual"))),
+    "wo-uccon": ("w/o L_ta, L_tv", lambda c: replace(c, contrast_sides=())),
+    "wo-bicon": ("w/o L_bicon", lambda c: replace(c, use_bicon=False)),
+    "wo-gate-ta": ("w/o gate ta", lambda c: replace(c, gate_sides=_without(c.gate_sides, "audio"))),
+    "wo-gate-tv": ("w/o gate tv", lambda c: replace(c, gate_sides=_without(c.gate_sides, "visual"))),
+    "wo-gate": ("w/o gates", lambda c: replace(c, gate_sides=())),
+    "wo-hn-ta": ("w/o hard neg. ta",
+                 lambda c: replace(c, hard_negative_sides=_without(c.hard_negative_sides, "audio"))),
+    "wo-hn-tv": ("w/o hard neg. tv",
+                 lambda c: replace(c, hard_negative_sides=_without(c.hard_negative_sides, "visual"))),
+    "wo-hn": ("w/o hard neg.", lambda c: replace(c, hard_negative_sides=())),
+    "wo-v": ("w/o V", lambda c: replace(c, modalities=_without(c.modalities, "visual"))),
+    "wo-a": ("w/o A", lambda c: replace(c, modalities=_without(c.modalities, "audio"))),
+    "wo-va": ("w/o V, A", lambda c: replace(c, modalities=("text",))),
+    "audio-centred": ("A-centred", lambda c: replace(c, center="audio",
+                                                       contrast_sides=("text", "visual"),
+                                                       gate_sides=("text", "visual"),
+                                                       hard_negative_sides=("text", "visual"))),
+    "vision-centred": ("V-centred", lambda c: replace(c, center="visual",
+                                                        contrast_sides=("text", "audio"),
+                                                        gate_sides=("text", "audio"),
+                                                        hard_negative_sides=("text", "audio"))),
+}
+
+
+def apply_ablation(config: TeCaFNConfig, name: str) -> TeCaFNConfig:
+    """Return `config` changed as the ablation `name` says; unknown names are an error."""
+    if name not in ABLATIONS:
+        raise ValueError(f"unknown ablation {name!r}; choose one of: {', '.join(ABLATIONS)}")
+    return ABLATIONS[name][1](config)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers on padded sequences. Masks are True at real positions, False at padding.
+
+def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over time of x [B, T, d] counting only real positions."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def info_nce(query: torch.Tensor, key: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric InfoNCE between paired rows of query and key [B, d].
+
+    Returns the loss (mean of the query->key and key->query cross-entropies, the "both
+    directions" of the paper) and the cosine-similarity matrix S [B, B] that ranks samples.
+    """
+    q = F.normalize(query, dim=-1)
+    k = F.normalize(key, dim=-1)
+    similarity = q @ k.t()
+    logits = similarity / tau
+    target = torch.arange(q.shape[0], device=q.device)
+    loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    return loss, similarity
+
+
+def mine_hard_negatives(similarity: torch.Tensor, num: int, hard: bool = True) -> torch.Tensor:
+    """For every row i, the indices [B, k] of candidate replacements j != i.
+
+    hard=True: the top-`num` columns by similarity (the paper's hard negatives).
+    hard=False: every other sample (the "w/o hard negatives" ablation).
+    k = min(num, B - 1) or B - 1.
+    """
+    b = similarity.shape[0]
+    eye = torch.eye(b, dtype=torch.bool, device=similarity.device)
+    if hard:
+        k = min(num, b - 1)
+        return similarity.detach().masked_fill(eye, float("-inf")).topk(k, dim=1).indices
+    others = torch.arange(b, device=similarity.device).expand(b, b)
+    return others[~eye].view(b, b - 1)
+
+
+def replacement_gate(candidates: torch.Tensor, p: float, generator: torch.Generator | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decide, per sample, whether its side modality is swapped for a candidate.
+
+    candidates [B, k]: replacement indices from `mine_hard_negatives`.
+    Returns (source [B], pseudo_label [B]): row i takes modality m from sample source[i];
+    pseudo_label is 1 where the pair is original and 0 where it was replaced (Table 2).
+    """
+    b, k = candidates.shape
+    device = candidates.device
+    rows = torch.arange(b, device=device)
+    if k == 0:  # a batch of one has nothing to swap with
+        return rows, torch.ones(b, dtype=torch.long, device=device)
+    u = torch.rand(b, generator=generator, device=device if generator is None else generator.device)
+    pick = torch.randint(k, (b,), generator=generator,
+                         device=device if generator is None else generator.device)
+    replace_mask = (u < p).to(device)
+    source = torch.where(replace_mask, candidates[rows, pick.to(device)], rows)
+    return source, (~replace_mask).long()
+
+
+# --------------------------------------------------------------------------------------------
+# Modules
+
+class SequenceEncoder(nn.Module):
+    """E_m for audio and vision: linear input map, L-layer pre-LN transformer, 1-layer LSTM.
+
+    A unidirectional LSTM and key-padding masks make the output at real positions independent
+    of how much padding follows them.
+    """
+
+    def __init__(self, d_in: int, d_model: int, n_heads: int, layers: int, dropout: float):
+        super().__init__()
+        self.input = nn.Linear(d_in, d_model)
+        self.position = SinusoidalPosition(d_model)
+        layer = nn.TransformerEncoderLayer(d_model, n_heads, 4 * d_model, dropout,
+                                           batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.lstm = nn.LSTM(d_model, d_model, num_layers=1, batch_first=True)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.position(self.input(x))
+        h = self.transformer(h, src_key_padding_mask=~mask)
+        h, _ = self.lstm(self.norm(h))
+        return h
+
+
+class SinusoidalPosition(nn.Module):
+    def __init__(self, d_model: int, max_len: int = 4096):
+        super().__init__()
+        pos = torch.arange(max_len).unsqueeze(1)
+        div = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
+        pe = torch.zeros(max_len, d_model)
+        pe[:, 0::2] = torch.sin(pos * div)
+        pe[:, 1::2] = torch.cos(pos * div)[:, : d_model // 2]
+        self.register_buffer("pe", pe, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pe[: x.shape[1]]
+
+
+class TemporalConv(nn.Module):
+    """Conv1D over time to the common width d. Padding is zeroed first so that a real
+    position next to padding sees the same zeros as at the sequence border."""
+
+    def __init__(self, d_in: int, d_model: int, kernel: int):
+        super().__init__()
+        self.conv = nn.Conv1d(d_in, d_model, kernel, padding=kernel // 2, bias=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x * mask.unsqueeze(-1).to(x.dtype)
+        return self.conv(x.transpose(1, 2)).transpose(1, 2)
+
+
+class CoAtLayer(nn.Module):
+    """One pre-LN layer of text-centred cross attention: centre queries, side keys/values."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.norm_q = nn.LayerNorm(d_model)
+        self.norm_kv = nn.LayerNorm(d_model)
+        self.attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
+        self.norm_ff = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.ReLU(), nn.Dropout(dropout),
+                                nn.Linear(4 * d_model, d_model))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, side, side_mask):
+        kv = self.norm_kv(side)
+        a, _ = self.attn(self.norm_q(x), kv, kv, key_padding_mask=~side_mask, need_weights=False)
+        x = x + self.drop(a)
+        return x + self.drop(self.ff(self.norm_ff(x)))
+
+
+class CoAt(nn.Module):
+    """L layers of CoAtLayer and a final LayerNorm: H_{t<-m} [B, T_t, d]."""
+
+    def __init__(self, d_model: int, n_heads: int, layers: int, dropout: float):
+        super().__init__()
+        self.layers = nn.ModuleList(CoAtLayer(d_model, n_heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x, side, side_mask):
+        for layer in self.layers:
+            x = layer(x, side, side_mask)
+        return self.norm(x)
+
+
+@dataclass
+class TeCaFNOutput:
+    prediction: torch.Tensor  # [B]: score in [-3, 3] (regression) or logit (binary)
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # L_uccon, L_bicon, L_ap parts
+    pseudo_labels: dict[str, torch.Tensor] = field(default_factory=dict)  # per pair, training only
+    similarity: dict[str, torch.Tensor] = field(default_factory=dict)  # S per pair
+
+
+class TeCaFN(nn.Module):
+    """The whole network. `text_encoder` is any BERT-family model returning last_hidden_state."""
+
+    def __init__(self, config: TeCaFNConfig, text_encoder: nn.Module):
+        super().__init__()
+        self.config = c = config
+        self.text_encoder = text_encoder
+        self.encoders = nn.ModuleDict({
+            m: SequenceEncoder(self._width(m), c.d_model, c.n_heads, c.encoder_layers, c.dropout)
+            for m in c.modalities if m != "text"})
+        conv_in = {m: (c.d_text if m == "text" else c.d_model) for m in c.modalities}
+        self.conv = nn.ModuleDict({m: TemporalConv(conv_in[m], c.d_model, c.conv_kernel)
+                                   for m in c.modalities})
+        self.coat = nn.ModuleDict({s: CoAt(c.d_model, c.n_heads, c.cross_layers, c.dropout)
+                                   for s in c.sides})
+        self.ap_head = nn.ModuleDict({s: nn.Sequential(nn.Linear(c.d_model, c.d_model), nn.ReLU(),
+                                                       nn.Linear(c.d_model, 2))
+                                      for s in c.gate_sides if s in c.sides})
+        fused = c.d_model * max(1, len(c.sides))
+        self.head = nn.Sequential(nn.Linear(fused, c.fusion_hidden), nn.ReLU(), nn.Dropout(c.dropout),
+                                  nn.Linear(c.fusion_hidden, 1))
+
+    def _width(self, m: str) -> int:
+        return {"audio": self.config.d_audio, "visual": self.config.d_visual}[m]
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+        """Unimodal features after E_m and Conv1D: X_m [B, T_m, d] and masks [B, T_m]."""
+        c = self.config
+        feats, masks = {}, {}
+        for m in c.modalities:
+            if m == "text":
+                mask = batch["attention_mask"].bool()
+                h = self.text_encoder(input_ids=batch["input_ids"],
+                                      attention_mask=batch["attention_mask"]).last_hidden_state
+            else:
+                x = batch[m]
+                mask = lengths_to_mask(batch[f"{m}_lengths"], x.shape[1])
+                h = self.encoders[m](x, mask)
+            feats[m] = self.conv[m](h, mask)
+            masks[m] = mask
+        return feats, masks
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+                ) -> TeCaFNOutput:
+        c = self.config
+        feats, masks = self.encode(batch)
+        out = TeCaFNOutput(prediction=torch.empty(0))
+        center, center_mask = feats[c.center], masks[c.center]
+        pooled_center = masked_mean(center, center_mask)
+
+        fusions = []
+        for side in c.sides:
+            pair = c.pair(side)
+            side_feat, side_mask = feats[side], masks[side]
+            l_con, similarity = info_nce(pooled_center, masked_mean(side_feat, side_mask), c.tau)
+            out.similarity[pair] = similarity
+            if side in c.contrast_sides:
+                out.losses[f"L_uccon_{pair}"] = l_con
+
+            gated = self.training and side in c.gate_sides
+            if gated:
+                candidates = mine_hard_negatives(similarity, c.num, hard=side in c.hard_negative_sides)
+                source, label = replacement_gate(candidates, c.p, generator)
+                side_feat, side_mask = side_feat[source], side_mask[source]
+                out.pseudo_labels[pair] = label
+
+            h = masked_mean(self.coat[side](center, side_feat, side_mask), center_mask)
+            if gated:
+                out.losses[f"L_ap_{pair}"] = F.cross_entropy(self.ap_head[side](h), out.pseudo_labels[pair])
+            fusions.append(h)
+
+        if c.use_bicon and len(fusions) == 2:
+            out.losses["L_bicon"] = info_nce(fusions[0], fusions[1], c.tau)[0]
+
+        fusion = torch.cat(fusions, dim=-1) if fusions else pooled_center
+        raw = self.head(fusion).squeeze(-1)
+        out.prediction = raw if c.task == "binary" else torch.tanh(raw) * c.label_range
+        return out
+
+    def loss(self, out: TeCaFNOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All loss components and the total, L = L_task + g1 (L_uccon + L_bicon) + g2 L_ap."""
+        c = self.config
+        if c.task == "binary":
+            task = F.binary_cross_entropy_with_logits(out.prediction, labels.float())
+        else:
+            task = F.l1_loss(out.prediction, labels)
+        zero = task.new_zeros(())
+        uccon = sum((v for k, v in out.losses.items() if k.startswith("L_uccon")), zero)
+        bicon = out.losses.get("L_bicon", zero)
+        ap = sum((v for k, v in out.losses.items() if k.startswith("L_ap")), zero)
+        total = task + c.gamma1 * (uccon + bicon) + c.gamma2 * ap
+        return {"L_task": task, "L_uccon": uccon, "L_bicon": bicon, "L_ap": ap, "total": total}

@@ -1,0 +1,282 @@
+"""The one training loop for every TeCaFN variant, evaluation, and checkpoints.
+
+A run directory holds:
+    checkpoint.pt   the best model on valid (config, weights, encoder architecture, data widths)
+    tokenizer/      the tokenizer that goes with it
+    losses.csv      every component of the loss every K steps (L_task, L_uccon, L_bicon, L_ap)
+    losses.png      the same as a plot (the paper's Fig. 4)
+    metrics.json    valid and test metrics of the best checkpoint, and what the run cost
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from trainer.data import Batcher, Dataset
+from trainer.metrics import compute_metrics
+from trainer.model import TeCaFN, TeCaFNConfig, apply_ablation
+from trainer.text_encoder import build_text_encoder, load_tokenizer, rebuild_text_encoder
+
+log = logging.getLogger(__name__)
+
+LOSS_COLUMNS = ("L_task", "L_uccon", "L_bicon", "L_ap", "total")
+
+
+@dataclass
+class TrainOptions:
+    out: Path
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 1e-3  # everything but the text encoder
+    lr_encoder: float | None = None  # None: 5e-5 for a pretrained encoder, lr for `tiny`
+    weight_decay: float = 1e-4
+    freeze_encoder: bool = False
+    clip: float = 1.0
+    patience: int = 10
+    seed: int = 1111
+    device: str = "cpu"
+    text_encoder: str = "minilm"
+    ablation: str = "full"
+    max_text_tokens: int = 50
+    max_frames: int | None = 50
+    log_every: int = 10  # K: loss trace period in steps
+    model_overrides: dict = field(default_factory=dict)  # TeCaFNConfig fields, e.g. {"p": 0.4}
+    progress: bool = True
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"--device must be cpu or cuda[:N], not {name!r}")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_config(dataset: Dataset, text_width: int, opts: TrainOptions) -> TeCaFNConfig:
+    """The paper's defaults, fitted to the data, then the ablation and any overrides."""
+    base = TeCaFNConfig(d_text=text_width, d_audio=max(1, dataset.width("audio")),
+                        d_visual=max(1, dataset.width("visual")), task=dataset.task)
+    config = apply_ablation(base, opts.ablation)
+    unknown = set(opts.model_overrides) - set(asdict(config))
+    if unknown:
+        raise ValueError(f"unknown model options {sorted(unknown)}")
+    config = TeCaFNConfig(**{**asdict(config), **opts.model_overrides})
+    absent = [m for m in config.modalities if m not in dataset.modalities]
+    if config.center in absent:
+        raise ValueError(f"ablation {opts.ablation!r} centres on {config.center}, which {dataset.name} lacks")
+    if absent:  # a dataset without a modality runs as the matching "w/o" setting, said out loud
+        log.warning("%s has no %s: running without it (the paper's 'w/o %s' setting)", dataset.name,
+                    " or ".join(absent), ", ".join(m[0].upper() for m in absent))
+    return TeCaFNConfig(**{**asdict(config), "modalities": tuple(m for m in config.modalities
+                                                                     if m in dataset.modalities)})
+
+
+def build_model(dataset: Dataset, opts: TrainOptions):
+    encoder, encoder_config = build_text_encoder(opts.text_encoder)
+    config = build_config(dataset, encoder.config.hidden_size, opts)
+    model = TeCaFN(config, encoder)
+    if opts.freeze_encoder:
+        for p in model.text_encoder.parameters():
+            p.requires_grad_(False)
+    return model, encoder_config
+
+
+def make_optimizer(model: TeCaFN, opts: TrainOptions) -> torch.optim.Optimizer:
+    encoder = [p for p in model.text_encoder.parameters() if p.requires_grad]
+    encoder_ids = {id(p) for p in model.text_encoder.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in encoder_ids]
+    groups = [{"params": rest, "lr": opts.lr}]
+    if encoder:
+        lr_encoder = opts.lr_encoder
+        if lr_encoder is None:  # a randomly initialised encoder learns at the main rate
+            lr_encoder = opts.lr if opts.text_encoder == "tiny" else 5e-5
+        groups.append({"params": encoder, "lr": lr_encoder})
+    return torch.optim.Adam(groups, weight_decay=opts.weight_decay)
+
+
+@torch.no_grad()
+def predict(model: TeCaFN, batcher: Batcher, device, batch_size: int = 128) -> np.ndarray:
+    model.eval()
+    preds = [model(b).prediction.float().cpu() for b in batcher.batches(batch_size, device=device)]
+    return torch.cat(preds).numpy()
+
+
+def evaluate_split(model: TeCaFN, batcher: Batcher, device) -> dict[str, float]:
+    return compute_metrics(predict(model, batcher, device), batcher.split.labels, model.config.task)
+
+
+def train(dataset: Dataset, opts: TrainOptions) -> dict:
+    """Train, keep the best checkpoint on valid MAE (or accuracy), write the run directory."""
+    device = resolve_device(opts.device)
+    seed_everything(opts.seed)
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, encoder_config = build_model(dataset, opts)
+    model.to(device)
+    tokenizer = load_tokenizer(opts.text_encoder)
+    tokenizer.save_pretrained(out / "tokenizer")
+    batchers = {s: Batcher(dataset.split(s), tokenizer, opts.max_text_tokens, opts.max_frames)
+                for s in ("train", "valid", "test")}
+    optimizer = make_optimizer(model, opts)
+    generator = torch.Generator().manual_seed(opts.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("%s | %s | %d parameters | ablation %s | device %s", dataset.describe(),
+             type(model.text_encoder).__name__, n_params, opts.ablation, device)
+
+    trace = LossTrace(out / "losses.csv")
+    best, best_epoch, stale = None, -1, 0
+    started = time.time()
+    steps_per_epoch = -(-len(batchers["train"]) // opts.batch_size)
+    bar = tqdm(total=opts.epochs * steps_per_epoch, desc="train", disable=not opts.progress, unit="step")
+    step = 0
+    for epoch in range(opts.epochs):
+        model.train()
+        for batch in batchers["train"].batches(opts.batch_size, shuffle=True, generator=generator, device=device):
+            losses = model.loss(model(batch, generator=None), batch["labels"])
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip)
+            optimizer.step()
+            step += 1
+            if step % opts.log_every == 0:
+                trace.add(step, epoch, losses)
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses['total'].item():.3f}", epoch=epoch)
+        valid = evaluate_split(model, batchers["valid"], device)
+        score = valid["acc2"] if model.config.task == "binary" else -valid["mae"]
+        if best is None or score > best:
+            best, best_epoch, stale = score, epoch, 0
+            save_checkpoint(out / "checkpoint.pt", model, encoder_config, opts, dataset)
+        else:
+            stale += 1
+        log.info("epoch %d: valid %s%s", epoch, _fmt(valid), " (best)" if stale == 0 else "")
+        if stale >= opts.patience:
+            log.info("early stop: no improvement on valid for %d epochs", opts.patience)
+            break
+    bar.close()
+    trace.close()
+    trace.plot(out / "losses.png")
+
+    model = load_checkpoint(out / "checkpoint.pt", device)[0]
+    metrics = {
+        "valid": evaluate_split(model, batchers["valid"], device),
+        "test": evaluate_split(model, batchers["test"], device),
+        "best_epoch": best_epoch,
+        "epochs_run": epoch + 1,
+        "train_seconds": round(time.time() - started, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "parameters": n_params,
+        "dataset": dataset.name,
+        "ablation": opts.ablation,
+        "text_encoder": opts.text_encoder,
+        "device": str(device),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log.info("test %s", _fmt(metrics["test"]))
+    return metrics
+
+
+def _fmt(m: dict) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in m.items())
+
+
+class LossTrace:
+    """Per-component losses every K steps, as CSV and as a plot."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = path.open("w", newline="")
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(("step", "epoch", *LOSS_COLUMNS))
+
+    def add(self, step: int, epoch: int, losses: dict[str, torch.Tensor]) -> None:
+        self.writer.writerow((step, epoch, *(f"{losses[k].item():.6f}" for k in LOSS_COLUMNS)))
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+    def plot(self, png: Path) -> None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        with self.path.open() as f:
+            rows = list(csv.DictReader(f))
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        if rows:
+            steps = [int(r["step"]) for r in rows]
+            for k in LOSS_COLUMNS:
+                ax.plot(steps, [float(r[k]) for r in rows], label=k, lw=1.2 if k != "total" else 2)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title("TeCaFN loss components")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+
+def save_checkpoint(path: Path, model: TeCaFN, encoder_config: dict, opts: TrainOptions, dataset: Dataset):
+    torch.save({
+        "format": "tecaflow-tecafn-1",
+        "config": model.config.to_dict(),
+        "encoder_config": encoder_config,
+        "state_dict": model.state_dict(),
+        "max_text_tokens": opts.max_text_tokens,
+        "max_frames": opts.max_frames,
+        "text_encoder": opts.text_encoder,
+        "dataset": dataset.name,
+    }, path)
+
+
+def load_checkpoint(path: Path, device="cpu") -> tuple[TeCaFN, dict]:
+    """The model (in eval mode) and the checkpoint's metadata; the tokenizer is in path.parent."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    if ckpt.get("format") != "tecaflow-tecafn-1":
+        raise ValueError(f"{path}: not a tecaflow TeCaFN checkpoint")
+    model = TeCaFN(TeCaFNConfig.from_dict(ckpt["config"]), rebuild_text_encoder(ckpt["encoder_config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    model.to(device).eval()
+    return model, ckpt
+
+
+def tokenizer_for(checkpoint: Path):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(Path(checkpoint).parent / "tokenizer", local_files_only=True)
+
+
+def evaluate_checkpoint(checkpoint: Path, dataset: Dataset, device: str = "cpu",
+                        splits=("valid", "test")) -> dict:
+    dev = resolve_device(device)
+    model, ckpt = load_checkpoint(checkpoint, dev)
+    tokenizer = tokenizer_for(checkpoint)
+    for m in model.config.modalities:
+        if m != "text" and dataset.width(m) != getattr(model.config, f"d_{m}"):
+            raise ValueError(f"{dataset.name}: {m} width {dataset.width(m)} differs from the checkpoint's "
+                             f"{getattr(model.config, f'd_{m}')}")
+    return {s: evaluate_split(model, Batcher(dataset.split(s), tokenizer, ckpt["max_text_tokens"],
+                                             ckpt["max_frames"]), dev) for s in splits}
