@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import logging
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,6 +185,8 @@ def _read_modality(root: Path, modality: str, ids: list[str]):
             contents = {k: npz[k] for k in npz.files}
     except ValueError as e:
         raise DataError(f"{path}: cannot be read without pickle ({e})") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{path}: cannot be read as .npz ({e})") from None
     for key in ("ids", modality):
         if key not in contents:
             raise DataError(f"{path}: missing array {key!r} (has {sorted(contents)})")
