@@ -23,7 +23,7 @@ def test_training_forward_returns_every_loss_component(model, batch):
     expected = losses["L_task"] + 0.1 * (losses["L_uccon"] + losses["L_bicon"]) + 0.1 * losses["L_ap"]
     assert torch.allclose(losses["total"], expected)
     losses["total"].backward()
-    assert model.coat["audio"].layers[0].attn.in_proj_weight.grad is not None
+    assert model.coat["audio"].layers[0].attn.q.weight.grad is not None
 
 
 def _pad(batch, extra_text=4, extra_a=5, extra_v=3):

@@ -203,10 +203,51 @@ def replacement_gate(candidates: torch.Tensor, p: float, generator: torch.Genera
 # --------------------------------------------------------------------------------------------
 # Modules
 
-class SequenceEncoder(nn.Module):
-    """E_m for audio and vision: linear input map, L-layer pre-LN transformer, 1-layer LSTM.
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention over padded sequences. Written out (rather than
+    nn.MultiheadAttention) so the ONNX export keeps every time axis dynamic."""
 
-    A unidirectional LSTM and key-padding masks make the output at real positions independent
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.h, self.d_head = n_heads, d_model // n_heads
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        q = self.q(x).view(b, -1, self.h, self.d_head).transpose(1, 2)  # [B, h, Tq, dh]
+        k, v = self.kv(context).view(b, -1, 2, self.h, self.d_head).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_head)  # [B, h, Tq, Tk]
+        scores = scores.masked_fill(~context_mask[:, None, None, :], float("-inf"))
+        attn = self.drop(scores.softmax(-1))
+        return self.out((attn @ v).transpose(1, 2).reshape(b, -1, self.h * self.d_head))
+
+
+class PreLNBlock(nn.Module):
+    """x + Attn(LN(x), LN(context)); x + FFN(LN(x)). Self-attention when context is x."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.norm_q = nn.LayerNorm(d_model)
+        self.norm_kv = nn.LayerNorm(d_model)
+        self.attn = MultiHeadAttention(d_model, n_heads, dropout)
+        self.norm_ff = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.ReLU(), nn.Dropout(dropout),
+                                nn.Linear(4 * d_model, d_model))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, context, context_mask):
+        x = x + self.drop(self.attn(self.norm_q(x), self.norm_kv(context), context_mask))
+        return x + self.drop(self.ff(self.norm_ff(x)))
+
+
+class SequenceEncoder(nn.Module):
+    """E_m for audio and vision: linear input map + positions, L pre-LN self-attention
+    layers, then a one-layer unidirectional LSTM.
+
+    Key-padding masks and a unidirectional LSTM make the output at real positions independent
     of how much padding follows them.
     """
 
@@ -214,15 +255,14 @@ class SequenceEncoder(nn.Module):
         super().__init__()
         self.input = nn.Linear(d_in, d_model)
         self.position = SinusoidalPosition(d_model)
-        layer = nn.TransformerEncoderLayer(d_model, n_heads, 4 * d_model, dropout,
-                                           batch_first=True, norm_first=True)
-        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.layers = nn.ModuleList(PreLNBlock(d_model, n_heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(d_model)
         self.lstm = nn.LSTM(d_model, d_model, num_layers=1, batch_first=True)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.position(self.input(x))
-        h = self.transformer(h, src_key_padding_mask=~mask)
+        for layer in self.layers:
+            h = layer(h, h, mask)
         h, _ = self.lstm(self.norm(h))
         return h
 
@@ -254,32 +294,13 @@ class TemporalConv(nn.Module):
         return self.conv(x.transpose(1, 2)).transpose(1, 2)
 
 
-class CoAtLayer(nn.Module):
-    """One pre-LN layer of text-centred cross attention: centre queries, side keys/values."""
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
-        super().__init__()
-        self.norm_q = nn.LayerNorm(d_model)
-        self.norm_kv = nn.LayerNorm(d_model)
-        self.attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
-        self.norm_ff = nn.LayerNorm(d_model)
-        self.ff = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.ReLU(), nn.Dropout(dropout),
-                                nn.Linear(4 * d_model, d_model))
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x, side, side_mask):
-        kv = self.norm_kv(side)
-        a, _ = self.attn(self.norm_q(x), kv, kv, key_padding_mask=~side_mask, need_weights=False)
-        x = x + self.drop(a)
-        return x + self.drop(self.ff(self.norm_ff(x)))
-
-
 class CoAt(nn.Module):
-    """L layers of CoAtLayer and a final LayerNorm: H_{t<-m} [B, T_t, d]."""
+    """Text-centred cross-sample attention: L pre-LN layers where the centre (text) queries and
+    the side modality m is key and value, then a LayerNorm. Output H_{t<-m} [B, T_t, d]."""
 
     def __init__(self, d_model: int, n_heads: int, layers: int, dropout: float):
         super().__init__()
-        self.layers = nn.ModuleList(CoAtLayer(d_model, n_heads, dropout) for _ in range(layers))
+        self.layers = nn.ModuleList(PreLNBlock(d_model, n_heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, x, side, side_mask):
