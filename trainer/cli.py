@@ -64,6 +64,28 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_ablate)
 
 
+def register_export(sub) -> None:
+    p = sub.add_parser("export", help="export a checkpoint as a new version in a Triton model repository")
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--repo", type=Path, default=Path("model_repo"))
+    p.add_argument("--backend", choices=("python", "onnxruntime"), default="python",
+                   help="python: ONNX Runtime inside Triton's Python backend (what the embedded Triton runs); "
+                        "onnxruntime: Triton's native ONNX Runtime backend on GPU (NVIDIA's container)")
+    p.add_argument("--max-batch", type=_positive(int), default=64)
+    p.add_argument("--queue-delay-us", type=_positive(int), default=2000, help="dynamic batching queue delay bound")
+    p.add_argument("--instances", type=_positive(int), default=1, help="model instances")
+    p.add_argument("--tensorrt", action="store_true", help="TensorRT acceleration (onnxruntime backend)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from trainer.export import export
+    target = export(args.checkpoint, args.repo, args.backend, args.max_batch, args.tensorrt,
+                    args.queue_delay_us, args.instances)
+    print(target)
+    return 0
+
+
 def register_bench(bench_sub) -> None:
     p = bench_sub.add_parser("gate", help="vectorised mining + gate vs a per-sample loop; step overhead")
     p.add_argument("--json", action="store_true")

@@ -1,0 +1,130 @@
+"""`tecaflow bench serve`: the served model against raw ONNX Runtime in-process, in one run.
+
+Clients send one segment per request over gRPC at concurrency 1, 4 and 16, so Triton's dynamic
+batcher has to form the batches; raw ONNX Runtime runs the same model file on batches of 1, 4
+and 16 in this process. Ratios are served / raw throughput at the same batch size.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stream.triton_client import TritonScorer
+
+
+def segment_inputs(contract, tokens: int = 32, frames: int = 50, batch: int = 1, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    out = {"input_ids": rng.integers(1000, 2000, (batch, tokens)).astype(np.int64),
+           "attention_mask": np.ones((batch, tokens), np.int64)}
+    for m, width in contract.widths.items():
+        out[m] = rng.normal(size=(batch, min(frames, contract.max_frames), width)).astype(np.float32)
+        out[f"{m}_lengths"] = np.full((batch, 1), min(frames, contract.max_frames), np.int64)
+    return out
+
+
+def raw_throughput(onnx_path: Path, contract, batch: int, seconds: float) -> dict:
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    feed = segment_inputs(contract, batch=batch)
+    feed = {k: (v.reshape(-1) if k.endswith("_lengths") else v) for k, v in feed.items()}
+    session.run(["score"], feed)
+    latencies, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        session.run(["score"], feed)
+        latencies.append(time.perf_counter() - t)
+    return {"segments_per_s": batch * len(latencies) / sum(latencies), "p50_ms": 1e3 * statistics.median(latencies)}
+
+
+def served_throughput(url: str, contract, concurrency: int, seconds: float) -> dict:
+    feed = segment_inputs(contract, batch=1)
+    latencies: list[float] = []
+    lock = threading.Lock()
+    errors: list[str] = []
+    stop_at = time.perf_counter() + seconds
+
+    def client_loop():
+        scorer = TritonScorer(url)
+        scorer.score(feed)  # connection warm-up, not timed
+        mine = []
+        try:
+            while time.perf_counter() < stop_at:
+                t = time.perf_counter()
+                scorer.score(feed)
+                mine.append(time.perf_counter() - t)
+        except Exception as e:  # noqa: BLE001 - reported, not hidden
+            errors.append(str(e))
+        finally:
+            scorer.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client_loop) for _ in range(concurrency)]
+    begin = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - begin
+    if errors:
+        raise RuntimeError(f"{len(errors)} requests failed, first: {errors[0]}")
+    lat = np.array(latencies)
+    return {"segments_per_s": len(lat) / elapsed, "p50_ms": 1e3 * float(np.percentile(lat, 50)),
+            "p99_ms": 1e3 * float(np.percentile(lat, 99)), "requests": int(len(lat))}
+
+
+def untrained_checkpoint(out: Path, text_encoder: str = "minilm") -> Path:
+    """A MiniLM-sized TeCaFN with untrained heads: speed does not depend on the weights."""
+    from trainer.data import load_dataset
+    from trainer.train import TrainOptions, build_model, save_checkpoint
+    from trainer.text_encoder import load_tokenizer
+    ds = load_dataset("synthetic", n=20)
+    opts = TrainOptions(out=out, text_encoder=text_encoder)
+    model, encoder_config = build_model(ds, opts)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "checkpoint.pt", model, encoder_config, opts, ds)
+    load_tokenizer(text_encoder).save_pretrained(out / "tokenizer")
+    return out / "checkpoint.pt"
+
+
+def bench_serve(checkpoint: Path | None = None, seconds: float = 8.0, levels=(1, 4, 16),
+                ports=(18100, 18101, 18102), text_encoder: str = "minilm", progress=print) -> dict:
+    from stream.tritonserver import EmbeddedTriton
+    from trainer.export import export
+
+    with tempfile.TemporaryDirectory(prefix="tecaflow-bench-") as tmp:
+        tmp = Path(tmp)
+        if checkpoint is None:
+            progress(f"building an untrained {text_encoder} TeCaFN for the benchmark")
+            checkpoint = untrained_checkpoint(tmp / "ckpt", text_encoder)
+        version_dir = export(checkpoint, tmp / "repo", max_batch=max(levels))
+        server = EmbeddedTriton(tmp / "repo", tmp / "triton", *ports)
+        server.start(timeout=180)
+        try:
+            scorer = TritonScorer(server.grpc_url)
+            contract = scorer.contract()
+            scorer.close()
+            result = {"levels": {}, "seconds_per_level": seconds}
+            for level in levels:
+                progress(f"concurrency {level}: served, then raw ONNX Runtime at batch {level}")
+                served = served_throughput(server.grpc_url, contract, level, seconds)
+                raw = raw_throughput(version_dir / "model.onnx", contract, level, seconds / 2)
+                result["levels"][str(level)] = {"served": served, "raw": raw,
+                                                "ratio": served["segments_per_s"] / raw["segments_per_s"]}
+        finally:
+            server.stop()
+    return result
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{'conc.':>5} {'served seg/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'raw seg/s':>10} {'ratio':>7}"]
+    for level, v in r["levels"].items():
+        s, raw = v["served"], v["raw"]
+        lines.append(f"{level:>5} {s['segments_per_s']:>13.1f} {s['p50_ms']:>8.1f} {s['p99_ms']:>8.1f} "
+                     f"{raw['segments_per_s']:>10.1f} {v['ratio']:>6.2f}x")
+    return "\n".join(lines)

@@ -1,0 +1,195 @@
+"""Export to a Triton repository and serve it from the real embedded tritonserver."""
+import re
+import socket
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from stream.triton_client import TritonScorer
+from stream.tritonserver import EmbeddedTriton, TritonError
+from trainer import export as export_module
+from trainer.data import load_dataset
+from trainer.export import TeCaFNInference, export, input_names
+from trainer.train import TrainOptions, load_checkpoint, train
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt")
+    ds = load_dataset("synthetic", n=60, max_frames=12)
+    train(ds, TrainOptions(out=out, epochs=1, text_encoder="tiny", progress=False, max_frames=12,
+                           model_overrides=dict(encoder_layers=1, cross_layers=1, d_model=16, n_heads=2)))
+    return out / "checkpoint.pt"
+
+
+@pytest.fixture(scope="module")
+def served(checkpoint, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo")
+    export(checkpoint, repo, max_batch=16)
+    server = EmbeddedTriton(repo, tmp_path_factory.mktemp("triton"), *free_ports(3), poll_seconds=1)
+    server.start(timeout=120)
+    yield server, repo
+    server.stop()
+
+
+def mixed_batch(b=5, seed=0):
+    """Padded inputs with different real lengths per row."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(2, 10, b)
+    mask = (np.arange(10)[None, :] < tokens[:, None]).astype(np.int64)
+    out = {"input_ids": rng.integers(1, 1000, (b, 10)).astype(np.int64) * mask, "attention_mask": mask}
+    for m, d in (("audio", 5), ("visual", 20)):
+        lengths = rng.integers(1, 12, b)
+        out[m] = rng.normal(size=(b, 11, d)).astype(np.float32)
+        out[f"{m}_lengths"] = lengths.reshape(-1, 1).astype(np.int64)
+    return out
+
+
+def torch_scores(checkpoint, inputs):
+    model, _ = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        args = [torch.from_numpy(inputs[n].reshape(-1) if n.endswith("_lengths") else inputs[n])
+                for n in input_names(model)]
+        return TeCaFNInference(model)(*args).numpy()
+
+
+def test_configs_parse_as_triton_model_config(checkpoint, tmp_path):
+    for backend, extra in (("python", {}), ("onnxruntime", {"tensorrt": True})):
+        repo = tmp_path / backend
+        export(checkpoint, repo, backend=backend, max_batch=32, **extra)
+        config = text_format.Parse((repo / "tecafn" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert config.max_batch_size == 32
+        assert [i.name for i in config.input] == ["input_ids", "attention_mask", "audio", "audio_lengths",
+                                                  "visual", "visual_lengths"]
+        assert list(config.input[2].dims) == [-1, 5]
+        assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+        assert list(config.dynamic_batching.preferred_batch_size) == [8, 16, 32]
+        if backend == "onnxruntime":
+            assert config.platform == "onnxruntime_onnx"
+            assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+            assert config.optimization.execution_accelerators.gpu_execution_accelerator[0].name == "tensorrt"
+            assert not (repo / "tecafn" / "1" / "model.py").exists()
+        else:
+            assert config.backend == "python"
+            assert (repo / "tecafn" / "1" / "model.py").exists()
+
+
+def test_versions_are_numbered_and_never_overwritten(checkpoint, tmp_path):
+    first = export(checkpoint, tmp_path)
+    stamp = (first / "model.onnx").stat().st_mtime_ns
+    second = export(checkpoint, tmp_path)
+    assert (first.name, second.name) == ("1", "2")
+    assert (first / "model.onnx").stat().st_mtime_ns == stamp
+
+
+def test_failed_parity_fails_the_export_and_leaves_nothing(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_module, "check_parity", lambda *a: 3e-3)
+    with pytest.raises(RuntimeError, match="differs from PyTorch by 3.00e-03"):
+        export(checkpoint, tmp_path)
+    assert not any((tmp_path / "tecafn").glob("[0-9]*")) and not any((tmp_path / "tecafn").glob(".staging*"))
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(TritonError, match="no model 'tecafn'"):
+        EmbeddedTriton(tmp_path, tmp_path / "run", *free_ports(3)).start(timeout=5)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_served_scores_match_pytorch(served, checkpoint, protocol):
+    server, _ = served
+    inputs = mixed_batch()
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    scorer = TritonScorer(url, protocol)
+    got = scorer.score(inputs)
+    np.testing.assert_allclose(got, torch_scores(checkpoint, inputs), atol=1e-4)
+    contract = scorer.contract()
+    assert contract.widths == {"audio": 5, "visual": 20} and contract.max_frames == 12
+    scorer.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("breakage, message", [
+    (lambda x: x.update(audio=np.zeros((5, 11, 6), np.float32)), "audio"),  # wrong width
+    (lambda x: x.update(audio=x["audio"].astype(np.float64)), "FP64"),  # wrong dtype
+    (lambda x: x.update(visual=np.zeros((5, 40, 20), np.float32), visual_lengths=np.full((5, 1), 40)),
+     "40 frames > max_frames 12"),
+    (lambda x: x.update(audio_lengths=np.full((5, 1), 99)), "audio_lengths must be in"),
+    (lambda x: x.update(visual=np.full((5, 11, 20), np.nan, np.float32)), "NaN or Inf"),
+    (lambda x: x.pop("visual_lengths"), "visual_lengths"),
+])
+def test_malformed_request_gets_an_error_and_the_model_stays_up(served, breakage, message, checkpoint):
+    server, _ = served
+    scorer = TritonScorer(server.grpc_url)
+    bad = mixed_batch()
+    breakage(bad)
+    with pytest.raises(Exception, match=message):
+        scorer.score(bad)
+    good = mixed_batch(seed=3)
+    np.testing.assert_allclose(scorer.score(good), torch_scores(checkpoint, good), atol=1e-4)
+    scorer.close()
+
+
+@pytest.mark.integration
+def test_concurrent_requests_of_different_lengths_are_batched_correctly(served, checkpoint):
+    from concurrent.futures import ThreadPoolExecutor
+    server, _ = served
+    batches = [mixed_batch(b=1 + i % 3, seed=i) for i in range(24)]
+
+    def call(inputs):
+        scorer = TritonScorer(server.grpc_url)
+        try:
+            return scorer.score(inputs)
+        finally:
+            scorer.close()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, batches))
+    for inputs, got in zip(batches, results):
+        np.testing.assert_allclose(got, torch_scores(checkpoint, inputs), atol=1e-4)
+
+
+def inference_count(server) -> float:
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    found = re.findall(r'^nv_inference_count\{model="tecafn",version="(\d+)"\} (\S+)', text, re.M)
+    return sum(float(v) for _, v in found)
+
+
+@pytest.mark.integration
+def test_triton_metrics_count_inferences(served):
+    server, _ = served
+    before = inference_count(server)
+    scorer = TritonScorer(server.grpc_url)
+    scorer.score(mixed_batch(b=3))
+    scorer.close()
+    assert inference_count(server) == before + 3
+
+
+@pytest.mark.integration
+def test_a_second_export_is_served_without_a_restart(served, checkpoint):
+    server, repo = served
+    pid = server.process.pid
+    export(checkpoint, repo, max_batch=16)
+    scorer = TritonScorer(server.grpc_url)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not scorer.client.is_model_ready("tecafn", "2"):
+        time.sleep(0.5)
+    assert scorer.client.is_model_ready("tecafn", "2")
+    assert scorer.score(mixed_batch(), version="2").shape == (5,)
+    assert server.process.pid == pid and server.process.poll() is None
+    scorer.close()
