@@ -28,6 +28,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-control", choices=("poll", "explicit"), default="poll")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("stack", help="the embedded broker, Redis, Triton and Prometheus on loopback")
+    p.add_argument("action", choices=("up", "down", "status"))
+    p.add_argument("--repo", type=Path, default=Path(os.environ.get("TECAFLOW_MODEL_REPO", "model_repo")))
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("worker", help="run a stream worker (Faust) until stopped")
+    p.add_argument("--loglevel", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("replay", help="produce segments as N concurrent streams, with scheduled shifts")
+    p.add_argument("--streams", type=int, default=4)
+    p.add_argument("--segments", type=int, default=100, help="segments per stream")
+    p.add_argument("--rate", type=float, default=20.0, help="segments per second overall (0: as fast as possible)")
+    p.add_argument("--data", default="synthetic", help="'synthetic' or a dataset path (see tecaflow train --help)")
+    p.add_argument("--shift", action="append", default=[], metavar="STREAM@T:DELTA",
+                   help="from segment T on, move stream STREAM's sentiment by DELTA (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--manifest", type=Path, help="write every sent message (JSON lines) here")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("trends", help="per-stream totals and recent alerts from Redis")
+    p.add_argument("--stream", help="one stream only")
+    p.add_argument("--alerts", type=int, default=10, help="recent alerts to show")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_trends)
+
     bench = sub.add_parser("bench", help="benchmarks that print measured ratios")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     trainer_cli.register_bench(bench_sub)
@@ -37,6 +64,88 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_serve)
     return parser
+
+
+def cmd_stack(args) -> int:
+    import json
+
+    from stream.config import Settings
+    from stream.stack import Stack, StackPorts
+    stack = Stack(Settings.from_env(), StackPorts.from_env(), args.repo)
+    if args.action == "up":
+        stack.up()
+    elif args.action == "down":
+        print("stopped:", ", ".join(stack.down()) or "nothing was running")
+        return 0
+    status = stack.status()
+    print(json.dumps(status, indent=2))
+    return 0 if all(s["healthy"] for s in status.values()) else 1
+
+
+def cmd_worker(args) -> int:
+    from stream.worker import run_worker
+    return run_worker(args.loglevel)
+
+
+def cmd_replay(args) -> int:
+    import json
+
+    from stream.config import Settings
+    from stream.replay import replay
+    settings = Settings.from_env()
+    widths = model_widths(settings)
+    summary = replay(settings.broker_servers(), settings.topic_segments, widths, args.streams, args.segments,
+                     args.rate, args.data, args.shift, args.seed, args.manifest)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"sent {summary['segments']} segments on {settings.topic_segments}; shifts: "
+              f"{', '.join(summary['shifts']) or 'none'}")
+        for name, s in summary["streams"].items():
+            print(f"  {name}: {s['count']} segments, mean label {s['label_mean']:+.3f}")
+    return 0
+
+
+def model_widths(settings) -> dict[str, int]:
+    """Feature widths from the served model (Triton), so replayed frames always fit it."""
+    from stream.triton_client import TritonScorer
+    try:
+        scorer = TritonScorer(settings.triton_url, model=settings.triton_model)
+        contract = scorer.contract()
+        scorer.close()
+    except Exception as e:  # noqa: BLE001 - say what is missing
+        raise RuntimeError(f"cannot read the model's feature widths from Triton at {settings.triton_url} ({e}); "
+                           f"is the stack up?") from None
+    return {"audio": contract.widths.get("audio", 5), "visual": contract.widths.get("visual", 20)}
+
+
+def cmd_trends(args) -> int:
+    import json
+    import time
+
+    from stream.config import Settings
+    from stream.store import TrendStore
+    store = TrendStore(Settings.from_env().redis_url)
+    streams = [args.stream] if args.stream else [s for s, _ in store.streams()]
+    rows = {s: store.totals(s) for s in streams}
+    alerts = store.alerts(args.alerts, args.stream)
+    if args.json:
+        print(json.dumps({"streams": rows, "alerts": alerts}, indent=2))
+        return 0
+    if not rows:
+        print("no streams recorded yet")
+    for s, t in rows.items():
+        if not t:
+            print(f"{s}: nothing recorded")
+            continue
+        age = time.time() - t["last_update"]
+        print(f"{s:<24} n={t['count']:<6} mean={t['mean']:+.3f} ewma={t['ewma']:+.3f} "
+              f"last={t['last_score']:+.3f} updated {age:.0f}s ago")
+    for a in alerts:
+        print(f"ALERT {a['stream_id']} {a['direction']} by {abs(a['magnitude']):.2f} "
+              f"({a['reference']['mean']:+.2f} -> {a['recent']['mean']:+.2f}, z={a['z']:.1f}) "
+              f"at {time.strftime('%H:%M:%S', time.localtime(a['event_time']))}")
+    return 0
 
 
 def cmd_serve(args) -> int:

@@ -1,0 +1,87 @@
+"""The Faust app: topics, the scoring agent, and the worker's start-up.
+
+    segments (raw bytes, keyed by stream_id)  ->  score_segments  ->  scores, alerts, segments-dlq
+                                                        |
+                                                   Triton, Redis
+
+Per-stream order holds because producers key by stream_id and a partition is consumed by one
+worker at a time. A micro-batch's offsets are acked when the agent asks for the next batch,
+i.e. only after Redis holds its results (at-least-once); Redis writes are idempotent per
+segment_id, so a redelivered batch is never counted twice. The agent never lets an input error
+escape (faust-streaming#315): bad messages go to the dead-letter topic.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+
+import faust
+from prometheus_client import start_http_server
+
+from stream.config import Settings
+
+log = logging.getLogger("tecaflow.worker")
+settings = Settings.from_env()
+
+
+def broker_credentials(s: Settings):
+    context = None
+    if s.broker_security in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=s.ca_file or None)
+    if s.broker_security.startswith("SASL"):
+        return faust.SASLCredentials(username=s.sasl_username, password=s.sasl_password,
+                                     mechanism=s.sasl_mechanism, ssl_context=context)
+    return faust.SSLCredentials(context) if context else None
+
+
+app = faust.App(
+    "tecaflow",
+    broker=[f"kafka://{server}" for server in settings.broker_servers().split(",")],
+    broker_credentials=broker_credentials(settings),
+    broker_commit_interval=settings.commit_interval_s,
+    topic_partitions=settings.partitions,
+    value_serializer="raw",
+    web_port=settings.web_port,
+    web_host="127.0.0.1",
+    consumer_auto_offset_reset="earliest",
+    datadir=f"{settings.run_dir}/faust",
+)
+
+segments_topic = app.topic(settings.topic_segments, key_type=bytes, value_type=bytes,
+                           key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+scores_topic = app.topic(settings.topic_scores, value_serializer="json", partitions=settings.partitions)
+alerts_topic = app.topic(settings.topic_alerts, value_serializer="json", partitions=settings.partitions)
+dlq_topic = app.topic(settings.topic_dlq, value_serializer="raw", partitions=settings.partitions)
+
+_pipeline = None
+
+
+async def pipeline():
+    """Built on first use, once Triton answers: the model's contract decides what is valid."""
+    global _pipeline
+    if _pipeline is None:
+        from stream.worker import build_pipeline
+        _pipeline = await build_pipeline(settings)
+    return _pipeline
+
+
+@app.agent(segments_topic)
+async def score_segments(stream):
+    async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
+        result = await (await pipeline()).process([event.value for event in events])
+        for reject in result.rejects:
+            await dlq_topic.send(value=reject.message(), headers=reject.headers())
+        for score in result.scores:
+            await scores_topic.send(key=score["stream_id"], value=score)
+        for alert in result.alerts:
+            await alerts_topic.send(key=alert["stream_id"], value=alert)
+            if settings.webhook_url:
+                from stream.pipeline import post_webhook
+                await post_webhook(settings.webhook_url, alert)
+
+
+@app.on_configured.connect
+def start_metrics(app, conf, **kwargs):
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1")
+        log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)

@@ -1,0 +1,180 @@
+"""Every setting of the live system, from environment variables with documented defaults.
+
+| variable | default | meaning |
+|---|---|---|
+| TECAFLOW_RUN_DIR | run | logs, pid files, data of the embedded stack |
+| TECAFLOW_BROKER_URL | kafka://127.0.0.1:9092 | Kafka bootstrap servers (comma-separated host:port, `kafka://` optional) |
+| TECAFLOW_BROKER_SECURITY | PLAINTEXT | PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL |
+| TECAFLOW_BROKER_SASL_MECHANISM | PLAIN | PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 |
+| TECAFLOW_BROKER_SASL_USERNAME / _PASSWORD | (empty) | SASL credentials |
+| TECAFLOW_BROKER_CA_FILE | (empty) | CA bundle for SSL |
+| TECAFLOW_REDIS_URL | redis://127.0.0.1:6379/0 | Redis URL (redis://:password@host:port/db, rediss:// for TLS) |
+| TECAFLOW_TRITON_URL | 127.0.0.1:8001 | Triton gRPC address |
+| TECAFLOW_TRITON_MODEL | tecafn | model name in the repository |
+| TECAFLOW_TOPIC_SEGMENTS / _SCORES / _ALERTS / _DLQ | segments / scores / alerts / segments-dlq | topic names |
+| TECAFLOW_PARTITIONS | 4 | partitions of the topics tecaflow creates |
+| TECAFLOW_BATCH_SIZE | 32 | most segments per Triton call |
+| TECAFLOW_BATCH_WAIT_S | 0.2 | longest wait to fill a batch |
+| TECAFLOW_METRICS_PORT | 9108 | worker's Prometheus /metrics port (0: off) |
+| TECAFLOW_WEB_PORT | 6066 | Faust's own web port |
+| TECAFLOW_COMMIT_INTERVAL_S | 1.0 | how often offsets are committed |
+| TECAFLOW_MAX_TEXT_CHARS | 2000 | longest transcript accepted |
+| TECAFLOW_MAX_FUTURE_S | 300 | how far in the future an event time may lie |
+| TECAFLOW_RECENT_SEGMENTS | 50 | scored segments kept per stream |
+| TECAFLOW_RESOLUTIONS | 10,60,600 | trend bucket sizes in seconds |
+| TECAFLOW_BUCKETS_KEPT | 360 | buckets kept per stream and resolution |
+| TECAFLOW_EWMA_ALPHA | 0.1 | weight of the newest score in the EWMA |
+| TECAFLOW_DEDUP_TTL_S | 604800 | how long a segment_id is remembered |
+| TECAFLOW_DETECT_REFERENCE / _RECENT | 30 / 10 | segments in the reference and recent windows |
+| TECAFLOW_DETECT_Z | 4.0 | alert when the two-window z exceeds this |
+| TECAFLOW_DETECT_REARM_Z | 1.5 | re-arm once |z| falls below this (hysteresis) |
+| TECAFLOW_DETECT_MIN_DELTA | 0.5 | and the means differ by at least this (score units) |
+| TECAFLOW_DETECT_COOLDOWN_S | 60 | event-time seconds between alerts of one stream |
+| TECAFLOW_WEBHOOK_URL | (empty) | Slack-compatible webhook for alerts |
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _int(name: str, default: int, minimum: int = 0) -> int:
+    raw = _env(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = _env(name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not value >= minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class DetectorParams:
+    reference: int = 30
+    recent: int = 10
+    z: float = 4.0
+    rearm_z: float = 1.5
+    min_delta: float = 0.5
+    cooldown_s: float = 60.0
+
+    def __post_init__(self):
+        if self.recent < 2 or self.reference < 2:
+            raise ConfigError("detector windows need at least 2 segments each")
+        if self.rearm_z >= self.z:
+            raise ConfigError(f"TECAFLOW_DETECT_REARM_Z ({self.rearm_z}) must be below TECAFLOW_DETECT_Z ({self.z})")
+
+
+@dataclass(frozen=True)
+class Settings:
+    run_dir: str = "run"
+    broker_url: str = "kafka://127.0.0.1:9092"
+    broker_security: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ca_file: str = ""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    triton_url: str = "127.0.0.1:8001"
+    triton_model: str = "tecafn"
+    topic_segments: str = "segments"
+    topic_scores: str = "scores"
+    topic_alerts: str = "alerts"
+    topic_dlq: str = "segments-dlq"
+    partitions: int = 4
+    batch_size: int = 32
+    batch_wait_s: float = 0.2
+    metrics_port: int = 9108
+    web_port: int = 6066
+    commit_interval_s: float = 1.0
+    max_text_chars: int = 2000
+    max_future_s: float = 300.0
+    recent_segments: int = 50
+    resolutions: tuple[int, ...] = (10, 60, 600)
+    buckets_kept: int = 360
+    ewma_alpha: float = 0.1
+    dedup_ttl_s: int = 604800
+    detector: DetectorParams = field(default_factory=DetectorParams)
+    webhook_url: str = ""
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        security = _env("TECAFLOW_BROKER_SECURITY", "PLAINTEXT").upper()
+        if security not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise ConfigError(f"TECAFLOW_BROKER_SECURITY={security!r}: use PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+        mechanism = _env("TECAFLOW_BROKER_SASL_MECHANISM", "PLAIN").upper()
+        if mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            raise ConfigError(f"TECAFLOW_BROKER_SASL_MECHANISM={mechanism!r}: use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+        try:
+            resolutions = tuple(sorted(int(r) for r in _env("TECAFLOW_RESOLUTIONS", "10,60,600").split(",")))
+        except ValueError:
+            raise ConfigError("TECAFLOW_RESOLUTIONS must be comma-separated whole seconds, e.g. 10,60,600") from None
+        if not resolutions or resolutions[0] < 1:
+            raise ConfigError("TECAFLOW_RESOLUTIONS must hold positive seconds")
+        alpha = _float("TECAFLOW_EWMA_ALPHA", 0.1)
+        if not 0 < alpha <= 1:
+            raise ConfigError(f"TECAFLOW_EWMA_ALPHA={alpha} must be in (0, 1]")
+        redis_url = _env("TECAFLOW_REDIS_URL", cls.redis_url)
+        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"TECAFLOW_REDIS_URL={redis_url!r} must start with redis://, rediss:// or unix://")
+        return cls(
+            run_dir=_env("TECAFLOW_RUN_DIR", cls.run_dir),
+            broker_url=_env("TECAFLOW_BROKER_URL", cls.broker_url),
+            broker_security=security, sasl_mechanism=mechanism,
+            sasl_username=_env("TECAFLOW_BROKER_SASL_USERNAME", ""),
+            sasl_password=_env("TECAFLOW_BROKER_SASL_PASSWORD", ""),
+            ca_file=_env("TECAFLOW_BROKER_CA_FILE", ""),
+            redis_url=redis_url,
+            triton_url=_env("TECAFLOW_TRITON_URL", cls.triton_url),
+            triton_model=_env("TECAFLOW_TRITON_MODEL", cls.triton_model),
+            topic_segments=_env("TECAFLOW_TOPIC_SEGMENTS", cls.topic_segments),
+            topic_scores=_env("TECAFLOW_TOPIC_SCORES", cls.topic_scores),
+            topic_alerts=_env("TECAFLOW_TOPIC_ALERTS", cls.topic_alerts),
+            topic_dlq=_env("TECAFLOW_TOPIC_DLQ", cls.topic_dlq),
+            partitions=_int("TECAFLOW_PARTITIONS", 4, 1),
+            batch_size=_int("TECAFLOW_BATCH_SIZE", 32, 1),
+            batch_wait_s=_float("TECAFLOW_BATCH_WAIT_S", 0.2),
+            metrics_port=_int("TECAFLOW_METRICS_PORT", 9108),
+            web_port=_int("TECAFLOW_WEB_PORT", 6066, 1),
+            commit_interval_s=_float("TECAFLOW_COMMIT_INTERVAL_S", 1.0),
+            max_text_chars=_int("TECAFLOW_MAX_TEXT_CHARS", 2000, 1),
+            max_future_s=_float("TECAFLOW_MAX_FUTURE_S", 300.0),
+            recent_segments=_int("TECAFLOW_RECENT_SEGMENTS", 50, 1),
+            resolutions=resolutions,
+            buckets_kept=_int("TECAFLOW_BUCKETS_KEPT", 360, 1),
+            ewma_alpha=alpha,
+            dedup_ttl_s=_int("TECAFLOW_DEDUP_TTL_S", 604800, 1),
+            detector=DetectorParams(
+                reference=_int("TECAFLOW_DETECT_REFERENCE", 30, 2), recent=_int("TECAFLOW_DETECT_RECENT", 10, 2),
+                z=_float("TECAFLOW_DETECT_Z", 4.0), rearm_z=_float("TECAFLOW_DETECT_REARM_Z", 1.5),
+                min_delta=_float("TECAFLOW_DETECT_MIN_DELTA", 0.5),
+                cooldown_s=_float("TECAFLOW_DETECT_COOLDOWN_S", 60.0)),
+            webhook_url=_env("TECAFLOW_WEBHOOK_URL", ""),
+        )
+
+    def broker_servers(self) -> str:
+        return ",".join(s.strip().removeprefix("kafka://") for s in self.broker_url.split(","))
+
+    def describe(self) -> str:
+        hidden = {"sasl_password"}
+        return ", ".join(f"{f.name}={'***' if f.name in hidden and getattr(self, f.name) else getattr(self, f.name)}"
+                         for f in fields(self))

@@ -1,0 +1,19 @@
+"""The worker's Prometheus metrics. Never labelled by stream_id (unbounded cardinality)."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONSUMED = Counter("tecaflow_segments_consumed_total", "Segment messages read from the segments topic")
+SCORED = Counter("tecaflow_segments_scored_total", "Segments scored and recorded in Redis")
+DUPLICATES = Counter("tecaflow_segments_duplicate_total", "Exact redeliveries of recorded segments, skipped")
+REJECTED = Counter("tecaflow_segments_rejected_total", "Segments sent to the dead-letter topic", ["reason"])
+BATCH_SIZE = Histogram("tecaflow_batch_size", "Segments per Triton call", buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+TRITON_LATENCY = Histogram("tecaflow_triton_latency_seconds", "Triton call latency per batch",
+                           buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+END_TO_END = Histogram("tecaflow_end_to_end_latency_seconds", "From a segment's event time to its Redis write",
+                       buckets=(.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300))
+RETRIES = Counter("tecaflow_retries_total", "Retried calls to a dependency", ["target"])
+DEPENDENCY_UP = Gauge("tecaflow_dependency_up", "1 when the last call to the dependency succeeded", ["target"])
+ALERTS = Counter("tecaflow_alerts_total", "Sentiment shift alerts raised", ["direction"])
+IN_FLIGHT = Gauge("tecaflow_in_flight_segments", "Segments taken from Kafka and not yet recorded")
+WEBHOOK_FAILURES = Counter("tecaflow_webhook_failures_total", "Alert webhooks that could not be delivered")

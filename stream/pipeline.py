@@ -1,0 +1,201 @@
+"""What a worker does with one micro-batch of raw segment messages, with no Faust in it.
+
+    decode + validate  -> rejects (reason, original bytes) for the dead-letter topic
+    tokenize, pad      -> one async gRPC call to Triton for the whole batch
+    record in Redis    -> idempotent per segment_id (Lua); conflicts become rejects
+    detect shifts      -> alerts for the streams the batch touched
+
+Triton and Redis failures are retried with capped exponential backoff for as long as it takes:
+the agent stays inside this call, so it pulls no new work and commits no offsets meanwhile, and
+the process stays up. Input problems never raise.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stream import detector, metrics
+from stream.config import DetectorParams
+from stream.schema import Limits, Rejected, Segment, decode_segment
+from stream.triton_client import ModelContract, batch_inputs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reject:
+    reason: str
+    detail: str
+    raw: bytes
+
+    def headers(self) -> dict[str, bytes]:
+        return {"tecaflow-reason": self.reason.encode(), "tecaflow-detail": self.detail.encode()[:1000]}
+
+    def message(self) -> bytes:
+        """DLQ value: the reason, the detail and the original bytes (base64), as JSON."""
+        import base64
+        return json.dumps({"reason": self.reason, "detail": self.detail,
+                           "original": base64.b64encode(self.raw).decode()}).encode()
+
+
+@dataclass
+class BatchResult:
+    scores: list[dict] = field(default_factory=list)  # for the `scores` topic
+    rejects: list[Reject] = field(default_factory=list)  # for the dead-letter topic
+    alerts: list[dict] = field(default_factory=list)  # for the `alerts` topic and the webhook
+    duplicates: int = 0
+
+
+class Backoff:
+    def __init__(self, first: float = 0.2, cap: float = 10.0):
+        self.first, self.cap, self.delay = first, cap, first
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.cap, self.delay * 2)
+
+
+async def retry_forever(call, target: str, *args):
+    """Run `call(*args)` (sync or async) until it succeeds, counting retries."""
+    backoff = Backoff()
+    attempt = 0
+    while True:
+        try:
+            result = call(*args)
+            if asyncio.iscoroutine(result):
+                result = await result
+            metrics.DEPENDENCY_UP.labels(target).set(1)
+            if attempt:
+                log.info("%s is back after %d retries", target, attempt)
+            return result
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure of the dependency: wait and retry
+            attempt += 1
+            metrics.RETRIES.labels(target).inc()
+            metrics.DEPENDENCY_UP.labels(target).set(0)
+            log.warning("%s call failed (%s: %s); retry %d in %.1fs", target, type(e).__name__, str(e)[:200],
+                        attempt, backoff.delay)
+            await backoff.wait()
+
+
+class Pipeline:
+    def __init__(self, scorer, store, tokenizer, contract: ModelContract, detector_params: DetectorParams,
+                 max_text_chars: int = 2000, max_future_s: float = 300.0):
+        self.scorer, self.store, self.tokenizer, self.contract = scorer, store, tokenizer, contract
+        self.detector_params = detector_params
+        self.limits = Limits(widths=dict(contract.widths), max_frames=contract.max_frames,
+                             max_text_chars=max_text_chars, max_future_s=max_future_s)
+
+    def decode(self, raws: list[bytes], result: BatchResult) -> list[tuple[Segment, bytes]]:
+        good, seen = [], {}
+        for raw in raws:
+            try:
+                segment = decode_segment(raw, self.limits)
+            except Rejected as e:
+                result.rejects.append(Reject(e.reason, e.detail, raw if isinstance(raw, bytes) else b""))
+                continue
+            prior = seen.get(segment.segment_id)
+            if prior is not None:  # the same id twice in one batch
+                if prior == segment.digest:
+                    result.duplicates += 1
+                else:
+                    result.rejects.append(Reject("conflicting_duplicate",
+                                                 f"segment_id {segment.segment_id} seen with other content", raw))
+                continue
+            seen[segment.segment_id] = segment.digest
+            good.append((segment, raw))
+        return good
+
+    def model_inputs(self, segments: list[Segment]) -> dict[str, np.ndarray]:
+        enc = self.tokenizer([s.text for s in segments], padding=True, truncation=True,
+                             max_length=self.contract.max_text_tokens, return_tensors="np")
+        frames = {m: [s.frames(m) for s in segments] for m in self.contract.widths}
+        return batch_inputs(enc["input_ids"], enc["attention_mask"], frames, self.contract)
+
+    async def process(self, raws: list[bytes]) -> BatchResult:
+        result = BatchResult()
+        metrics.CONSUMED.inc(len(raws))
+        metrics.IN_FLIGHT.set(len(raws))
+        good = self.decode(raws, result)
+        if good:
+            segments = [s for s, _ in good]
+            inputs = self.model_inputs(segments)
+            metrics.BATCH_SIZE.observe(len(segments))
+            started = time.perf_counter()
+            scores = await retry_forever(self.scorer.score, "triton", inputs)
+            metrics.TRITON_LATENCY.observe(time.perf_counter() - started)
+            touched: dict[str, None] = {}
+            for (segment, raw), score in zip(good, scores.tolist()):
+                outcome = await retry_forever(self.store.record, "redis", segment.stream_id, segment.segment_id,
+                                              segment.digest, segment.event_time, score, segment.text)
+                touched[segment.stream_id] = None
+                if outcome == "dup":
+                    result.duplicates += 1
+                    continue
+                if outcome == "conflict":
+                    result.rejects.append(Reject("conflicting_duplicate",
+                                                 f"segment_id {segment.segment_id} was recorded with other content",
+                                                 raw))
+                    continue
+                metrics.SCORED.inc()
+                metrics.END_TO_END.observe(max(0.0, time.time() - segment.event_time))
+                result.scores.append({"stream_id": segment.stream_id, "segment_id": segment.segment_id,
+                                      "event_time": segment.event_time, "score": score})
+            for stream in touched:  # redelivered batches too: the detector resumes where it stopped
+                result.alerts += await retry_forever(self.detect, "redis", stream)
+        metrics.DUPLICATES.inc(result.duplicates)
+        for r in result.rejects:
+            metrics.REJECTED.labels(r.reason).inc()
+        metrics.IN_FLIGHT.set(0)
+        return result
+
+    def detect(self, stream: str) -> list[dict]:
+        totals = self.store.totals(stream)
+        state = self.store.detector_state(stream)
+        if not totals or state.get("evaluated", 0) >= totals["count"]:
+            return []
+        alerts, state = detector.scan(stream, self.store.window(stream), totals["count"], state,
+                                      self.detector_params)
+        if not alerts:
+            self.store.save_detector_state(stream, state)
+            return []
+        for alert in alerts:
+            self.store.record_alert(stream, alert, state)
+            metrics.ALERTS.labels(alert["direction"]).inc()
+            log.warning("shift alert: stream %s %s by %.2f (z=%.1f)", stream, alert["direction"],
+                        alert["magnitude"], alert["z"])
+        return alerts
+
+
+def slack_payload(alert: dict) -> dict:
+    arrow = "📈" if alert["direction"] == "up" else "📉"
+    text = (f"{arrow} Sentiment shift on *{alert['stream_id']}*: {alert['direction']} by "
+            f"{abs(alert['magnitude']):.2f} (from {alert['reference']['mean']:+.2f} to {alert['recent']['mean']:+.2f}, "
+            f"z={alert['z']:.1f})")
+    return {"text": text, "attachments": [{"fields": [{"title": k, "value": str(v), "short": True}
+                                                      for k, v in alert.items() if k not in ("reference", "recent")]}]}
+
+
+async def post_webhook(url: str, alert: dict, session=None) -> bool:
+    """POST a Slack-compatible JSON alert; failures are logged and counted, never raised."""
+    import aiohttp
+    own = session is None
+    session = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+    try:
+        async with session.post(url, json=slack_payload(alert)) as response:
+            if response.status >= 300:
+                raise RuntimeError(f"HTTP {response.status}")
+        return True
+    except Exception as e:  # noqa: BLE001
+        metrics.WEBHOOK_FAILURES.inc()
+        log.warning("alert webhook to %s failed: %s", url, e)
+        return False
+    finally:
+        if own:
+            await session.close()

@@ -1,0 +1,150 @@
+"""`tecaflow replay`: produce segments from the synthetic generator or a dataset as N concurrent
+streams, with scheduled sentiment shifts, and say exactly what was sent.
+
+Each stream has a baseline sentiment level; segment i of a stream is an utterance drawn from the
+data whose label is near the stream's level at i. `--shift STREAM@T:DELTA` moves stream STREAM
+(an index or a name) by DELTA label units from its segment T on.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stream.schema import encode_segment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Shift:
+    stream: int
+    at: int
+    delta: float
+
+    @classmethod
+    def parse(cls, text: str, n_streams: int) -> "Shift":
+        m = re.fullmatch(r"(?:stream-)?(\d+)@(\d+):([+-]?\d+(?:\.\d+)?)", text)
+        if not m:
+            raise ValueError(f"--shift {text!r}: expected STREAM@T:DELTA, e.g. 2@40:-2.5")
+        shift = cls(int(m.group(1)), int(m.group(2)), float(m.group(3)))
+        if shift.stream >= n_streams:
+            raise ValueError(f"--shift {text!r}: stream {shift.stream} does not exist (streams 0..{n_streams - 1})")
+        return shift
+
+
+def stream_name(i: int) -> str:
+    return f"stream-{i:03d}"
+
+
+class UtterancePool:
+    """Utterances with labels and frames to draw from, by target label."""
+
+    def __init__(self, data: str, widths: dict[str, int], seed: int):
+        from trainer.data import load_dataset
+        ds = load_dataset(data, seed=seed, n=3000) if data == "synthetic" else load_dataset(data)
+        splits = [ds.train, ds.valid, ds.test]
+        self.texts = [t for s in splits for t in s.texts]
+        self.labels = np.concatenate([s.labels for s in splits])
+        self.frames = {}
+        for m, width in widths.items():
+            parts = []
+            for s in splits:
+                array, lengths = getattr(s, m), getattr(s, f"{m}_lengths")
+                if array is None:  # the data lacks this modality: one neutral frame
+                    parts += [np.zeros((1, width), np.float32)] * len(s)
+                elif array.shape[-1] != width:
+                    raise ValueError(f"{data}: {m} width {array.shape[-1]} but the model expects {width}")
+                else:
+                    parts += [array[i, : lengths[i]] for i in range(len(s))]
+            self.frames[m] = parts
+        self.rng = np.random.default_rng(seed)
+
+    def draw(self, target: float) -> int:
+        close = np.flatnonzero(np.abs(self.labels - target) <= 0.5)
+        if close.size == 0:
+            close = np.argsort(np.abs(self.labels - target))[:20]
+        return int(self.rng.choice(close))
+
+
+def plan_segments(pool: UtterancePool, n_streams: int, n_segments: int, shifts: list[Shift], seed: int,
+                  spacing_s: float, t0: float) -> list[dict]:
+    """Every segment to send, interleaved across streams in send order."""
+    rng = np.random.default_rng(seed + 1)
+    levels = rng.uniform(-1.0, 1.5, n_streams)
+    out = []
+    for i in range(n_segments):
+        for s in range(n_streams):
+            level = levels[s] + sum(sh.delta for sh in shifts if sh.stream == s and i >= sh.at)
+            row = pool.draw(float(np.clip(level, -3, 3)))
+            out.append({"stream_id": stream_name(s), "segment_id": f"{stream_name(s)}/{i:06d}",
+                        "event_time": t0 + i * spacing_s + s * 1e-3, "row": row, "level": float(level)})
+    return out
+
+
+async def send_all(servers: str, topic: str, planned: list[dict], pool: UtterancePool, rate: float,
+                   manifest: Path | None, progress: bool = True) -> dict:
+    from aiokafka import AIOKafkaProducer
+    from tqdm import tqdm
+
+    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
+    await producer.start()
+    sink = manifest.open("w") if manifest else None
+    started = time.monotonic()
+    try:
+        for k, seg in enumerate(tqdm(planned, desc="replay", unit="seg", disable=not progress)):
+            if rate > 0:  # pace to `rate` segments per second overall
+                delay = started + k / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            row = seg["row"]
+            value = encode_segment(seg["stream_id"], seg["segment_id"], seg["event_time"], pool.texts[row],
+                                   pool.frames.get("audio", [np.zeros((1, 1), np.float32)] * (row + 1))[row],
+                                   pool.frames.get("visual", [np.zeros((1, 1), np.float32)] * (row + 1))[row],
+                                   {"label": float(pool.labels[row])})
+            await producer.send(topic, value=value, key=seg["stream_id"].encode())
+            if sink:
+                sink.write(json.dumps({"stream_id": seg["stream_id"], "segment_id": seg["segment_id"],
+                                       "label": float(pool.labels[row]), "level": seg["level"],
+                                       "message": base64.b64encode(value).decode()}) + "\n")
+        await producer.flush()
+    finally:
+        await producer.stop()
+        if sink:
+            sink.close()
+    return summarise(planned, pool)
+
+
+def summarise(planned: list[dict], pool: UtterancePool) -> dict:
+    per_stream: dict[str, dict] = {}
+    for seg in planned:
+        s = per_stream.setdefault(seg["stream_id"], {"count": 0, "label_sum": 0.0})
+        s["count"] += 1
+        s["label_sum"] += float(pool.labels[seg["row"]])
+    for s in per_stream.values():
+        s["label_mean"] = round(s.pop("label_sum") / s["count"], 4)
+    return {"segments": len(planned), "streams": per_stream}
+
+
+def replay(servers: str, topic: str, widths: dict[str, int], streams: int, segments: int, rate: float,
+           data: str = "synthetic", shifts: list[str] = (), seed: int = 0, manifest: Path | None = None,
+           progress: bool = True) -> dict:
+    if streams < 1 or segments < 1:
+        raise ValueError("--streams and --segments must be >= 1")
+    if rate < 0:
+        raise ValueError("--rate must be >= 0 (0: as fast as possible)")
+    parsed = [Shift.parse(s, streams) for s in shifts]
+    pool = UtterancePool(data, widths, seed)
+    spacing = streams / rate if rate > 0 else 1.0
+    t0 = time.time() if rate > 0 else time.time() - segments * spacing
+    planned = plan_segments(pool, streams, segments, parsed, seed, spacing, t0)
+    summary = asyncio.run(send_all(servers, topic, planned, pool, rate, manifest, progress))
+    summary["shifts"] = [f"{stream_name(s.stream)}@{s.at}:{s.delta:+g}" for s in parsed]
+    return summary

@@ -1,0 +1,197 @@
+"""The segment message (version 1): what producers put on the `segments` topic, keyed by stream_id.
+
+A UTF-8 JSON object; frames are little-endian float32 bytes in base64 (compact, exact, and
+readable from any language; no pickle, no eval):
+
+    {"v": 1,
+     "stream_id": "brand-42",                  # 1-128 chars of [A-Za-z0-9._:@/-]
+     "segment_id": "brand-42/000123",          # unique per segment, same charset, 1-200 chars
+     "event_time": 1764000000.5,               # unix seconds (float) when the utterance happened
+     "text": "the new phone is great",         # transcript, may be empty
+     "audio":  {"shape": [T_a, d_a], "f32": "<base64>"},
+     "visual": {"shape": [T_v, d_v], "f32": "<base64>"},
+     "meta": {"lang": "en"}}                   # optional, a JSON object of at most 4 KiB
+
+Every rejection says why (`Rejected.reason` is a short machine-readable code, `detail` is for
+people). Checks that need the model (feature widths, frame limits) take a `Limits`.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+VERSION = 1
+ID_PATTERN = re.compile(r"[A-Za-z0-9._:@/\-]+")
+REQUIRED = ("v", "stream_id", "segment_id", "event_time", "text", "audio", "visual")
+OPTIONAL = ("meta",)
+MAX_META_BYTES = 4096
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+EARLIEST_EVENT_TIME = 946684800.0  # 2000-01-01: anything older is a unit mistake (ms, or 0)
+
+
+class Rejected(ValueError):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class Limits:
+    widths: dict[str, int] = field(default_factory=lambda: {"audio": 5, "visual": 20})
+    max_frames: int = 50
+    max_text_chars: int = 2000
+    max_future_s: float = 300.0
+
+
+@dataclass
+class Segment:
+    stream_id: str
+    segment_id: str
+    event_time: float
+    text: str
+    audio: np.ndarray  # [T_a, d_a] float32
+    visual: np.ndarray  # [T_v, d_v] float32
+    meta: dict
+    digest: str  # sha256 of the canonical content: equal for an exact redelivery
+
+    def frames(self, modality: str) -> np.ndarray:
+        return {"audio": self.audio, "visual": self.visual}[modality]
+
+
+def encode_frames(array: np.ndarray) -> dict:
+    a = np.ascontiguousarray(array, dtype="<f4")
+    if a.ndim != 2:
+        raise ValueError(f"frames must be [T, d], got shape {a.shape}")
+    return {"shape": list(a.shape), "f32": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def encode_segment(stream_id: str, segment_id: str, event_time: float, text: str, audio: np.ndarray,
+                   visual: np.ndarray, meta: dict | None = None) -> bytes:
+    message = {"v": VERSION, "stream_id": stream_id, "segment_id": segment_id, "event_time": float(event_time),
+               "text": text, "audio": encode_frames(audio), "visual": encode_frames(visual)}
+    if meta:
+        message["meta"] = meta
+    return json.dumps(message, separators=(",", ":")).encode("utf-8")
+
+
+def decode_segment(raw: bytes, limits: Limits, now: float | None = None) -> Segment:
+    """Parse and validate one message; raise Rejected with the first problem found."""
+    if not isinstance(raw, (bytes, bytearray)):
+        raise Rejected("not_bytes", f"message value is {type(raw).__name__}, not bytes")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise Rejected("too_large", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Rejected("undecodable", f"not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        message = json.loads(text, parse_constant=_no_constants)
+    except (json.JSONDecodeError, ValueError) as e:
+        raise Rejected("undecodable", f"not JSON ({e})") from None
+    if not isinstance(message, dict):
+        raise Rejected("not_an_object", f"top level is {type(message).__name__}, not an object")
+    missing = [k for k in REQUIRED if k not in message]
+    if missing:
+        raise Rejected("missing_field", f"missing {', '.join(missing)}")
+    extra = sorted(set(message) - set(REQUIRED) - set(OPTIONAL))
+    if extra:
+        raise Rejected("extra_field", f"unknown fields {', '.join(extra)}")
+    if message["v"] != VERSION or isinstance(message["v"], bool):
+        raise Rejected("bad_version", f"v={message['v']!r}; this worker reads version {VERSION}")
+    stream_id = _identifier(message, "stream_id", 128)
+    segment_id = _identifier(message, "segment_id", 200)
+    event_time = _event_time(message["event_time"], limits, time.time() if now is None else now)
+    transcript = message["text"]
+    if not isinstance(transcript, str):
+        raise Rejected("wrong_type", f"text is {type(transcript).__name__}, not a string")
+    if len(transcript) > limits.max_text_chars:
+        raise Rejected("text_too_long", f"{len(transcript)} characters > {limits.max_text_chars}")
+    if "\x00" in transcript:
+        raise Rejected("bad_text", "text contains NUL characters")
+    audio = _frames(message["audio"], "audio", limits)
+    visual = _frames(message["visual"], "visual", limits)
+    meta = message.get("meta", {})
+    if not isinstance(meta, dict):
+        raise Rejected("wrong_type", f"meta is {type(meta).__name__}, not an object")
+    meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    if len(meta_bytes) > MAX_META_BYTES:
+        raise Rejected("meta_too_large", f"meta is {len(meta_bytes)} bytes > {MAX_META_BYTES}")
+    digest = hashlib.sha256()
+    for part in (stream_id, repr(event_time), transcript, meta_bytes.decode(), audio.shape, visual.shape):
+        digest.update(str(part).encode() + b"\x1f")
+    digest.update(audio.tobytes())
+    digest.update(visual.tobytes())
+    return Segment(stream_id, segment_id, event_time, transcript, audio, visual, meta, digest.hexdigest())
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _identifier(message: dict, key: str, max_len: int) -> str:
+    value = message[key]
+    if not isinstance(value, str):
+        raise Rejected("wrong_type", f"{key} is {type(value).__name__}, not a string")
+    if not value:
+        raise Rejected("bad_id", f"{key} is empty")
+    if len(value) > max_len:
+        raise Rejected("bad_id", f"{key} is {len(value)} characters > {max_len}")
+    if not ID_PATTERN.fullmatch(value):
+        raise Rejected("bad_id", f"{key} {value[:40]!r} has characters outside [A-Za-z0-9._:@/-]")
+    return value
+
+
+def _event_time(value, limits: Limits, now: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Rejected("wrong_type", f"event_time is {type(value).__name__}, not a number of unix seconds")
+    value = float(value)
+    if not math.isfinite(value):
+        raise Rejected("bad_timestamp", "event_time is not finite")
+    if value < EARLIEST_EVENT_TIME:
+        raise Rejected("bad_timestamp", f"event_time {value} is before 2000-01-01 (seconds expected, not ms?)")
+    if value > now + limits.max_future_s:
+        if value > 1e11:
+            raise Rejected("bad_timestamp", f"event_time {value} looks like milliseconds; send unix seconds")
+        raise Rejected("bad_timestamp", f"event_time is {value - now:.0f}s in the future (> {limits.max_future_s:.0f}s)")
+    return value
+
+
+def _frames(value, modality: str, limits: Limits) -> np.ndarray:
+    if not isinstance(value, dict):
+        raise Rejected("wrong_type", f"{modality} is {type(value).__name__}, not an object with shape and f32")
+    if set(value) != {"shape", "f32"}:
+        raise Rejected("bad_frames", f"{modality} must have exactly the keys shape and f32, has {sorted(value)}")
+    shape, data = value["shape"], value["f32"]
+    if (not isinstance(shape, list) or len(shape) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)):
+        raise Rejected("bad_shape", f"{modality}.shape must be [frames, width] integers, got {shape!r}")
+    frames, width = shape
+    if frames < 1:
+        raise Rejected("no_frames", f"{modality} has {frames} frames; at least 1 is needed")
+    if frames > limits.max_frames:
+        raise Rejected("too_many_frames", f"{modality} has {frames} frames > {limits.max_frames}")
+    expected = limits.widths.get(modality)
+    if expected is not None and width != expected:
+        raise Rejected("wrong_width", f"{modality} width {width}, the model expects {expected}")
+    if width < 1:
+        raise Rejected("wrong_width", f"{modality} width {width} < 1")
+    if not isinstance(data, str):
+        raise Rejected("wrong_type", f"{modality}.f32 is {type(data).__name__}, not a base64 string")
+    try:
+        buf = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise Rejected("bad_base64", f"{modality}.f32 is not base64 ({e})") from None
+    if len(buf) != 4 * frames * width:
+        raise Rejected("size_mismatch", f"{modality}.f32 holds {len(buf)} bytes, shape {shape} needs {4 * frames * width}")
+    array = np.frombuffer(buf, dtype="<f4").reshape(frames, width).astype(np.float32)
+    if not np.all(np.isfinite(array)):
+        raise Rejected("non_finite", f"{modality} holds NaN or Inf")
+    return array

@@ -1,0 +1,63 @@
+"""Start-up of a worker: connect to Triton and Redis, find the tokenizer, run the Faust app."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+# Imported at start-up, not inside the event loop: it takes seconds.
+from transformers import AutoTokenizer
+
+from stream.config import ConfigError, Settings
+from stream.pipeline import Pipeline, retry_forever
+from stream.store import StoreSettings, TrendStore
+from stream.triton_client import AsyncTritonScorer
+
+log = logging.getLogger("tecaflow.worker")
+
+
+def find_tokenizer(settings: Settings):
+    """TECAFLOW_TOKENIZER, else the tokenizer exported beside the newest model version."""
+    explicit = os.environ.get("TECAFLOW_TOKENIZER")
+    if explicit:
+        path = Path(explicit)
+    else:
+        model_dir = Path(os.environ.get("TECAFLOW_MODEL_REPO", "model_repo")) / settings.triton_model
+        versions = sorted((p for p in model_dir.glob("[0-9]*") if p.is_dir()), key=lambda p: int(p.name))
+        if not versions:
+            raise ConfigError(f"no tokenizer: {model_dir} has no exported version; set TECAFLOW_TOKENIZER "
+                              f"or TECAFLOW_MODEL_REPO")
+        path = versions[-1] / "tokenizer"
+    if not path.is_dir():
+        raise ConfigError(f"tokenizer directory {path} does not exist")
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def store_for(settings: Settings) -> TrendStore:
+    d = settings.detector
+    return TrendStore(settings.redis_url, StoreSettings(
+        resolutions=settings.resolutions, buckets_kept=settings.buckets_kept,
+        recent_segments=settings.recent_segments, ewma_alpha=settings.ewma_alpha,
+        dedup_ttl_s=settings.dedup_ttl_s, window=d.reference + d.recent + 4 * settings.batch_size))
+
+
+async def build_pipeline(settings: Settings) -> Pipeline:
+    scorer = AsyncTritonScorer(settings.triton_url, settings.triton_model)
+    contract = await retry_forever(scorer.contract, "triton")
+    log.info("model %s: widths %s, <= %d frames, <= %d tokens", settings.triton_model, contract.widths,
+             contract.max_frames, contract.max_text_tokens)
+    store = store_for(settings)
+    await retry_forever(store.ping, "redis")
+    return Pipeline(scorer, store, find_tokenizer(settings), contract, settings.detector,
+                    settings.max_text_chars, settings.max_future_s)
+
+
+def run_worker(loglevel: str = "info") -> int:
+    """Run the Faust worker in this process until it is stopped."""
+    from stream.app import app, settings
+    log.info("worker settings: %s", settings.describe())
+    sys.argv = ["tecaflow-worker", "worker", "--loglevel", loglevel, "--web-port", str(settings.web_port),
+                "--web-host", "127.0.0.1"]
+    app.main()
+    return 0
