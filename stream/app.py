@@ -39,6 +39,11 @@ app = faust.App(
     broker=[f"kafka://{server}" for server in settings.broker_servers().split(",")],
     broker_credentials=broker_credentials(settings),
     broker_commit_interval=settings.commit_interval_s,
+    # A new member waits up to the rebalance timeout for the group to settle; a dead member is
+    # noticed after the session timeout. Both bound how long partitions sit idle.
+    broker_rebalance_timeout=settings.session_timeout_s,
+    broker_session_timeout=settings.session_timeout_s,
+    broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 10),
     topic_partitions=settings.partitions,
     value_serializer="raw",
     web_port=settings.web_port,

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="from segment T on, move stream STREAM's sentiment by DELTA (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--manifest", type=Path, help="write every sent message (JSON lines) here")
+    p.add_argument("--prefix", default="stream", help="stream names are PREFIX-000, PREFIX-001, ...")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_replay)
 
@@ -95,7 +96,7 @@ def cmd_replay(args) -> int:
     settings = Settings.from_env()
     widths = model_widths(settings)
     summary = replay(settings.broker_servers(), settings.topic_segments, widths, args.streams, args.segments,
-                     args.rate, args.data, args.shift, args.seed, args.manifest)
+                     args.rate, args.data, args.shift, args.seed, args.manifest, prefix=args.prefix)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

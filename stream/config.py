@@ -18,6 +18,7 @@
 | TECAFLOW_METRICS_PORT | 9108 | worker's Prometheus /metrics port (0: off) |
 | TECAFLOW_WEB_PORT | 6066 | Faust's own web port |
 | TECAFLOW_COMMIT_INTERVAL_S | 1.0 | how often offsets are committed |
+| TECAFLOW_SESSION_TIMEOUT_S | 10 | consumer-group session and rebalance timeout |
 | TECAFLOW_MAX_TEXT_CHARS | 2000 | longest transcript accepted |
 | TECAFLOW_MAX_FUTURE_S | 300 | how far in the future an event time may lie |
 | TECAFLOW_RECENT_SEGMENTS | 50 | scored segments kept per stream |
@@ -106,6 +107,7 @@ class Settings:
     metrics_port: int = 9108
     web_port: int = 6066
     commit_interval_s: float = 1.0
+    session_timeout_s: float = 10.0
     max_text_chars: int = 2000
     max_future_s: float = 300.0
     recent_segments: int = 50
@@ -156,6 +158,7 @@ class Settings:
             metrics_port=_int("TECAFLOW_METRICS_PORT", 9108),
             web_port=_int("TECAFLOW_WEB_PORT", 6066, 1),
             commit_interval_s=_float("TECAFLOW_COMMIT_INTERVAL_S", 1.0),
+            session_timeout_s=_float("TECAFLOW_SESSION_TIMEOUT_S", 10.0, 1.0),
             max_text_chars=_int("TECAFLOW_MAX_TEXT_CHARS", 2000, 1),
             max_future_s=_float("TECAFLOW_MAX_FUTURE_S", 300.0),
             recent_segments=_int("TECAFLOW_RECENT_SEGMENTS", 50, 1),

@@ -31,7 +31,7 @@ class Shift:
 
     @classmethod
     def parse(cls, text: str, n_streams: int) -> "Shift":
-        m = re.fullmatch(r"(?:stream-)?(\d+)@(\d+):([+-]?\d+(?:\.\d+)?)", text)
+        m = re.fullmatch(r"(?:[A-Za-z0-9_.]+-)?(\d+)@(\d+):([+-]?\d+(?:\.\d+)?)", text)
         if not m:
             raise ValueError(f"--shift {text!r}: expected STREAM@T:DELTA, e.g. 2@40:-2.5")
         shift = cls(int(m.group(1)), int(m.group(2)), float(m.group(3)))
@@ -40,8 +40,8 @@ class Shift:
         return shift
 
 
-def stream_name(i: int) -> str:
-    return f"stream-{i:03d}"
+def stream_name(i: int, prefix: str = "stream") -> str:
+    return f"{prefix}-{i:03d}"
 
 
 class UtterancePool:
@@ -75,7 +75,7 @@ class UtterancePool:
 
 
 def plan_segments(pool: UtterancePool, n_streams: int, n_segments: int, shifts: list[Shift], seed: int,
-                  spacing_s: float, t0: float) -> list[dict]:
+                  spacing_s: float, t0: float, prefix: str = "stream") -> list[dict]:
     """Every segment to send, interleaved across streams in send order."""
     rng = np.random.default_rng(seed + 1)
     levels = rng.uniform(-1.0, 1.5, n_streams)
@@ -84,7 +84,8 @@ def plan_segments(pool: UtterancePool, n_streams: int, n_segments: int, shifts: 
         for s in range(n_streams):
             level = levels[s] + sum(sh.delta for sh in shifts if sh.stream == s and i >= sh.at)
             row = pool.draw(float(np.clip(level, -3, 3)))
-            out.append({"stream_id": stream_name(s), "segment_id": f"{stream_name(s)}/{i:06d}",
+            name = stream_name(s, prefix)
+            out.append({"stream_id": name, "segment_id": f"{name}/{i:06d}",
                         "event_time": t0 + i * spacing_s + s * 1e-3, "row": row, "level": float(level)})
     return out
 
@@ -135,7 +136,7 @@ def summarise(planned: list[dict], pool: UtterancePool) -> dict:
 
 def replay(servers: str, topic: str, widths: dict[str, int], streams: int, segments: int, rate: float,
            data: str = "synthetic", shifts: list[str] = (), seed: int = 0, manifest: Path | None = None,
-           progress: bool = True) -> dict:
+           progress: bool = True, prefix: str = "stream") -> dict:
     if streams < 1 or segments < 1:
         raise ValueError("--streams and --segments must be >= 1")
     if rate < 0:
@@ -144,7 +145,9 @@ def replay(servers: str, topic: str, widths: dict[str, int], streams: int, segme
     pool = UtterancePool(data, widths, seed)
     spacing = streams / rate if rate > 0 else 1.0
     t0 = time.time() if rate > 0 else time.time() - segments * spacing
-    planned = plan_segments(pool, streams, segments, parsed, seed, spacing, t0)
+    if not re.fullmatch(r"[A-Za-z0-9_.]+", prefix):
+        raise ValueError(f"--prefix {prefix!r}: letters, digits, '_' and '.' only")
+    planned = plan_segments(pool, streams, segments, parsed, seed, spacing, t0, prefix)
     summary = asyncio.run(send_all(servers, topic, planned, pool, rate, manifest, progress))
-    summary["shifts"] = [f"{stream_name(s.stream)}@{s.at}:{s.delta:+g}" for s in parsed]
+    summary["shifts"] = [f"{stream_name(s.stream, prefix)}@{s.at}:{s.delta:+g}" for s in parsed]
     return summary

@@ -1,0 +1,77 @@
+"""The worker's batch logic with a fake Triton (unit test) and a real Redis."""
+import asyncio
+
+import numpy as np
+import pytest
+
+from stream import metrics
+from stream.config import DetectorParams
+from stream.pipeline import Pipeline, slack_payload
+from stream.store import TrendStore
+from stream.triton_client import ModelContract
+from tests.malformed import MAX_FRAMES, catalogue, conflicting_pair, valid_bytes
+from trainer.text_encoder import load_tokenizer
+
+CONTRACT = ModelContract(inputs=("input_ids", "attention_mask", "audio", "audio_lengths", "visual", "visual_lengths"),
+                         widths={"audio": 5, "visual": 20}, max_text_tokens=16, max_frames=MAX_FRAMES, max_batch=64)
+
+
+class FlakyScorer:
+    """Fails `failures` times, then scores each segment as the mean of its audio channel 0."""
+
+    def __init__(self, failures=0):
+        self.failures, self.calls, self.batches = failures, 0, []
+
+    async def score(self, inputs):
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("triton is down")
+        self.batches.append(inputs)
+        lengths = inputs["audio_lengths"].reshape(-1)
+        return np.array([inputs["audio"][i, : lengths[i], 0].mean() for i in range(len(lengths))], np.float32)
+
+
+@pytest.fixture
+def pipeline(redis_url):
+    store = TrendStore(redis_url)
+    store.redis.flushdb()
+    return Pipeline(FlakyScorer(), store, load_tokenizer("tiny"), CONTRACT, DetectorParams(reference=4, recent=2))
+
+
+def test_good_bad_and_duplicate_messages_in_one_batch(pipeline):
+    good = [valid_bytes(stream="p", segment=f"p/{i}", frames=1 + i % 4) for i in range(5)]
+    bad = [raw for _, raw, _ in catalogue()[:6]]
+    result = asyncio.run(pipeline.process(good + bad + [good[0]]))
+    assert len(result.scores) == 5 and len(result.rejects) == 6 and result.duplicates == 1
+    assert pipeline.store.totals("p")["count"] == 5
+    assert [r.raw for r in result.rejects] == bad  # the original bytes travel to the DLQ
+    assert pipeline.scorer.batches[0]["input_ids"].shape[0] == 5  # one Triton call for the batch
+    # a redelivery of the whole batch records nothing twice
+    again = asyncio.run(pipeline.process(good))
+    assert again.scores == [] and again.duplicates == 5 and pipeline.store.totals("p")["count"] == 5
+
+
+def test_conflicting_duplicate_goes_to_the_dlq(pipeline):
+    first, second = conflicting_pair()
+    assert len(asyncio.run(pipeline.process([first])).scores) == 1
+    result = asyncio.run(pipeline.process([second]))
+    assert [r.reason for r in result.rejects] == ["conflicting_duplicate"]
+    assert pipeline.store.totals("bad")["count"] == 1
+
+
+def test_triton_outage_is_retried_not_lost(pipeline, monkeypatch):
+    pipeline.scorer.failures = 2
+    monkeypatch.setattr("stream.pipeline.Backoff.__init__", lambda self, first=0.01, cap=0.02: (
+        setattr(self, "first", 0.01), setattr(self, "cap", 0.02), setattr(self, "delay", 0.01))[0])
+    before = metrics.RETRIES.labels("triton")._value.get()
+    result = asyncio.run(pipeline.process([valid_bytes(stream="q", segment="q/1")]))
+    assert len(result.scores) == 1 and pipeline.scorer.calls == 3
+    assert metrics.RETRIES.labels("triton")._value.get() == before + 2
+
+
+def test_slack_payload_reads_well():
+    alert = {"stream_id": "brand", "direction": "down", "magnitude": -1.5, "z": -6.2, "event_time": 1.0,
+             "reference": {"mean": 0.8}, "recent": {"mean": -0.7}}
+    text = slack_payload(alert)["text"]
+    assert "brand" in text and "down by 1.50" in text and "+0.80 to -0.70" in text

@@ -1,0 +1,46 @@
+import json
+
+import numpy as np
+import pytest
+
+from stream.schema import Limits, Rejected, decode_segment, encode_segment
+from tests.malformed import MAX_FRAMES, WIDTHS, catalogue, valid_bytes
+
+LIMITS = Limits(widths=WIDTHS, max_frames=MAX_FRAMES)
+
+
+def test_round_trip_is_exact():
+    audio = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)
+    visual = np.random.default_rng(1).normal(size=(3, 20)).astype(np.float32)
+    raw = encode_segment("brand-1", "brand-1/7", 1_764_000_000.25, "ça va très bien", audio, visual, {"lang": "fr"})
+    seg = decode_segment(raw, LIMITS, now=1_764_000_001)
+    assert (seg.stream_id, seg.segment_id, seg.event_time, seg.text) == ("brand-1", "brand-1/7", 1_764_000_000.25,
+                                                                         "ça va très bien")
+    np.testing.assert_array_equal(seg.audio, audio)
+    np.testing.assert_array_equal(seg.visual, visual)
+    assert seg.meta == {"lang": "fr"}
+
+
+def test_digest_ignores_encoding_but_not_content():
+    a = json.loads(valid_bytes(segment="x/1", text="same"))
+    reordered = json.dumps(dict(reversed(list(a.items())))).encode()
+    assert decode_segment(json.dumps(a).encode(), LIMITS).digest == decode_segment(reordered, LIMITS).digest
+    a["text"] = "different"
+    assert decode_segment(json.dumps(a).encode(), LIMITS).digest != decode_segment(reordered, LIMITS).digest
+
+
+def test_empty_transcript_is_valid():
+    assert decode_segment(valid_bytes(text=""), LIMITS).text == ""
+
+
+def test_catalogue_has_at_least_thirty_distinct_kinds():
+    cases = catalogue()
+    assert len({name for name, _, _ in cases}) == len(cases) >= 30
+
+
+@pytest.mark.parametrize("name, raw, reason", catalogue(), ids=[c[0] for c in catalogue()])
+def test_every_malformed_message_is_rejected_with_its_reason(name, raw, reason):
+    with pytest.raises(Rejected) as caught:
+        decode_segment(raw, LIMITS)
+    assert caught.value.reason == reason
+    assert caught.value.detail  # a sentence for people, too

@@ -1,0 +1,57 @@
+import math
+
+import pytest
+
+from stream.store import StoreSettings, TrendStore
+
+
+@pytest.fixture
+def store(redis_url):
+    s = TrendStore(redis_url, StoreSettings(resolutions=(10, 60), buckets_kept=3, recent_segments=4, ewma_alpha=0.5))
+    s.redis.flushdb()
+    return s
+
+
+def test_record_updates_every_structure(store):
+    points = [(1000.0, 1.0), (1005.0, -0.5), (1012.0, 2.0), (1075.0, 0.25)]
+    for i, (t, score) in enumerate(points):
+        assert store.record("a", f"a/{i}", f"d{i}", t, score, f"text {i}", now=2000 + i) == "new"
+    tot = store.totals("a")
+    assert tot["count"] == 4 and tot["sum"] == pytest.approx(2.75)
+    assert tot["std"] == pytest.approx(math.sqrt(sum(s * s for _, s in points) / 4 - (2.75 / 4) ** 2))
+    ewma = 1.0
+    for _, s in points[1:]:
+        ewma = 0.5 * s + 0.5 * ewma
+    assert tot["ewma"] == pytest.approx(ewma)
+    assert tot["last_event_time"] == 1075.0 and tot["last_score"] == 0.25
+    b10 = store.buckets("a", 10)
+    assert [(b["start"], b["count"]) for b in b10] == [(1000, 2), (1010, 1), (1070, 1)]
+    assert b10[0]["min"] == -0.5 and b10[0]["max"] == 1.0 and b10[0]["mean"] == pytest.approx(0.25)
+    assert [(b["start"], b["count"]) for b in store.buckets("a", 60)] == [(960, 3), (1020, 1)]
+    assert [r["segment_id"] for r in store.recent("a")] == ["a/3", "a/2", "a/1", "a/0"]
+    assert store.streams()[0][0] == "a"
+
+
+def test_exact_redelivery_changes_nothing_and_conflicts_are_refused(store):
+    assert store.record("a", "a/1", "digest-1", 1000.0, 1.0, "x") == "new"
+    assert store.record("a", "a/1", "digest-1", 1000.0, 1.0, "x") == "dup"
+    assert store.record("a", "a/1", "digest-2", 1000.0, 9.0, "y") == "conflict"
+    assert store.totals("a")["count"] == 1 and store.totals("a")["sum"] == 1.0
+    assert len(store.window("a")) == 1
+
+
+def test_retention_keeps_the_newest_buckets_and_recent_items(store):
+    for i in range(10):
+        store.record("a", f"a/{i}", f"d{i}", 1000.0 + 10 * i, float(i), "t")
+    assert [b["start"] for b in store.buckets("a", 10)] == [1070, 1080, 1090]
+    assert not store.redis.exists("tf:{a}:b10:1000")
+    assert len(store.recent("a", 100)) == 4
+    assert store.rolling_mean("a", 10, 2) == pytest.approx(8.5)
+
+
+def test_alerts_and_detector_state(store):
+    store.record_alert("a", {"stream_id": "a", "direction": "down", "magnitude": -1.2}, {"armed": False, "evaluated": 9})
+    store.record_alert("b", {"stream_id": "b", "direction": "up", "magnitude": 1.0}, {"armed": False, "evaluated": 3})
+    assert [a["stream_id"] for a in store.alerts()] == ["b", "a"]
+    assert [a["stream_id"] for a in store.alerts(stream="a")] == ["a"]
+    assert store.detector_state("a") == {"armed": False, "evaluated": 9}
