@@ -16,7 +16,6 @@ import logging
 import ssl
 
 import faust
-from prometheus_client import start_http_server
 
 from stream.config import Settings
 
@@ -83,10 +82,3 @@ async def score_segments(stream):
             if settings.webhook_url:
                 from stream.pipeline import post_webhook
                 await post_webhook(settings.webhook_url, alert)
-
-
-@app.on_configured.connect
-def start_metrics(app, conf, **kwargs):
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
-        log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)

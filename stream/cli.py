@@ -94,8 +94,8 @@ def cmd_replay(args) -> int:
     from stream.config import Settings
     from stream.replay import replay
     settings = Settings.from_env()
-    widths = model_widths(settings)
-    summary = replay(settings.broker_servers(), settings.topic_segments, widths, args.streams, args.segments,
+    widths, max_frames = model_shape(settings)
+    summary = replay(settings.broker_servers(), settings.topic_segments, widths, max_frames, args.streams, args.segments,
                      args.rate, args.data, args.shift, args.seed, args.manifest, prefix=args.prefix)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -107,8 +107,8 @@ def cmd_replay(args) -> int:
     return 0
 
 
-def model_widths(settings) -> dict[str, int]:
-    """Feature widths from the served model (Triton), so replayed frames always fit it."""
+def model_shape(settings) -> tuple[dict[str, int], int]:
+    """Feature widths and frame limit from the served model (Triton), so replayed frames fit it."""
     from stream.triton_client import TritonScorer
     try:
         scorer = TritonScorer(settings.triton_url, model=settings.triton_model)
@@ -117,7 +117,7 @@ def model_widths(settings) -> dict[str, int]:
     except Exception as e:  # noqa: BLE001 - say what is missing
         raise RuntimeError(f"cannot read the model's feature widths from Triton at {settings.triton_url} ({e}); "
                            f"is the stack up?") from None
-    return {"audio": contract.widths.get("audio", 5), "visual": contract.widths.get("visual", 20)}
+    return {"audio": contract.widths.get("audio", 5), "visual": contract.widths.get("visual", 20)}, contract.max_frames
 
 
 def cmd_trends(args) -> int:

@@ -16,6 +16,7 @@
 | TECAFLOW_BATCH_SIZE | 32 | most segments per Triton call |
 | TECAFLOW_BATCH_WAIT_S | 0.2 | longest wait to fill a batch |
 | TECAFLOW_METRICS_PORT | 9108 | worker's Prometheus /metrics port (0: off) |
+| TECAFLOW_METRICS_HOST | 127.0.0.1 | address the metrics port binds (0.0.0.0 in containers) |
 | TECAFLOW_WEB_PORT | 6066 | Faust's own web port |
 | TECAFLOW_COMMIT_INTERVAL_S | 1.0 | how often offsets are committed |
 | TECAFLOW_SESSION_TIMEOUT_S | 10 | consumer-group session and rebalance timeout |
@@ -32,6 +33,10 @@
 | TECAFLOW_DETECT_MIN_DELTA | 0.5 | and the means differ by at least this (score units) |
 | TECAFLOW_DETECT_COOLDOWN_S | 60 | event-time seconds between alerts of one stream |
 | TECAFLOW_WEBHOOK_URL | (empty) | Slack-compatible webhook for alerts |
+| TECAFLOW_MODEL_REPO | model_repo | where `stack up` serves models from, and the worker finds the tokenizer |
+| TECAFLOW_TOKENIZER | (newest version's) | tokenizer directory, when the model repository is not on this host |
+| TECAFLOW_BROKER_PORT, _REDIS_PORT, _TRITON_HTTP_PORT, _TRITON_GRPC_PORT, _TRITON_METRICS_PORT, _PROMETHEUS_PORT | 9092, 6379, 8000, 8001, 8002, 9090 | ports of the embedded stack |
+| TECAFLOW_PROMETHEUS_TARGETS | 127.0.0.1:9108,127.0.0.1:9109 | worker metrics endpoints the embedded Prometheus scrapes |
 """
 from __future__ import annotations
 

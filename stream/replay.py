@@ -47,7 +47,7 @@ def stream_name(i: int, prefix: str = "stream") -> str:
 class UtterancePool:
     """Utterances with labels and frames to draw from, by target label."""
 
-    def __init__(self, data: str, widths: dict[str, int], seed: int):
+    def __init__(self, data: str, widths: dict[str, int], seed: int, max_frames: int = 50):
         from trainer.data import load_dataset
         ds = load_dataset(data, seed=seed, n=3000) if data == "synthetic" else load_dataset(data)
         splits = [ds.train, ds.valid, ds.test]
@@ -63,7 +63,7 @@ class UtterancePool:
                 elif array.shape[-1] != width:
                     raise ValueError(f"{data}: {m} width {array.shape[-1]} but the model expects {width}")
                 else:
-                    parts += [array[i, : lengths[i]] for i in range(len(s))]
+                    parts += [array[i, : min(lengths[i], max_frames)] for i in range(len(s))]
             self.frames[m] = parts
         self.rng = np.random.default_rng(seed)
 
@@ -134,7 +134,7 @@ def summarise(planned: list[dict], pool: UtterancePool) -> dict:
     return {"segments": len(planned), "streams": per_stream}
 
 
-def replay(servers: str, topic: str, widths: dict[str, int], streams: int, segments: int, rate: float,
+def replay(servers: str, topic: str, widths: dict[str, int], max_frames: int, streams: int, segments: int, rate: float,
            data: str = "synthetic", shifts: list[str] = (), seed: int = 0, manifest: Path | None = None,
            progress: bool = True, prefix: str = "stream") -> dict:
     if streams < 1 or segments < 1:
@@ -142,7 +142,7 @@ def replay(servers: str, topic: str, widths: dict[str, int], streams: int, segme
     if rate < 0:
         raise ValueError("--rate must be >= 0 (0: as fast as possible)")
     parsed = [Shift.parse(s, streams) for s in shifts]
-    pool = UtterancePool(data, widths, seed)
+    pool = UtterancePool(data, widths, seed, max_frames)
     spacing = streams / rate if rate > 0 else 1.0
     t0 = time.time() if rate > 0 else time.time() - segments * spacing
     if not re.fullmatch(r"[A-Za-z0-9_.]+", prefix):

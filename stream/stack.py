@@ -99,8 +99,11 @@ class Stack:
         self.settings, self.ports = settings, ports
         self.run_dir = Path(settings.run_dir).resolve()
         self.repo = Path(repo).resolve()
-        self.metrics_targets = metrics_targets or [f"127.0.0.1:{settings.metrics_port}",
-                                                   f"127.0.0.1:{settings.metrics_port + 1}"]
+        # Workers Prometheus scrapes: TECAFLOW_PROMETHEUS_TARGETS (host:port,...), by default two
+        # workers on the default metrics port and the next one.
+        targets = os.environ.get("TECAFLOW_PROMETHEUS_TARGETS")
+        self.metrics_targets = metrics_targets or (targets.split(",") if targets else [
+            f"127.0.0.1:{settings.metrics_port}", f"127.0.0.1:{settings.metrics_port + 1}"])
 
     # ---- individual services --------------------------------------------------------------
     def _spawn(self, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:

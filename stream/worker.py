@@ -55,8 +55,13 @@ async def build_pipeline(settings: Settings) -> Pipeline:
 
 def run_worker(loglevel: str = "info") -> int:
     """Run the Faust worker in this process until it is stopped."""
+    from prometheus_client import start_http_server
+
     from stream.app import app, settings
     log.info("worker settings: %s", settings.describe())
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=os.environ.get("TECAFLOW_METRICS_HOST", "127.0.0.1"))
+        log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
     sys.argv = ["tecaflow-worker", "worker", "--loglevel", loglevel, "--web-port", str(settings.web_port),
                 "--web-host", "127.0.0.1"]
     app.main()

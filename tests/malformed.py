@@ -42,8 +42,8 @@ def _frames(shape, data=None):
             base64.b64encode(np.zeros(shape, "<f4").tobytes()).decode()}
 
 
-def catalogue() -> list[tuple[str, bytes, str]]:
-    """(name, message bytes, expected reason)."""
+def catalogue(max_frames: int = MAX_FRAMES) -> list[tuple[str, bytes, str]]:
+    """(name, message bytes, expected reason) for a model that takes at most max_frames frames."""
     nan = np.zeros((3, 5), "<f4")
     nan[1, 2] = np.nan
     inf = np.zeros((3, 20), "<f4")
@@ -79,7 +79,7 @@ def catalogue() -> list[tuple[str, bytes, str]]:
         ("audio shape strings", _with("as", audio={"shape": ["1", "5"], "f32": ""}), "bad_shape"),
         ("audio wrong width", _with("aw", audio=_frames((3, 6))), "wrong_width"),
         ("visual wrong width", _with("vw", visual=_frames((3, 19))), "wrong_width"),
-        ("too many frames", _with("tm", audio=_frames((MAX_FRAMES + 1, 5))), "too_many_frames"),
+        ("too many frames", _with("tm", audio=_frames((max_frames + 1, 5))), "too_many_frames"),
         ("zero frames", _with("zf", visual=_frames((0, 20))), "no_frames"),
         ("bad base64", _with("b64", audio={"shape": [1, 5], "f32": "***not base64***"}), "bad_base64"),
         ("size mismatch", _with("sm", audio=_frames((3, 5), base64.b64encode(b"\0" * 8).decode())), "size_mismatch"),

@@ -1,0 +1,267 @@
+"""The live system on the real embedded stack: Tansu broker, redis-server, tritonserver,
+Prometheus, and `tecaflow worker` processes. Slow by nature (a few minutes in all)."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream.config import DetectorParams
+from stream.pipeline import Pipeline
+from stream.schema import Limits, decode_segment
+from stream.store import TrendStore
+from stream.triton_client import TritonScorer
+from tests.conftest import free_ports
+from tests.malformed import catalogue, conflicting_pair, valid_bytes
+from trainer.data import load_dataset
+from trainer.export import export
+from trainer.train import TrainOptions, train
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+CLI = [sys.executable, "-m", "stream.cli"]
+
+
+class Live:
+    def __init__(self, root: Path, env: dict):
+        self.root, self.env = root, env
+        self.workers: list[tuple[subprocess.Popen, int, Path]] = []
+        self.store = TrendStore(env["TECAFLOW_REDIS_URL"])
+
+    def cli(self, *args, timeout=300) -> subprocess.CompletedProcess:
+        result = subprocess.run([*CLI, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
+                                cwd=self.root)
+        assert result.returncode == 0, f"tecaflow {' '.join(args)} failed:\n{result.stderr[-3000:]}"
+        return result
+
+    def start_worker(self, metrics_port: int, web_port: int) -> subprocess.Popen:
+        log = self.root / f"worker-{metrics_port}.log"
+        env = dict(self.env, TECAFLOW_METRICS_PORT=str(metrics_port), TECAFLOW_WEB_PORT=str(web_port))
+        proc = subprocess.Popen([*CLI, "worker"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                cwd=self.root, start_new_session=True)
+        self.workers.append((proc, metrics_port, log))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if "Worker]: Ready" in log.read_text(errors="replace"):
+                return proc
+            assert proc.poll() is None, f"worker died:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        raise AssertionError(f"worker not ready:\n{log.read_text()[-3000:]}")
+
+    def metric(self, port: int, name: str, labels: str = "") -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        pattern = rf"^{re.escape(name)}{re.escape('{' + labels + '}') if labels else ''} (\S+)$"
+        found = re.findall(pattern, text, re.M)
+        return float(found[0]) if found else 0.0
+
+    def counts(self, prefix: str) -> dict[str, int]:
+        return {s: self.store.totals(s)["count"] for s, _ in self.store.streams() if s.startswith(prefix + "-")}
+
+    def wait_for_total(self, prefix: str, expected: int, timeout: float = 180) -> dict[str, int]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            counts = self.counts(prefix)
+            if sum(counts.values()) >= expected:
+                return counts
+            time.sleep(0.5)
+        raise AssertionError(f"{prefix}: {sum(self.counts(prefix).values())} of {expected} segments recorded; "
+                             f"worker log tail:\n{self.workers[-1][2].read_text()[-2000:]}")
+
+    def produce(self, messages: list[tuple[bytes | None, bytes]]) -> None:
+        async def send():
+            from aiokafka import AIOKafkaProducer
+            producer = AIOKafkaProducer(bootstrap_servers=self.env["TECAFLOW_BROKER_URL"].removeprefix("kafka://"))
+            await producer.start()
+            try:
+                for key, value in messages:
+                    await producer.send("segments", value=value, key=key)
+                await producer.flush()
+            finally:
+                await producer.stop()
+        asyncio.run(send())
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    root = tmp_path_factory.mktemp("live")
+    ds = load_dataset("synthetic", seed=0, n=600, cue_strength=1.5, max_frames=20)
+    train(ds, TrainOptions(out=root / "ckpt", epochs=6, text_encoder="tiny", max_frames=20, progress=False,
+                           patience=100, model_overrides=dict(encoder_layers=1, cross_layers=1, d_model=32, n_heads=4)))
+    export(root / "ckpt" / "checkpoint.pt", root / "repo", max_batch=64)
+    broker, redis_port, http, grpc, metrics, prom, m1, m2, w1, w2 = free_ports(10)
+    env = dict(os.environ,
+               TECAFLOW_RUN_DIR=str(root / "run"), TECAFLOW_MODEL_REPO=str(root / "repo"),
+               TECAFLOW_BROKER_PORT=str(broker), TECAFLOW_REDIS_PORT=str(redis_port),
+               TECAFLOW_TRITON_HTTP_PORT=str(http), TECAFLOW_TRITON_GRPC_PORT=str(grpc),
+               TECAFLOW_TRITON_METRICS_PORT=str(metrics), TECAFLOW_PROMETHEUS_PORT=str(prom),
+               TECAFLOW_PROMETHEUS_TARGETS=f"127.0.0.1:{m1},127.0.0.1:{m2}",
+               TECAFLOW_BROKER_URL=f"kafka://127.0.0.1:{broker}", TECAFLOW_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+               TECAFLOW_TRITON_URL=f"127.0.0.1:{grpc}", TECAFLOW_SESSION_TIMEOUT_S="6",
+               TECAFLOW_DETECT_REFERENCE="20", TECAFLOW_DETECT_RECENT="8", TECAFLOW_BATCH_WAIT_S="0.1",
+               OMP_NUM_THREADS="1")
+    system = Live(root, env)
+    system.cli("stack", "up")
+    system.ports = {"metrics": (m1, m2), "web": (w1, w2), "prometheus": prom, "grpc": grpc}
+    system.start_worker(m1, w1)
+    yield system
+    for proc, _, _ in system.workers:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    subprocess.run([*CLI, "stack", "down"], env=env, cwd=root, timeout=60)
+
+
+def ground_truth(live: Live, manifest: Path) -> dict[str, list[float]]:
+    """Score exactly what the replay sent, straight from Triton, per stream."""
+    from transformers import AutoTokenizer
+    scorer = TritonScorer(live.env["TECAFLOW_TRITON_URL"])
+    contract = scorer.contract()
+    tokenizer = AutoTokenizer.from_pretrained(live.root / "repo" / "tecafn" / "1" / "tokenizer")
+    helper = Pipeline(scorer, None, tokenizer, contract, DetectorParams())
+    limits = Limits(widths=contract.widths, max_frames=contract.max_frames)
+    segments = [decode_segment(base64.b64decode(json.loads(line)["message"]), limits)
+                for line in manifest.read_text().splitlines()]
+    truth = defaultdict(list)
+    for start in range(0, len(segments), 16):
+        chunk = segments[start:start + 16]
+        for seg, score in zip(chunk, scorer.score(helper.model_inputs(chunk))):
+            truth[seg.stream_id].append(float(score))
+    scorer.close()
+    return truth
+
+
+def test_trends_equal_the_ground_truth_and_redelivery_counts_once(live):
+    manifest = live.root / "e2e.jsonl"
+    live.cli("replay", "--streams", "4", "--segments", "25", "--rate", "0", "--prefix", "e2e",
+             "--manifest", str(manifest))
+    counts = live.wait_for_total("e2e", 100)
+    truth = ground_truth(live, manifest)
+    assert counts == {s: len(v) for s, v in truth.items()}
+    for stream, scores in truth.items():
+        totals = live.store.totals(stream)
+        assert totals["sum"] == pytest.approx(sum(scores), abs=1e-4)
+        assert sum(b["count"] for b in live.store.buckets(stream, 10)) == len(scores)
+        assert min(b["min"] for b in live.store.buckets(stream, 600)) == pytest.approx(min(scores), abs=1e-5)
+
+    # Exact redelivery of everything: deduplicated silently, nothing counted twice.
+    port = live.ports["metrics"][0]
+    dups_before = live.metric(port, "tecaflow_segments_duplicate_total")
+    raw = [base64.b64decode(json.loads(line)["message"]) for line in manifest.read_text().splitlines()]
+    live.produce([(json.loads(m)["stream_id"].encode(), m) for m in raw])
+    deadline = time.monotonic() + 60
+    while live.metric(port, "tecaflow_segments_duplicate_total") < dups_before + 100 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert live.metric(port, "tecaflow_segments_duplicate_total") == dups_before + 100
+    assert live.counts("e2e") == counts
+
+    out = live.cli("trends", "--json").stdout
+    assert json.loads(out)["streams"]["e2e-000"]["count"] == 25
+
+
+def test_a_shift_raises_an_alert_for_that_stream_only(live):
+    live.cli("replay", "--streams", "3", "--segments", "70", "--rate", "0", "--prefix", "shift",
+             "--shift", "1@35:-3.5", "--seed", "5")
+    live.wait_for_total("shift", 210)
+    time.sleep(1.0)
+    alerts = [a for a in live.store.alerts(100) if a["stream_id"].startswith("shift-")]
+    assert {a["stream_id"] for a in alerts} == {"shift-001"}, alerts
+    assert alerts[-1]["direction"] == "down"
+    assert live.metric(live.ports["metrics"][0], "tecaflow_alerts_total", 'direction="down"') >= 1
+    assert "ALERT shift-001 down" in live.cli("trends").stdout
+
+
+def test_malformed_messages_go_to_the_dlq_with_their_reason(live):
+    cases = catalogue(max_frames=20)  # the live model's limit
+    first, conflict = conflicting_pair(stream="dlq-009", segment="dlq-009/conflict")
+    good = [valid_bytes(stream=f"dlq-00{i % 3}", segment=f"dlq-00{i % 3}/{i}", frames=3) for i in range(40)]
+    messages = []
+    for i, g in enumerate(good):
+        messages.append((json.loads(g)["stream_id"].encode(), g))
+        if i < len(cases):
+            messages.append((b"whatever", cases[i][1]))
+    messages += [(b"dlq-009", first), (b"dlq-000", good[0]), (b"dlq-009", conflict)]  # dup is silent
+    live.produce(messages)
+    expected = {raw: reason for _, raw, reason in cases}
+    expected[conflict] = "conflicting_duplicate"
+
+    async def read_dlq():
+        from aiokafka import AIOKafkaConsumer
+        consumer = AIOKafkaConsumer("segments-dlq", bootstrap_servers=live.env["TECAFLOW_BROKER_URL"][8:],
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        found = {}
+        deadline = time.monotonic() + 120
+        try:
+            while time.monotonic() < deadline and not set(expected) <= set(found):
+                batch = await consumer.getmany(timeout_ms=1000)
+                for records in batch.values():
+                    for r in records:
+                        body = json.loads(r.value)
+                        found[base64.b64decode(body["original"])] = (body["reason"], dict(r.headers))
+        finally:
+            await consumer.stop()
+        return found
+
+    found = asyncio.run(read_dlq())
+    for raw, reason in expected.items():
+        assert raw in found, f"not in the DLQ: {raw[:80]!r}"
+        assert found[raw][0] == reason
+        assert found[raw][1]["tecaflow-reason"] == reason.encode()
+    assert len({r for r in expected.values()}) >= 20
+    live.wait_for_total("dlq", 41)
+    assert sum(live.counts("dlq").values()) == 41
+    proc, port, _ = live.workers[0]
+    assert proc.poll() is None
+    assert live.metric(port, "tecaflow_segments_rejected_total", 'reason="wrong_width"') >= 2
+    metrics_text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    assert "stream_id" not in metrics_text  # never labelled by stream
+
+
+def test_prometheus_scrapes_the_worker_and_triton(live):
+    url = f"http://127.0.0.1:{live.ports['prometheus']}/api/v1/query?query=up"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        result = json.loads(urllib.request.urlopen(url).read())["data"]["result"]
+        up = {(r["metric"]["job"], r["metric"]["instance"]): r["value"][1] for r in result}
+        if up.get(("tecaflow-workers", f"127.0.0.1:{live.ports['metrics'][0]}")) == "1" and \
+                any(job == "triton" and v == "1" for (job, _), v in up.items()):
+            return
+        time.sleep(1)
+    raise AssertionError(f"prometheus targets: {up}")
+
+
+def test_two_workers_share_partitions_and_survive_a_kill(live):
+    m1, m2 = live.ports["metrics"]
+    w1, w2 = live.ports["web"]
+    second = live.start_worker(m2, w2)
+    time.sleep(8)  # let the group rebalance
+    before = (live.metric(m1, "tecaflow_segments_consumed_total"), live.metric(m2, "tecaflow_segments_consumed_total"))
+    live.cli("replay", "--streams", "8", "--segments", "15", "--rate", "0", "--prefix", "two")
+    live.wait_for_total("two", 120)
+    after = (live.metric(m1, "tecaflow_segments_consumed_total"), live.metric(m2, "tecaflow_segments_consumed_total"))
+    assert after[0] > before[0] and after[1] > before[1], "both workers should have consumed"
+    assert sum(live.counts("two").values()) == 120
+
+    # kill -9 one worker while segments flow: the other takes over, nothing lost, nothing twice
+    replay = subprocess.Popen([*CLI, "replay", "--streams", "8", "--segments", "40", "--rate", "80",
+                               "--prefix", "kill"], env=live.env, cwd=live.root, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    time.sleep(2.0)
+    os.killpg(second.pid, signal.SIGKILL)
+    assert replay.wait(120) == 0
+    counts = live.wait_for_total("kill", 320, timeout=240)
+    assert sum(counts.values()) == 320 and all(c == 40 for c in counts.values())
