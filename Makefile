@@ -31,7 +31,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not integration"
 
 demo: setup
-	bash scripts/demo.sh
+	.venv/bin/tecaflow demo
 
 bench: setup
 	.venv/bin/tecaflow bench gate

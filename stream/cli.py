@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, help="write every sent message (JSON lines) here")
     p.add_argument("--prefix", default="stream", help="stream names are PREFIX-000, PREFIX-001, ...")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("trends", help="per-stream totals and recent alerts from Redis")
@@ -55,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alerts", type=int, default=10, help="recent alerts to show")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_trends)
+
+    p = sub.add_parser("demo", help="the whole system on the embedded stack, with a replay and a shift")
+    p.add_argument("--repo", type=Path, default=Path(os.environ.get("TECAFLOW_MODEL_REPO", "model_repo")))
+    p.add_argument("--streams", type=int, default=4)
+    p.add_argument("--segments", type=int, default=300, help="segments per stream")
+    p.add_argument("--rate", type=float, default=20.0, help="segments per second overall")
+    p.add_argument("--seconds", type=float, default=float(os.environ.get("TECAFLOW_DEMO_SECONDS", 0)),
+                   help="stop after this long (default: run until Ctrl-C)")
+    p.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks that print measured ratios")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
@@ -96,7 +106,8 @@ def cmd_replay(args) -> int:
     settings = Settings.from_env()
     widths, max_frames = model_shape(settings)
     summary = replay(settings.broker_servers(), settings.topic_segments, widths, max_frames, args.streams, args.segments,
-                     args.rate, args.data, args.shift, args.seed, args.manifest, prefix=args.prefix)
+                     args.rate, args.data, args.shift, args.seed, args.manifest, progress=not args.no_progress,
+                     prefix=args.prefix)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -147,6 +158,11 @@ def cmd_trends(args) -> int:
               f"({a['reference']['mean']:+.2f} -> {a['recent']['mean']:+.2f}, z={a['z']:.1f}) "
               f"at {time.strftime('%H:%M:%S', time.localtime(a['event_time']))}")
     return 0
+
+
+def cmd_demo(args) -> int:
+    from stream.demo import run_demo
+    return run_demo(args.repo, args.streams, args.segments, args.rate, args.seconds)
 
 
 def cmd_serve(args) -> int:

@@ -27,8 +27,8 @@
 | TECAFLOW_BUCKETS_KEPT | 360 | buckets kept per stream and resolution |
 | TECAFLOW_EWMA_ALPHA | 0.1 | weight of the newest score in the EWMA |
 | TECAFLOW_DEDUP_TTL_S | 604800 | how long a segment_id is remembered |
-| TECAFLOW_DETECT_REFERENCE / _RECENT | 30 / 10 | segments in the reference and recent windows |
-| TECAFLOW_DETECT_Z | 4.0 | alert when the two-window z exceeds this |
+| TECAFLOW_DETECT_REFERENCE / _RECENT | 60 / 20 | segments in the reference and recent windows |
+| TECAFLOW_DETECT_Z | 4.5 | alert when the two-window z exceeds this |
 | TECAFLOW_DETECT_REARM_Z | 1.5 | re-arm once |z| falls below this (hysteresis) |
 | TECAFLOW_DETECT_MIN_DELTA | 0.5 | and the means differ by at least this (score units) |
 | TECAFLOW_DETECT_COOLDOWN_S | 60 | event-time seconds between alerts of one stream |
@@ -76,9 +76,9 @@ def _float(name: str, default: float, minimum: float = 0.0) -> float:
 
 @dataclass(frozen=True)
 class DetectorParams:
-    reference: int = 30
-    recent: int = 10
-    z: float = 4.0
+    reference: int = 60
+    recent: int = 20
+    z: float = 4.5
     rearm_z: float = 1.5
     min_delta: float = 0.5
     cooldown_s: float = 60.0
@@ -172,8 +172,8 @@ class Settings:
             ewma_alpha=alpha,
             dedup_ttl_s=_int("TECAFLOW_DEDUP_TTL_S", 604800, 1),
             detector=DetectorParams(
-                reference=_int("TECAFLOW_DETECT_REFERENCE", 30, 2), recent=_int("TECAFLOW_DETECT_RECENT", 10, 2),
-                z=_float("TECAFLOW_DETECT_Z", 4.0), rearm_z=_float("TECAFLOW_DETECT_REARM_Z", 1.5),
+                reference=_int("TECAFLOW_DETECT_REFERENCE", 60, 2), recent=_int("TECAFLOW_DETECT_RECENT", 20, 2),
+                z=_float("TECAFLOW_DETECT_Z", 4.5), rearm_z=_float("TECAFLOW_DETECT_REARM_Z", 1.5),
                 min_delta=_float("TECAFLOW_DETECT_MIN_DELTA", 0.5),
                 cooldown_s=_float("TECAFLOW_DETECT_COOLDOWN_S", 60.0)),
             webhook_url=_env("TECAFLOW_WEBHOOK_URL", ""),

@@ -1,0 +1,41 @@
+import pytest
+
+from stream.config import ConfigError, Settings
+
+
+def test_defaults(monkeypatch):
+    for k in list(__import__("os").environ):
+        if k.startswith("TECAFLOW_"):
+            monkeypatch.delenv(k)
+    s = Settings.from_env()
+    assert s.broker_servers() == "127.0.0.1:9092" and s.resolutions == (10, 60, 600)
+    assert s.detector.reference == 60 and s.detector.recent == 20
+
+
+def test_every_variable_is_read(monkeypatch):
+    monkeypatch.setenv("TECAFLOW_BROKER_URL", "kafka://a:1,kafka://b:2")
+    monkeypatch.setenv("TECAFLOW_BROKER_SECURITY", "sasl_ssl")
+    monkeypatch.setenv("TECAFLOW_BROKER_SASL_PASSWORD", "hunter2")
+    monkeypatch.setenv("TECAFLOW_RESOLUTIONS", "60,5")
+    monkeypatch.setenv("TECAFLOW_DETECT_Z", "6")
+    s = Settings.from_env()
+    assert s.broker_servers() == "a:1,b:2" and s.broker_security == "SASL_SSL"
+    assert s.resolutions == (5, 60) and s.detector.z == 6.0
+    assert "hunter2" not in s.describe()
+
+
+@pytest.mark.parametrize("var, value, message", [
+    ("TECAFLOW_BATCH_SIZE", "many", "is not an integer"),
+    ("TECAFLOW_BATCH_SIZE", "0", "must be >= 1"),
+    ("TECAFLOW_BATCH_WAIT_S", "-1", "must be >= 0"),
+    ("TECAFLOW_BROKER_SECURITY", "TLS", "use PLAINTEXT, SSL"),
+    ("TECAFLOW_BROKER_SASL_MECHANISM", "GSSAPI", "SCRAM-SHA-256"),
+    ("TECAFLOW_RESOLUTIONS", "ten", "comma-separated whole seconds"),
+    ("TECAFLOW_EWMA_ALPHA", "1.5", r"must be in \(0, 1\]"),
+    ("TECAFLOW_REDIS_URL", "localhost:6379", "must start with redis://"),
+    ("TECAFLOW_DETECT_REARM_Z", "9", "must be below TECAFLOW_DETECT_Z"),
+])
+def test_bad_settings_say_which_variable(monkeypatch, var, value, message):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env()
