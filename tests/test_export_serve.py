@@ -78,7 +78,7 @@ def test_configs_parse_as_triton_model_config(checkpoint, tmp_path):
                                                   "visual", "visual_lengths"]
         assert list(config.input[2].dims) == [-1, 5]
         assert config.dynamic_batching.max_queue_delay_microseconds == 2000
-        assert list(config.dynamic_batching.preferred_batch_size) == [8, 16, 32]
+        assert list(config.dynamic_batching.preferred_batch_size) == [16, 32]
         if backend == "onnxruntime":
             assert config.platform == "onnxruntime_onnx"
             assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU

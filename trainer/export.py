@@ -178,7 +178,8 @@ def triton_config(meta: dict, backend: str, max_batch: int, tensorrt: bool = Fal
     for m, width in meta["widths"].items():
         inputs.append(f'  {{ name: "{m}" data_type: TYPE_FP32 dims: [ -1, {width} ] {ragged}}}')
         inputs.append(f'  {{ name: "{m}_lengths" data_type: TYPE_INT64 dims: [ 1 ]{scalar} }}')
-    preferred = sorted({b for b in (8, 16, 32, 64, max_batch) if b <= max_batch})
+    # Small preferred sizes make the batcher dispatch half-full batches under load; ask for 16+.
+    preferred = sorted({b for b in (16, 32, 64, 128, max_batch) if b <= max_batch})
     lines = [f'name: "{MODEL_NAME}"']
     if backend == "python":
         lines.append('backend: "python"')
