@@ -61,14 +61,16 @@ class Backoff:
 
 
 async def retry_forever(call, target: str, *args):
-    """Run `call(*args)` (sync or async) until it succeeds, counting retries."""
+    """Run `call(*args)` until it succeeds, counting retries. A plain function runs in a thread
+    so that a slow or unreachable dependency never blocks the event loop (Kafka heartbeats)."""
     backoff = Backoff()
     attempt = 0
     while True:
         try:
-            result = call(*args)
-            if asyncio.iscoroutine(result):
-                result = await result
+            if asyncio.iscoroutinefunction(call):
+                result = await call(*args)
+            else:
+                result = await asyncio.to_thread(call, *args)
             metrics.DEPENDENCY_UP.labels(target).set(1)
             if attempt:
                 log.info("%s is back after %d retries", target, attempt)
@@ -130,10 +132,11 @@ class Pipeline:
             started = time.perf_counter()
             scores = await retry_forever(self.scorer.score, "triton", inputs)
             metrics.TRITON_LATENCY.observe(time.perf_counter() - started)
+            items = [(seg.stream_id, seg.segment_id, seg.digest, seg.event_time, score, seg.text)
+                     for (seg, _), score in zip(good, scores.tolist())]
+            outcomes = await retry_forever(self.store.record_many, "redis", items)
             touched: dict[str, None] = {}
-            for (segment, raw), score in zip(good, scores.tolist()):
-                outcome = await retry_forever(self.store.record, "redis", segment.stream_id, segment.segment_id,
-                                              segment.digest, segment.event_time, score, segment.text)
+            for (segment, raw), score, outcome in zip(good, scores.tolist(), outcomes):
                 touched[segment.stream_id] = None
                 if outcome == "dup":
                     result.duplicates += 1

@@ -99,16 +99,28 @@ class TrendStore:
         return bool(self.redis.ping())
 
     # ---- writes ---------------------------------------------------------------------------
+    def _record_args(self, stream, segment_id, digest, event_time, score, text, now) -> list:
+        s = self.settings
+        recent = json.dumps({"segment_id": segment_id, "event_time": event_time, "score": score,
+                             "text": text[:280]}, ensure_ascii=False)
+        return [stream, segment_id, digest, repr(float(event_time)), repr(float(score)), repr(float(score) ** 2),
+                json.dumps(list(s.resolutions)), s.buckets_kept, s.recent_segments, s.ewma_alpha, s.dedup_ttl_s,
+                s.window, repr(now), recent]
+
     def record(self, stream: str, segment_id: str, digest: str, event_time: float, score: float, text: str,
                now: float | None = None) -> str:
         """'new', 'dup' (same segment again: nothing changes) or 'conflict' (same id, other content)."""
         now = time.time() if now is None else now
-        s = self.settings
-        recent = json.dumps({"segment_id": segment_id, "event_time": event_time, "score": score,
-                             "text": text[:280]}, ensure_ascii=False)
-        return self._record(args=[stream, segment_id, digest, repr(float(event_time)), repr(float(score)),
-                                  repr(float(score) ** 2), json.dumps(list(s.resolutions)), s.buckets_kept,
-                                  s.recent_segments, s.ewma_alpha, s.dedup_ttl_s, s.window, repr(now), recent])
+        return self._record(args=self._record_args(stream, segment_id, digest, event_time, score, text, now))
+
+    def record_many(self, items: list[tuple[str, str, str, float, float, str]]) -> list[str]:
+        """record() for (stream, segment_id, digest, event_time, score, text) items, in order,
+        in one round trip. Each item is still its own atomic script."""
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        for item in items:
+            self._record(args=self._record_args(*item, now), client=pipe)
+        return pipe.execute()
 
     def record_alert(self, stream: str, alert: dict, detector_state: dict) -> str:
         """Append the alert and save the detector state together (MULTI/EXEC)."""

@@ -244,6 +244,27 @@ def test_prometheus_scrapes_the_worker_and_triton(live):
     raise AssertionError(f"prometheus targets: {up}")
 
 
+def test_a_redis_outage_is_waited_out_and_nothing_is_lost(live):
+    port = live.ports["metrics"][0]
+    before = live.counts("e2e")
+    retries = live.metric(port, "tecaflow_retries_total", 'target="redis"')
+    redis_pid = int((live.root / "run" / "redis.pid").read_text())
+    os.kill(redis_pid, signal.SIGTERM)  # Redis writes its AOF and exits
+    time.sleep(1.0)
+    live.cli("replay", "--streams", "4", "--segments", "10", "--rate", "0", "--prefix", "outage")
+    deadline = time.monotonic() + 60
+    while live.metric(port, "tecaflow_retries_total", 'target="redis"') <= retries and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert live.metric(port, "tecaflow_retries_total", 'target="redis"') > retries
+    assert live.metric(port, "tecaflow_dependency_up", 'target="redis"') == 0
+    assert live.workers[0][0].poll() is None  # still up, waiting
+    live.cli("stack", "up")  # brings Redis back from its AOF
+    counts = live.wait_for_total("outage", 40, timeout=120)
+    assert counts == {f"outage-{i:03d}": 10 for i in range(4)}
+    assert live.counts("e2e") == before  # nothing lost across the restart
+    assert live.metric(port, "tecaflow_dependency_up", 'target="redis"') == 1
+
+
 def test_two_workers_share_partitions_and_survive_a_kill(live):
     m1, m2 = live.ports["metrics"]
     w1, w2 = live.ports["web"]
