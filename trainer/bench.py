@@ -15,14 +15,16 @@ from trainer.model import TeCaFN, TeCaFNConfig, apply_ablation, mine_hard_negati
 
 
 def loop_gate(side: torch.Tensor, side_mask: torch.Tensor, similarity: torch.Tensor, p: float, num: int):
-    """The per-sample loop, shaped like the reference code: argsort a row, list the candidates,
-    draw one with numpy, stack the chosen rows back together."""
+    """The per-sample loop, shaped like the reference code: argsort a row, list the candidates
+    by membership in the top-num tensor, draw one with numpy, stack the chosen rows together.
+    (Unlike the reference, it never lets the sample itself shrink the candidate set.)"""
     b = side.shape[0]
     chosen, chosen_mask, labels = [], [], []
     for i in range(b):
-        top = torch.argsort(similarity[i])[-(num + 1):]
+        order = torch.argsort(similarity[i], descending=True)
+        top = order[order != i][:num]  # the top-num other samples, as a tensor (as the reference has it)
         if random.random() < p:
-            candidates = [j for j in range(b) if j != i and j in top][:num]
+            candidates = [j for j in range(b) if j != i and j in top]
             j = int(np.random.choice(candidates))
             labels.append(0)
         else:

@@ -75,8 +75,9 @@ def generate(n: int = 1200, seed: int = 0, d_audio: int = 5, d_visual: int = 20,
     for text, polarity, a_cue, v_cue in rows:
         texts.append(text)
         labels.append(np.clip(polarity + a_cue + v_cue + rng.normal(0, 0.05), -3, 3))
-        audio.append(frames(rng, a_cue, int(rng.integers(10, max_frames + 1)), d_audio, 0.5))
-        visual.append(frames(rng, v_cue, int(rng.integers(10, max_frames + 1)), d_visual, 0.5))
+        shortest = min(10, max_frames)
+        audio.append(frames(rng, a_cue, int(rng.integers(shortest, max_frames + 1)), d_audio, 0.5))
+        visual.append(frames(rng, v_cue, int(rng.integers(shortest, max_frames + 1)), d_visual, 0.5))
     a, a_len = pad_sequences(audio)
     v, v_len = pad_sequences(visual)
     ids = [f"syn{seed}_{i:05d}" for i in range(n)]
