@@ -265,6 +265,29 @@ def test_a_redis_outage_is_waited_out_and_nothing_is_lost(live):
     assert live.metric(port, "tecaflow_dependency_up", 'target="redis"') == 1
 
 
+def test_a_triton_outage_is_waited_out(live):
+    port = live.ports["metrics"][0]
+    retries = live.metric(port, "tecaflow_retries_total", 'target="triton"')
+    triton_pid = int((live.root / "run" / "triton.pid").read_text())
+    os.killpg(triton_pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(triton_pid, 0)
+            time.sleep(0.2)
+        except ProcessLookupError:
+            break
+    live.produce([(f"noscore-00{i % 2}".encode(), valid_bytes(stream=f"noscore-00{i % 2}", segment=f"n/{i}", frames=3))
+                  for i in range(20)])  # not the replay CLI: it asks Triton for the widths
+    deadline = time.monotonic() + 60
+    while live.metric(port, "tecaflow_retries_total", 'target="triton"') <= retries and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert live.metric(port, "tecaflow_retries_total", 'target="triton"') > retries
+    assert live.counts("noscore") == {} and live.workers[0][0].poll() is None
+    live.cli("stack", "up")
+    assert live.wait_for_total("noscore", 20, timeout=120) == {"noscore-000": 10, "noscore-001": 10}
+
+
 def test_two_workers_share_partitions_and_survive_a_kill(live):
     m1, m2 = live.ports["metrics"]
     w1, w2 = live.ports["web"]

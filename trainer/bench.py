@@ -51,7 +51,7 @@ def _time(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
-def bench_gate(batch_sizes=(32, 64, 128), repeat: int = 20, steps: int = 5, seed: int = 0) -> dict:
+def bench_gate(batch_sizes=(32, 64, 128), repeat: int = 20, steps: int = 10, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
@@ -69,7 +69,7 @@ def bench_gate(batch_sizes=(32, 64, 128), repeat: int = 20, steps: int = 5, seed
     return result
 
 
-def bench_step(batch_size: int = 32, steps: int = 5) -> dict:
+def bench_step(batch_size: int = 32, steps: int = 10) -> dict:
     """A full training step (tiny text encoder) with the gates on against the gates off.
 
     The runs interleave so that machine noise hits both alike."""
