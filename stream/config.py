@@ -52,26 +52,23 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
-def _int(name: str, default: int, minimum: int = 0) -> int:
+def _number(name: str, default, kind, minimum):
     raw = _env(name, str(default))
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={value} must be >= {minimum}")
-    return value
-
-
-def _float(name: str, default: float, minimum: float = 0.0) -> float:
-    raw = _env(name, str(default))
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
+        raise ConfigError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
     if not value >= minimum:
         raise ConfigError(f"{name}={value} must be >= {minimum}")
     return value
+
+
+def _int(name: str, default: int, minimum: int = 0) -> int:
+    return _number(name, default, int, minimum)
+
+
+def _float(name: str, default: float, minimum: float = 0.0) -> float:
+    return _number(name, default, float, minimum)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,5 @@
 """Export to a Triton repository and serve it from the real embedded tritonserver."""
 import re
-import socket
 import time
 import urllib.request
 
@@ -11,21 +10,12 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from stream.triton_client import TritonScorer
+from tests.conftest import free_ports
 from stream.tritonserver import EmbeddedTriton, TritonError
 from trainer import export as export_module
 from trainer.data import load_dataset
 from trainer.export import TeCaFNInference, export, input_names
 from trainer.train import TrainOptions, load_checkpoint, train
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
