@@ -18,6 +18,7 @@ import ssl
 import faust
 
 from stream.config import Settings
+from stream.pipeline import BatchResult, Reject, post_webhook
 
 log = logging.getLogger("tecaflow.worker")
 settings = Settings.from_env()
@@ -72,7 +73,13 @@ async def pipeline():
 @app.agent(segments_topic)
 async def score_segments(stream):
     async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
-        result = await (await pipeline()).process([event.value for event in events])
+        raws = [event.value for event in events]
+        scorer = await pipeline()  # waits for Triton and Redis; run_worker checked the rest
+        try:
+            result = await scorer.process(raws)
+        except Exception as e:  # a bug, not bad input: park the batch in the DLQ, keep running
+            log.exception("batch of %d failed; sent to %s as internal_error", len(raws), settings.topic_dlq)
+            result = BatchResult(rejects=[Reject("internal_error", f"{type(e).__name__}: {e}", raw) for raw in raws])
         for reject in result.rejects:
             await dlq_topic.send(value=reject.message(), headers=reject.headers())
         for score in result.scores:
@@ -80,5 +87,4 @@ async def score_segments(stream):
         for alert in result.alerts:
             await alerts_topic.send(key=alert["stream_id"], value=alert)
             if settings.webhook_url:
-                from stream.pipeline import post_webhook
                 await post_webhook(settings.webhook_url, alert)

@@ -40,7 +40,7 @@ class Reject:
         """DLQ value: the reason, the detail and the original bytes (base64), as JSON."""
         import base64
         return json.dumps({"reason": self.reason, "detail": self.detail,
-                           "original": base64.b64encode(self.raw).decode()}).encode()
+                           "original": base64.b64encode(self.raw or b"").decode()}).encode()
 
 
 @dataclass

@@ -59,6 +59,7 @@ def run_worker(loglevel: str = "info") -> int:
 
     from stream.app import app, settings
     log.info("worker settings: %s", settings.describe())
+    find_tokenizer(settings)  # fail now, with a clear message, rather than on the first batch
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=os.environ.get("TECAFLOW_METRICS_HOST", "127.0.0.1"))
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
