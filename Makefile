@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
-DEBS    := redis-server prometheus chromium chromium-driver
+DEBS    := redis-server prometheus
 STAMP   := .venv/.tecaflow-installed
 
 .PHONY: setup test test-fast demo bench clean
@@ -11,7 +11,6 @@ setup: $(STAMP) debs
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv .venv
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
 	@touch $(STAMP)
