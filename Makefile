@@ -5,7 +5,7 @@ PIP     := .venv/bin/pip
 DEBS    := redis-server prometheus
 STAMP   := .venv/.tecaflow-installed
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup debs test test-fast demo bench clean
 
 setup: $(STAMP) debs
 
