@@ -46,8 +46,7 @@ app = faust.App(
     broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 10),
     topic_partitions=settings.partitions,
     value_serializer="raw",
-    web_port=settings.web_port,
-    web_host="127.0.0.1",
+    web_enabled=False,  # metrics have their own port (prometheus_client); nothing else is served
     consumer_auto_offset_reset="earliest",
     datadir=f"{settings.run_dir}/faust",
 )

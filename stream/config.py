@@ -17,7 +17,6 @@
 | TECAFLOW_BATCH_WAIT_S | 0.2 | longest wait to fill a batch |
 | TECAFLOW_METRICS_PORT | 9108 | worker's Prometheus /metrics port (0: off) |
 | TECAFLOW_METRICS_HOST | 127.0.0.1 | address the metrics port binds (0.0.0.0 in containers) |
-| TECAFLOW_WEB_PORT | 6066 | Faust's own web port |
 | TECAFLOW_COMMIT_INTERVAL_S | 1.0 | how often offsets are committed |
 | TECAFLOW_SESSION_TIMEOUT_S | 10 | consumer-group session and rebalance timeout |
 | TECAFLOW_MAX_TEXT_CHARS | 2000 | longest transcript accepted |
@@ -107,7 +106,6 @@ class Settings:
     batch_size: int = 32
     batch_wait_s: float = 0.2
     metrics_port: int = 9108
-    web_port: int = 6066
     commit_interval_s: float = 1.0
     session_timeout_s: float = 10.0
     max_text_chars: int = 2000
@@ -158,7 +156,6 @@ class Settings:
             batch_size=_int("TECAFLOW_BATCH_SIZE", 32, 1),
             batch_wait_s=_float("TECAFLOW_BATCH_WAIT_S", 0.2),
             metrics_port=_int("TECAFLOW_METRICS_PORT", 9108),
-            web_port=_int("TECAFLOW_WEB_PORT", 6066, 1),
             commit_interval_s=_float("TECAFLOW_COMMIT_INTERVAL_S", 1.0),
             session_timeout_s=_float("TECAFLOW_SESSION_TIMEOUT_S", 10.0, 1.0),
             max_text_chars=_int("TECAFLOW_MAX_TEXT_CHARS", 2000, 1),

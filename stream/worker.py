@@ -63,7 +63,6 @@ def run_worker(loglevel: str = "info") -> int:
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=os.environ.get("TECAFLOW_METRICS_HOST", "127.0.0.1"))
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
-    sys.argv = ["tecaflow-worker", "worker", "--loglevel", loglevel, "--web-port", str(settings.web_port),
-                "--web-host", "127.0.0.1"]
+    sys.argv = ["tecaflow-worker", "worker", "--loglevel", loglevel, "--without-web"]
     app.main()
     return 0

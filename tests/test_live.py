@@ -45,9 +45,9 @@ class Live:
         assert result.returncode == 0, f"tecaflow {' '.join(args)} failed:\n{result.stderr[-3000:]}"
         return result
 
-    def start_worker(self, metrics_port: int, web_port: int) -> subprocess.Popen:
+    def start_worker(self, metrics_port: int) -> subprocess.Popen:
         log = self.root / f"worker-{metrics_port}.log"
-        env = dict(self.env, TECAFLOW_METRICS_PORT=str(metrics_port), TECAFLOW_WEB_PORT=str(web_port))
+        env = dict(self.env, TECAFLOW_METRICS_PORT=str(metrics_port))
         proc = subprocess.Popen([*CLI, "worker"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                 cwd=self.root, start_new_session=True)
         self.workers.append((proc, metrics_port, log))
@@ -99,7 +99,7 @@ def live(tmp_path_factory):
     train(ds, TrainOptions(out=root / "ckpt", epochs=6, text_encoder="tiny", max_frames=20, progress=False,
                            patience=100, model_overrides=dict(encoder_layers=1, cross_layers=1, d_model=32, n_heads=4)))
     export(root / "ckpt" / "checkpoint.pt", root / "repo", max_batch=64)
-    broker, redis_port, http, grpc, metrics, prom, m1, m2, w1, w2 = free_ports(10)
+    broker, redis_port, http, grpc, metrics, prom, m1, m2 = free_ports(8)
     env = dict(os.environ,
                TECAFLOW_RUN_DIR=str(root / "run"), TECAFLOW_MODEL_REPO=str(root / "repo"),
                TECAFLOW_BROKER_PORT=str(broker), TECAFLOW_REDIS_PORT=str(redis_port),
@@ -112,8 +112,8 @@ def live(tmp_path_factory):
                OMP_NUM_THREADS="1")
     system = Live(root, env)
     system.cli("stack", "up")
-    system.ports = {"metrics": (m1, m2), "web": (w1, w2), "prometheus": prom, "grpc": grpc}
-    system.start_worker(m1, w1)
+    system.ports = {"metrics": (m1, m2), "prometheus": prom, "grpc": grpc}
+    system.start_worker(m1)
     yield system
     for proc, _, _ in system.workers:
         if proc.poll() is None:
@@ -290,8 +290,7 @@ def test_a_triton_outage_is_waited_out(live):
 
 def test_two_workers_share_partitions_and_survive_a_kill(live):
     m1, m2 = live.ports["metrics"]
-    w1, w2 = live.ports["web"]
-    second = live.start_worker(m2, w2)
+    second = live.start_worker(m2)
     time.sleep(8)  # let the group rebalance
     before = (live.metric(m1, "tecaflow_segments_consumed_total"), live.metric(m2, "tecaflow_segments_consumed_total"))
     live.cli("replay", "--streams", "8", "--segments", "15", "--rate", "0", "--prefix", "two")
