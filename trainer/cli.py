@@ -142,17 +142,16 @@ def _options(args, **extra):
 
 def _dataset(args):
     from trainer.data import load_dataset
-    ds = load_dataset(args.data, seed=args.seed, n=args.synthetic_size) if args.data == "synthetic" \
-        else load_dataset(args.data)
+    options = {"seed": args.seed, "n": args.synthetic_size} if args.data == "synthetic" else {}
+    ds = load_dataset(args.data, **options)
     log.info("data %s", ds.describe())
     return ds
 
 
 def cmd_train(args) -> int:
-    from trainer.train import train
+    from trainer.train import resolve_device, train
     opts = _options(args, ablation=args.ablation)
-    from trainer.train import resolve_device
-    resolve_device(opts.device)
+    resolve_device(opts.device)  # before loading data: a wrong device is the cheaper error
     metrics = train(_dataset(args), opts)
     print(json.dumps({"out": str(args.out), "valid": metrics["valid"], "test": metrics["test"]}, indent=2))
     return 0

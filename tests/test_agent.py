@@ -1,0 +1,55 @@
+"""The Faust agent itself, with Faust's own test context (no broker): what leaves it for the
+dead-letter, scores and alerts topics."""
+import asyncio
+import json
+from unittest import mock
+
+from stream import app as app_module
+from stream.pipeline import BatchResult, Reject
+
+class Exploding:
+    async def process(self, raws):
+        raise RuntimeError("tokenizer fell over")
+
+class Fixed:
+    def __init__(self, result):
+        self.result = result
+
+    async def process(self, raws):
+        return self.result
+
+def run_agent(pipeline, values):
+    sent = {"dlq": [], "scores": [], "alerts": []}
+
+    def recorder(name):
+        async def send(**kw):
+            sent[name].append(kw)
+        return send
+
+    async def go():
+        with mock.patch.object(app_module, "_pipeline", pipeline), \
+                mock.patch.object(app_module.dlq_topic, "send", recorder("dlq")), \
+                mock.patch.object(app_module.scores_topic, "send", recorder("scores")), \
+                mock.patch.object(app_module.alerts_topic, "send", recorder("alerts")):
+            async with app_module.score_segments.test_context() as agent:
+                for v in values:
+                    await agent.put(v)
+                await asyncio.sleep(app_module.settings.batch_wait_s * 3)
+    asyncio.run(go())
+    return sent
+
+def test_an_unexpected_failure_parks_the_batch_in_the_dlq():
+    sent = run_agent(Exploding(), [b"one", b"two"])
+    bodies = [json.loads(kw["value"]) for kw in sent["dlq"]]
+    assert [b["reason"] for b in bodies] == ["internal_error", "internal_error"]
+    assert "tokenizer fell over" in bodies[0]["detail"]
+    assert sent["scores"] == []
+
+def test_results_go_to_their_topics_keyed_by_stream():
+    result = BatchResult(scores=[{"stream_id": "s1", "segment_id": "s1/1", "event_time": 1.0, "score": 0.5}],
+                         rejects=[Reject("wrong_width", "audio width 6", b"raw")],
+                         alerts=[{"stream_id": "s1", "direction": "down"}])
+    sent = run_agent(Fixed(result), [b"x"])
+    assert sent["scores"] == [{"key": "s1", "value": result.scores[0]}]
+    assert sent["alerts"] == [{"key": "s1", "value": result.alerts[0]}]
+    assert sent["dlq"][0]["headers"]["tecaflow-reason"] == b"wrong_width"
