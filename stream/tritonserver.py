@@ -7,6 +7,7 @@ writing into site-packages.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -127,10 +128,28 @@ class EmbeddedTriton:
             if self._get(path) == 200:
                 log.info("tritonserver ready (%s)", path)
                 return
+            failure = self.load_failure(model) if model else None
+            if failure:
+                tail = self.log_tail()
+                self.stop()
+                raise TritonError(f"model {model!r} failed to load: {failure}\n{tail}")
             time.sleep(0.3)
         tail = self.log_tail()
         self.stop()
         raise TritonError(f"tritonserver not ready on {path} after {timeout:.0f}s:\n{tail}")
+
+    def load_failure(self, model: str) -> str | None:
+        """Triton's reason when every version of `model` is UNAVAILABLE after a load attempt."""
+        request = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=2) as r:
+                index = json.loads(r.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        states = [e for e in index if e.get("name") == model]
+        if states and all(e.get("state") == "UNAVAILABLE" and e.get("reason") for e in states):
+            return "; ".join(f"version {e.get('version')}: {e['reason']}" for e in states)
+        return None
 
     def _get(self, path: str) -> int | None:
         try:

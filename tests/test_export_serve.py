@@ -100,6 +100,19 @@ def test_missing_model_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.integration
+def test_a_model_that_fails_to_load_is_reported_with_tritons_reason(checkpoint, tmp_path):
+    version = export(checkpoint, tmp_path / "repo")
+    (version / "model.onnx").write_bytes(b"this is not an onnx graph")
+    server = EmbeddedTriton(tmp_path / "repo", tmp_path / "run", *free_ports(3))
+    started = time.monotonic()
+    with pytest.raises(TritonError, match="failed to load") as caught:
+        server.start(timeout=120)
+    assert time.monotonic() - started < 60  # reported as soon as Triton gives up, not at the timeout
+    assert "model.py" in str(caught.value) or "onnx" in str(caught.value).lower()
+    assert server.process.poll() is not None  # and nothing is left running
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_served_scores_match_pytorch(served, checkpoint, protocol):
     server, _ = served

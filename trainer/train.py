@@ -227,7 +227,8 @@ class LossTrace:
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.set_title("TeCaFN loss components")
-        ax.legend()
+        if rows:
+            ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(png, dpi=110)
