@@ -123,8 +123,15 @@ def test_gate_draws_uniformly_from_the_top_num():
 def test_no_replacement_in_eval_mode(model, batch):
     model.eval()
     out = model(batch)
-    assert out.pseudo_labels == {}
-    assert not any(k.startswith("L_ap") for k in out.losses)
+    assert out.pseudo_labels == {} and out.losses == {}
+
+
+def test_in_eval_a_score_does_not_depend_on_the_rest_of_the_batch(model, batch):
+    model.eval()
+    with torch.no_grad():
+        whole = model(batch).prediction
+        alone = torch.cat([model({k: v[i:i + 1] for k, v in batch.items()}).prediction for i in range(6)])
+    assert torch.allclose(whole, alone, atol=1e-5)
 
 
 def test_gate_actually_swaps_the_side_modality_in_training():

@@ -314,7 +314,7 @@ class TeCaFNOutput:
     prediction: torch.Tensor  # [B]: score in [-3, 3] (regression) or logit (binary)
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # L_uccon, L_bicon, L_ap parts
     pseudo_labels: dict[str, torch.Tensor] = field(default_factory=dict)  # per pair, training only
-    similarity: dict[str, torch.Tensor] = field(default_factory=dict)  # S per pair
+    similarity: dict[str, torch.Tensor] = field(default_factory=dict)  # S per pair, training only
 
 
 class TeCaFN(nn.Module):
@@ -371,12 +371,14 @@ class TeCaFN(nn.Module):
         for side in c.sides:
             pair = c.pair(side)
             side_feat, side_mask = feats[side], masks[side]
-            l_con, similarity = info_nce(pooled_center, masked_mean(side_feat, side_mask), c.tau)
-            out.similarity[pair] = similarity
-            if side in c.contrast_sides:
-                out.losses[f"L_uccon_{pair}"] = l_con
-
+            # Contrast and gate are training-only: at inference a segment's score never depends
+            # on the other segments of its batch.
             gated = self.training and side in c.gate_sides
+            if self.training:
+                l_con, similarity = info_nce(pooled_center, masked_mean(side_feat, side_mask), c.tau)
+                out.similarity[pair] = similarity
+                if side in c.contrast_sides:
+                    out.losses[f"L_uccon_{pair}"] = l_con
             if gated:
                 candidates = mine_hard_negatives(similarity, c.num, hard=side in c.hard_negative_sides)
                 source, label = replacement_gate(candidates, c.p, generator)
@@ -388,7 +390,7 @@ class TeCaFN(nn.Module):
                 out.losses[f"L_ap_{pair}"] = F.cross_entropy(self.ap_head[side](h), out.pseudo_labels[pair])
             fusions.append(h)
 
-        if c.use_bicon and len(fusions) == 2:
+        if self.training and c.use_bicon and len(fusions) == 2:
             out.losses["L_bicon"] = info_nce(fusions[0], fusions[1], c.tau)[0]
 
         fusion = torch.cat(fusions, dim=-1) if fusions else pooled_center
