@@ -95,23 +95,14 @@ class Pipeline:
                              max_text_chars=max_text_chars, max_future_s=max_future_s)
 
     def decode(self, raws: list[bytes], result: BatchResult) -> list[tuple[Segment, bytes]]:
-        good, seen = [], {}
+        """Valid segments; rejects go to `result`. Repeated segment_ids (in this batch or
+        earlier) are the store's to judge: its script is applied in order, one segment at a time."""
+        good = []
         for raw in raws:
             try:
-                segment = decode_segment(raw, self.limits)
+                good.append((decode_segment(raw, self.limits), raw))
             except Rejected as e:
                 result.rejects.append(Reject(e.reason, e.detail, raw if isinstance(raw, bytes) else b""))
-                continue
-            prior = seen.get(segment.segment_id)
-            if prior is not None:  # the same id twice in one batch
-                if prior == segment.digest:
-                    result.duplicates += 1
-                else:
-                    result.rejects.append(Reject("conflicting_duplicate",
-                                                 f"segment_id {segment.segment_id} seen with other content", raw))
-                continue
-            seen[segment.segment_id] = segment.digest
-            good.append((segment, raw))
         return good
 
     def model_inputs(self, segments: list[Segment]) -> dict[str, np.ndarray]:
@@ -132,11 +123,12 @@ class Pipeline:
             started = time.perf_counter()
             scores = await retry_forever(self.scorer.score, "triton", inputs)
             metrics.TRITON_LATENCY.observe(time.perf_counter() - started)
+            scores = scores.tolist()
             items = [(seg.stream_id, seg.segment_id, seg.digest, seg.event_time, score, seg.text)
-                     for (seg, _), score in zip(good, scores.tolist())]
+                     for (seg, _), score in zip(good, scores)]
             outcomes = await retry_forever(self.store.record_many, "redis", items)
             touched: dict[str, None] = {}
-            for (segment, raw), score, outcome in zip(good, scores.tolist(), outcomes):
+            for (segment, raw), score, outcome in zip(good, scores, outcomes):
                 touched[segment.stream_id] = None
                 if outcome == "dup":
                     result.duplicates += 1

@@ -15,7 +15,6 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from stream.config import DetectorParams

@@ -46,7 +46,8 @@ def test_good_bad_and_duplicate_messages_in_one_batch(pipeline):
     assert len(result.scores) == 5 and len(result.rejects) == 6 and result.duplicates == 1
     assert pipeline.store.totals("p")["count"] == 5
     assert [r.raw for r in result.rejects] == bad  # the original bytes travel to the DLQ
-    assert pipeline.scorer.batches[0]["input_ids"].shape[0] == 5  # one Triton call for the batch
+    # one Triton call for the batch's 6 valid messages; the store, not the decoder, spots the repeat
+    assert len(pipeline.scorer.batches) == 1 and pipeline.scorer.batches[0]["input_ids"].shape[0] == 6
     # a redelivery of the whole batch records nothing twice
     again = asyncio.run(pipeline.process(good))
     assert again.scores == [] and again.duplicates == 5 and pipeline.store.totals("p")["count"] == 5
@@ -75,3 +76,10 @@ def test_slack_payload_reads_well():
              "reference": {"mean": 0.8}, "recent": {"mean": -0.7}}
     text = slack_payload(alert)["text"]
     assert "brand" in text and "down by 1.50" in text and "+0.80 to -0.70" in text
+
+
+def test_a_conflict_inside_one_batch_is_caught_by_the_store(pipeline):
+    first, second = conflicting_pair(stream="c", segment="c/1")
+    result = asyncio.run(pipeline.process([first, second]))
+    assert len(result.scores) == 1 and [r.reason for r in result.rejects] == ["conflicting_duplicate"]
+    assert pipeline.store.totals("c")["count"] == 1

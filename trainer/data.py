@@ -115,8 +115,9 @@ def check_dataset(ds: Dataset) -> Dataset:
         for m in ("audio", "visual"):
             if (getattr(split, m) is None) != (getattr(ds.train, m) is None):
                 raise DataError(f"{ds.name}: {m} is present in some splits and not in others")
-            if getattr(split, m) is not None and split.__dict__[m].shape[-1] != ds.width(m):
-                raise DataError(f"{ds.name}/{name}: {m} width {split.__dict__[m].shape[-1]} "
+            array = getattr(split, m)
+            if array is not None and array.shape[-1] != ds.width(m):
+                raise DataError(f"{ds.name}/{name}: {m} width {array.shape[-1]} "
                                 f"differs from train's {ds.width(m)}")
     return ds
 
