@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
-DEBS    := redis-server prometheus
+DEBS    := redis-server prometheus chromium chromium-driver
 STAMP   := .venv/.tecaflow-installed
 
 .PHONY: setup debs test test-fast demo bench clean

@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_trends)
 
+    p = sub.add_parser("dashboard", help="the live Streamlit dashboard on the trend store (read only)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--address", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.set_defaults(func=cmd_dashboard)
+
     p = sub.add_parser("demo", help="the whole system on the embedded stack, with a replay and a shift")
     p.add_argument("--repo", type=Path, default=Path(os.environ.get("TECAFLOW_MODEL_REPO", "model_repo")))
     p.add_argument("--streams", type=int, default=4)
@@ -158,6 +163,24 @@ def cmd_trends(args) -> int:
               f"({a['reference']['mean']:+.2f} -> {a['recent']['mean']:+.2f}, z={a['z']:.1f}) "
               f"at {time.strftime('%H:%M:%S', time.localtime(a['event_time']))}")
     return 0
+
+
+def dashboard_command(port: int, address: str) -> list[str]:
+    """The `streamlit run` command line for the dashboard: headless, no telemetry."""
+    if not 0 < port < 65536:
+        raise ValueError(f"--port {port} is not a TCP port")
+    app = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+    return [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
+            "--server.port", str(port), "--server.address", address, "--browser.gatherUsageStats", "false",
+            "--server.fileWatcherType", "none", "--theme.base", "light", "--client.toolbarMode", "viewer"]
+
+
+def cmd_dashboard(args) -> int:
+    from stream.config import Settings
+    Settings.from_env()  # a bad setting fails here in one line, not inside the page
+    command = dashboard_command(args.port, args.address)
+    print(f"tecaflow dashboard on http://{args.address}:{args.port}  (Ctrl-C stops)", flush=True)
+    os.execv(command[0], command)
 
 
 def cmd_demo(args) -> int:

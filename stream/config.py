@@ -36,6 +36,10 @@
 | TECAFLOW_TOKENIZER | (newest version's) | tokenizer directory, when the model repository is not on this host |
 | TECAFLOW_BROKER_PORT, _REDIS_PORT, _TRITON_HTTP_PORT, _TRITON_GRPC_PORT, _TRITON_METRICS_PORT, _PROMETHEUS_PORT | 9092, 6379, 8000, 8001, 8002, 9090 | ports of the embedded stack |
 | TECAFLOW_PROMETHEUS_TARGETS | 127.0.0.1:9108,127.0.0.1:9109 | worker metrics endpoints the embedded Prometheus scrapes |
+| TECAFLOW_DASHBOARD_REFRESH_S | 2 | how often the dashboard's live parts reload from Redis |
+| TECAFLOW_DASHBOARD_STALE_S | 300 | a stream with no update for this long is marked stale |
+| TECAFLOW_DASHBOARD_PAGE_SIZE | 50 | streams per page of the dashboard's overview |
+| TECAFLOW_TIMEZONE | UTC | time zone the dashboard shows times in (IANA name, e.g. Europe/Paris) |
 """
 from __future__ import annotations
 
@@ -68,6 +72,30 @@ def _int(name: str, default: int, minimum: int = 0) -> int:
 
 def _float(name: str, default: float, minimum: float = 0.0) -> float:
     return _number(name, default, float, minimum)
+
+
+def _timezone(name: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"TECAFLOW_TIMEZONE={name!r} is not a known time zone (try UTC or Europe/Paris)") from None
+    return name
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password (and query string, which may carry tokens) replaced by ***."""
+    from urllib.parse import urlsplit, urlunsplit
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None or "@" in netloc:
+            user = parts.username or ""
+            host = netloc.rsplit("@", 1)[1]
+            netloc = f"{user}:***@{host}" if parts.password is not None else f"***@{host}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+    except ValueError:
+        return "***"
 
 
 @dataclass(frozen=True)
@@ -117,6 +145,10 @@ class Settings:
     dedup_ttl_s: int = 604800
     detector: DetectorParams = field(default_factory=DetectorParams)
     webhook_url: str = ""
+    dashboard_refresh_s: float = 2.0
+    dashboard_stale_s: float = 300.0
+    dashboard_page_size: int = 50
+    timezone: str = "UTC"
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -171,6 +203,10 @@ class Settings:
                 min_delta=_float("TECAFLOW_DETECT_MIN_DELTA", 0.5),
                 cooldown_s=_float("TECAFLOW_DETECT_COOLDOWN_S", 60.0)),
             webhook_url=_env("TECAFLOW_WEBHOOK_URL", ""),
+            dashboard_refresh_s=_float("TECAFLOW_DASHBOARD_REFRESH_S", 2.0, 0.5),
+            dashboard_stale_s=_float("TECAFLOW_DASHBOARD_STALE_S", 300.0, 1.0),
+            dashboard_page_size=_int("TECAFLOW_DASHBOARD_PAGE_SIZE", 50, 1),
+            timezone=_timezone(_env("TECAFLOW_TIMEZONE", cls.timezone)),
         )
 
     def broker_servers(self) -> str:

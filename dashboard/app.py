@@ -1,0 +1,162 @@
+"""tecaflow's live dashboard: `tecaflow dashboard` runs it (Streamlit).
+
+It reads Redis through TrendStore's read API and nothing else: a Redis user allowed only read
+commands is enough. Live parts reload in place (`st.fragment(run_every=...)`); when Redis is away
+a banner says so and the page keeps retrying.
+
+    Overview  every stream: EWMA, 10-minute mean and change, activity, a sparkline; totals
+    Stream    one stream's trend at each kept resolution, its alerts, its last segments
+    Alerts    the alert feed, newest first; each opens its stream around its time
+"""
+from __future__ import annotations
+
+import time
+from zoneinfo import ZoneInfo
+
+import redis
+import streamlit as st
+
+from dashboard import data, views
+from stream.config import Settings, redact_url
+from stream.store import StoreSettings, TrendStore
+
+VIEWS = ("Overview", "Stream", "Alerts")
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError, redis.ResponseError)
+
+
+@st.cache_resource
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@st.cache_resource
+def trend_store(url: str, resolutions: tuple[int, ...], recent: int, alpha: float) -> TrendStore:
+    # redis-py reconnects by itself, so one client outlives Redis restarts.
+    return TrendStore(url, StoreSettings(resolutions=resolutions, recent_segments=recent, ewma_alpha=alpha))
+
+
+def open_stream(stream_id: str, focus: float | None = None) -> None:
+    """Ask for the Stream view; applied at the top of the next full run, before its widgets exist."""
+    st.session_state["pending_open"] = (stream_id, focus)
+    st.session_state["nav"] = st.session_state.get("nav", 0) + 1
+    st.rerun()
+
+
+def apply_pending_navigation() -> None:
+    pending = st.session_state.pop("pending_open", None)
+    if pending:
+        st.session_state["view"], st.session_state["stream"] = "Stream", pending[0]
+        st.session_state["focus"] = pending[1]
+
+
+def guarded(load):
+    """Run a Redis read; on failure draw the banner and return None (the next refresh retries)."""
+    try:
+        return load()
+    except REDIS_ERRORS as e:
+        views.redis_down(redact_url(settings().redis_url), e, settings().dashboard_refresh_s if live() else None)
+        return None
+
+
+def live() -> bool:
+    return st.session_state.get("live", True)
+
+
+def every() -> float | None:
+    return settings().dashboard_refresh_s if live() else None
+
+
+def overview_page(store: TrendStore, tz: ZoneInfo) -> None:
+    left, middle, right = st.columns([3, 2, 1])
+    query = left.text_input("Search streams", key="query", placeholder="part of a stream id")
+    sort = middle.selectbox("Sort by", list(data.SORTS), key="sort")
+    page = right.number_input("Page", min_value=1, value=1, step=1, key="page")
+
+    @st.fragment(run_every=every())
+    def body():
+        now = time.time()
+        ov = guarded(lambda: data.load_overview(store, now, query, data.SORTS[sort], int(page),
+                                                settings().dashboard_page_size, settings().dashboard_stale_s))
+        if ov is None:
+            return
+        if ov.empty:
+            views.empty_store()
+            return
+        views.overview_totals(ov)
+        if ov.pages > 1:
+            st.caption(f"page {min(int(page), ov.pages)} of {ov.pages}")
+        event = views.overview_table(ov, now, key=f"overview-{st.session_state.get('nav', 0)}")
+        if event and event.selection.rows:
+            open_stream(ov.rows[event.selection.rows[0]].stream_id)
+        views.page_footer(now, tz, live())
+    body()
+
+
+def stream_page(store: TrendStore, tz: ZoneInfo) -> None:
+    streams = guarded(lambda: [s for s, _ in store.streams()])
+    if streams is None:
+        return
+    if not streams:
+        views.empty_store()
+        return
+    chosen = st.session_state.get("stream")
+    options = streams if chosen in streams or chosen is None else [chosen, *streams]
+    left, right = st.columns([3, 2])
+    stream = left.selectbox("Stream", options, key="stream", format_func=views.printable)
+    kept = tuple(store.settings.resolutions)
+    resolution = right.radio("Resolution", kept, key="resolution", horizontal=True,
+                             index=min(1, len(kept) - 1), format_func=lambda r: f"{r} s" if r < 60 else f"{r // 60} min")
+    focus = st.session_state.get("focus")
+    if focus is not None:
+        st.text(f"Centred on an alert at {views.clock(focus, tz)}")
+        if st.button("Show the whole trend"):
+            st.session_state["focus"] = None
+            st.rerun()
+
+    @st.fragment(run_every=every())
+    def body():
+        now = time.time()
+        detail = guarded(lambda: data.load_stream(store, stream, resolution, focus=focus))
+        if detail is None:
+            return
+        views.stream_header(detail, now, tz)
+        views.stream_trend(detail, tz)
+        views.recent_segments(detail.recent, tz)
+        views.page_footer(now, tz, live())
+    body()
+
+
+def alerts_page(store: TrendStore, tz: ZoneInfo) -> None:
+    streams = guarded(lambda: [s for s, _ in store.streams()]) or []
+    left, right = st.columns([3, 2])
+    stream = left.selectbox("Stream", ["(all streams)", *streams], key="alert_stream", format_func=views.printable)
+    direction = right.radio("Direction", ("both", "up", "down"), key="alert_direction", horizontal=True)
+
+    @st.fragment(run_every=every())
+    def body():
+        now = time.time()
+        alerts = guarded(lambda: data.load_alerts(store, "" if stream == "(all streams)" else stream,
+                                                  "" if direction == "both" else direction))
+        if alerts is None:
+            return
+        views.alerts_feed(alerts, tz, open_stream)
+        views.page_footer(now, tz, live())
+    body()
+
+
+def main() -> None:
+    st.set_page_config(page_title="tecaflow", page_icon="📈", layout="wide")
+    s = settings()
+    tz = ZoneInfo(s.timezone)
+    store = trend_store(s.redis_url, s.resolutions, s.recent_segments, s.ewma_alpha)
+    apply_pending_navigation()
+    with st.sidebar:
+        st.title("tecaflow")
+        view = st.radio("View", VIEWS, key="view")
+        st.toggle("Live updates", value=True, key="live", help=f"reload every {s.dashboard_refresh_s:g} s")
+        st.caption(f"Redis {redact_url(s.redis_url)} (read only)")
+        st.caption(f"times in {s.timezone}")
+    {"Overview": overview_page, "Stream": stream_page, "Alerts": alerts_page}[view](store, tz)
+
+
+main()

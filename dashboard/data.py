@@ -1,0 +1,166 @@
+"""What the dashboard shows, computed from the TrendStore read API. No Streamlit in here, so
+every number on the page can be tested against Redis without a browser.
+
+The overview reads every stream in a fixed number of pipelined round trips (the index, then
+`TrendStore.summaries`), so it stays fast with thousands of streams: sorting by change needs
+every stream's figures, paging only limits what is drawn.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from stream.store import TrendStore
+
+WINDOW_S = 600  # "the last 10 minutes", and the window before it for the change
+SPARKLINE_BUCKETS = 30
+SORTS = {"recent activity": "recent", "largest change": "change", "most negative": "negative"}
+DIRECTIONS = ("up", "down")
+
+
+@dataclass(frozen=True)
+class StreamRow:
+    stream_id: str
+    count: int
+    ewma: float
+    mean_window: float | None  # mean over the last WINDOW_S of the stream's event time
+    change: float | None  # mean_window minus the mean of the window before it
+    last_update: float  # wall clock of the last write
+    last_event_time: float
+    stale: bool
+    sparkline: list[float]  # bucket means, oldest first
+
+
+@dataclass(frozen=True)
+class Overview:
+    rows: list[StreamRow]  # this page's rows, sorted
+    matching: int  # streams that match the search
+    total_streams: int
+    segments_per_minute: float  # over the last 5 complete minutes of event time, all streams
+    alerts_last_hour: int
+    resolution: int  # the bucket size the figures come from
+    pages: int = 1
+
+    @property
+    def empty(self) -> bool:
+        return self.total_streams == 0
+
+
+@dataclass(frozen=True)
+class StreamDetail:
+    stream_id: str
+    totals: dict
+    resolution: int
+    buckets: list[dict]  # oldest first, each with "ewma" added
+    recent: list[dict]
+    alerts: list[dict]
+    focus: float | None = None  # an event time to centre on (an alert's)
+    resolutions: tuple[int, ...] = field(default_factory=tuple)
+
+
+def overview_resolution(resolutions: tuple[int, ...]) -> int:
+    """The coarsest resolution that still gives at least 5 buckets per window (60 s by default)."""
+    fitting = [r for r in resolutions if r <= WINDOW_S / 5]
+    return max(fitting) if fitting else min(resolutions)
+
+
+def window_means(buckets: list[dict], last_event_time: float, resolution: int) -> tuple[float | None, float | None]:
+    """(mean of the last WINDOW_S of event time, mean of the WINDOW_S before it), from buckets."""
+    newest = math.floor(last_event_time / resolution) * resolution
+    current, previous = [0, 0.0], [0, 0.0]
+    for b in buckets:
+        age = newest - b["start"]
+        into = current if age < WINDOW_S else previous if age < 2 * WINDOW_S else None
+        if into is not None:
+            into[0] += b["count"]
+            into[1] += b["sum"]
+    mean = current[1] / current[0] if current[0] else None
+    before = previous[1] / previous[0] if previous[0] else None
+    return mean, before
+
+
+def stream_row(stream: str, summary: dict, resolution: int, now: float, stale_after_s: float) -> StreamRow | None:
+    totals, buckets = summary["totals"], summary["buckets"]
+    if not totals:  # listed in the index but its keys are gone (expired or being written)
+        return None
+    mean, before = window_means(buckets, totals["last_event_time"], resolution)
+    change = mean - before if mean is not None and before is not None else None
+    return StreamRow(stream_id=stream, count=totals["count"], ewma=totals["ewma"], mean_window=mean, change=change,
+                     last_update=totals["last_update"], last_event_time=totals["last_event_time"],
+                     stale=now - totals["last_update"] > stale_after_s,
+                     sparkline=[b["mean"] for b in buckets[-SPARKLINE_BUCKETS:]])
+
+
+def sort_rows(rows: list[StreamRow], sort: str) -> list[StreamRow]:
+    if sort == "change":  # biggest moves first; streams without a previous window last
+        return sorted(rows, key=lambda r: (r.change is None, -abs(r.change or 0.0), r.stream_id))
+    if sort == "negative":
+        return sorted(rows, key=lambda r: (r.ewma, r.stream_id))
+    if sort == "recent":
+        return sorted(rows, key=lambda r: (-r.last_update, r.stream_id))
+    raise ValueError(f"unknown sort {sort!r}: use one of {sorted(SORTS.values())}")
+
+
+def segments_per_minute(summaries: dict[str, dict], resolution: int, now: float, minutes: int = 5) -> float:
+    """Segments with event times in the last `minutes` complete minutes, per minute."""
+    end = math.floor(now / 60) * 60
+    start = end - 60 * minutes
+    n = sum(b["count"] for s in summaries.values() for b in s["buckets"]
+            if start <= b["start"] and b["start"] + resolution <= end)
+    return n / minutes
+
+
+def load_overview(store: TrendStore, now: float, query: str = "", sort: str = "recent", page: int = 1,
+                  page_size: int = 50, stale_after_s: float = 300.0) -> Overview:
+    resolution = overview_resolution(store.settings.resolutions)
+    streams = [s for s, _ in store.streams()]
+    summaries = store.summaries(streams, resolution, max(SPARKLINE_BUCKETS, 2 * WINDOW_S // resolution))
+    needle = query.strip().lower()
+    rows = [row for s in streams if needle in s.lower()
+            and (row := stream_row(s, summaries[s], resolution, now, stale_after_s)) is not None]
+    rows = sort_rows(rows, sort)
+    pages = max(1, math.ceil(len(rows) / page_size))
+    page = min(max(1, page), pages)
+    return Overview(rows=rows[(page - 1) * page_size: page * page_size], matching=len(rows),
+                    total_streams=len(streams), segments_per_minute=segments_per_minute(summaries, resolution, now),
+                    alerts_last_hour=store.alerts_since(now - 3600), resolution=resolution, pages=pages)
+
+
+def with_ewma(buckets: list[dict], alpha: float) -> list[dict]:
+    """Each bucket with the EWMA of the scores up to its end. The store keeps only the latest
+    segment-level EWMA, so a bucket of n scores with mean m moves it as n equal scores m would:
+    e <- (1-alpha)^n e + (1 - (1-alpha)^n) m."""
+    out, e = [], None
+    for b in buckets:
+        keep = (1 - alpha) ** b["count"]
+        e = b["mean"] if e is None else keep * e + (1 - keep) * b["mean"]
+        out.append({**b, "ewma": e})
+    return out
+
+
+def load_stream(store: TrendStore, stream: str, resolution: int, recent: int = 20, alerts: int = 50,
+                focus: float | None = None) -> StreamDetail:
+    if resolution not in store.settings.resolutions:
+        raise ValueError(f"resolution {resolution}s is not kept; the store keeps {store.settings.resolutions}")
+    return StreamDetail(stream_id=stream, totals=store.totals(stream), resolution=resolution,
+                        buckets=with_ewma(store.buckets(stream, resolution), store.settings.ewma_alpha),
+                        recent=store.recent(stream, recent), alerts=store.alerts(alerts, stream), focus=focus,
+                        resolutions=tuple(store.settings.resolutions))
+
+
+def load_alerts(store: TrendStore, stream: str = "", direction: str = "", count: int = 50) -> list[dict]:
+    """Newest first; `stream` is an exact stream id, `direction` 'up' or 'down' (empty: all)."""
+    if direction and direction not in DIRECTIONS:
+        raise ValueError(f"direction {direction!r}: use up or down")
+    alerts = store.alerts(count if not direction else 4 * count, stream or None)
+    return [a for a in alerts if not direction or a.get("direction") == direction][:count]
+
+
+def alert_statistic(alert: dict) -> tuple[str, float | None]:
+    """(name, value) of the evidence an alert carries, whatever detector wrote it."""
+    if "statistic" in alert and isinstance(alert["statistic"], dict):
+        return alert["statistic"].get("name", "statistic"), alert["statistic"].get("value")
+    for name in ("statistic", "z", "llr", "cusum"):
+        if isinstance(alert.get(name), (int, float)):
+            return name, float(alert[name])
+    return "statistic", None

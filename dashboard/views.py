@@ -1,0 +1,224 @@
+"""The dashboard's parts: each takes data (from dashboard.data) and draws it. They never read
+Redis themselves, so each can be rendered and checked alone (tests use AppTest on them).
+
+Everything that comes from a stream (ids, transcripts, alert fields) is drawn as plain text:
+`st.text`, `st.code` or data frame cells; never markdown labels, never unsafe_allow_html.
+"""
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from dashboard.data import SPARKLINE_BUCKETS, Overview, StreamDetail, StreamRow, alert_statistic
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Control and bidi characters shown as escapes, so a hostile id cannot hide or reorder text."""
+    return CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", str(text))
+
+
+def clock(t: float, tz: ZoneInfo, with_date: bool = True) -> str:
+    return datetime.fromtimestamp(t, tz).strftime("%Y-%m-%d %H:%M:%S %Z" if with_date else "%H:%M:%S %Z")
+
+
+def age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.0f} d ago"
+
+
+def signed(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None else f"{x:+.{digits}f}"
+
+
+# ---- states of the page ----------------------------------------------------------------------
+def redis_down(url: str, error: Exception, retry_s: float | None) -> None:
+    again = f"retrying every {retry_s:g} s" if retry_s else "live updates are paused: resume them to retry"
+    st.error(f"Redis is not reachable at {url} ({type(error).__name__}: {printable(str(error))[:300]}); {again}. "
+             "The page stays up and shows data again as soon as Redis answers.", icon="🔌")
+
+
+def empty_store() -> None:
+    st.info("No streams recorded yet. To see data here, run `make demo` (everything, with a replay), or: "
+            "`tecaflow stack up`, `tecaflow worker`, then `tecaflow replay --streams 4 --segments 200`.",
+            icon="📭")
+
+
+# ---- overview ----------------------------------------------------------------------------------
+def overview_totals(ov: Overview) -> None:
+    stale = sum(r.stale for r in ov.rows)
+    cols = st.columns(4)
+    cols[0].metric("Streams", ov.total_streams)
+    cols[1].metric("Segments scored / min", f"{ov.segments_per_minute:.1f}",
+                   help="event time, last 5 complete minutes, all streams")
+    cols[2].metric("Alerts in the last hour", ov.alerts_last_hour)
+    cols[3].metric("Stale on this page", stale, help="no update for longer than the stale limit")
+
+
+def overview_frame(rows: list[StreamRow], now: float) -> pd.DataFrame:
+    return pd.DataFrame({
+        "stream": [printable(r.stream_id) for r in rows],
+        "EWMA": [r.ewma for r in rows],
+        "mean 10 min": [float("nan") if r.mean_window is None else r.mean_window for r in rows],
+        "change": [float("nan") if r.change is None else r.change for r in rows],
+        "segments": [r.count for r in rows],
+        "updated": [("STALE " if r.stale else "") + age(now - r.last_update) for r in rows],
+        "trend": [r.sparkline for r in rows],
+    })
+
+
+def moving_now(rows: list[StreamRow], n: int = 5) -> list[str]:
+    """Plain-text lines for the streams that moved most in the last window, biggest first."""
+    moved = sorted((r for r in rows if r.change is not None), key=lambda r: -abs(r.change))[:n]
+    return [f"{'▲' if r.change > 0 else '▼'} {printable(r.stream_id)}  {r.change:+.2f} in 10 min  "
+            f"(now {r.mean_window:+.2f}, EWMA {r.ewma:+.2f})" for r in moved]
+
+
+def overview_table(ov: Overview, now: float, key: str):
+    """The page's streams; returns the selection event (a clicked row opens the stream)."""
+    st.caption(f"{ov.matching} of {ov.total_streams} streams match; figures from {ov.resolution} s buckets; "
+               "mean and change over the last 10 minutes of each stream's event time.")
+    lines = moving_now(ov.rows)
+    if lines:
+        st.text("Largest 10-minute changes:\n" + "\n".join(lines))
+    return st.dataframe(
+        overview_frame(ov.rows, now), hide_index=True, use_container_width=True, key=key,
+        on_select="rerun", selection_mode="single-row",
+        column_config={
+            "EWMA": st.column_config.NumberColumn(format="%+.2f"),
+            "mean 10 min": st.column_config.NumberColumn(format="%+.2f"),
+            "change": st.column_config.NumberColumn(format="%+.2f", help="vs the 10 minutes before"),
+            "trend": st.column_config.LineChartColumn(
+                f"last {SPARKLINE_BUCKETS * ov.resolution // 60} min", y_min=-3, y_max=3,
+                help=f"mean of each {ov.resolution} s bucket on the score scale -3..3"),
+        })
+
+
+# ---- one stream ----------------------------------------------------------------------------
+def stream_header(detail: StreamDetail, now: float, tz: ZoneInfo) -> None:
+    st.text(f"Stream {printable(detail.stream_id)}")
+    t = detail.totals
+    if not t:
+        st.warning("Nothing recorded for this stream (its keys may have expired).")
+        return
+    cols = st.columns(5)
+    cols[0].metric("Segments", t["count"])
+    cols[1].metric("EWMA", f"{t['ewma']:+.3f}")
+    cols[2].metric("Mean", f"{t['mean']:+.3f}")
+    cols[3].metric("Std", f"{t['std']:.3f}")
+    cols[4].metric("Last score", f"{t['last_score']:+.3f}")
+    st.caption(f"last event {clock(t['last_event_time'], tz)}, updated {age(now - t['last_update'])}")
+
+
+def trend_frame(detail: StreamDetail, tz: ZoneInfo) -> pd.DataFrame:
+    b = detail.buckets
+    return pd.DataFrame({
+        "time": [naive_local(x["start"], tz) for x in b],
+        "mean": [x["mean"] for x in b], "ewma": [x["ewma"] for x in b],
+        "low": [x["mean"] - x["std"] for x in b], "high": [x["mean"] + x["std"] for x in b],
+        "min": [x["min"] for x in b], "max": [x["max"] for x in b], "count": [x["count"] for x in b],
+    })
+
+
+def naive_local(t: float, tz: ZoneInfo) -> datetime:
+    """Wall-clock time in `tz` without a zone: Vega-Lite then draws it as given."""
+    return datetime.fromtimestamp(t, tz).replace(tzinfo=None)
+
+
+def trend_chart(detail: StreamDetail, tz: ZoneInfo) -> alt.LayerChart:
+    """Mean per bucket with a ±1 sd band, min/max, the EWMA, and alerts as red rules."""
+    frame = trend_frame(detail, tz)
+    zone = datetime.now(tz).strftime("%Z")
+    domain = None
+    if detail.focus is not None:  # opened from an alert: centre on it
+        half = 30 * detail.resolution
+        domain = [naive_local(detail.focus - half, tz).isoformat(), naive_local(detail.focus + half, tz).isoformat()]
+    x = alt.X("time:T", title=f"event time ({zone})", axis=alt.Axis(format="%H:%M"), scale=alt.Scale(domain=domain) if domain else alt.Undefined)
+    y = alt.Scale(domain=[-3, 3])
+    base = alt.Chart(frame)
+    layers = [
+        base.mark_area(opacity=0.12, clip=True).encode(x=x, y=alt.Y("min:Q", scale=y, title="score"), y2="max:Q"),
+        base.mark_area(opacity=0.3, clip=True).encode(x=x, y=alt.Y("low:Q", scale=y), y2="high:Q"),
+        base.mark_line(point=len(frame) < 60, clip=True).encode(
+            x=x, y=alt.Y("mean:Q", scale=y), tooltip=["time:T", alt.Tooltip("mean:Q", format="+.3f"),
+                                                      alt.Tooltip("ewma:Q", format="+.3f"), "count:Q"]),
+        base.mark_line(strokeDash=[5, 3], color="orange", clip=True).encode(x=x, y=alt.Y("ewma:Q", scale=y)),
+    ]
+    if detail.alerts:
+        marks = pd.DataFrame({"time": [naive_local(a["event_time"], tz) for a in detail.alerts],
+                              "alert": [f"{a.get('direction', '?')} {signed(a.get('magnitude'))}" for a in detail.alerts]})
+        layers.append(alt.Chart(marks).mark_rule(color="red", strokeWidth=2, clip=True).encode(
+            x=x, tooltip=["time:T", "alert:N"]))
+    return alt.layer(*layers).properties(height=320)
+
+
+def stream_trend(detail: StreamDetail, tz: ZoneInfo) -> None:
+    if not detail.buckets:
+        st.info(f"No {detail.resolution} s buckets for this stream yet.")
+        return
+    st.altair_chart(trend_chart(detail, tz), use_container_width=True)
+    st.caption(f"{len(detail.buckets)} buckets of {detail.resolution} s: mean (line), ±1 sd (band), min–max "
+               f"(light band), EWMA (dashed), alerts (red).")
+
+
+def recent_frame(segments: list[dict], tz: ZoneInfo) -> pd.DataFrame:
+    frame = pd.DataFrame({
+        "time": [clock(s["event_time"], tz, with_date=False) for s in segments],
+        "score": [s["score"] for s in segments],
+        "transcript": [printable(s.get("text", "")) for s in segments],
+    })
+    # Written by the store once the model reports them (modality attribution).
+    if any("modalities" in s for s in segments):
+        frame["modalities"] = ["+".join(s.get("modalities", [])) for s in segments]
+    for side in ("audio", "visual"):
+        if any(side in s.get("contributions", {}) for s in segments):
+            frame[f"{side} moved it"] = [s.get("contributions", {}).get(side) for s in segments]
+    return frame
+
+
+def recent_segments(segments: list[dict], tz: ZoneInfo) -> None:
+    st.text(f"Last {len(segments)} segments, newest first")
+    if segments:
+        st.dataframe(recent_frame(segments, tz), hide_index=True, use_container_width=True,
+                     column_config={"score": st.column_config.NumberColumn(format="%+.3f")})
+
+
+# ---- alerts --------------------------------------------------------------------------------
+def alert_line(alert: dict, tz: ZoneInfo) -> str:
+    name, value = alert_statistic(alert)
+    ref, rec = alert.get("reference", {}), alert.get("recent", {})
+    return (f"{clock(alert['event_time'], tz)}  {printable(alert['stream_id'])}  "
+            f"{'▲ up' if alert.get('direction') == 'up' else '▼ down'} by {abs(alert.get('magnitude', 0.0)):.2f}: "
+            f"{signed(ref.get('mean'))} → {signed(rec.get('mean'))}  ({name} {signed(value, 1)})")
+
+
+def alerts_feed(alerts: list[dict], tz: ZoneInfo, on_open) -> None:
+    """Newest first. `on_open(stream_id, event_time)` is called when one is opened."""
+    if not alerts:
+        st.info("No alerts match.")
+        return
+    for alert in alerts:
+        with st.container(border=True):
+            left, right = st.columns([6, 1])
+            left.text(alert_line(alert, tz))
+            if right.button("open", key=f"open-{alert.get('id', alert['event_time'])}",
+                            help="show this stream around the alert"):
+                on_open(alert["stream_id"], alert["event_time"])
+
+
+def page_footer(now: float, tz: ZoneInfo, live: bool) -> None:
+    st.caption(f"data as of {clock(now, tz)}" + ("" if live else " (paused)")
+               + f" · loaded in {(time.time() - now) * 1000:.0f} ms")

@@ -1,0 +1,229 @@
+"""The dashboard against a real redis-server filled through TrendStore.record: its data layer
+(dashboard.data) by hand-worked numbers, and the whole page with Streamlit's AppTest."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import redis
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from dashboard import data
+from stream.store import StoreSettings, TrendStore
+from tests.conftest import free_ports
+
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+NOW = 1_764_000_000.0  # a whole minute: bucket arithmetic below is exact
+HOSTILE = "<script>alert(1)</script>\x1b[31m**bold**"
+
+
+@pytest.fixture
+def store(redis_url):
+    s = TrendStore(redis_url, StoreSettings())
+    s.redis.flushdb()
+    return s
+
+
+def fill(store: TrendStore, stream: str, scores: list[float], start: float, step: float, now: float = NOW) -> None:
+    for i, score in enumerate(scores):
+        assert store.record(stream, f"{stream}/{i}", f"d{i}", start + i * step, score, f"said {i}", now=now) == "new"
+
+
+def test_overview_figures_are_the_stores(store):
+    # 40 scores a minute apart ending at NOW-60: the last 10 minutes of event time hold the last
+    # 10 scores, the 10 minutes before hold the 10 before those.
+    scores = [0.1 * (i % 7) - 0.2 for i in range(40)]
+    fill(store, "calm", scores, NOW - 60 - 39 * 60, 60)
+    fill(store, "falling", [1.0] * 30 + [-1.5] * 10, NOW - 60 - 39 * 60, 60)
+    ov = data.load_overview(store, NOW, sort="change")
+    assert ov.total_streams == ov.matching == 2 and ov.resolution == 60
+    first, second = ov.rows
+    assert first.stream_id == "falling"
+    assert first.mean_window == pytest.approx(-1.5) and first.change == pytest.approx(-2.5)
+    calm = store.totals("calm")
+    assert second.count == calm["count"] == 40 and second.ewma == pytest.approx(calm["ewma"])
+    assert second.mean_window == pytest.approx(sum(scores[-10:]) / 10)
+    assert second.change == pytest.approx(sum(scores[-10:]) / 10 - sum(scores[-20:-10]) / 10)
+    assert second.sparkline == pytest.approx(scores[-data.SPARKLINE_BUCKETS:])
+    # Last 5 complete minutes of event time [NOW-300, NOW): 5 segments per stream.
+    assert ov.segments_per_minute == pytest.approx(2.0)
+    assert [r.stream_id for r in data.load_overview(store, NOW, sort="negative").rows] == ["falling", "calm"]
+
+
+def test_search_sort_paging_and_staleness(store):
+    for i in range(7):
+        fill(store, f"brand-{i}", [i / 10], NOW - 100, 1, now=NOW - 1000 * i)
+    fill(store, "other", [0.0], NOW - 100, 1, now=NOW)
+    ov = data.load_overview(store, NOW, query="BRAND", sort="recent", page=2, page_size=3, stale_after_s=1500)
+    assert (ov.matching, ov.total_streams, ov.pages) == (7, 8, 3)
+    assert [r.stream_id for r in ov.rows] == ["brand-3", "brand-4", "brand-5"]
+    assert [r.stale for r in ov.rows] == [True, True, True]
+    last = data.load_overview(store, NOW, query="brand", page=99, page_size=3)
+    assert [r.stream_id for r in last.rows] == ["brand-6"]
+    assert data.load_overview(store, NOW, query="nothing-like-this").rows == []
+    with pytest.raises(ValueError, match="unknown sort"):
+        data.sort_rows(ov.rows, "alphabetical")
+
+
+def test_overview_reads_in_a_fixed_number_of_round_trips(store, monkeypatch):
+    def round_trips(n_streams: int) -> int:
+        store.redis.flushdb()
+        for i in range(n_streams):
+            fill(store, f"s{i}", [0.5, -0.5], NOW - 700, 400)
+        sent = []
+        original = redis.connection.AbstractConnection.send_packed_command
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command",
+                            lambda self, *a, **k: (sent.append(1), original(self, *a, **k))[1])
+        data.load_overview(store, NOW)
+        monkeypatch.undo()
+        return len(sent)
+
+    assert round_trips(3) == round_trips(300) <= 4
+
+
+def test_trend_ewma_follows_segment_level_ewma_for_equal_scores():
+    buckets = [{"start": 0, "count": 3, "mean": 1.0}, {"start": 10, "count": 2, "mean": -1.0}]
+    e = None
+    for s in [1.0] * 3 + [-1.0] * 2:
+        e = s if e is None else 0.1 * s + 0.9 * e
+    assert data.with_ewma(buckets, 0.1)[-1]["ewma"] == pytest.approx(e)
+
+
+def test_alerts_filters_and_stream_detail(store):
+    fill(store, "a", [0.0, 1.0, 2.0], NOW - 30, 10)
+    for i, (stream, direction) in enumerate([("a", "up"), ("b", "down"), ("a", "down")]):
+        store.record_alert(stream, {"stream_id": stream, "event_time": NOW - 100 + i, "direction": direction,
+                                    "magnitude": 1.0 if direction == "up" else -1.0, "z": 5.0,
+                                    "reference": {"mean": 0.0}, "recent": {"mean": 1.0}}, {"armed": False})
+    assert [(a["stream_id"], a["direction"]) for a in data.load_alerts(store)] == [("a", "down"), ("b", "down"),
+                                                                                  ("a", "up")]
+    assert [a["direction"] for a in data.load_alerts(store, stream="a", direction="down")] == ["down"]
+    with pytest.raises(ValueError, match="direction"):
+        data.load_alerts(store, direction="sideways")
+    detail = data.load_stream(store, "a", 10)
+    assert [b["mean"] for b in detail.buckets] == [0.0, 1.0, 2.0]
+    assert [s["score"] for s in detail.recent] == [2.0, 1.0, 0.0] and len(detail.alerts) == 2
+    with pytest.raises(ValueError, match="not kept"):
+        data.load_stream(store, "a", 7)
+
+
+# ---- the whole page, with AppTest --------------------------------------------------------------
+def page(monkeypatch, url: str, **state) -> AppTest:
+    monkeypatch.setenv("TECAFLOW_REDIS_URL", url)
+    st.cache_resource.clear()  # settings and the connection are cached per process
+    at = AppTest.from_file(APP, default_timeout=30)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def all_text(at: AppTest) -> str:
+    return "\n".join(t.value for t in at.text)
+
+
+def test_page_shows_the_stores_numbers_in_every_view(store, redis_url, monkeypatch):
+    import time
+    now = time.time()
+    fill(store, "brand-1", [0.5, 0.7, -0.2, 1.1], now - 40, 10, now=now)
+    fill(store, "brand-2", [-2.0, -1.0], now - 20, 10, now=now)
+    store.record_alert("brand-2", {"stream_id": "brand-2", "event_time": now - 10, "direction": "down",
+                                   "magnitude": -1.25, "z": -6.5, "reference": {"mean": 0.3},
+                                   "recent": {"mean": -0.95}}, {"armed": False})
+    at = page(monkeypatch, redis_url)
+    assert not at.exception
+    shown = metrics(at)
+    assert shown["Streams"] == "2" and shown["Alerts in the last hour"] == "1"
+    table = at.dataframe[0].value
+    assert sorted(table["stream"]) == ["brand-1", "brand-2"]
+    row = table.set_index("stream").loc["brand-1"]
+    assert row["segments"] == 4 and row["EWMA"] == pytest.approx(store.totals("brand-1")["ewma"])
+
+    at = page(monkeypatch, redis_url, view="Stream", stream="brand-1")
+    assert not at.exception
+    shown = metrics(at)
+    totals = store.totals("brand-1")
+    assert shown["Segments"] == "4" and shown["EWMA"] == f"{totals['ewma']:+.3f}"
+    assert shown["Std"] == f"{totals['std']:.3f}"
+    assert list(at.dataframe[0].value["score"]) == [1.1, -0.2, 0.7, 0.5]
+    assert "Stream brand-1" in all_text(at)
+
+    at = page(monkeypatch, redis_url, view="Alerts")
+    assert not at.exception
+    assert "brand-2  ▼ down by 1.25: +0.30 → -0.95  (z -6.5)" in all_text(at)
+    at.button(key=next(b.key for b in at.button if b.key.startswith("open-"))).click().run()
+    assert at.session_state["view"] == "Stream" and at.session_state["stream"] == "brand-2"
+    assert metrics(at)["Segments"] == "2"
+    assert "Centred on an alert" in all_text(at)
+
+
+def test_empty_store_says_what_to_run(store, redis_url, monkeypatch):
+    at = page(monkeypatch, redis_url)
+    assert not at.exception
+    assert "make demo" in at.info[0].value and "tecaflow replay" in at.info[0].value
+
+
+def test_redis_down_shows_a_banner_without_the_password(monkeypatch):
+    port = free_ports(1)[0]
+    for view in ("Overview", "Stream", "Alerts"):
+        at = page(monkeypatch, f"redis://:hunter2@127.0.0.1:{port}/0", view=view)
+        assert not at.exception
+        banner = at.error[0].value
+        assert f"redis://:***@127.0.0.1:{port}/0" in banner and "retrying every" in banner
+        assert "hunter2" not in banner and all("hunter2" not in c.value for c in at.sidebar.caption)
+
+
+def test_hostile_ids_and_transcripts_are_shown_as_text(store, redis_url, monkeypatch):
+    store.record(HOSTILE, "h/1", "d", NOW, -1.0, "<img src=x onerror=alert(1)> *not markdown*", now=NOW)
+    at = page(monkeypatch, redis_url, view="Stream", stream=HOSTILE)
+    assert not at.exception
+    assert "Stream <script>alert(1)</script>\\u001b[31m**bold**" in all_text(at)
+    assert all("<script>" not in m.value and "onerror" not in m.value for m in at.markdown)
+    assert list(at.dataframe[0].value["transcript"]) == ["<img src=x onerror=alert(1)> *not markdown*"]
+    at = page(monkeypatch, redis_url)
+    assert list(at.dataframe[0].value["stream"]) == ["<script>alert(1)</script>\\u001b[31m**bold**"]
+
+
+def test_a_read_only_redis_user_is_enough(store, redis_url, monkeypatch):
+    import time
+    now = time.time()
+    fill(store, "ro-1", [0.25, 0.75], now - 20, 10, now=now)
+    store.record_alert("ro-1", {"stream_id": "ro-1", "event_time": now - 5, "direction": "up", "magnitude": 0.5,
+                                "z": 4.8, "reference": {"mean": 0.0}, "recent": {"mean": 0.5}}, {"armed": False})
+    store.redis.execute_command("ACL", "SETUSER", "dash", "reset", "on", ">dash-pw", "~tf:*", "resetchannels",
+                                "-@all", "+@read", "+@connection")
+    try:
+        url = redis_url.replace("redis://", "redis://dash:dash-pw@")
+        reader = redis.Redis.from_url(url)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            reader.set("tf:{ro-1}:totals", "overwritten")  # the ACL really forbids writes
+        for view, state in (("Overview", {}), ("Stream", {"stream": "ro-1"}), ("Alerts", {})):
+            at = page(monkeypatch, url, view=view, **state)
+            assert not at.exception and not at.error, (view, [e.value for e in at.error])
+        assert metrics(page(monkeypatch, url, view="Stream", stream="ro-1"))["Segments"] == "2"
+        assert "ro-1  ▲ up by 0.50" in all_text(page(monkeypatch, url, view="Alerts"))
+    finally:
+        store.redis.execute_command("ACL", "DELUSER", "dash")
+
+
+def test_the_cli_runs_streamlit_headless_on_loopback():
+    from stream.cli import dashboard_command
+    cmd = dashboard_command(8765, "127.0.0.1")
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and Path(cmd[4]).name == "app.py" and Path(cmd[4]).exists()
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1" and cmd[cmd.index("--server.port") + 1] == "8765"
+    with pytest.raises(ValueError, match="not a TCP port"):
+        dashboard_command(70000, "127.0.0.1")
+
+
+def test_window_means_ignore_buckets_older_than_two_windows():
+    buckets = [{"start": s, "count": 1, "sum": v} for s, v in ((0, 100.0), (1200, 1.0), (1800, 3.0))]
+    mean, before = data.window_means(buckets, 1830.0, 60)
+    assert (mean, before) == (3.0, 1.0)
+    assert data.window_means([], 1830.0, 60) == (None, None)
+    assert math.isclose(data.overview_resolution((10, 60, 600)), 60)
+    assert data.overview_resolution((300, 3600)) == 300
