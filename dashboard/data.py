@@ -1,9 +1,9 @@
 """What the dashboard shows, computed from the TrendStore read API. No Streamlit in here, so
 every number on the page can be tested against Redis without a browser.
 
-The overview reads every stream in a fixed number of pipelined round trips (the index, then
-`TrendStore.summaries`), so it stays fast with thousands of streams: sorting by change needs
-every stream's figures, paging only limits what is drawn.
+The overview reads Redis in a fixed number of pipelined round trips, so it stays fast with
+thousands of streams: sorted by activity it reads only the page's streams (the index is in that
+order already); sorted by change or level it needs every matching stream's figures.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from stream.store import TrendStore
 
 WINDOW_S = 600  # "the last 10 minutes", and the window before it for the change
-SPARKLINE_BUCKETS = 30
+RATE_SPAN_S = 300  # segments per minute are counted over about the last 5 complete minutes
 SORTS = {"recent activity": "recent", "largest change": "change", "most negative": "negative"}
 DIRECTIONS = ("up", "down")
 
@@ -28,7 +28,7 @@ class StreamRow:
     last_update: float  # wall clock of the last write
     last_event_time: float
     stale: bool
-    sparkline: list[float]  # bucket means, oldest first
+    sparkline: list[float]  # bucket means over the two windows, oldest first
 
 
 @dataclass(frozen=True)
@@ -64,31 +64,40 @@ def overview_resolution(resolutions: tuple[int, ...]) -> int:
     return max(fitting) if fitting else min(resolutions)
 
 
-def window_means(buckets: list[dict], last_event_time: float, resolution: int) -> tuple[float | None, float | None]:
-    """(mean of the last WINDOW_S of event time, mean of the WINDOW_S before it), from buckets."""
+def window_starts(last_event_time: float, resolution: int) -> list[int]:
+    """Starts of the buckets of the two windows that end with the stream's newest bucket, oldest first."""
+    newest = math.floor(last_event_time / resolution) * resolution
+    n = 2 * WINDOW_S // resolution
+    return [newest - k * resolution for k in range(n - 1, -1, -1)]
+
+
+def window_means(sums: dict[int, tuple[int, float]], last_event_time: float, resolution: int
+                 ) -> tuple[float | None, float | None]:
+    """(mean of the last WINDOW_S of event time, mean of the WINDOW_S before it), from the
+    (count, sum) of buckets by start."""
     newest = math.floor(last_event_time / resolution) * resolution
     current, previous = [0, 0.0], [0, 0.0]
-    for b in buckets:
-        age = newest - b["start"]
-        into = current if age < WINDOW_S else previous if age < 2 * WINDOW_S else None
+    for start, (count, total) in sums.items():
+        age = newest - start
+        into = current if 0 <= age < WINDOW_S else previous if WINDOW_S <= age < 2 * WINDOW_S else None
         if into is not None:
-            into[0] += b["count"]
-            into[1] += b["sum"]
+            into[0] += count
+            into[1] += total
     mean = current[1] / current[0] if current[0] else None
     before = previous[1] / previous[0] if previous[0] else None
     return mean, before
 
 
-def stream_row(stream: str, summary: dict, resolution: int, now: float, stale_after_s: float) -> StreamRow | None:
-    totals, buckets = summary["totals"], summary["buckets"]
+def stream_row(stream: str, totals: dict, sums: dict[int, tuple[int, float]], resolution: int, now: float,
+               stale_after_s: float) -> StreamRow | None:
     if not totals:  # listed in the index but its keys are gone (expired or being written)
         return None
-    mean, before = window_means(buckets, totals["last_event_time"], resolution)
+    mean, before = window_means(sums, totals["last_event_time"], resolution)
     change = mean - before if mean is not None and before is not None else None
     return StreamRow(stream_id=stream, count=totals["count"], ewma=totals["ewma"], mean_window=mean, change=change,
                      last_update=totals["last_update"], last_event_time=totals["last_event_time"],
                      stale=now - totals["last_update"] > stale_after_s,
-                     sparkline=[b["mean"] for b in buckets[-SPARKLINE_BUCKETS:]])
+                     sparkline=[total / count for _, (count, total) in sorted(sums.items())])
 
 
 def sort_rows(rows: list[StreamRow], sort: str) -> list[StreamRow]:
@@ -101,28 +110,48 @@ def sort_rows(rows: list[StreamRow], sort: str) -> list[StreamRow]:
     raise ValueError(f"unknown sort {sort!r}: use one of {sorted(SORTS.values())}")
 
 
-def segments_per_minute(summaries: dict[str, dict], resolution: int, now: float, minutes: int = 5) -> float:
-    """Segments with event times in the last `minutes` complete minutes, per minute."""
-    end = math.floor(now / 60) * 60
-    start = end - 60 * minutes
-    n = sum(b["count"] for s in summaries.values() for b in s["buckets"]
-            if start <= b["start"] and b["start"] + resolution <= end)
-    return n / minutes
+def rate_starts(now: float, resolution: int, span_s: int = RATE_SPAN_S) -> list[int]:
+    """Starts of the complete buckets covering about the last `span_s` seconds before `now`."""
+    end = math.floor(now / resolution) * resolution
+    return [end - resolution * k for k in range(max(1, span_s // resolution), 0, -1)]
 
 
 def load_overview(store: TrendStore, now: float, query: str = "", sort: str = "recent", page: int = 1,
                   page_size: int = 50, stale_after_s: float = 300.0) -> Overview:
+    """Four round trips whatever the number of streams: the index; the totals of the streams the
+    sort needs (the page's for `recent`, every match's otherwise); the buckets of the two windows
+    of the streams shown (of every match for `change`) with those of every lately active stream
+    (for the rate); the alert count."""
+    if sort not in SORTS.values():
+        raise ValueError(f"unknown sort {sort!r}: use one of {sorted(SORTS.values())}")
     resolution = overview_resolution(store.settings.resolutions)
-    streams = [s for s, _ in store.streams()]
-    summaries = store.summaries(streams, resolution, max(SPARKLINE_BUCKETS, 2 * WINDOW_S // resolution))
+    index = store.streams()  # most recent activity first
     needle = query.strip().lower()
-    rows = [row for s in streams if needle in s.lower()
-            and (row := stream_row(s, summaries[s], resolution, now, stale_after_s)) is not None]
-    rows = sort_rows(rows, sort)
-    pages = max(1, math.ceil(len(rows) / page_size))
+    matching = [s for s, _ in index if needle in s.lower()]
+    pages = max(1, math.ceil(len(matching) / page_size))
     page = min(max(1, page), pages)
-    return Overview(rows=rows[(page - 1) * page_size: page * page_size], matching=len(rows),
-                    total_streams=len(streams), segments_per_minute=segments_per_minute(summaries, resolution, now),
+    on_page = slice((page - 1) * page_size, page * page_size)
+    if sort == "recent":  # the index is in this order already: read only the page
+        shown = matching[on_page]
+        totals = store.totals_many(shown)
+    else:
+        totals = store.totals_many(matching)
+        shown = matching if sort == "change" else sorted((s for s in matching if totals[s]),
+                                                         key=lambda s: (totals[s]["ewma"], s))[on_page]
+
+    rate = rate_starts(now, resolution)
+    wanted = {s: set(window_starts(totals[s]["last_event_time"], resolution)) for s in shown if totals[s]}
+    for s, active in index:
+        if active >= rate[0]:
+            wanted.setdefault(s, set()).update(rate)
+    sums = store.bucket_sums({s: sorted(starts) for s, starts in wanted.items()}, resolution)
+    in_rate = sum(sums[s].get(start, (0, 0.0))[0] for s in sums for start in rate)
+
+    rows = [row for s in shown if (row := stream_row(s, totals[s], sums.get(s, {}), resolution, now,
+                                                     stale_after_s)) is not None]
+    rows = sort_rows(rows, sort)
+    return Overview(rows=rows[on_page] if sort == "change" else rows, matching=len(matching),
+                    total_streams=len(index), segments_per_minute=in_rate / (len(rate) * resolution / 60),
                     alerts_last_hour=store.alerts_since(now - 3600), resolution=resolution, pages=pages)
 
 

@@ -15,7 +15,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard.data import SPARKLINE_BUCKETS, Overview, StreamDetail, StreamRow, alert_statistic
+from dashboard.data import WINDOW_S, Overview, StreamDetail, StreamRow, alert_statistic
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
@@ -102,7 +102,7 @@ def overview_table(ov: Overview, now: float, key: str):
             "mean 10 min": st.column_config.NumberColumn(format="%+.2f"),
             "change": st.column_config.NumberColumn(format="%+.2f", help="vs the 10 minutes before"),
             "trend": st.column_config.LineChartColumn(
-                f"last {SPARKLINE_BUCKETS * ov.resolution // 60} min", y_min=-3, y_max=3,
+                f"last {2 * WINDOW_S // 60} min", y_min=-3, y_max=3,
                 help=f"mean of each {ov.resolution} s bucket on the score scale -3..3"),
         })
 

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="stream", help="stream names are PREFIX-000, PREFIX-001, ...")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--loop", action="store_true",
+                   help="repeat until Ctrl-C: each round of --segments, another stream shifts half-way")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("trends", help="per-stream totals and recent alerts from Redis")
@@ -62,11 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.set_defaults(func=cmd_dashboard)
 
-    p = sub.add_parser("demo", help="the whole system on the embedded stack, with a replay and a shift")
+    p = sub.add_parser("demo", help="the whole system on the embedded stack with the dashboard, until Ctrl-C")
     p.add_argument("--repo", type=Path, default=Path(os.environ.get("TECAFLOW_MODEL_REPO", "model_repo")))
     p.add_argument("--streams", type=int, default=4)
-    p.add_argument("--segments", type=int, default=300, help="segments per stream")
+    p.add_argument("--segments", type=int, default=600, help="segments per stream in each round of the replay")
     p.add_argument("--rate", type=float, default=20.0, help="segments per second overall")
+    p.add_argument("--dashboard-port", type=int, default=8501)
     p.add_argument("--seconds", type=float, default=float(os.environ.get("TECAFLOW_DEMO_SECONDS", 0)),
                    help="stop after this long (default: run until Ctrl-C)")
     p.set_defaults(func=cmd_demo)
@@ -79,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=8.0, help="measuring time per concurrency level")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_serve)
+    p = bench_sub.add_parser("dashboard", help="the dashboard's data-load time with many streams (scratch Redis)")
+    p.add_argument("--streams", type=int, default=1000)
+    p.add_argument("--segments", type=int, default=120, help="segments per stream")
+    p.add_argument("--repeats", type=int, default=10, help="loads of each view")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_dashboard)
     return parser
 
 
@@ -110,16 +119,19 @@ def cmd_replay(args) -> int:
     from stream.replay import replay
     settings = Settings.from_env()
     widths, max_frames = model_shape(settings)
-    summary = replay(settings.broker_servers(), settings.topic_segments, widths, max_frames, args.streams, args.segments,
-                     args.rate, args.data, args.shift, args.seed, args.manifest, progress=not args.no_progress,
-                     prefix=args.prefix)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
+
+    def report(summary: dict) -> None:
+        if args.json:
+            print(json.dumps(summary, indent=2), flush=True)
+            return
         print(f"sent {summary['segments']} segments on {settings.topic_segments}; shifts: "
-              f"{', '.join(summary['shifts']) or 'none'}")
+              f"{', '.join(summary['shifts']) or 'none'}", flush=True)
         for name, s in summary["streams"].items():
-            print(f"  {name}: {s['count']} segments, mean label {s['label_mean']:+.3f}")
+            print(f"  {name}: {s['count']} segments, mean label {s['label_mean']:+.3f}", flush=True)
+
+    report(replay(settings.broker_servers(), settings.topic_segments, widths, max_frames, args.streams, args.segments,
+                  args.rate, args.data, args.shift, args.seed, args.manifest, progress=not args.no_progress,
+                  prefix=args.prefix, loop=args.loop, on_round=report))
     return 0
 
 
@@ -185,7 +197,7 @@ def cmd_dashboard(args) -> int:
 
 def cmd_demo(args) -> int:
     from stream.demo import run_demo
-    return run_demo(args.repo, args.streams, args.segments, args.rate, args.seconds)
+    return run_demo(args.repo, args.streams, args.segments, args.rate, args.seconds, args.dashboard_port)
 
 
 def cmd_serve(args) -> int:
@@ -207,6 +219,15 @@ def cmd_bench_serve(args) -> int:
 
     from stream.bench_serve import bench_serve, format_report
     result = bench_serve(args.checkpoint, args.seconds, progress=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
+def cmd_bench_dashboard(args) -> int:
+    import json
+
+    from dashboard.bench import bench_dashboard, format_report
+    result = bench_dashboard(args.streams, args.segments, args.repeats, progress=lambda m: print(m, file=sys.stderr))
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 

@@ -3,7 +3,8 @@ streams, with scheduled sentiment shifts, and say exactly what was sent.
 
 Each stream has a baseline sentiment level; segment i of a stream is an utterance drawn from the
 data whose label is near the stream's level at i. `--shift STREAM@T:DELTA` moves stream STREAM
-(an index or a name) by DELTA label units from its segment T on.
+(an index or a name) by DELTA label units from its segment T on. `--loop` keeps going until
+Ctrl-C, one shifted stream per round (what the demo runs, so the dashboard stays live).
 """
 from __future__ import annotations
 
@@ -75,8 +76,9 @@ class UtterancePool:
 
 
 def plan_segments(pool: UtterancePool, n_streams: int, n_segments: int, shifts: list[Shift], seed: int,
-                  spacing_s: float, t0: float, prefix: str = "stream") -> list[dict]:
-    """Every segment to send, interleaved across streams in send order."""
+                  spacing_s: float, t0: float, prefix: str = "stream", first: int = 0) -> list[dict]:
+    """Every segment to send, interleaved across streams in send order. `first` numbers the
+    segments of a later round of a looping replay (ids and event times continue)."""
     rng = np.random.default_rng(seed + 1)
     levels = rng.uniform(-1.0, 1.5, n_streams)
     out = []
@@ -85,9 +87,19 @@ def plan_segments(pool: UtterancePool, n_streams: int, n_segments: int, shifts: 
             level = levels[s] + sum(sh.delta for sh in shifts if sh.stream == s and i >= sh.at)
             row = pool.draw(float(np.clip(level, -3, 3)))
             name = stream_name(s, prefix)
-            out.append({"stream_id": name, "segment_id": f"{name}/{i:06d}",
-                        "event_time": t0 + i * spacing_s + s * 1e-3, "row": row, "level": float(level)})
+            n = first + i
+            out.append({"stream_id": name, "segment_id": f"{name}/{n:06d}",
+                        "event_time": t0 + n * spacing_s + s * 1e-3, "row": row, "level": float(level)})
     return out
+
+
+def round_shift(round_no: int, n_streams: int, n_segments: int, seed: int) -> Shift:
+    """The shift of one round of a looping replay: each round a different stream moves by 2.5
+    label units half-way through (towards the far side of zero), and is back at its level the
+    next round, so alerts keep coming in both directions."""
+    levels = np.random.default_rng(seed + 1).uniform(-1.0, 1.5, n_streams)
+    stream = round_no % n_streams
+    return Shift(stream, n_segments // 2, -2.5 if levels[stream] > 0 else 2.5)
 
 
 async def send_all(servers: str, topic: str, planned: list[dict], pool: UtterancePool, rate: float,
@@ -136,18 +148,31 @@ def summarise(planned: list[dict], pool: UtterancePool) -> dict:
 
 def replay(servers: str, topic: str, widths: dict[str, int], max_frames: int, streams: int, segments: int, rate: float,
            data: str = "synthetic", shifts: list[str] = (), seed: int = 0, manifest: Path | None = None,
-           progress: bool = True, prefix: str = "stream") -> dict:
+           progress: bool = True, prefix: str = "stream", loop: bool = False, on_round=None) -> dict:
+    """Send `segments` per stream once, or with `loop` round after round until interrupted
+    (a new shifted stream each round; `on_round(summary)` after each). Returns the (last) summary."""
     if streams < 1 or segments < 1:
         raise ValueError("--streams and --segments must be >= 1")
     if rate < 0:
         raise ValueError("--rate must be >= 0 (0: as fast as possible)")
+    if loop and (rate == 0 or manifest):
+        raise ValueError("--loop needs a --rate above 0 and no --manifest (it never ends)")
     parsed = [Shift.parse(s, streams) for s in shifts]
+    if not re.fullmatch(r"[A-Za-z0-9_.]+", prefix):
+        raise ValueError(f"--prefix {prefix!r}: letters, digits, '_' and '.' only")
     pool = UtterancePool(data, widths, seed, max_frames)
     spacing = streams / rate if rate > 0 else 1.0
     t0 = time.time() if rate > 0 else time.time() - segments * spacing
-    if not re.fullmatch(r"[A-Za-z0-9_.]+", prefix):
-        raise ValueError(f"--prefix {prefix!r}: letters, digits, '_' and '.' only")
-    planned = plan_segments(pool, streams, segments, parsed, seed, spacing, t0, prefix)
-    summary = asyncio.run(send_all(servers, topic, planned, pool, rate, manifest, progress))
-    summary["shifts"] = [f"{stream_name(s.stream, prefix)}@{s.at}:{s.delta:+g}" for s in parsed]
-    return summary
+    round_no = 0
+    while True:
+        if loop:
+            parsed = [round_shift(round_no, streams, segments, seed)]
+        planned = plan_segments(pool, streams, segments, parsed, seed, spacing, t0, prefix, first=round_no * segments)
+        summary = asyncio.run(send_all(servers, topic, planned, pool, rate, manifest, progress))
+        summary["shifts"] = [f"{stream_name(s.stream, prefix)}@{s.at + round_no * segments}:{s.delta:+g}"
+                             for s in parsed]
+        if not loop:
+            return summary
+        if on_round:
+            on_round(summary)
+        round_no += 1

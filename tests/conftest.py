@@ -1,6 +1,14 @@
 """Shared fixtures: a tiny randomly initialised BERT and small batches, for speed."""
 from __future__ import annotations
 
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -92,3 +100,105 @@ def redis_url(tmp_path_factory):
     yield url
     proc.terminate()
     proc.wait(10)
+
+
+# ---- the live system (tests/test_live*.py) ----------------------------------------------------
+CLI = [sys.executable, "-m", "stream.cli"]
+
+
+class Live:
+    def __init__(self, root: Path, env: dict):
+        self.root, self.env = root, env
+        self.workers: list[tuple[subprocess.Popen, int, Path]] = []
+        from stream.store import TrendStore
+        self.store = TrendStore(env["TECAFLOW_REDIS_URL"])
+
+    def cli(self, *args, timeout=300) -> subprocess.CompletedProcess:
+        result = subprocess.run([*CLI, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
+                                cwd=self.root)
+        assert result.returncode == 0, f"tecaflow {' '.join(args)} failed:\n{result.stderr[-3000:]}"
+        return result
+
+    def start_worker(self, metrics_port: int) -> subprocess.Popen:
+        log = self.root / f"worker-{metrics_port}.log"
+        env = dict(self.env, TECAFLOW_METRICS_PORT=str(metrics_port))
+        proc = subprocess.Popen([*CLI, "worker"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                cwd=self.root, start_new_session=True)
+        self.workers.append((proc, metrics_port, log))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if "Worker]: Ready" in log.read_text(errors="replace"):
+                return proc
+            assert proc.poll() is None, f"worker died:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        raise AssertionError(f"worker not ready:\n{log.read_text()[-3000:]}")
+
+    def metric(self, port: int, name: str, labels: str = "") -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        pattern = rf"^{re.escape(name)}{re.escape('{' + labels + '}') if labels else ''} (\S+)$"
+        found = re.findall(pattern, text, re.M)
+        return float(found[0]) if found else 0.0
+
+    def counts(self, prefix: str) -> dict[str, int]:
+        return {s: self.store.totals(s)["count"] for s, _ in self.store.streams() if s.startswith(prefix + "-")}
+
+    def wait_for_total(self, prefix: str, expected: int, timeout: float = 180) -> dict[str, int]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            counts = self.counts(prefix)
+            if sum(counts.values()) >= expected:
+                return counts
+            time.sleep(0.5)
+        raise AssertionError(f"{prefix}: {sum(self.counts(prefix).values())} of {expected} segments recorded; "
+                             f"worker log tail:\n{self.workers[-1][2].read_text()[-2000:]}")
+
+    def produce(self, messages: list[tuple[bytes | None, bytes]]) -> None:
+        async def send():
+            from aiokafka import AIOKafkaProducer
+            producer = AIOKafkaProducer(bootstrap_servers=self.env["TECAFLOW_BROKER_URL"].removeprefix("kafka://"))
+            await producer.start()
+            try:
+                for key, value in messages:
+                    await producer.send("segments", value=value, key=key)
+                await producer.flush()
+            finally:
+                await producer.stop()
+        asyncio.run(send())
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory):
+    """The whole system on the embedded stack with one worker, shared by the live test modules:
+    a small model trained and exported, broker, Redis, Triton, Prometheus on free ports."""
+    from trainer.data import load_dataset
+    from trainer.export import export
+    from trainer.train import TrainOptions, train
+    root = tmp_path_factory.mktemp("live")
+    ds = load_dataset("synthetic", seed=0, n=600, cue_strength=1.5, max_frames=20)
+    train(ds, TrainOptions(out=root / "ckpt", epochs=6, text_encoder="tiny", max_frames=20, progress=False,
+                           patience=100, model_overrides=dict(encoder_layers=1, cross_layers=1, d_model=32, n_heads=4)))
+    export(root / "ckpt" / "checkpoint.pt", root / "repo", max_batch=64)
+    broker, redis_port, http, grpc, metrics, prom, m1, m2 = free_ports(8)
+    env = dict(os.environ,
+               TECAFLOW_RUN_DIR=str(root / "run"), TECAFLOW_MODEL_REPO=str(root / "repo"),
+               TECAFLOW_BROKER_PORT=str(broker), TECAFLOW_REDIS_PORT=str(redis_port),
+               TECAFLOW_TRITON_HTTP_PORT=str(http), TECAFLOW_TRITON_GRPC_PORT=str(grpc),
+               TECAFLOW_TRITON_METRICS_PORT=str(metrics), TECAFLOW_PROMETHEUS_PORT=str(prom),
+               TECAFLOW_PROMETHEUS_TARGETS=f"127.0.0.1:{m1},127.0.0.1:{m2}",
+               TECAFLOW_BROKER_URL=f"kafka://127.0.0.1:{broker}", TECAFLOW_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+               TECAFLOW_TRITON_URL=f"127.0.0.1:{grpc}", TECAFLOW_SESSION_TIMEOUT_S="6",
+               TECAFLOW_DETECT_REFERENCE="20", TECAFLOW_DETECT_RECENT="8", TECAFLOW_DETECT_Z="4", TECAFLOW_BATCH_WAIT_S="0.1",
+               OMP_NUM_THREADS="1")
+    system = Live(root, env)
+    system.cli("stack", "up")
+    system.ports = {"metrics": (m1, m2), "prometheus": prom, "grpc": grpc}
+    system.start_worker(m1)
+    yield system
+    for proc, _, _ in system.workers:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    subprocess.run([*CLI, "stack", "down"], env=env, cwd=root, timeout=60)

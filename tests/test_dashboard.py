@@ -46,7 +46,7 @@ def test_overview_figures_are_the_stores(store):
     assert second.count == calm["count"] == 40 and second.ewma == pytest.approx(calm["ewma"])
     assert second.mean_window == pytest.approx(sum(scores[-10:]) / 10)
     assert second.change == pytest.approx(sum(scores[-10:]) / 10 - sum(scores[-20:-10]) / 10)
-    assert second.sparkline == pytest.approx(scores[-data.SPARKLINE_BUCKETS:])
+    assert second.sparkline == pytest.approx(scores[-20:])  # the two windows' buckets
     # Last 5 complete minutes of event time [NOW-300, NOW): 5 segments per stream.
     assert ov.segments_per_minute == pytest.approx(2.0)
     assert [r.stream_id for r in data.load_overview(store, NOW, sort="negative").rows] == ["falling", "calm"]
@@ -64,23 +64,22 @@ def test_search_sort_paging_and_staleness(store):
     assert [r.stream_id for r in last.rows] == ["brand-6"]
     assert data.load_overview(store, NOW, query="nothing-like-this").rows == []
     with pytest.raises(ValueError, match="unknown sort"):
-        data.sort_rows(ov.rows, "alphabetical")
+        data.load_overview(store, NOW, sort="alphabetical")
 
 
-def test_overview_reads_in_a_fixed_number_of_round_trips(store, monkeypatch):
+def test_overview_reads_in_a_fixed_number_of_round_trips(store):
+    from dashboard.bench import RoundTrips
+
     def round_trips(n_streams: int) -> int:
         store.redis.flushdb()
         for i in range(n_streams):
             fill(store, f"s{i}", [0.5, -0.5], NOW - 700, 400)
-        sent = []
-        original = redis.connection.AbstractConnection.send_packed_command
-        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command",
-                            lambda self, *a, **k: (sent.append(1), original(self, *a, **k))[1])
-        data.load_overview(store, NOW)
-        monkeypatch.undo()
-        return len(sent)
+        with RoundTrips() as counted:
+            ov = data.load_overview(store, NOW)
+        assert ov.total_streams == n_streams
+        return counted.count
 
-    assert round_trips(3) == round_trips(300) <= 4
+    assert round_trips(3) == round_trips(300) == 4
 
 
 def test_trend_ewma_follows_segment_level_ewma_for_equal_scores():
@@ -221,9 +220,10 @@ def test_the_cli_runs_streamlit_headless_on_loopback():
 
 
 def test_window_means_ignore_buckets_older_than_two_windows():
-    buckets = [{"start": s, "count": 1, "sum": v} for s, v in ((0, 100.0), (1200, 1.0), (1800, 3.0))]
-    mean, before = data.window_means(buckets, 1830.0, 60)
+    mean, before = data.window_means({0: (1, 100.0), 1200: (1, 1.0), 1800: (2, 6.0)}, 1830.0, 60)
     assert (mean, before) == (3.0, 1.0)
-    assert data.window_means([], 1830.0, 60) == (None, None)
+    assert data.window_means({}, 1830.0, 60) == (None, None)
+    assert data.window_starts(1830.0, 60) == list(range(1800 - 19 * 60, 1801, 60))
+    assert data.rate_starts(1830.0, 60) == [1500, 1560, 1620, 1680, 1740]
     assert math.isclose(data.overview_resolution((10, 60, 600)), 60)
     assert data.overview_resolution((300, 3600)) == 300

@@ -1,0 +1,122 @@
+"""The dashboard in a real browser (Debian's headless Chromium driven by Selenium) on the live
+system: a replay with a shift flows through the worker; the page must show the shifted
+stream's alert in the feed, open its chart from there, and show the count Redis holds.
+A screenshot is kept in runs/test-artifacts/ (TECAFLOW_TEST_ARTIFACTS)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLI, free_ports
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ARTIFACTS = Path(os.environ.get("TECAFLOW_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "runs" / "test-artifacts"))
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.fail("chromium and chromium-driver are not installed: run `make setup` (it installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--no-first-run", "--window-size=1400,1400"):
+        options.add_argument(arg)
+    # The system driver, not Selenium Manager: nothing may be downloaded here.
+    browser = webdriver.Chrome(service=Service(driver), options=options)
+    yield browser
+    browser.quit()
+
+
+@pytest.fixture
+def dashboard(live):
+    port = free_ports(1)[0]
+    log = live.root / "dashboard.log"
+    env = dict(live.env, TECAFLOW_DASHBOARD_REFRESH_S="1")
+    proc = subprocess.Popen([*CLI, "dashboard", "--port", str(port)], env=env, cwd=live.root,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(20)
+
+
+def wait_for(browser, condition, what: str, timeout: float = 90):
+    from selenium.common.exceptions import WebDriverException
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = condition()
+            if found:
+                return found
+        except WebDriverException:  # the element was re-drawn under us: look again
+            pass
+        time.sleep(0.5)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "dashboard-failure.png"))
+    raise AssertionError(f"the page never showed {what}; it shows:\n{page_text(browser)[:3000]}")
+
+
+def page_text(browser) -> str:
+    from selenium.webdriver.common.by import By
+    return browser.find_element(By.TAG_NAME, "body").text
+
+
+def click_label(browser, text: str) -> None:
+    from selenium.webdriver.common.by import By
+    browser.find_element(By.XPATH, f"//label[.//p[normalize-space()='{text}']]").click()
+
+
+def metric_value(browser, label: str) -> str | None:
+    from selenium.webdriver.common.by import By
+    for metric in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]'):
+        lines = metric.text.splitlines()
+        if lines and lines[0].strip() == label:
+            return lines[1].strip()
+    return None
+
+
+def test_the_dashboard_shows_a_live_shift_and_its_alert(live, dashboard, browser):
+    from selenium.webdriver.common.by import By
+    live.cli("replay", "--streams", "3", "--segments", "70", "--rate", "0", "--prefix", "web",
+             "--shift", "1@35:-3.5", "--seed", "5")
+    live.wait_for_total("web", 210)
+
+    browser.get(dashboard)
+    wait_for(browser, lambda: "web-001" in page_text(browser), "the streams in the overview")
+    click_label(browser, "Alerts")
+    wait_for(browser, lambda: "web-001  ▼ down" in page_text(browser), "web-001's alert in the feed")
+    assert "web-000  ▼" not in page_text(browser) and "web-002  ▼" not in page_text(browser)
+
+    # Open the alert: the stream view, centred on it, with its chart and Redis's numbers.
+    feed_entry = browser.find_element(By.XPATH, "//div[@data-testid='stVerticalBlockBorderWrapper']"
+                                                "[.//*[contains(text(), 'web-001  ▼ down')]]")
+    feed_entry.find_element(By.XPATH, ".//button[.//p[text()='open']]").click()
+    wait_for(browser, lambda: "Stream web-001" in page_text(browser) and "Centred on an alert" in page_text(browser),
+             "web-001's detail opened from its alert")
+    wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, '[data-testid="stVegaLiteChart"] canvas, '
+                                                                     '[data-testid="stVegaLiteChart"] svg'),
+             "the trend chart")
+    expected = live.store.totals("web-001")["count"]
+    wait_for(browser, lambda: metric_value(browser, "Segments") == str(expected), f"Segments = {expected}")
+    assert metric_value(browser, "EWMA") == f"{live.store.totals('web-001')['ewma']:+.3f}"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "dashboard-stream.png"))
+    assert (ARTIFACTS / "dashboard-stream.png").stat().st_size > 10_000
