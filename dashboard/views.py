@@ -81,10 +81,16 @@ def overview_frame(rows: list[StreamRow], now: float) -> pd.DataFrame:
 
 
 def moving_now(rows: list[StreamRow], n: int = 5) -> list[str]:
-    """Plain-text lines for the streams that moved most in the last window, biggest first."""
+    """Plain-text lines (searchable, unlike the table's canvas): the streams on the page that
+    moved most in the last window, and those too new to have a window before it."""
     moved = sorted((r for r in rows if r.change is not None), key=lambda r: -abs(r.change))[:n]
-    return [f"{'▲' if r.change > 0 else '▼'} {printable(r.stream_id)}  {r.change:+.2f} in 10 min  "
-            f"(now {r.mean_window:+.2f}, EWMA {r.ewma:+.2f})" for r in moved]
+    lines = [f"{'▲' if r.change > 0 else '▼'} {printable(r.stream_id)}  {r.change:+.2f} in 10 min  "
+             f"(now {r.mean_window:+.2f}, EWMA {r.ewma:+.2f})" for r in moved]
+    new = [printable(r.stream_id) for r in rows if r.change is None]
+    if new:
+        lines.append(f"No change yet (under 10 minutes of data): {', '.join(new[:20])}"
+                     + (f" and {len(new) - 20} more" if len(new) > 20 else ""))
+    return lines
 
 
 def overview_table(ov: Overview, now: float, key: str):
@@ -93,7 +99,7 @@ def overview_table(ov: Overview, now: float, key: str):
                "mean and change over the last 10 minutes of each stream's event time.")
     lines = moving_now(ov.rows)
     if lines:
-        st.text("Largest 10-minute changes:\n" + "\n".join(lines))
+        st.text("Largest 10-minute changes on this page:\n" + "\n".join(lines))
     return st.dataframe(
         overview_frame(ov.rows, now), hide_index=True, use_container_width=True, key=key,
         on_select="rerun", selection_mode="single-row",
@@ -102,8 +108,7 @@ def overview_table(ov: Overview, now: float, key: str):
             "mean 10 min": st.column_config.NumberColumn(format="%+.2f"),
             "change": st.column_config.NumberColumn(format="%+.2f", help="vs the 10 minutes before"),
             "trend": st.column_config.LineChartColumn(
-                f"last {2 * WINDOW_S // 60} min", y_min=-3, y_max=3,
-                help=f"mean of each {ov.resolution} s bucket on the score scale -3..3"),
+                f"last {2 * WINDOW_S // 60} min", help=f"mean of each {ov.resolution} s bucket, each row on its own scale"),
         })
 
 
@@ -146,7 +151,7 @@ def trend_chart(detail: StreamDetail, tz: ZoneInfo) -> alt.LayerChart:
     if detail.focus is not None:  # opened from an alert: centre on it
         half = 30 * detail.resolution
         domain = [naive_local(detail.focus - half, tz).isoformat(), naive_local(detail.focus + half, tz).isoformat()]
-    x = alt.X("time:T", title=f"event time ({zone})", axis=alt.Axis(format="%H:%M"), scale=alt.Scale(domain=domain) if domain else alt.Undefined)
+    x = alt.X("time:T", title=f"event time ({zone})", axis=alt.Axis(format="%H:%M" if detail.resolution >= 60 else "%H:%M:%S"), scale=alt.Scale(domain=domain) if domain else alt.Undefined)
     y = alt.Scale(domain=[-3, 3])
     base = alt.Chart(frame)
     layers = [

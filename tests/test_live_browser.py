@@ -106,7 +106,7 @@ def test_the_dashboard_shows_a_live_shift_and_its_alert(live, dashboard, browser
     assert "web-000  ▼" not in page_text(browser) and "web-002  ▼" not in page_text(browser)
 
     # Open the alert: the stream view, centred on it, with its chart and Redis's numbers.
-    feed_entry = browser.find_element(By.XPATH, "//div[@data-testid='stVerticalBlockBorderWrapper']"
+    feed_entry = browser.find_element(By.XPATH, "//div[@data-testid='stHorizontalBlock']"
                                                 "[.//*[contains(text(), 'web-001  ▼ down')]]")
     feed_entry.find_element(By.XPATH, ".//button[.//p[text()='open']]").click()
     wait_for(browser, lambda: "Stream web-001" in page_text(browser) and "Centred on an alert" in page_text(browser),
