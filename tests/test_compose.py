@@ -27,7 +27,9 @@ def test_compose_file_is_valid_against_the_compose_spec(compose):
 
 def test_compose_runs_the_whole_system(compose):
     services = compose["services"]
-    assert {"kafka", "redis", "triton", "worker", "prometheus"} <= set(services)
+    assert {"kafka", "redis", "triton", "worker", "prometheus", "dashboard"} <= set(services)
+    assert services["dashboard"]["build"] == services["worker"]["build"]
+    assert services["dashboard"]["command"][0] == "dashboard" and "8501:8501" in services["dashboard"]["ports"]
     gpu = services["triton"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"]
     assert services["worker"]["deploy"]["replicas"] >= 2
@@ -36,5 +38,6 @@ def test_compose_runs_the_whole_system(compose):
 
 def test_compose_sets_only_variables_the_code_reads(compose):
     documented = set(re.findall(r"TECAFLOW_[A-Z_]+", stream.config.__doc__))
-    used = set(compose["services"]["worker"]["environment"])
-    assert used <= documented, used - documented
+    for service in ("worker", "dashboard"):
+        used = set(compose["services"][service]["environment"])
+        assert used <= documented, (service, used - documented)

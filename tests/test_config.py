@@ -34,8 +34,22 @@ def test_every_variable_is_read(monkeypatch):
     ("TECAFLOW_EWMA_ALPHA", "1.5", r"must be in \(0, 1\]"),
     ("TECAFLOW_REDIS_URL", "localhost:6379", "must start with redis://"),
     ("TECAFLOW_DETECT_REARM_Z", "9", "must be below TECAFLOW_DETECT_Z"),
+    ("TECAFLOW_TIMEZONE", "Mars/Olympus", "not a known time zone"),
+    ("TECAFLOW_DASHBOARD_REFRESH_S", "0.1", "must be >= 0.5"),
 ])
 def test_bad_settings_say_which_variable(monkeypatch, var, value, message):
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError, match=message):
         Settings.from_env()
+
+
+def test_dashboard_settings_and_url_redaction(monkeypatch):
+    from stream.config import redact_url
+    monkeypatch.setenv("TECAFLOW_TIMEZONE", "Europe/Paris")
+    monkeypatch.setenv("TECAFLOW_DASHBOARD_PAGE_SIZE", "25")
+    s = Settings.from_env()
+    assert s.timezone == "Europe/Paris" and s.dashboard_page_size == 25
+    assert redact_url("redis://:hunter2@10.0.0.1:6379/0") == "redis://:***@10.0.0.1:6379/0"
+    assert redact_url("rediss://dash:hunter2@h:6380/1") == "rediss://dash:***@h:6380/1"
+    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert "tok3n" not in redact_url("https://hooks.example/x?token=tok3n")
