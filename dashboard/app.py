@@ -58,6 +58,22 @@ def guarded(load):
         return None
 
 
+def stream_ids(store: TrendStore) -> list[str] | None:
+    """Every stream id for the page's pickers; with Redis down, the banner and a probe that
+    reloads the whole page once Redis answers (this part is not inside a refreshing fragment)."""
+    ids = guarded(lambda: [s for s, _ in store.streams()])
+    if ids is None:
+        @st.fragment(run_every=every())
+        def reload_when_redis_is_back():
+            try:
+                store.ping()
+            except REDIS_ERRORS:
+                return
+            st.rerun()
+        reload_when_redis_is_back()
+    return ids
+
+
 def live() -> bool:
     return st.session_state.get("live", True)
 
@@ -93,7 +109,7 @@ def overview_page(store: TrendStore, tz: ZoneInfo) -> None:
 
 
 def stream_page(store: TrendStore, tz: ZoneInfo) -> None:
-    streams = guarded(lambda: [s for s, _ in store.streams()])
+    streams = stream_ids(store)
     if streams is None:
         return
     if not streams:
@@ -102,7 +118,8 @@ def stream_page(store: TrendStore, tz: ZoneInfo) -> None:
     chosen = st.session_state.get("stream")
     options = streams if chosen in streams or chosen is None else [chosen, *streams]
     left, right = st.columns([3, 2])
-    stream = left.selectbox("Stream", options, key="stream", format_func=views.printable)
+    stream = left.selectbox("Stream", options, key="stream", format_func=views.printable,
+                            on_change=lambda: st.session_state.update(focus=None))  # a new stream: whole trend
     kept = tuple(store.settings.resolutions)
     resolution = right.radio("Resolution", kept, key="resolution", horizontal=True,
                              index=min(1, len(kept) - 1), format_func=lambda r: f"{r} s" if r < 60 else f"{r // 60} min")
@@ -127,7 +144,9 @@ def stream_page(store: TrendStore, tz: ZoneInfo) -> None:
 
 
 def alerts_page(store: TrendStore, tz: ZoneInfo) -> None:
-    streams = guarded(lambda: [s for s, _ in store.streams()]) or []
+    streams = stream_ids(store)
+    if streams is None:
+        return
     left, right = st.columns([3, 2])
     stream = left.selectbox("Stream", ["(all streams)", *streams], key="alert_stream", format_func=views.printable)
     direction = right.radio("Direction", ("both", "up", "down"), key="alert_direction", horizontal=True)

@@ -8,7 +8,7 @@ order already); sorted by change or level it needs every matching stream's figur
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from stream.store import TrendStore
 
@@ -55,7 +55,6 @@ class StreamDetail:
     recent: list[dict]
     alerts: list[dict]
     focus: float | None = None  # an event time to centre on (an alert's)
-    resolutions: tuple[int, ...] = field(default_factory=tuple)
 
 
 def overview_resolution(resolutions: tuple[int, ...]) -> int:
@@ -173,8 +172,7 @@ def load_stream(store: TrendStore, stream: str, resolution: int, recent: int = 2
         raise ValueError(f"resolution {resolution}s is not kept; the store keeps {store.settings.resolutions}")
     return StreamDetail(stream_id=stream, totals=store.totals(stream), resolution=resolution,
                         buckets=with_ewma(store.buckets(stream, resolution), store.settings.ewma_alpha),
-                        recent=store.recent(stream, recent), alerts=store.alerts(alerts, stream), focus=focus,
-                        resolutions=tuple(store.settings.resolutions))
+                        recent=store.recent(stream, recent), alerts=store.alerts(alerts, stream), focus=focus)
 
 
 def load_alerts(store: TrendStore, stream: str = "", direction: str = "", count: int = 50) -> list[dict]:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,13 +38,13 @@ def browser():
     browser.quit()
 
 
-@pytest.fixture
-def dashboard(live):
+@contextmanager
+def running_dashboard(env: dict, workdir: Path):
+    """`tecaflow dashboard` on a free port until the block ends; yields its URL."""
     port = free_ports(1)[0]
-    log = live.root / "dashboard.log"
-    env = dict(live.env, TECAFLOW_DASHBOARD_REFRESH_S="1")
-    proc = subprocess.Popen([*CLI, "dashboard", "--port", str(port)], env=env, cwd=live.root,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    log = workdir / "dashboard.log"
+    proc = subprocess.Popen([*CLI, "dashboard", "--port", str(port)], env=dict(env, TECAFLOW_DASHBOARD_REFRESH_S="1"),
+                            cwd=workdir, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -53,9 +54,11 @@ def dashboard(live):
         except OSError:
             assert proc.poll() is None, log.read_text()
             time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(20)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 def wait_for(browser, condition, what: str, timeout: float = 90):
@@ -93,7 +96,12 @@ def metric_value(browser, label: str) -> str | None:
     return None
 
 
-def test_the_dashboard_shows_a_live_shift_and_its_alert(live, dashboard, browser):
+def test_the_dashboard_shows_a_live_shift_and_its_alert(live, browser):
+    with running_dashboard(live.env, live.root) as url:
+        check_shift_and_alert(live, browser, url)
+
+
+def check_shift_and_alert(live, browser, dashboard: str) -> None:
     from selenium.webdriver.common.by import By
     live.cli("replay", "--streams", "3", "--segments", "70", "--rate", "0", "--prefix", "web",
              "--shift", "1@35:-3.5", "--seed", "5")
@@ -120,3 +128,37 @@ def test_the_dashboard_shows_a_live_shift_and_its_alert(live, dashboard, browser
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "dashboard-stream.png"))
     assert (ARTIFACTS / "dashboard-stream.png").stat().st_size > 10_000
+
+
+def test_the_page_waits_out_a_redis_outage_without_showing_the_password(browser, tmp_path):
+    from stream.store import TrendStore
+    port = free_ports(1)[0]
+    url = f"redis://:pw-s3cret@127.0.0.1:{port}/0"
+    with running_dashboard(dict(os.environ, TECAFLOW_REDIS_URL=url), tmp_path) as page:
+        browser.get(page)
+        banner = f"Redis is not reachable at redis://:***@127.0.0.1:{port}/0"
+        wait_for(browser, lambda: banner in page_text(browser), "the Redis-down banner")
+        click_label(browser, "Stream")  # a view whose stream picker needs Redis before anything else
+        wait_for(browser, lambda: banner in page_text(browser), "the banner on the stream view")
+        assert "pw-s3cret" not in browser.page_source
+
+        redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no", "--requirepass", "pw-s3cret", "--dir", str(tmp_path)],
+                                 stdout=subprocess.DEVNULL)
+        try:
+            store = TrendStore(url)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    store.ping()
+                    break
+                except Exception:  # noqa: BLE001 - not up yet
+                    time.sleep(0.1)
+            for i in range(3):
+                store.record("back-001", f"back-001/{i}", f"d{i}", time.time() - 10 + i, 0.5 * i, "back again")
+            wait_for(browser, lambda: "Stream back-001" in page_text(browser) and metric_value(browser, "Segments") == "3",
+                     "the stream once Redis is back", timeout=60)
+            assert banner not in page_text(browser)
+        finally:
+            redis.terminate()
+            redis.wait(10)
