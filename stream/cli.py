@@ -74,7 +74,83 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=8.0, help="measuring time per concurrency level")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_serve)
+    register_alerting(sub, bench_sub)
     return parser
+
+
+def register_alerting(sub, bench_sub) -> None:
+    """`tecaflow bench detect` and `tecaflow backtest`: measuring and tuning shift alerts."""
+    p = bench_sub.add_parser("detect", help="shift detector vs baselines on seeded synthetic score streams")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--per-shift", type=int, default=100, help="streams per shift size and direction")
+    p.add_argument("--steady", type=int, default=300, help="steady streams (1000 segments each)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_detect)
+
+    p = sub.add_parser("backtest", help="run the shift detector over recorded scores against known shifts")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", type=Path, help="scores as CSV rows stream,event_time,score")
+    source.add_argument("--redis", action="store_true", help="each stream's last segments in Redis")
+    source.add_argument("--topic", action="store_true", help="the scores topic, from the beginning")
+    p.add_argument("--shifts", type=Path, help="known shifts as CSV rows stream,event_time (when each began)")
+    p.add_argument("--shift", action="append", default=[], metavar="STREAM@EVENT_TIME", help="a known shift (repeatable)")
+    p.add_argument("--min-shift", type=float, help="default: TECAFLOW_ALERT_MIN_SHIFT")
+    p.add_argument("--false-alarms-per-10k", type=float, help="default: TECAFLOW_ALERT_FALSE_ALARMS_PER_10K")
+    p.add_argument("--warmup", type=int, help="default: TECAFLOW_ALERT_WARMUP")
+    p.add_argument("--sweep", help="comma-separated false-alarm settings to compare, e.g. 0.1,0.3,1,3,10")
+    p.add_argument("--horizon", type=int, default=200, help="segments within which an alert catches a shift")
+    p.add_argument("--plot", metavar="STREAM", help="draw this stream's scores and alerts")
+    p.add_argument("--out", type=Path, default=Path("backtest.png"), help="where --plot writes its PNG")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_backtest)
+
+
+def cmd_bench_detect(args) -> int:
+    import json
+
+    from stream.bench_detect import bench_detect, format_report
+    if args.per_shift < 1 or args.steady < 1:
+        raise ValueError("--per-shift and --steady must be >= 1")
+    result = bench_detect(args.seed, args.per_shift, args.steady, progress=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
+def cmd_backtest(args) -> int:
+    import dataclasses
+    import json
+
+    from stream import backtest as bt
+    from stream.config import DetectorParams, Settings
+    settings = Settings.from_env()
+    if args.csv:
+        scores = bt.scores_from_csv(args.csv)
+    elif args.redis:
+        from stream.store import TrendStore
+        scores = bt.scores_from_redis(TrendStore(settings.redis_url))
+    else:
+        scores = bt.scores_from_topic(settings.broker_servers(), settings.topic_scores)
+    if not scores:
+        raise ValueError("no scores found")
+    shifts = bt.shifts_from_csv(args.shifts) if args.shifts else {}
+    for text in args.shift:
+        stream, t = bt.parse_shift(text)
+        shifts.setdefault(stream, []).append(t)
+    shifts = {s: sorted(v) for s, v in shifts.items()}
+    chosen = {k: v for k, v in (("min_shift", args.min_shift), ("false_alarms_per_10k", args.false_alarms_per_10k),
+                                ("warmup", args.warmup)) if v is not None}
+    params = DetectorParams(**{**dataclasses.asdict(settings.detector), **chosen})
+    try:
+        sweep = [float(v) for v in args.sweep.split(",")] if args.sweep else []
+        sweep = [dataclasses.replace(params, false_alarms_per_10k=v).false_alarms_per_10k for v in sweep]
+    except ValueError as e:
+        raise ValueError(f"--sweep {args.sweep!r}: {e}") from None
+    result = bt.backtest(scores, shifts, params, args.horizon, sweep)
+    if args.plot:
+        alerts = [a for a in result["runs"][0]["alert_list"]]
+        print(f"plot: {bt.plot(scores, shifts, alerts, args.plot, args.out)}", file=sys.stderr)
+    print(json.dumps(result, indent=2) if args.json else bt.format_report(result))
+    return 0
 
 
 def cmd_stack(args) -> int:
