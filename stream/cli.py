@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=20.0, help="segments per second overall (0: as fast as possible)")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a dataset path (see tecaflow train --help)")
     p.add_argument("--shift", action="append", default=[], metavar="STREAM@T:DELTA",
-                   help="from segment T on, move stream STREAM's sentiment by DELTA (repeatable)")
+                   help="from segment T on, move stream STREAM's sentiment *labels* by DELTA (repeatable)")
+    p.add_argument("--score-shift", action="append", default=[], metavar="STREAM@T:DELTA",
+                   help="from segment T on, move stream STREAM's *model scores* by DELTA (scores the pool "
+                        "through Triton first; repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--manifest", type=Path, help="write every sent message (JSON lines) here")
     p.add_argument("--prefix", default="stream", help="stream names are PREFIX-000, PREFIX-001, ...")
@@ -178,17 +181,19 @@ def cmd_replay(args) -> int:
     import json
 
     from stream.config import Settings
+    from stream.pool_scores import score_pool
     from stream.replay import replay
     settings = Settings.from_env()
     widths, max_frames = model_shape(settings)
     summary = replay(settings.broker_servers(), settings.topic_segments, widths, max_frames, args.streams, args.segments,
                      args.rate, args.data, args.shift, args.seed, args.manifest, progress=not args.no_progress,
-                     prefix=args.prefix)
+                     prefix=args.prefix, score_shifts=args.score_shift,
+                     score_pool=lambda pool: score_pool(pool, settings))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"sent {summary['segments']} segments on {settings.topic_segments}; shifts: "
-              f"{', '.join(summary['shifts']) or 'none'}")
+        print(f"sent {summary['segments']} segments on {settings.topic_segments}; label shifts: "
+              f"{', '.join(summary['shifts']) or 'none'}; score shifts: {', '.join(summary['score_shifts']) or 'none'}")
         for name, s in summary["streams"].items():
             print(f"  {name}: {s['count']} segments, mean label {s['label_mean']:+.3f}")
     return 0
