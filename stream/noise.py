@@ -5,7 +5,9 @@ correlation (neighbouring utterances share a topic). The level and spread are a 
 and standard deviation: values beyond WINSOR median-absolute-deviations are pulled in to that
 bound, which keeps an outlier from moving either much while losing little against the plain mean
 on clean Gaussian data (the median alone would need ~1.5x the segments for the same precision).
-The autocorrelation is the lag-1 correlation of the same winsorized series, kept in [0, RHO_MAX]:
+The autocorrelation is the lag-1 correlation of the same winsorized series, corrected for its
+small-sample bias (it runs low by about (1 + 3 rho)/n, and too little whitening means false
+alarms) and kept in [0, RHO_MAX]:
 a negative estimate is treated as none (conservative), and a larger one would mean the "noise" is
 really a slow drift.
 """
@@ -58,4 +60,5 @@ def estimate(values) -> Noise:
     sd = max(math.sqrt(float(centred @ centred) / (x.size - 1) / WINSOR_FACTOR), SIGMA_FLOOR)
     denom = float(centred @ centred)
     rho = float(centred[1:] @ centred[:-1]) / denom if denom > 0 else 0.0
+    rho += (1 + 3 * rho) / x.size  # Kendall's bias: the lag-1 estimate runs low by about this
     return Noise(mean, sd, min(max(rho, 0.0), RHO_MAX), int(x.size))
