@@ -90,7 +90,10 @@ def scores_from_topic(servers: str, topic: str, timeout_s: float = 10.0) -> Scor
             consumer.assign(parts)
             await consumer.seek_to_beginning(*parts)
             ends = await consumer.end_offsets(parts)
-            while any(await consumer.position(tp) < ends[tp] for tp in parts):
+            async def behind() -> bool:
+                return any([await consumer.position(tp) < ends[tp] for tp in parts])
+
+            while await behind():
                 batch = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), timeout_s)
                 for records in batch.values():
                     for r in records:

@@ -28,7 +28,7 @@
 | TECAFLOW_DEDUP_TTL_S | 604800 | how long a segment_id is remembered |
 | TECAFLOW_ALERT_MIN_SHIFT | 0.5 | smallest change of a stream's mean score worth an alert (score units) |
 | TECAFLOW_ALERT_FALSE_ALARMS_PER_10K | 1 | false alarms accepted per 10,000 steady segments of a stream; sets the threshold |
-| TECAFLOW_ALERT_WARMUP | 50 | segments a stream needs (at start, and after each alert) before it is watched |
+| TECAFLOW_ALERT_WARMUP | 100 | segments a stream needs (at start, and after each alert) before it is watched |
 | TECAFLOW_WEBHOOK_URL | (empty) | Slack-compatible webhook for alerts |
 | TECAFLOW_WEBHOOK_QUEUE | 1000 | alerts waiting for the webhook at most; beyond it the oldest are dropped (counted) |
 | TECAFLOW_MODEL_REPO | model_repo | where `stack up` serves models from, and the worker finds the tokenizer |
@@ -73,7 +73,7 @@ def _float(name: str, default: float, minimum: float = 0.0) -> float:
 class DetectorParams:
     min_shift: float = 0.5
     false_alarms_per_10k: float = 1.0
-    warmup: int = 50
+    warmup: int = 100
 
     def __post_init__(self):
         if not self.min_shift > 0:
@@ -172,7 +172,7 @@ class Settings:
             detector=DetectorParams(
                 min_shift=_float("TECAFLOW_ALERT_MIN_SHIFT", 0.5),
                 false_alarms_per_10k=_float("TECAFLOW_ALERT_FALSE_ALARMS_PER_10K", 1.0),
-                warmup=_int("TECAFLOW_ALERT_WARMUP", 50)),
+                warmup=_int("TECAFLOW_ALERT_WARMUP", 100)),
             webhook_url=_env("TECAFLOW_WEBHOOK_URL", ""),
             webhook_queue=_int("TECAFLOW_WEBHOOK_QUEUE", 1000, 1),
         )

@@ -9,7 +9,7 @@ def test_defaults(monkeypatch):
             monkeypatch.delenv(k)
     s = Settings.from_env()
     assert s.broker_servers() == "127.0.0.1:9092" and s.resolutions == (10, 60, 600)
-    assert (s.detector.min_shift, s.detector.false_alarms_per_10k, s.detector.warmup) == (0.5, 1.0, 50)
+    assert (s.detector.min_shift, s.detector.false_alarms_per_10k, s.detector.warmup) == (0.5, 1.0, 100)
     assert s.detector.run_length == 10000
 
 

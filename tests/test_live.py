@@ -185,6 +185,12 @@ def test_a_shift_raises_an_alert_for_that_stream_only(live):
     assert alerts[-1]["direction"] == "down"
     times = [t for t, _ in live.store.window("shift-001")]
     assert times[80] <= alerts[-1]["change_point"]["event_time"] <= alerts[-1]["event_time"] <= times[-1]
+    # the backtest over the same history, read back from Redis and from the scores topic
+    for source in ("--redis", "--topic"):
+        out = json.loads(live.cli("backtest", source, "--shift", f"shift-001@{times[90]}", "--json").stdout)
+        run = out["runs"][0]
+        assert run["caught"] == 1 and run["known_shifts"] == 1, (source, run)
+        assert run["segments"] >= 450
     assert live.metric(live.ports["metrics"][0], "tecaflow_alerts_total", 'direction="down"') >= 1
     assert "ALERT shift-001 down" in live.cli("trends").stdout
 
