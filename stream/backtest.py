@@ -210,8 +210,10 @@ def plot(scores: Scores, shifts: dict[str, list[float]], alerts: list[dict], str
         colour = "tab:green" if a["direction"] == "up" else "tab:red"
         ax.axvspan(a["change_point"]["event_time"] - t0, a["event_time"] - t0, color=colour, alpha=0.15)
         ax.axvline(a["event_time"] - t0, color=colour, lw=1.5, label="alert" if i == 0 else None)
-        ax.hlines([a["reference"]["mean"], a["recent"]["mean"]], [a["change_point"]["event_time"] - t0 - 60] * 2,
-                  [a["change_point"]["event_time"] - t0, a["event_time"] - t0], colors=["0.2", colour], lw=2)
+        start, end = a["change_point"]["event_time"] - t0, a["event_time"] - t0
+        # reference mean just before the change point, recent mean from it to the alert
+        ax.hlines([a["reference"]["mean"], a["recent"]["mean"]], [start - max(60.0, end - start), start],
+                  [start, end], colors=["0.2", colour], lw=2)
     ax.set_xlabel(f"event time, seconds after {t0:.0f}")
     ax.set_ylabel("score")
     ax.set_title(f"{stream}: scores, alerts (shaded from the estimated change point) and known shifts")
