@@ -235,9 +235,11 @@ def cmd_trends(args) -> int:
         print(f"{s:<24} n={t['count']:<6} mean={t['mean']:+.3f} ewma={t['ewma']:+.3f} "
               f"last={t['last_score']:+.3f} updated {age:.0f}s ago")
     for a in alerts:
+        since = a.get("change_point", {}).get("event_time")
         print(f"ALERT {a['stream_id']} {a['direction']} by {abs(a['magnitude']):.2f} "
               f"({a['reference']['mean']:+.2f} -> {a['recent']['mean']:+.2f}, z={a['z']:.1f}) "
-              f"at {time.strftime('%H:%M:%S', time.localtime(a['event_time']))}")
+              f"at {time.strftime('%H:%M:%S', time.localtime(a['event_time']))}"
+              + (f", began {time.strftime('%H:%M:%S', time.localtime(since))}" if since else ""))
     return 0
 
 
