@@ -17,8 +17,11 @@ import ssl
 
 import faust
 
+from stream import metrics
+from stream.alert_sender import AlertSender
 from stream.config import Settings
-from stream.pipeline import BatchResult, Reject, post_webhook
+from stream.lag import LagTracker
+from stream.pipeline import BatchResult, Reject
 
 log = logging.getLogger("tecaflow.worker")
 settings = Settings.from_env()
@@ -58,6 +61,9 @@ alerts_topic = app.topic(settings.topic_alerts, value_serializer="json", partiti
 dlq_topic = app.topic(settings.topic_dlq, value_serializer="raw", partitions=settings.partitions)
 
 _pipeline = None
+lag = LagTracker()
+# The webhook is posted by a background task, never by the agent: a slow receiver must not stall scoring.
+sender = AlertSender(settings.webhook_url, settings.webhook_queue) if settings.webhook_url else None
 
 
 async def pipeline():
@@ -85,5 +91,21 @@ async def score_segments(stream):
             await scores_topic.send(key=score["stream_id"], value=score)
         for alert in result.alerts:
             await alerts_topic.send(key=alert["stream_id"], value=alert)
-            if settings.webhook_url:
-                await post_webhook(settings.webhook_url, alert)
+            if sender:
+                sender.offer(alert)
+        for event in events:
+            lag.processed(event.message.tp, event.message.offset)
+
+
+@app.task
+async def deliver_alerts():
+    if sender:
+        await sender.run()
+
+
+@app.timer(interval=5.0)
+async def report_consumer_lag():
+    try:
+        metrics.CONSUMER_LAG.set(await lag.lag(app.consumer))
+    except Exception as e:  # noqa: BLE001 - a rebalance in progress or the broker away: try next tick
+        log.debug("consumer lag not available now: %s", e)

@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=20.0, help="segments per second overall (0: as fast as possible)")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a dataset path (see tecaflow train --help)")
     p.add_argument("--shift", action="append", default=[], metavar="STREAM@T:DELTA",
-                   help="from segment T on, move stream STREAM's sentiment by DELTA (repeatable)")
+                   help="from segment T on, move stream STREAM's sentiment *labels* by DELTA (repeatable)")
+    p.add_argument("--score-shift", action="append", default=[], metavar="STREAM@T:DELTA",
+                   help="from segment T on, move stream STREAM's *model scores* by DELTA (scores the pool "
+                        "through Triton first; repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--manifest", type=Path, help="write every sent message (JSON lines) here")
     p.add_argument("--prefix", default="stream", help="stream names are PREFIX-000, PREFIX-001, ...")
@@ -88,7 +91,83 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=10, help="loads of each view")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_dashboard)
+    register_alerting(sub, bench_sub)
     return parser
+
+
+def register_alerting(sub, bench_sub) -> None:
+    """`tecaflow bench detect` and `tecaflow backtest`: measuring and tuning shift alerts."""
+    p = bench_sub.add_parser("detect", help="shift detector vs baselines on seeded synthetic score streams")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--per-shift", type=int, default=100, help="streams per shift size and direction")
+    p.add_argument("--steady", type=int, default=300, help="steady streams (1000 segments each)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_detect)
+
+    p = sub.add_parser("backtest", help="run the shift detector over recorded scores against known shifts")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", type=Path, help="scores as CSV rows stream,event_time,score")
+    source.add_argument("--redis", action="store_true", help="each stream's last segments in Redis")
+    source.add_argument("--topic", action="store_true", help="the scores topic, from the beginning")
+    p.add_argument("--shifts", type=Path, help="known shifts as CSV rows stream,event_time (when each began)")
+    p.add_argument("--shift", action="append", default=[], metavar="STREAM@EVENT_TIME", help="a known shift (repeatable)")
+    p.add_argument("--min-shift", type=float, help="default: TECAFLOW_ALERT_MIN_SHIFT")
+    p.add_argument("--false-alarms-per-10k", type=float, help="default: TECAFLOW_ALERT_FALSE_ALARMS_PER_10K")
+    p.add_argument("--warmup", type=int, help="default: TECAFLOW_ALERT_WARMUP")
+    p.add_argument("--sweep", help="comma-separated false-alarm settings to compare, e.g. 0.1,0.3,1,3,10")
+    p.add_argument("--horizon", type=int, default=200, help="segments within which an alert catches a shift")
+    p.add_argument("--plot", metavar="STREAM", help="draw this stream's scores and alerts")
+    p.add_argument("--out", type=Path, default=Path("backtest.png"), help="where --plot writes its PNG")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_backtest)
+
+
+def cmd_bench_detect(args) -> int:
+    import json
+
+    from stream.bench_detect import bench_detect, format_report
+    if args.per_shift < 1 or args.steady < 1:
+        raise ValueError("--per-shift and --steady must be >= 1")
+    result = bench_detect(args.seed, args.per_shift, args.steady, progress=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
+def cmd_backtest(args) -> int:
+    import dataclasses
+    import json
+
+    from stream import backtest as bt
+    from stream.config import DetectorParams, Settings
+    settings = Settings.from_env()
+    if args.csv:
+        scores = bt.scores_from_csv(args.csv)
+    elif args.redis:
+        from stream.store import TrendStore
+        scores = bt.scores_from_redis(TrendStore(settings.redis_url))
+    else:
+        scores = bt.scores_from_topic(settings.broker_servers(), settings.topic_scores)
+    if not scores:
+        raise ValueError("no scores found")
+    shifts = bt.shifts_from_csv(args.shifts) if args.shifts else {}
+    for text in args.shift:
+        stream, t = bt.parse_shift(text)
+        shifts.setdefault(stream, []).append(t)
+    shifts = {s: sorted(v) for s, v in shifts.items()}
+    chosen = {k: v for k, v in (("min_shift", args.min_shift), ("false_alarms_per_10k", args.false_alarms_per_10k),
+                                ("warmup", args.warmup)) if v is not None}
+    params = DetectorParams(**{**dataclasses.asdict(settings.detector), **chosen})
+    try:
+        sweep = [float(v) for v in args.sweep.split(",")] if args.sweep else []
+        sweep = [dataclasses.replace(params, false_alarms_per_10k=v).false_alarms_per_10k for v in sweep]
+    except ValueError as e:
+        raise ValueError(f"--sweep {args.sweep!r}: {e}") from None
+    result = bt.backtest(scores, shifts, params, args.horizon, sweep)
+    if args.plot:
+        alerts = [a for a in result["runs"][0]["alert_list"]]
+        print(f"plot: {bt.plot(scores, shifts, alerts, args.plot, args.out)}", file=sys.stderr)
+    print(json.dumps(result, indent=2) if args.json else bt.format_report(result))
+    return 0
 
 
 def cmd_stack(args) -> int:
@@ -116,6 +195,7 @@ def cmd_replay(args) -> int:
     import json
 
     from stream.config import Settings
+    from stream.pool_scores import score_pool
     from stream.replay import replay
     settings = Settings.from_env()
     widths, max_frames = model_shape(settings)
@@ -124,14 +204,16 @@ def cmd_replay(args) -> int:
         if args.json:
             print(json.dumps(summary, indent=2), flush=True)
             return
-        print(f"sent {summary['segments']} segments on {settings.topic_segments}; shifts: "
-              f"{', '.join(summary['shifts']) or 'none'}", flush=True)
+        print(f"sent {summary['segments']} segments on {settings.topic_segments}; label shifts: "
+              f"{', '.join(summary['shifts']) or 'none'}; score shifts: {', '.join(summary['score_shifts']) or 'none'}",
+              flush=True)
         for name, s in summary["streams"].items():
             print(f"  {name}: {s['count']} segments, mean label {s['label_mean']:+.3f}", flush=True)
 
     report(replay(settings.broker_servers(), settings.topic_segments, widths, max_frames, args.streams, args.segments,
                   args.rate, args.data, args.shift, args.seed, args.manifest, progress=not args.no_progress,
-                  prefix=args.prefix, loop=args.loop, on_round=report))
+                  prefix=args.prefix, score_shifts=args.score_shift,
+                  score_pool=lambda pool: score_pool(pool, settings), loop=args.loop, on_round=report))
     return 0
 
 
@@ -171,9 +253,11 @@ def cmd_trends(args) -> int:
         print(f"{s:<24} n={t['count']:<6} mean={t['mean']:+.3f} ewma={t['ewma']:+.3f} "
               f"last={t['last_score']:+.3f} updated {age:.0f}s ago")
     for a in alerts:
+        since = a.get("change_point", {}).get("event_time")
         print(f"ALERT {a['stream_id']} {a['direction']} by {abs(a['magnitude']):.2f} "
               f"({a['reference']['mean']:+.2f} -> {a['recent']['mean']:+.2f}, z={a['z']:.1f}) "
-              f"at {time.strftime('%H:%M:%S', time.localtime(a['event_time']))}")
+              f"at {time.strftime('%H:%M:%S', time.localtime(a['event_time']))}"
+              + (f", began {time.strftime('%H:%M:%S', time.localtime(since))}" if since else ""))
     return 0
 
 

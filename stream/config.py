@@ -26,12 +26,11 @@
 | TECAFLOW_BUCKETS_KEPT | 360 | buckets kept per stream and resolution |
 | TECAFLOW_EWMA_ALPHA | 0.1 | weight of the newest score in the EWMA |
 | TECAFLOW_DEDUP_TTL_S | 604800 | how long a segment_id is remembered |
-| TECAFLOW_DETECT_REFERENCE / _RECENT | 60 / 20 | segments in the reference and recent windows |
-| TECAFLOW_DETECT_Z | 4.5 | alert when the two-window z exceeds this |
-| TECAFLOW_DETECT_REARM_Z | 1.5 | re-arm once |z| falls below this (hysteresis) |
-| TECAFLOW_DETECT_MIN_DELTA | 0.5 | and the means differ by at least this (score units) |
-| TECAFLOW_DETECT_COOLDOWN_S | 60 | event-time seconds between alerts of one stream |
+| TECAFLOW_ALERT_MIN_SHIFT | 0.5 | smallest change of a stream's mean score worth an alert (score units) |
+| TECAFLOW_ALERT_FALSE_ALARMS_PER_10K | 1 | false alarms accepted per 10,000 steady segments of a stream; sets the threshold |
+| TECAFLOW_ALERT_WARMUP | 100 | segments a stream needs (at start, and after each alert) before it is watched |
 | TECAFLOW_WEBHOOK_URL | (empty) | Slack-compatible webhook for alerts |
+| TECAFLOW_WEBHOOK_QUEUE | 1000 | alerts waiting for the webhook at most; beyond it the oldest are dropped (counted) |
 | TECAFLOW_MODEL_REPO | model_repo | where `stack up` serves models from, and the worker finds the tokenizer |
 | TECAFLOW_TOKENIZER | (newest version's) | tokenizer directory, when the model repository is not on this host |
 | TECAFLOW_BROKER_PORT, _REDIS_PORT, _TRITON_HTTP_PORT, _TRITON_GRPC_PORT, _TRITON_METRICS_PORT, _PROMETHEUS_PORT | 9092, 6379, 8000, 8001, 8002, 9090 | ports of the embedded stack |
@@ -100,18 +99,22 @@ def redact_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class DetectorParams:
-    reference: int = 60
-    recent: int = 20
-    z: float = 4.5
-    rearm_z: float = 1.5
-    min_delta: float = 0.5
-    cooldown_s: float = 60.0
+    min_shift: float = 0.5
+    false_alarms_per_10k: float = 1.0
+    warmup: int = 100
 
     def __post_init__(self):
-        if self.recent < 2 or self.reference < 2:
-            raise ConfigError("detector windows need at least 2 segments each")
-        if self.rearm_z >= self.z:
-            raise ConfigError(f"TECAFLOW_DETECT_REARM_Z ({self.rearm_z}) must be below TECAFLOW_DETECT_Z ({self.z})")
+        if not self.min_shift > 0:
+            raise ConfigError(f"TECAFLOW_ALERT_MIN_SHIFT={self.min_shift} must be > 0")
+        if not 0 < self.false_alarms_per_10k < 10000:
+            raise ConfigError(f"TECAFLOW_ALERT_FALSE_ALARMS_PER_10K={self.false_alarms_per_10k} must be in (0, 10000)")
+        if self.warmup < 10:
+            raise ConfigError(f"TECAFLOW_ALERT_WARMUP={self.warmup} must be >= 10 (the noise level is estimated from it)")
+
+    @property
+    def run_length(self) -> float:
+        """Segments between false alarms, on average, that the user accepts."""
+        return 10000.0 / self.false_alarms_per_10k
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ class Settings:
     dashboard_stale_s: float = 300.0
     dashboard_page_size: int = 50
     timezone: str = "UTC"
+    webhook_queue: int = 1000
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -198,15 +202,15 @@ class Settings:
             ewma_alpha=alpha,
             dedup_ttl_s=_int("TECAFLOW_DEDUP_TTL_S", 604800, 1),
             detector=DetectorParams(
-                reference=_int("TECAFLOW_DETECT_REFERENCE", 60, 2), recent=_int("TECAFLOW_DETECT_RECENT", 20, 2),
-                z=_float("TECAFLOW_DETECT_Z", 4.5), rearm_z=_float("TECAFLOW_DETECT_REARM_Z", 1.5),
-                min_delta=_float("TECAFLOW_DETECT_MIN_DELTA", 0.5),
-                cooldown_s=_float("TECAFLOW_DETECT_COOLDOWN_S", 60.0)),
+                min_shift=_float("TECAFLOW_ALERT_MIN_SHIFT", 0.5),
+                false_alarms_per_10k=_float("TECAFLOW_ALERT_FALSE_ALARMS_PER_10K", 1.0),
+                warmup=_int("TECAFLOW_ALERT_WARMUP", 100)),
             webhook_url=_env("TECAFLOW_WEBHOOK_URL", ""),
             dashboard_refresh_s=_float("TECAFLOW_DASHBOARD_REFRESH_S", 2.0, 0.5),
             dashboard_stale_s=_float("TECAFLOW_DASHBOARD_STALE_S", 300.0, 1.0),
             dashboard_page_size=_int("TECAFLOW_DASHBOARD_PAGE_SIZE", 50, 1),
             timezone=_timezone(_env("TECAFLOW_TIMEZONE", cls.timezone)),
+            webhook_queue=_int("TECAFLOW_WEBHOOK_QUEUE", 1000, 1),
         )
 
     def broker_servers(self) -> str:

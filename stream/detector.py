@@ -1,46 +1,155 @@
-"""Sentiment shift detection on one stream's series of scores: a two-window mean test.
+"""Sentiment shift detection on one stream's scores: a two-sided CUSUM against a robust reference.
 
-The recent window (the last `recent` scores) is compared with the reference window (the
-`reference` scores before it). z = (mean_recent - mean_ref) / sqrt(var_ref/n_ref + var_rec/n_rec).
-An alert needs:
-    |z| >= z                     the shift is large against the noise (standard-error units),
-    |mean difference| >= min_delta   and large in score units (tiny but certain shifts are not news),
-    armed                        after an alert the detector disarms until |z| < rearm_z (hysteresis),
-    cooldown_s                   event-time seconds since the stream's last alert.
-The reference and recent windows must both be full (the minimum count).
+Each segment's score x is compared with what the stream's steady noise predicts (stream/noise.py:
+level mu, spread sd, lag-1 autocorrelation rho, estimated from the stream's own steady segments):
 
-The state is a small dict the caller stores (in Redis): `evaluated` is how many segments of the
-stream have been looked at, so a redelivered batch re-runs nothing and loses nothing.
+    innovation z = (x - mu - rho (lag - mu)) / (sd sqrt(1 - rho^2)),   clipped to +-CLIP
+    up   = max(0, up   + z - k)        down = max(0, down - z - k)
+    alert when up or down reaches b
+
+k is half the smallest shift worth an alert (TECAFLOW_ALERT_MIN_SHIFT) in innovation units, and
+b comes from the false alarms the user accepts (TECAFLOW_ALERT_FALSE_ALARMS_PER_10K; see
+stream/cusum_threshold.py). This is Page's CUSUM, the detector that attains Lorden's bound on
+detection delay, made to survive real score streams:
+
+- autocorrelation: whitening with rho keeps correlated noise from looking like evidence;
+- outliers: an innovation counts at most CLIP sd, and the lag carries the clipped value, so one
+  wild score moves the statistic by a bounded amount, once;
+- near-duplicate bursts: a score within DUPLICATE_TOL of the previous kept one (a repost, a
+  repeated chant) is the same observation again and is skipped, so ten copies weigh as one;
+- no silent absorption: a segment joins the reference only once neither side's current run
+  includes it (it lies before the run's start, or the run fell back to zero), or a run has held
+  it so long that its evidence averages under 3/4 of the smallest shift worth an alert; a shift
+  worth an alert cannot become the new normal unannounced. The run start is also the
+  change-point estimate.
+- reset: after an alert the reference restarts empty; the stream is watched again once it holds
+  TECAFLOW_ALERT_WARMUP new segments, with a threshold that accounts for how few that is.
+
+The state is a JSON-able dict the caller stores (in Redis): `evaluated` counts the segments of the
+stream already looked at, so a redelivered batch re-runs nothing and loses nothing.
 """
 from __future__ import annotations
 
+import logging
 import math
 
+from stream import cusum_threshold, noise
 from stream.config import DetectorParams
 
-VARIANCE_FLOOR = 1e-4  # a perfectly flat window would make any change infinitely significant
+log = logging.getLogger(__name__)
+
+DUPLICATE_TOL = 0.02  # score units: closer than the model's own jitter on one utterance
+CLIP = 3.0  # innovation sd units; beyond this a score is treated as an outlier, not evidence
+REFERENCE_KEPT = 500  # steady segments the noise estimate is drawn from
+REFIT_EVERY = 16  # steady segments between re-estimates of the noise
 
 
 def initial_state() -> dict:
-    return {"armed": True, "last_alert": None, "evaluated": 0}
+    return {"evaluated": 0, "reference": [], "pending": [], "up": 0.0, "down": 0.0, "up_from": None,
+            "down_from": None, "last": None, "lag": None, "fit": None, "unfitted": 0, "duplicates": 0, "alerts": 0}
 
 
-def _mean_var(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    return m, sum((x - m) ** 2 for x in xs) / max(1, len(xs) - 1)
+def _refit(state: dict, params: DetectorParams) -> None:
+    """Re-estimate the noise from the reference and derive k and b from it."""
+    ref = state["reference"]
+    del ref[:-REFERENCE_KEPT]
+    est = noise.estimate(ref)
+    k = params.min_shift / est.sd * math.sqrt((1 - est.rho) / (1 + est.rho)) / 2
+    b = cusum_threshold.threshold(k, est.n, est.rho, params.run_length)
+    state["fit"] = [est.mean, est.sd, est.rho, est.n, b, k]
+    state["unfitted"] = 0
 
 
-def two_window_test(scores: list[float], params: DetectorParams) -> tuple[float, float, float, float] | None:
-    """(z, delta, mean_ref, mean_recent) for the last scores, or None when too few."""
-    need = params.reference + params.recent
-    if len(scores) < need:
+def _confirm_steady(state: dict) -> None:
+    """Move pending segments that no open run includes into the reference, and those an open run
+    has held for longer than twice the delay a min_shift change needs: a real shift of that size
+    gains about k per segment and reaches b in about b/k segments, so a run still short of b
+    after 2b/k averages less than 3/4 of the smallest shift worth an alert. Without this, a
+    reference slightly off (after a short warm-up) holds a run open near zero drift for
+    thousands of segments, the reference never grows, and the threshold never comes down."""
+    pending = state["pending"]
+    starts = [f for f in (state["up_from"], state["down_from"]) if f is not None]
+    _, _, _, _, b, k = state["fit"]
+    cut = max(min(starts) if starts else len(pending), len(pending) - math.ceil(2 * b / k))
+    if cut <= 0:
+        return
+    state["reference"].extend(x for _, x, _ in pending[:cut])
+    del pending[:cut]
+    for side in ("up_from", "down_from"):
+        if state[side] is not None:
+            state[side] = max(0, state[side] - cut)
+    state["unfitted"] += cut
+
+
+def _alert(state: dict, stream: str, t: float, side: str) -> dict:
+    mean, sd, rho, n, b, k = state["fit"]
+    post = state["pending"][state[f"{side}_from"]:]
+    level = sum(c for _, _, c in post) / len(post)
+    magnitude = level - mean
+    se = sd * math.sqrt((1 + rho) / (1 - rho)) * math.sqrt(1 / len(post) + 1 / n)
+    statistic = state[side]
+    return {
+        "stream_id": stream, "event_time": t, "direction": side, "magnitude": round(magnitude, 4),
+        "interval": [round(magnitude - 1.96 * se, 4), round(magnitude + 1.96 * se, 4)],
+        "z": round(magnitude / se, 3),
+        "change_point": {"event_time": post[0][0], "segments_since": len(post)},
+        "evidence": {"statistic": round(statistic, 3), "threshold": round(b, 3),
+                     "log_likelihood_ratio": round(2 * k * statistic, 3), "allowance": round(k, 4),
+                     "outliers_clipped": sum(1 for _, x, c in post if abs(x - c) > 1e-12),
+                     "duplicates_skipped": state["duplicates"]},
+        "reference": {"mean": round(mean, 4), "sd": round(sd, 4), "rho": round(rho, 3), "n": n},
+        "recent": {"mean": round(level, 4), "n": len(post), "from": post[0][0], "to": t},
+    }
+
+
+def _reset_after_alert(state: dict) -> None:
+    """Start a fresh reference from the next segment. The run that raised the alert is not reused:
+    it was selected for leaning one way, and a reference built from it would lean that way too."""
+    state.update(reference=[], pending=[], up=0.0, down=0.0, up_from=None, down_from=None, fit=None,
+                 alerts=state["alerts"] + 1)
+
+
+def _arm(state: dict, params: DetectorParams) -> None:
+    _refit(state, params)
+    mean, sd = state["fit"][0], state["fit"][1]
+    state["lag"] = min(max(state["lag"], mean - CLIP * sd), mean + CLIP * sd)
+
+
+def step(state: dict, t: float, x: float, params: DetectorParams, stream: str = "") -> dict | None:
+    """Look at one more score (event time t); returns an alert or None. Changes `state` in place."""
+    last = state["last"]
+    if last is not None and abs(x - last) <= DUPLICATE_TOL:
+        state["duplicates"] += 1
         return None
-    ref = scores[-need:-params.recent]
-    rec = scores[-params.recent:]
-    m_ref, v_ref = _mean_var(ref)
-    m_rec, v_rec = _mean_var(rec)
-    se = math.sqrt(max(v_ref, VARIANCE_FLOOR) / len(ref) + max(v_rec, VARIANCE_FLOOR) / len(rec))
-    return (m_rec - m_ref) / se, m_rec - m_ref, m_ref, m_rec
+    state["last"] = x
+    if state["fit"] is None:  # warming up: every segment is reference
+        state["reference"].append(x)
+        state["lag"] = x
+        if len(state["reference"]) >= params.warmup:
+            _arm(state, params)
+        return None
+    mean, sd, rho, _, b, k = state["fit"]
+    innovation_sd = sd * math.sqrt(1 - rho * rho)
+    predicted = mean + rho * (state["lag"] - mean)
+    z = min(max((x - predicted) / innovation_sd, -CLIP), CLIP)
+    state["lag"] = predicted + z * innovation_sd
+    pending = state["pending"]
+    pending.append([t, x, state["lag"]])
+    for side, increment in (("up", z - k), ("down", -z - k)):
+        value = max(0.0, state[side] + increment)
+        if value == 0.0:
+            state[f"{side}_from"] = None
+        elif state[f"{side}_from"] is None:
+            state[f"{side}_from"] = len(pending) - 1
+        state[side] = value
+    if state["up"] >= b or state["down"] >= b:
+        alert = _alert(state, stream, t, "up" if state["up"] >= state["down"] else "down")
+        _reset_after_alert(state)
+        return alert
+    _confirm_steady(state)
+    if state["unfitted"] >= REFIT_EVERY:
+        _refit(state, params)
+    return None
 
 
 def scan(stream: str, window: list[tuple[float, float]], total: int, state: dict, params: DetectorParams
@@ -50,32 +159,15 @@ def scan(stream: str, window: list[tuple[float, float]], total: int, state: dict
     window: (event_time, score) of the stream's last segments, oldest first; its last item is
     segment number `total` of the stream. Returns (alerts, new state)."""
     state = {**initial_state(), **state}
-    alerts = []
     first = max(state["evaluated"] + 1, total - len(window) + 1)
+    if first > state["evaluated"] + 1:
+        log.warning("stream %s: %d segments left the window before the detector saw them", stream,
+                    first - state["evaluated"] - 1)
+    alerts = []
     for position in range(first, total + 1):
-        upto = len(window) - (total - position)  # window[:upto] ends at this segment
-        series = [s for _, s in window[:upto]]
-        result = two_window_test(series, params)
-        if result is None:
-            continue
-        z, delta, m_ref, m_rec = result
-        t = window[upto - 1][0]
-        if not state["armed"]:
-            if abs(z) < params.rearm_z:
-                state["armed"] = True
-            continue
-        cooled = state["last_alert"] is None or t - state["last_alert"] >= params.cooldown_s
-        if abs(z) >= params.z and abs(delta) >= params.min_delta and cooled:
-            need = params.reference + params.recent
-            alerts.append({
-                "stream_id": stream, "event_time": t, "direction": "up" if delta > 0 else "down",
-                "magnitude": round(delta, 4), "z": round(z, 3),
-                "reference": {"mean": round(m_ref, 4), "n": params.reference, "from": window[upto - need][0],
-                              "to": window[upto - params.recent - 1][0]},
-                "recent": {"mean": round(m_rec, 4), "n": params.recent, "from": window[upto - params.recent][0],
-                           "to": t},
-            })
-            state["armed"] = False
-            state["last_alert"] = t
+        t, x = window[len(window) - (total - position) - 1]
+        alert = step(state, t, x, params, stream)
+        if alert is not None:
+            alerts.append(alert)
     state["evaluated"] = max(state["evaluated"], total)
     return alerts, state

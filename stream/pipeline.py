@@ -160,37 +160,11 @@ class Pipeline:
         if not alerts:
             self.store.save_detector_state(stream, state)
             return []
+        self.store.record_alerts(stream, alerts, state)  # together: a crash leaves both or neither
         for alert in alerts:
-            self.store.record_alert(stream, alert, state)
             metrics.ALERTS.labels(alert["direction"]).inc()
-            log.warning("shift alert: stream %s %s by %.2f (z=%.1f)", stream, alert["direction"],
-                        alert["magnitude"], alert["z"])
+            log.warning("shift alert: stream %s %s by %.2f [%.2f, %.2f] since %s (z=%.1f)", stream,
+                        alert["direction"], alert["magnitude"], *alert["interval"],
+                        alert["change_point"]["event_time"], alert["z"])
         return alerts
 
-
-def slack_payload(alert: dict) -> dict:
-    arrow = "📈" if alert["direction"] == "up" else "📉"
-    text = (f"{arrow} Sentiment shift on *{alert['stream_id']}*: {alert['direction']} by "
-            f"{abs(alert['magnitude']):.2f} (from {alert['reference']['mean']:+.2f} to {alert['recent']['mean']:+.2f}, "
-            f"z={alert['z']:.1f})")
-    return {"text": text, "attachments": [{"fields": [{"title": k, "value": str(v), "short": True}
-                                                      for k, v in alert.items() if k not in ("reference", "recent")]}]}
-
-
-async def post_webhook(url: str, alert: dict, session=None) -> bool:
-    """POST a Slack-compatible JSON alert; failures are logged and counted, never raised."""
-    import aiohttp
-    own = session is None
-    session = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-    try:
-        async with session.post(url, json=slack_payload(alert)) as response:
-            if response.status >= 300:
-                raise RuntimeError(f"HTTP {response.status}")
-        return True
-    except Exception as e:  # noqa: BLE001
-        metrics.WEBHOOK_FAILURES.inc()
-        log.warning("alert webhook to %s failed: %s", url, e)
-        return False
-    finally:
-        if own:
-            await session.close()

@@ -3,8 +3,11 @@ streams, with scheduled sentiment shifts, and say exactly what was sent.
 
 Each stream has a baseline sentiment level; segment i of a stream is an utterance drawn from the
 data whose label is near the stream's level at i. `--shift STREAM@T:DELTA` moves stream STREAM
-(an index or a name) by DELTA label units from its segment T on. `--loop` keeps going until
-Ctrl-C, one shifted stream per round (what the demo runs, so the dashboard stays live).
+(an index or a name) by DELTA label units from its segment T on; how far that moves the model's
+scores depends on the model. `--score-shift STREAM@T:DELTA` moves the served model's scores by
+DELTA instead (the pool is scored through Triton first), which is what testing alerts needs.
+`--loop` keeps going until Ctrl-C, one shifted stream per round (what the demo runs, so the
+dashboard stays live).
 """
 from __future__ import annotations
 
@@ -146,9 +149,25 @@ def summarise(planned: list[dict], pool: UtterancePool) -> dict:
     return {"segments": len(planned), "streams": per_stream}
 
 
+def shift_scores(planned: list[dict], scores: np.ndarray, shifts: list[Shift], prefix: str = "stream") -> None:
+    """`--score-shift`: redraw each segment a shift covers for an utterance the served model scores
+    DELTA above (or below) the one it replaces, so the stream's scores move by DELTA (as far as the
+    pool's score range allows). `scores` is the model's score of every pool row."""
+    order = np.argsort(scores)
+    ranked = scores[order]
+    for seg in planned:
+        index = int(seg["segment_id"].rsplit("/", 1)[1])
+        delta = sum(sh.delta for sh in shifts if stream_name(sh.stream, prefix) == seg["stream_id"] and index >= sh.at)
+        if delta:
+            j = int(np.clip(np.searchsorted(ranked, scores[seg["row"]] + delta), 1, len(ranked) - 1))
+            seg["row"] = int(order[j if abs(ranked[j] - scores[seg["row"]] - delta) <
+                                   abs(ranked[j - 1] - scores[seg["row"]] - delta) else j - 1])
+
+
 def replay(servers: str, topic: str, widths: dict[str, int], max_frames: int, streams: int, segments: int, rate: float,
            data: str = "synthetic", shifts: list[str] = (), seed: int = 0, manifest: Path | None = None,
-           progress: bool = True, prefix: str = "stream", loop: bool = False, on_round=None) -> dict:
+           progress: bool = True, prefix: str = "stream", score_shifts: list[str] = (), score_pool=None,
+           loop: bool = False, on_round=None) -> dict:
     """Send `segments` per stream once, or with `loop` round after round until interrupted
     (a new shifted stream each round; `on_round(summary)` after each). Returns the (last) summary."""
     if streams < 1 or segments < 1:
@@ -163,14 +182,19 @@ def replay(servers: str, topic: str, widths: dict[str, int], max_frames: int, st
     pool = UtterancePool(data, widths, seed, max_frames)
     spacing = streams / rate if rate > 0 else 1.0
     t0 = time.time() if rate > 0 else time.time() - segments * spacing
+    by_score = [Shift.parse(s, streams) for s in score_shifts]
+    pool_scores = score_pool(pool) if by_score else None
     round_no = 0
     while True:
         if loop:
             parsed = [round_shift(round_no, streams, segments, seed)]
         planned = plan_segments(pool, streams, segments, parsed, seed, spacing, t0, prefix, first=round_no * segments)
+        if by_score:
+            shift_scores(planned, pool_scores, by_score, prefix)
         summary = asyncio.run(send_all(servers, topic, planned, pool, rate, manifest, progress))
         summary["shifts"] = [f"{stream_name(s.stream, prefix)}@{s.at + round_no * segments}:{s.delta:+g}"
                              for s in parsed]
+        summary["score_shifts"] = [f"{stream_name(s.stream, prefix)}@{s.at}:{s.delta:+g}" for s in by_score]
         if not loop:
             return summary
         if on_round:

@@ -26,6 +26,9 @@ from stream.tritonserver import EmbeddedTriton
 log = logging.getLogger(__name__)
 
 
+ALERT_RULES = Path(__file__).resolve().parent / "prometheus" / "rules.yml"
+
+
 class StackError(RuntimeError):
     pass
 
@@ -172,6 +175,8 @@ class Stack:
         targets = ", ".join(f"'{t}'" for t in self.metrics_targets)
         path.write_text(f"""global:
   scrape_interval: 5s
+  evaluation_interval: 15s
+rule_files: ['{ALERT_RULES}']
 scrape_configs:
   - job_name: tecaflow-workers
     static_configs:

@@ -80,7 +80,7 @@ class StoreSettings:
     recent_segments: int = 50
     ewma_alpha: float = 0.1
     dedup_ttl_s: int = 604800
-    window: int = 1024  # detector window kept per stream
+    window: int = 1024  # last segments kept per stream for the detector to catch up on
     alerts_kept: int = 10000
 
 
@@ -122,13 +122,19 @@ class TrendStore:
             self._record(args=self._record_args(*item, now), client=pipe)
         return pipe.execute()
 
-    def record_alert(self, stream: str, alert: dict, detector_state: dict) -> str:
-        """Append the alert and save the detector state together (MULTI/EXEC)."""
+    def record_alerts(self, stream: str, alerts: list[dict], detector_state: dict) -> list[str]:
+        """Append the alerts and save the detector state that follows them, together (MULTI/EXEC):
+        after a crash either all of them are recorded with the state, or none and the old state,
+        so a redelivered batch raises each alert exactly once."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd("tf:alerts", {"stream_id": stream, "json": json.dumps(alert)},
-                  maxlen=self.settings.alerts_kept, approximate=True)
+        for alert in alerts:
+            pipe.xadd("tf:alerts", {"stream_id": stream, "json": json.dumps(alert)},
+                      maxlen=self.settings.alerts_kept, approximate=True)
         pipe.hset(_key(stream) + ":detector", mapping={k: json.dumps(v) for k, v in detector_state.items()})
-        return pipe.execute()[0]
+        return pipe.execute()[:len(alerts)]
+
+    def record_alert(self, stream: str, alert: dict, detector_state: dict) -> str:
+        return self.record_alerts(stream, [alert], detector_state)[0]
 
     def save_detector_state(self, stream: str, state: dict) -> None:
         self.redis.hset(_key(stream) + ":detector", mapping={k: json.dumps(v) for k, v in state.items()})

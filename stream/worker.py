@@ -35,11 +35,12 @@ def find_tokenizer(settings: Settings):
 
 
 def store_for(settings: Settings) -> TrendStore:
-    d = settings.detector
+    # The window only has to cover segments recorded but not yet seen by the detector (a batch or
+    # a few after a crash); the detector keeps its own reference in its state.
     return TrendStore(settings.redis_url, StoreSettings(
         resolutions=settings.resolutions, buckets_kept=settings.buckets_kept,
         recent_segments=settings.recent_segments, ewma_alpha=settings.ewma_alpha,
-        dedup_ttl_s=settings.dedup_ttl_s, window=d.reference + d.recent + 4 * settings.batch_size))
+        dedup_ttl_s=settings.dedup_ttl_s, window=max(StoreSettings.window, 8 * settings.batch_size)))
 
 
 async def build_pipeline(settings: Settings) -> Pipeline:

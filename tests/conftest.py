@@ -187,7 +187,7 @@ def live(tmp_path_factory):
                TECAFLOW_PROMETHEUS_TARGETS=f"127.0.0.1:{m1},127.0.0.1:{m2}",
                TECAFLOW_BROKER_URL=f"kafka://127.0.0.1:{broker}", TECAFLOW_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
                TECAFLOW_TRITON_URL=f"127.0.0.1:{grpc}", TECAFLOW_SESSION_TIMEOUT_S="6",
-               TECAFLOW_DETECT_REFERENCE="20", TECAFLOW_DETECT_RECENT="8", TECAFLOW_DETECT_Z="4", TECAFLOW_BATCH_WAIT_S="0.1",
+               TECAFLOW_ALERT_WARMUP="20", TECAFLOW_BATCH_WAIT_S="0.1",
                OMP_NUM_THREADS="1")
     system = Live(root, env)
     system.cli("stack", "up")

@@ -9,7 +9,8 @@ def test_defaults(monkeypatch):
             monkeypatch.delenv(k)
     s = Settings.from_env()
     assert s.broker_servers() == "127.0.0.1:9092" and s.resolutions == (10, 60, 600)
-    assert s.detector.reference == 60 and s.detector.recent == 20
+    assert (s.detector.min_shift, s.detector.false_alarms_per_10k, s.detector.warmup) == (0.5, 1.0, 100)
+    assert s.detector.run_length == 10000
 
 
 def test_every_variable_is_read(monkeypatch):
@@ -17,10 +18,15 @@ def test_every_variable_is_read(monkeypatch):
     monkeypatch.setenv("TECAFLOW_BROKER_SECURITY", "sasl_ssl")
     monkeypatch.setenv("TECAFLOW_BROKER_SASL_PASSWORD", "hunter2")
     monkeypatch.setenv("TECAFLOW_RESOLUTIONS", "60,5")
-    monkeypatch.setenv("TECAFLOW_DETECT_Z", "6")
+    monkeypatch.setenv("TECAFLOW_ALERT_MIN_SHIFT", "0.8")
+    monkeypatch.setenv("TECAFLOW_ALERT_FALSE_ALARMS_PER_10K", "0.5")
+    monkeypatch.setenv("TECAFLOW_ALERT_WARMUP", "80")
+    monkeypatch.setenv("TECAFLOW_WEBHOOK_QUEUE", "7")
     s = Settings.from_env()
     assert s.broker_servers() == "a:1,b:2" and s.broker_security == "SASL_SSL"
-    assert s.resolutions == (5, 60) and s.detector.z == 6.0
+    assert s.resolutions == (5, 60) and s.webhook_queue == 7
+    assert (s.detector.min_shift, s.detector.false_alarms_per_10k, s.detector.warmup) == (0.8, 0.5, 80)
+    assert s.detector.run_length == 20000
     assert "hunter2" not in s.describe()
 
 
@@ -33,9 +39,12 @@ def test_every_variable_is_read(monkeypatch):
     ("TECAFLOW_RESOLUTIONS", "ten", "comma-separated whole seconds"),
     ("TECAFLOW_EWMA_ALPHA", "1.5", r"must be in \(0, 1\]"),
     ("TECAFLOW_REDIS_URL", "localhost:6379", "must start with redis://"),
-    ("TECAFLOW_DETECT_REARM_Z", "9", "must be below TECAFLOW_DETECT_Z"),
     ("TECAFLOW_TIMEZONE", "Mars/Olympus", "not a known time zone"),
     ("TECAFLOW_DASHBOARD_REFRESH_S", "0.1", "must be >= 0.5"),
+    ("TECAFLOW_ALERT_MIN_SHIFT", "0", "TECAFLOW_ALERT_MIN_SHIFT=0.0 must be > 0"),
+    ("TECAFLOW_ALERT_FALSE_ALARMS_PER_10K", "0", r"must be in \(0, 10000\)"),
+    ("TECAFLOW_ALERT_WARMUP", "3", "must be >= 10"),
+    ("TECAFLOW_WEBHOOK_QUEUE", "0", "must be >= 1"),
 ])
 def test_bad_settings_say_which_variable(monkeypatch, var, value, message):
     monkeypatch.setenv(var, value)

@@ -1,67 +1,156 @@
+"""The shift detector (stream/detector.py) with its noise estimate and threshold, against
+hand-worked sequences and seeded series."""
+import copy
+import math
+
 import numpy as np
+import pytest
 
+from stream import cusum_threshold, noise
 from stream.config import DetectorParams
-from stream.detector import initial_state, scan, two_window_test
+from stream.detector import CLIP, initial_state, scan, step
+from stream.score_series import generate
 
-P = DetectorParams(reference=20, recent=8, z=4.0, rearm_z=1.5, min_delta=0.5, cooldown_s=60)
-
-
-def series(values, t0=1000.0, dt=1.0):
-    return [(t0 + i * dt, float(v)) for i, v in enumerate(values)]
+P = DetectorParams(min_shift=0.5, false_alarms_per_10k=1.0, warmup=50)
 
 
-def run(values, params=P, state=None, chunks=1, dt=1.0):
-    """Feed the series in `chunks` batches, as a worker would."""
-    window, alerts, state = [], [], state or initial_state()
-    pieces = np.array_split(np.arange(len(values)), chunks)
-    all_points = series(values, dt=dt)
-    for piece in pieces:
-        window = all_points[: piece[-1] + 1]
-        new, state = scan("s", window, len(window), state, params)
-        alerts += new
+def feed(values, params=P, state=None, t0=1000.0):
+    state = state or initial_state()
+    alerts = []
+    for i, x in enumerate(values):
+        a = step(state, t0 + i, float(x), params, "s")
+        if a:
+            alerts.append((i, a))
     return alerts, state
 
 
-def test_steady_noise_raises_nothing():
-    rng = np.random.default_rng(0)
-    alerts, _ = run(rng.normal(0.3, 0.4, 500))
-    assert alerts == []
-
-
-def test_a_step_raises_exactly_one_alert_in_its_direction():
-    rng = np.random.default_rng(1)
-    values = np.concatenate([rng.normal(1.0, 0.4, 60), rng.normal(-1.0, 0.4, 60)])
-    alerts, state = run(values)
+def test_a_step_alerts_at_the_hand_computed_segment():
+    # Warm-up: +-1 alternating. Robust fit: mean 0, MAD 1, nothing winsorized, lag-1 correlation
+    # -1 (clipped to 0), sd = sqrt(50/49 / WINSOR_FACTOR).
+    warm = [1.0 if i % 2 == 0 else -1.0 for i in range(50)]
+    _, state = feed(warm)
+    mean, sd, rho, n, b, k = state["fit"]
+    assert (mean, rho, n) == (0.0, 0.0, 50)
+    assert sd == pytest.approx(math.sqrt(50 / 49 / noise.WINSOR_FACTOR))
+    assert k == pytest.approx(0.5 / sd / 2)
+    assert b == cusum_threshold.threshold(k, 50, 0.0, 10000)
+    # Then a step to +0.8 with the same +-0.3 wiggle: increments (0.8 +- 0.3)/sd - k; the up-sum
+    # never returns to zero, so it first reaches b at a computable segment.
+    step_values = [0.8 + (0.3 if i % 2 == 0 else -0.3) for i in range(200)]
+    expected, total = None, 0.0
+    for i, x in enumerate(step_values):
+        total = max(0.0, total + x / sd - k)
+        if total >= b:
+            expected = i
+            break
+    before = copy.deepcopy(state)
+    alerts, _ = feed(step_values, state=state, t0=2000.0)
     assert len(alerts) == 1
-    a = alerts[0]
-    assert a["direction"] == "down" and a["magnitude"] < -0.5 and a["z"] <= -4
-    assert 1060 <= a["event_time"] <= 1060 + P.recent  # found within a recent window of the step
-    assert a["recent"]["to"] == a["event_time"] and a["reference"]["n"] == 20
+    at, alert = alerts[0]
+    assert at == expected
+    assert alert["direction"] == "up" and alert["event_time"] == 2000.0 + expected
+    assert alert["change_point"] == {"event_time": 2000.0, "segments_since": expected + 1}
+    assert alert["magnitude"] == pytest.approx(np.mean(step_values[:expected + 1]), abs=1e-4)
+    lo, hi = alert["interval"]
+    assert lo < alert["magnitude"] < hi and alert["recent"]["mean"] - alert["reference"]["mean"] == pytest.approx(
+        alert["magnitude"], abs=2e-4)
+    assert alert["evidence"]["statistic"] >= alert["evidence"]["threshold"]
+    _, state = feed(step_values[:expected + 1], state=before, t0=2000.0)
+    assert state["fit"] is None and state["reference"] == [] and state["alerts"] == 1  # reset: warming up again
 
 
-def test_small_but_certain_shifts_are_not_news():
-    values = np.concatenate([np.full(40, 0.5), np.full(40, 0.7)])  # z is huge, delta is 0.2
-    assert run(values)[0] == []
+def test_steady_gaussian_series_raise_nothing():
+    rng = np.random.default_rng(0)
+    quiet = DetectorParams(false_alarms_per_10k=0.1)
+    alerts, state = feed(rng.normal(0.4, 0.75, 20000), quiet)
+    assert alerts == []
+    assert state["fit"][3] == 500 and abs(state["fit"][0] - 0.4) < 0.1 and abs(state["fit"][1] - 0.75) < 0.08
 
 
-def test_hysteresis_and_cooldown():
+def test_one_outlier_moves_the_statistic_by_a_bounded_amount():
+    rng = np.random.default_rng(1)
+    _, state = feed(rng.normal(0, 0.75, 300))
+    before = state["up"]
+    alerts, state = feed([40.0], state=state)
+    assert alerts == [] and state["up"] <= before + CLIP
+    assert state["lag"] <= state["fit"][0] + CLIP * state["fit"][1]  # the lag carries the clipped value
+
+
+def test_a_burst_of_near_duplicates_counts_once():
     rng = np.random.default_rng(2)
-    up_down_up = np.concatenate([rng.normal(-1, 0.3, 40), rng.normal(1, 0.3, 40), rng.normal(-1, 0.3, 40)])
-    alerts, _ = run(up_down_up, dt=2.0)  # the steps are 80 s apart, the cooldown is 60 s
-    assert [a["direction"] for a in alerts] == ["up", "down"]  # re-armed in between, one alert per step
-    assert [a["direction"] for a in run(up_down_up, dt=1.0)[0]] == ["up"]  # 40 s apart: cooled down
+    _, state = feed(rng.normal(0, 0.75, 300))
+    burst = 2.0 + rng.uniform(-0.01, 0.01, 40)  # 40 copies of one score 2.7 sd high
+    alerts, after = feed(burst, state=dict(state, duplicates=0))
+    assert alerts == [] and after["duplicates"] == 39
+    # without the duplicate rule, the same burst is an alert
+    assert feed(2.0 + np.arange(40) * 0.05, state=state)[0]
+
+
+def test_a_missed_shift_is_not_absorbed():
+    """A shift of exactly min_shift eventually alerts, and the reference it is measured against
+    is still the level before the shift."""
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.normal(0.0, 0.75, 400), rng.normal(0.5, 0.75, 2000)])
+    alerts, _ = feed(values)
+    assert alerts, "the shift was never reported"
+    at, first = alerts[0]
+    assert at >= 400 and first["direction"] == "up"
+    assert abs(first["reference"]["mean"]) < 0.15
+
+
+def test_the_detector_resets_and_catches_the_next_shift():
+    rng = np.random.default_rng(4)
+    values = np.concatenate([rng.normal(0, 0.75, 300), rng.normal(1.2, 0.75, 300), rng.normal(-0.2, 0.75, 300)])
+    alerts, _ = feed(values)
+    assert [(a["direction"], 300 <= i < 400 if a["direction"] == "up" else 600 <= i < 700) for i, a in alerts] == [
+        ("up", True), ("down", True)]
+    assert alerts[1][1]["change_point"]["event_time"] >= 1000.0 + 590
 
 
 def test_batches_and_redelivery_change_nothing():
-    rng = np.random.default_rng(3)
-    values = np.concatenate([rng.normal(0, 0.4, 50), rng.normal(2, 0.4, 50)])
-    whole, state = run(values)
-    in_batches, _ = run(values, chunks=7)
-    assert whole == in_batches
-    again, _ = scan("s", series(values), len(values), state, P)  # the same batch redelivered
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.normal(0, 0.75, 300), rng.normal(1.5, 0.75, 100)])
+    points = [(1000.0 + i, float(v)) for i, v in enumerate(values)]
+    whole, state = scan("s", points, len(points), initial_state(), P)
+    assert len(whole) == 1
+    in_batches, s2 = [], initial_state()
+    for end in range(7, len(points) + 7, 7):
+        end = min(end, len(points))
+        new, s2 = scan("s", points[:end][-64:], end, s2, P)  # the store keeps only a window
+        in_batches += new
+    assert in_batches == whole and s2 == state
+    again, _ = scan("s", points, len(points), state, P)  # the last batch redelivered
     assert again == []
 
 
-def test_needs_full_windows():
-    assert two_window_test([0.0] * 27, P) is None
-    assert two_window_test([0.0] * 28, P) is not None
+def test_noise_estimate_is_robust_and_sees_autocorrelation():
+    rng = np.random.default_rng(6)
+    e = np.zeros(4000)
+    for i in range(1, 4000):
+        e[i] = 0.5 * e[i - 1] + rng.normal(0, 0.75 * math.sqrt(1 - 0.25))
+    x = 1.0 + e
+    wild = rng.random(4000) < 0.02
+    x[wild] = rng.choice([-30.0, 30.0], wild.sum())  # 2% wild outliers
+    est = noise.estimate(x)
+    assert abs(est.mean - 1.0) < 0.1 and abs(est.sd - 0.75) < 0.08 and abs(est.rho - 0.5) < 0.08
+    with pytest.raises(ValueError, match="at least 3"):
+        noise.estimate([1.0])
+
+
+def test_threshold_matches_siegmund_and_pays_for_a_short_reference():
+    # Classic table: k = 0.5, h = 4 gives an in-control ARL of about 336 (one-sided)
+    assert float(cusum_threshold.run_length(-0.5, 4.0)) == pytest.approx(336, rel=0.02)
+    b_long = cusum_threshold.threshold(0.33, 10 ** 6, 0.0, 10000)
+    # with a perfect reference the two-sided rate at b is the target
+    assert 2 / float(cusum_threshold.run_length(-0.33, b_long)) == pytest.approx(1e-4, rel=0.05)
+    assert cusum_threshold.threshold(0.33, 50, 0.0, 10000) > cusum_threshold.threshold(0.33, 400, 0.0, 10000) > b_long
+
+
+def test_realistic_steady_streams_stay_within_the_false_alarm_budget():
+    """Ten seeded streams shaped like real scores (outliers, bursts, autocorrelation): at 0.1 per
+    10k accepted, 30,000 segments should see no alarm (expected 0.3)."""
+    rng = np.random.default_rng(8)
+    quiet = DetectorParams(false_alarms_per_10k=0.1)
+    for _ in range(10):
+        s = generate(rng, 3000)
+        assert feed(s.scores, quiet)[0] == []

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -73,13 +74,25 @@ def test_trends_equal_the_ground_truth_and_redelivery_counts_once(live):
 
 
 def test_a_shift_raises_an_alert_for_that_stream_only(live):
-    live.cli("replay", "--streams", "3", "--segments", "70", "--rate", "0", "--prefix", "shift",
-             "--shift", "1@35:-3.5", "--seed", "5")
-    live.wait_for_total("shift", 210)
+    """A shift stated in score units (replay scores its pool through Triton first) alerts on that
+    stream only, with the change point where the shift began."""
+    out = live.cli("replay", "--streams", "3", "--segments", "150", "--rate", "0", "--prefix", "shift",
+                   "--score-shift", "1@90:-1.5", "--seed", "5")
+    assert "score shifts: shift-001@90:-1.5" in out.stdout
+    live.wait_for_total("shift", 450)
     time.sleep(1.0)
     alerts = [a for a in live.store.alerts(100) if a["stream_id"].startswith("shift-")]
-    assert {a["stream_id"] for a in alerts} == {"shift-001"}, alerts
+    scores = {s: [round(x, 2) for _, x in live.store.window(s)] for s in ("shift-000", "shift-001", "shift-002")}
+    assert {a["stream_id"] for a in alerts} == {"shift-001"}, (alerts, scores)
     assert alerts[-1]["direction"] == "down"
+    times = [t for t, _ in live.store.window("shift-001")]
+    assert times[80] <= alerts[-1]["change_point"]["event_time"] <= alerts[-1]["event_time"] <= times[-1]
+    # the backtest over the same history, read back from Redis and from the scores topic
+    for source in ("--redis", "--topic"):
+        out = json.loads(live.cli("backtest", source, "--shift", f"shift-001@{times[90]}", "--json").stdout)
+        run = out["runs"][0]
+        assert run["caught"] == 1 and run["known_shifts"] == 1, (source, run)
+        assert run["segments"] >= 450
     assert live.metric(live.ports["metrics"][0], "tecaflow_alerts_total", 'direction="down"') >= 1
     assert "ALERT shift-001 down" in live.cli("trends").stdout
 
@@ -139,6 +152,11 @@ def test_prometheus_scrapes_the_worker_and_triton(live):
         up = {(r["metric"]["job"], r["metric"]["instance"]): r["value"][1] for r in result}
         if up.get(("tecaflow-workers", f"127.0.0.1:{live.ports['metrics'][0]}")) == "1" and \
                 any(job == "triton" and v == "1" for (job, _), v in up.items()):
+            rules = json.loads(urllib.request.urlopen(
+                f"http://127.0.0.1:{live.ports['prometheus']}/api/v1/rules").read())["data"]["groups"]
+            assert {r["name"] for g in rules for r in g["rules"]} >= {"TecaflowWorkerDown", "TecaflowConsumerLagGrowing"}
+            text = urllib.request.urlopen(f"http://127.0.0.1:{live.ports['metrics'][0]}/metrics").read().decode()
+            assert re.search(r"^tecaflow_consumer_lag \d", text, re.M), "the worker exports no consumer lag"
             return
         time.sleep(1)
     raise AssertionError(f"prometheus targets: {up}")

@@ -55,3 +55,6 @@ def test_alerts_and_detector_state(store):
     assert [a["stream_id"] for a in store.alerts()] == ["b", "a"]
     assert [a["stream_id"] for a in store.alerts(stream="a")] == ["a"]
     assert store.detector_state("a") == {"armed": False, "evaluated": 9}
+    ids = store.record_alerts("a", [{"stream_id": "a", "n": 1}, {"stream_id": "a", "n": 2}], {"evaluated": 12})
+    assert len(ids) == 2 and [a["n"] for a in store.alerts(stream="a")[:2]] == [2, 1]
+    assert store.detector_state("a") == {"armed": False, "evaluated": 12}

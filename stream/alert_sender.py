@@ -1,0 +1,79 @@
+"""Alert delivery to a Slack-compatible webhook, off the scoring path. No Faust in here.
+
+The agent hands each alert to `offer`, which never waits: the alert joins a bounded queue and a
+background task (`run`, started by stream/app.py) posts it, retrying a failing receiver with
+capped exponential backoff. A slow or dead receiver therefore costs queue space, never scoring
+time. When the queue is full the oldest waiting alert is dropped (the newest say more about now);
+drops and give-ups are counted, and every alert is in Redis and on the `alerts` topic anyway.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from stream import metrics
+
+log = logging.getLogger(__name__)
+
+
+def slack_payload(alert: dict) -> dict:
+    arrow = "📈" if alert["direction"] == "up" else "📉"
+    interval = alert.get("interval")
+    size = f"{abs(alert['magnitude']):.2f}"
+    if interval:
+        size += f" (95% interval {interval[0]:+.2f} to {interval[1]:+.2f})"
+    text = (f"{arrow} Sentiment shift on *{alert['stream_id']}*: {alert['direction']} by {size}, "
+            f"from {alert['reference']['mean']:+.2f} to {alert['recent']['mean']:+.2f} (z={alert['z']:.1f})")
+    fields = {k: v for k, v in alert.items() if k not in ("reference", "recent", "evidence")}
+    return {"text": text, "attachments": [{"fields": [{"title": k, "value": str(v), "short": True}
+                                                      for k, v in fields.items()]}]}
+
+
+async def post_webhook(url: str, alert: dict, session) -> None:
+    """POST one alert as Slack-compatible JSON; raises on any failure (HTTP status >= 300 included)."""
+    async with session.post(url, json=slack_payload(alert)) as response:
+        if response.status >= 300:
+            raise RuntimeError(f"HTTP {response.status}")
+
+
+class AlertSender:
+    def __init__(self, url: str, maxsize: int = 1000, attempts: int = 5, first_delay_s: float = 1.0,
+                 max_delay_s: float = 30.0, timeout_s: float = 5.0):
+        self.url, self.attempts = url, attempts
+        self.first_delay_s, self.max_delay_s, self.timeout_s = first_delay_s, max_delay_s, timeout_s
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize)
+
+    def offer(self, alert: dict) -> None:
+        """Queue an alert for delivery; returns at once."""
+        if self.queue.full():
+            dropped = self.queue.get_nowait()
+            metrics.WEBHOOK_DROPPED.inc()
+            log.warning("webhook queue full (%d): dropped the alert on %s at %s", self.queue.maxsize,
+                        dropped["stream_id"], dropped["event_time"])
+        self.queue.put_nowait(alert)
+        metrics.WEBHOOK_QUEUE.set(self.queue.qsize())
+
+    async def deliver(self, session, alert: dict) -> bool:
+        delay = self.first_delay_s
+        for attempt in range(1, self.attempts + 1):
+            try:
+                await post_webhook(self.url, alert, session)
+                return True
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any receiver failure: retry, then give up
+                log.warning("alert webhook to %s failed (attempt %d of %d): %s", self.url, attempt, self.attempts, e)
+                if attempt < self.attempts:
+                    await asyncio.sleep(delay)
+                    delay = min(self.max_delay_s, delay * 2)
+        metrics.WEBHOOK_FAILURES.inc()
+        return False
+
+    async def run(self) -> None:
+        """Deliver queued alerts one by one, for as long as the worker runs."""
+        import aiohttp
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as session:
+            while True:
+                alert = await self.queue.get()
+                metrics.WEBHOOK_QUEUE.set(self.queue.qsize())
+                await self.deliver(session, alert)

@@ -1,0 +1,225 @@
+"""`tecaflow backtest`: the shift detector with chosen settings over recorded scores, scored
+against shift times the user knows. This is how alerts are tuned on one's own history.
+
+Scores come from a CSV (`stream,event_time,score`, header optional), from Redis (each stream's
+detector window: its last segments only) or from the `scores` topic (read from the beginning).
+Known shifts: `stream,event_time` rows, the time the shift began.
+
+Matching: each known shift is caught by the first alert of its stream at or after its time, before
+the stream's next known shift and within `horizon` segments of it; every other alert is a false
+alarm. precision = caught shifts' alerts / all alerts; recall = caught / known shifts; delay =
+segments from the shift's first segment to the alert, inclusive (and seconds of event time);
+false alarms per 10k = false alarms per 10,000 scored segments.
+
+Replay's `--shift` moves *labels*: how far the model's scores move in response depends on the model,
+so use known score-unit shifts (replay's `--score-shift`) to judge the detector itself.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from stream import detector
+from stream.config import DetectorParams
+
+Scores = dict[str, list[tuple[float, float]]]  # stream -> (event_time, score), oldest first
+
+
+def _rows(path: Path, columns: int, what: str):
+    with Path(path).open(newline="") as f:
+        for number, row in enumerate(csv.reader(f), 1):
+            if not row or (number == 1 and not _is_number(row[1] if len(row) > 1 else "")):
+                continue  # blank line or header
+            if len(row) != columns:
+                raise ValueError(f"{path}:{number}: expected {what}, got {len(row)} fields")
+            try:
+                yield row[0], *(float(v) for v in row[1:])
+            except ValueError:
+                raise ValueError(f"{path}:{number}: expected {what}, got {row!r}") from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _sorted(scores: dict) -> Scores:
+    return {s: sorted(v) for s, v in scores.items()}
+
+
+def scores_from_csv(path: Path) -> Scores:
+    out = defaultdict(list)
+    for stream, t, score in _rows(path, 3, "stream,event_time,score"):
+        if not (math.isfinite(t) and math.isfinite(score)):
+            raise ValueError(f"{path}: non-finite value for stream {stream}")
+        out[stream].append((t, score))
+    if not out:
+        raise ValueError(f"{path}: no scores")
+    return _sorted(out)
+
+
+def scores_from_redis(store) -> Scores:
+    return _sorted({s: store.window(s) for s, _ in store.streams()})
+
+
+def scores_from_topic(servers: str, topic: str, timeout_s: float = 10.0) -> Scores:
+    """Every record on the scores topic, from the beginning to the end offsets seen at start."""
+    import asyncio
+    import json
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def read() -> Scores:
+        consumer = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False, auto_offset_reset="earliest")
+        await consumer.start()
+        out = defaultdict(list)
+        try:
+            if topic not in await consumer.topics():  # also fetches the partition metadata
+                raise ValueError(f"topic {topic!r} does not exist on {servers}")
+            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            if not parts:
+                raise ValueError(f"topic {topic!r} does not exist on {servers}")
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            ends = await consumer.end_offsets(parts)
+            async def behind() -> bool:
+                return any([await consumer.position(tp) < ends[tp] for tp in parts])
+
+            while await behind():
+                batch = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), timeout_s)
+                for records in batch.values():
+                    for r in records:
+                        v = json.loads(r.value)
+                        out[v["stream_id"]].append((float(v["event_time"]), float(v["score"])))
+        finally:
+            await consumer.stop()
+        return _sorted(out)
+
+    return asyncio.run(read())
+
+
+def shifts_from_csv(path: Path) -> dict[str, list[float]]:
+    out = defaultdict(list)
+    for stream, t in _rows(path, 2, "stream,event_time"):
+        out[stream].append(t)
+    return {s: sorted(v) for s, v in out.items()}
+
+
+def parse_shift(text: str) -> tuple[str, float]:
+    stream, _, t = text.rpartition("@")
+    if not stream or not _is_number(t):
+        raise ValueError(f"--shift {text!r}: expected STREAM@EVENT_TIME, e.g. brand-7@1764000000")
+    return stream, float(t)
+
+
+def detect(scores: Scores, params: DetectorParams) -> dict[str, list[dict]]:
+    alerts = {}
+    for stream, series in scores.items():
+        state, found = detector.initial_state(), []
+        for t, x in series:
+            alert = detector.step(state, t, x, params, stream)
+            if alert:
+                found.append(alert)
+        alerts[stream] = found
+    return alerts
+
+
+def evaluate(scores: Scores, shifts: dict[str, list[float]], alerts: dict[str, list[dict]], horizon: int) -> dict:
+    caught, false_alarms, delays, delays_s = 0, 0, [], []
+    unknown = sorted(set(shifts) - set(scores))
+    if unknown:
+        raise ValueError(f"known shifts name streams with no scores: {', '.join(unknown)}")
+    for stream, series in scores.items():
+        times = np.array([t for t, _ in series])
+        known = shifts.get(stream, [])
+        used = set()
+        for i, start in enumerate(known):
+            end = known[i + 1] if i + 1 < len(known) else math.inf
+            first = int(np.searchsorted(times, start))  # the shift's first segment
+            for j, a in enumerate(alerts[stream]):
+                if j in used or not start <= a["event_time"] < end:
+                    continue
+                at = int(np.searchsorted(times, a["event_time"]))
+                if at - first + 1 <= horizon:
+                    used.add(j)
+                    caught += 1
+                    delays.append(at - first + 1)
+                    delays_s.append(a["event_time"] - start)
+                break
+        false_alarms += len(alerts[stream]) - len(used)
+    n_alerts = sum(len(a) for a in alerts.values())
+    n_shifts = sum(len(v) for v in shifts.values())
+    segments = sum(len(v) for v in scores.values())
+    return {"segments": segments, "streams": len(scores), "known_shifts": n_shifts, "alerts": n_alerts,
+            "caught": caught, "false_alarms": false_alarms,
+            "precision": caught / n_alerts if n_alerts else None, "recall": caught / n_shifts if n_shifts else None,
+            "median_delay_segments": float(np.median(delays)) if delays else None,
+            "median_delay_s": float(np.median(delays_s)) if delays_s else None,
+            "false_alarms_per_10k": false_alarms / segments * 1e4}
+
+
+def backtest(scores: Scores, shifts: dict[str, list[float]], params: DetectorParams, horizon: int = 200,
+             sweep: list[float] = ()) -> dict:
+    runs = []
+    for rate in sweep or [params.false_alarms_per_10k]:
+        p = replace(params, false_alarms_per_10k=rate)
+        alerts = detect(scores, p)
+        runs.append({"false_alarms_per_10k_setting": rate, **evaluate(scores, shifts, alerts, horizon),
+                     "alert_list": [a for s in alerts.values() for a in s]})
+    return {"min_shift": params.min_shift, "warmup": params.warmup, "horizon": horizon, "runs": runs}
+
+
+def format_report(result: dict) -> str:
+    lines = [f"min shift {result['min_shift']}, warm-up {result['warmup']} segments, a shift counts as caught "
+             f"within {result['horizon']} segments",
+             "", "| FA/10k setting | alerts | caught / shifts | precision | recall | median delay (segments, s) "
+             "| false alarms | FA per 10k |", "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for r in result["runs"]:
+        lines.append(f"| {r['false_alarms_per_10k_setting']:g} | {r['alerts']} | {r['caught']} / {r['known_shifts']} "
+                     f"| {fmt(r['precision'], '.0%')} | {fmt(r['recall'], '.0%')} | "
+                     f"{fmt(r['median_delay_segments'], 'g')}, {fmt(r['median_delay_s'], '.0f')} | "
+                     f"{r['false_alarms']} | {r['false_alarms_per_10k']:.2f} |")
+    lines.append(f"\n{result['runs'][0]['segments']} segments on {result['runs'][0]['streams']} streams")
+    return "\n".join(lines)
+
+
+def plot(scores: Scores, shifts: dict[str, list[float]], alerts: list[dict], stream: str, out: Path) -> Path:
+    """A PNG of one stream's scores with its alerts (solid: alert; shaded: from the estimated
+    change point to the alert) and the known shifts (dashed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if stream not in scores:
+        raise ValueError(f"--plot {stream!r}: no scores for that stream")
+    t0 = scores[stream][0][0]
+    t = np.array([p[0] for p in scores[stream]]) - t0
+    fig, ax = plt.subplots(figsize=(11, 4))
+    ax.plot(t, [p[1] for p in scores[stream]], ".", ms=3, color="0.45", label="score")
+    for i, s in enumerate(shifts.get(stream, [])):
+        ax.axvline(s - t0, color="tab:blue", ls="--", lw=1.2, label="known shift" if i == 0 else None)
+    for i, a in enumerate(x for x in alerts if x["stream_id"] == stream):
+        colour = "tab:green" if a["direction"] == "up" else "tab:red"
+        ax.axvspan(a["change_point"]["event_time"] - t0, a["event_time"] - t0, color=colour, alpha=0.15)
+        ax.axvline(a["event_time"] - t0, color=colour, lw=1.5, label="alert" if i == 0 else None)
+        start, end = a["change_point"]["event_time"] - t0, a["event_time"] - t0
+        # reference mean just before the change point, recent mean from it to the alert
+        ax.hlines([a["reference"]["mean"], a["recent"]["mean"]], [start - max(60.0, end - start), start],
+                  [start, end], colors=["0.2", colour], lw=2)
+    ax.set_xlabel(f"event time, seconds after {t0:.0f}")
+    ax.set_ylabel("score")
+    ax.set_title(f"{stream}: scores, alerts (shaded from the estimated change point) and known shifts")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,160 @@
+"""`tecaflow bench detect`: the shift detector against baselines on seeded synthetic score streams
+(stream/score_series.py), at the same false-alarm rate.
+
+Shift streams: 900 segments, a step of ±delta at a random segment in [300, 600) (so at least 300
+shifted segments follow). A shift counts as caught at the first alarm in its direction at or after
+the step; delay = shifted segments seen up to and including that alarm; a shift not caught by the
+stream's end counts as never caught (infinite delay) in medians and percentiles. Steady streams
+(1000 segments, no step) give false alarms per 10k segments.
+
+Detectors: `cusum` is stream/detector.py as the worker runs it (threshold from
+TECAFLOW_ALERT_FALSE_ALARMS_PER_10K, nothing fitted to these data); `two-window` (tecaflow's former
+test) and `page-hinkley` get the threshold that gives the same false-alarm rate on a separate
+calibration set of steady streams; `oracle` is a CUSUM told each stream's true level, noise,
+autocorrelation and shift size (with the detector's outlier clipping and duplicate skipping),
+calibrated the same way for each shift size.
+Yardstick: Lorden's bound 2 ln(gamma) sd^2 / delta^2 with sd 0.75 and gamma = 10000 / rate.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from stream import baselines, detector
+from stream.config import DetectorParams
+from stream.score_series import generate
+
+SHIFTS = (0.3, 0.5, 0.8, 1.2)
+SHIFT_LENGTH, STEADY_LENGTH = 900, 1000
+NOMINAL_SD = 0.75
+
+
+def _stack(series):
+    return (np.stack([s.times for s in series]), np.stack([s.scores for s in series]))
+
+
+def build(seed: int, per_shift: int, steady: int):
+    rng = np.random.default_rng(seed)
+    shifted = [generate(rng, SHIFT_LENGTH, int(rng.integers(300, 600)), sign * delta)
+               for delta in SHIFTS for sign in (1, -1) for _ in range(per_shift)]
+    calm = [generate(rng, STEADY_LENGTH) for _ in range(steady)]
+    return shifted, calm
+
+
+def cusum_alarms(series, params: DetectorParams):
+    """stream/detector.py, one stream at a time, exactly as the worker feeds it."""
+    alarms = np.zeros((len(series), len(series[0].scores)), bool)
+    direction = np.zeros_like(alarms, np.int8)
+    for i, s in enumerate(series):
+        state = detector.initial_state()
+        for t, (when, x) in enumerate(zip(s.times.tolist(), s.scores.tolist())):
+            alert = detector.step(state, when, x, params)
+            if alert:
+                alarms[i, t], direction[i, t] = True, 1 if alert["direction"] == "up" else -1
+    return alarms, direction
+
+
+def per_10k(alarms: np.ndarray) -> float:
+    return alarms.sum() / alarms.size * 1e4
+
+
+def delays(series, direction: np.ndarray) -> np.ndarray:
+    out = np.full(len(series), np.inf)
+    for i, s in enumerate(series):
+        hits = np.flatnonzero(direction[i, s.shift_at:] == np.sign(s.delta))
+        if hits.size:
+            out[i] = hits[0] + 1
+    return out
+
+
+def percentile(values: np.ndarray, q: float) -> float:
+    """Nearest-rank percentile; never-caught shifts (inf) sort last."""
+    ordered = np.sort(values)
+    return float(ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)])
+
+
+def summarise(series, direction, rate: float) -> dict:
+    gamma = 1e4 / max(rate, 1e-9)
+    rows = {}
+    for delta in SHIFTS:
+        idx = [i for i, s in enumerate(series) if abs(abs(s.delta) - delta) < 1e-9]
+        d = delays([series[i] for i in idx], direction[idx])
+        bound = 2 * math.log(gamma) * NOMINAL_SD ** 2 / delta ** 2
+        long_run = np.mean([series[i].sd ** 2 * (1 + series[i].rho) / (1 - series[i].rho) for i in idx])
+        median = float(np.median(d))
+        rows[str(delta)] = {"shifts": len(idx), "recall_30": float(np.mean(d <= 30)), "recall_60": float(np.mean(d <= 60)),
+                            "median_delay": median, "p90_delay": percentile(d, 90),
+                            "bound": round(bound, 1), "median_over_bound": median / bound,
+                            "bound_long_run_sd": round(2 * math.log(gamma) * long_run / delta ** 2, 1)}
+    for name, (limit, floor) in {"recall_60_ge_0.5": (60, 0.5), "recall_30_ge_0.8": (30, 0.8)}.items():
+        idx = [i for i, s in enumerate(series) if abs(s.delta) >= floor - 1e-9]
+        rows[name] = float(np.mean(delays([series[i] for i in idx], direction[idx]) <= limit))
+    return rows
+
+
+def bench_detect(seed: int = 7, per_shift: int = 100, steady: int = 300, progress=lambda m: None,
+                 params: DetectorParams = DetectorParams()) -> dict:
+    started = time.perf_counter()
+    shifted, calm = build(seed, per_shift, steady)
+    _, calibration = build(seed + 1000, 0, steady)
+    (t_s, x_s), (t_c, x_c), (t_k, x_k) = _stack(shifted), _stack(calm), _stack(calibration)
+    target = params.false_alarms_per_10k
+    results = {}
+
+    progress("cusum (stream/detector.py)")
+    _, d_cusum = cusum_alarms(shifted, params)
+    fa = per_10k(cusum_alarms(calm, params)[0])
+    results["cusum"] = {"false_alarms_per_10k": fa, "threshold": "from TECAFLOW_ALERT_FALSE_ALARMS_PER_10K",
+                        **summarise(shifted, d_cusum, target)}
+
+    for name, run, lo, hi in (("two-window", baselines.two_window, 1.0, 30.0),
+                              ("page-hinkley", baselines.page_hinkley, 0.5, 200.0)):
+        progress(f"{name}: calibrating")
+        h = baselines.calibrate(lambda th: per_10k(run(x_k, t_k, th)[0]), target, lo, hi)
+        progress(f"{name}: threshold {h:.3f}")
+        results[name] = {"false_alarms_per_10k": per_10k(run(x_c, t_c, h)[0]), "threshold": round(h, 3),
+                         **summarise(shifted, run(x_s, t_s, h)[1], target)}
+
+    progress("oracle cusum")
+    direction = np.zeros_like(x_s, np.int8)
+    oracle_fa, thresholds = {}, {}
+    for delta in SHIFTS:
+        def run(series_x, series_t, h, series, shift):
+            p = lambda attr: np.array([getattr(s, attr) for s in series])  # noqa: E731
+            return baselines.oracle_cusum(series_x, series_t, h, p("level"), p("sd"), p("rho"), np.full(len(series), shift))
+        h = baselines.calibrate(lambda th: per_10k(run(x_k, t_k, th, calibration, delta)[0]), target, 1.0, 40.0)
+        thresholds[str(delta)] = round(h, 3)
+        oracle_fa[str(delta)] = per_10k(run(x_c, t_c, h, calm, delta)[0])
+        idx = [i for i, s in enumerate(shifted) if abs(abs(s.delta) - delta) < 1e-9]
+        direction[idx] = run(x_s[idx], t_s[idx], h, [shifted[i] for i in idx], delta)[1]
+    results["oracle"] = {"false_alarms_per_10k": oracle_fa["0.5"], "false_alarms_per_10k_by_shift": oracle_fa,
+                         "threshold": thresholds, **summarise(shifted, direction, target)}
+    return {"seed": seed, "shift_streams": len(shifted), "steady_segments": int(x_c.size),
+            "target_false_alarms_per_10k": target, "min_shift": params.min_shift, "nominal_sd": NOMINAL_SD,
+            "detectors": results, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{r['shift_streams']} shift streams ({', '.join(map(str, SHIFTS))} up and down), "
+             f"{r['steady_segments']} steady segments, seed {r['seed']}; target {r['target_false_alarms_per_10k']:g} "
+             f"false alarms per 10k; bound = 2 ln(gamma) sd^2/delta^2 at sd {r['nominal_sd']}",
+             "",
+             "| detector | FA/10k | shift | recall@30 | recall@60 | median delay | p90 delay | median / bound |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, d in r["detectors"].items():
+        for delta in SHIFTS:
+            row = d[str(delta)]
+            lines.append(f"| {name} | {d['false_alarms_per_10k']:.2f} | {delta} | {row['recall_30']:.0%} | "
+                         f"{row['recall_60']:.0%} | {row['median_delay']:g} | {row['p90_delay']:g} | "
+                         f"{row['median_over_bound']:.2f} |")
+    lines += ["", "| detector | recall@60, shifts >= 0.5 | recall@30, shifts >= 0.8 |", "|---|---|---|"]
+    for name, d in r["detectors"].items():
+        lines.append(f"| {name} | {d['recall_60_ge_0.5']:.1%} | {d['recall_30_ge_0.8']:.1%} |")
+    bounds = r["detectors"]["cusum"]
+    lines += ["", "bound (segments) per shift: " + ", ".join(f"{s}: {bounds[str(s)]['bound']}" for s in SHIFTS)
+              + "; with each stream's long-run sd (autocorrelation included): "
+              + ", ".join(f"{s}: {bounds[str(s)]['bound_long_run_sd']}" for s in SHIFTS),
+              f"{r['seconds']} s"]
+    return "\n".join(lines)
