@@ -31,7 +31,8 @@
 | TECAFLOW_DETECT_REARM_Z | 1.5 | re-arm once |z| falls below this (hysteresis) |
 | TECAFLOW_DETECT_MIN_DELTA | 0.5 | and the means differ by at least this (score units) |
 | TECAFLOW_DETECT_COOLDOWN_S | 60 | event-time seconds between alerts of one stream |
-| TECAFLOW_WEBHOOK_URL | (empty) | Slack-compatible webhook for alerts |
+| TECAFLOW_WEBHOOK_URL | (empty) | Slack-compatible webhook for alerts (a secret: never printed) |
+| TECAFLOW_DLQ_KEEP_BYTES | 65536 | bytes of an oversized original kept in its DLQ record (with its length and sha256); keep it well below the broker's message size limit (1 MB producer requests, and base64 adds a third) |
 | TECAFLOW_MODEL_REPO | model_repo | where `stack up` serves models from, and the worker finds the tokenizer |
 | TECAFLOW_TOKENIZER | (newest version's) | tokenizer directory, when the model repository is not on this host |
 | TECAFLOW_BROKER_PORT, _REDIS_PORT, _TRITON_HTTP_PORT, _TRITON_GRPC_PORT, _TRITON_METRICS_PORT, _PROMETHEUS_PORT | 9092, 6379, 8000, 8001, 8002, 9090 | ports of the embedded stack |
@@ -117,6 +118,7 @@ class Settings:
     dedup_ttl_s: int = 604800
     detector: DetectorParams = field(default_factory=DetectorParams)
     webhook_url: str = ""
+    dlq_keep_bytes: int = 65536
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -171,6 +173,7 @@ class Settings:
                 min_delta=_float("TECAFLOW_DETECT_MIN_DELTA", 0.5),
                 cooldown_s=_float("TECAFLOW_DETECT_COOLDOWN_S", 60.0)),
             webhook_url=_env("TECAFLOW_WEBHOOK_URL", ""),
+            dlq_keep_bytes=_int("TECAFLOW_DLQ_KEEP_BYTES", 65536, 0),
         )
 
     def broker_servers(self) -> str:

@@ -10,6 +10,7 @@ from stream.pipeline import Pipeline, slack_payload
 from stream.store import TrendStore
 from stream.triton_client import ModelContract
 from tests.malformed import MAX_FRAMES, catalogue, conflicting_pair, valid_bytes
+from tests.malformed import hostile as hostile_cases
 from trainer.text_encoder import load_tokenizer
 
 CONTRACT = ModelContract(inputs=("input_ids", "attention_mask", "audio", "audio_lengths", "visual", "visual_lengths"),
@@ -43,14 +44,16 @@ def test_good_bad_and_duplicate_messages_in_one_batch(pipeline):
     good = [valid_bytes(stream="p", segment=f"p/{i}", frames=1 + i % 4) for i in range(5)]
     bad = [raw for _, raw, _ in catalogue()[:6]]
     result = asyncio.run(pipeline.process(good + bad + [good[0]]))
-    assert len(result.scores) == 5 and len(result.rejects) == 6 and result.duplicates == 1
+    # the repeat of good[0] is published again (its first publication may be one a crash lost)
+    assert len(result.scores) == 6 and len(result.rejects) == 6 and result.duplicates == 1
     assert pipeline.store.totals("p")["count"] == 5
     assert [r.raw for r in result.rejects] == bad  # the original bytes travel to the DLQ
     # one Triton call for the batch's 6 valid messages; the store, not the decoder, spots the repeat
     assert len(pipeline.scorer.batches) == 1 and pipeline.scorer.batches[0]["input_ids"].shape[0] == 6
     # a redelivery of the whole batch records nothing twice
     again = asyncio.run(pipeline.process(good))
-    assert again.scores == [] and again.duplicates == 5 and pipeline.store.totals("p")["count"] == 5
+    assert again.duplicates == 5 and pipeline.store.totals("p")["count"] == 5
+    assert [s["segment_id"] for s in again.scores] == [f"p/{i}" for i in range(5)]
 
 
 def test_conflicting_duplicate_goes_to_the_dlq(pipeline):
@@ -83,3 +86,21 @@ def test_a_conflict_inside_one_batch_is_caught_by_the_store(pipeline):
     result = asyncio.run(pipeline.process([first, second]))
     assert len(result.scores) == 1 and [r.reason for r in result.rejects] == ["conflicting_duplicate"]
     assert pipeline.store.totals("c")["count"] == 1
+
+
+def test_hostile_messages_reject_only_themselves(pipeline):
+    """Issue 12, failure 2: each of these once failed its whole batch as internal_error."""
+    good = [valid_bytes(stream="h", segment=f"h/{i}", frames=2) for i in range(6)]
+    hostile = hostile_cases()
+    batch = [m for pair in zip(good, [raw for _, raw, _ in hostile]) for m in pair]
+    result = asyncio.run(pipeline.process(batch))
+    assert sorted(s["segment_id"] for s in result.scores) == [f"h/{i}" for i in range(6)]
+    assert [r.reason for r in result.rejects] == [reason for _, _, reason in hostile[:6]]
+    assert metrics.IN_FLIGHT._value.get() == 0
+
+
+def test_the_in_flight_gauge_is_reset_when_a_batch_fails(pipeline, monkeypatch):
+    monkeypatch.setattr(pipeline, "model_inputs", lambda segments: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        asyncio.run(pipeline.process([valid_bytes(stream="f", segment="f/1")]))
+    assert metrics.IN_FLIGHT._value.get() == 0
