@@ -199,12 +199,37 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) + dependency_errors() as e:
         if os.environ.get("TECAFLOW_DEBUG"):
             raise
-        print(f"tecaflow {args.command}: error: {e}", file=sys.stderr)
+        print(f"tecaflow {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
 
+
+def dependency_errors() -> tuple[type[BaseException], ...]:
+    """What Redis, the broker or Triton raise when they are away or refuse us: one line, exit 2."""
+    from tritonclient.utils import InferenceServerException
+
+    from stream.dependencies import DEPENDENCY_ERRORS
+    return DEPENDENCY_ERRORS + (InferenceServerException,)
+
+
+def one_line(error: BaseException) -> str:
+    """What to print: a dependency's failure as one line naming it (its traceback says nothing
+    an operator can act on), and never a configured secret (a URL can sit in a message)."""
+    from stream.config import redact_url
+    text = str(error) or type(error).__name__
+    if isinstance(error, dependency_errors()) or type(error).__module__.startswith("aiokafka"):
+        redis_at = f"Redis at {redact_url(os.environ.get('TECAFLOW_REDIS_URL', 'redis://127.0.0.1:6379/0'))}"
+        which = {"redis": redis_at, "aiokafka": "the broker", "tritonclient": "Triton"}.get(
+            type(error).__module__.split(".")[0], "a dependency")
+        text = f"{which} failed ({type(error).__name__}): {text.strip().splitlines()[0]}"
+    for var in ("TECAFLOW_REDIS_URL", "TECAFLOW_WEBHOOK_URL", "TECAFLOW_BROKER_URL"):
+        value = os.environ.get(var)
+        if value:
+            text = text.replace(value, redact_url(value))
+    password = os.environ.get("TECAFLOW_BROKER_SASL_PASSWORD")
+    return text.replace(password, "***") if password else text
 
 if __name__ == "__main__":
     sys.exit(main())

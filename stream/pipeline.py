@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stream import detector, metrics
-from stream.config import DetectorParams
+from stream.config import DetectorParams, redact_url
 from stream.schema import Limits, Rejected, Segment, decode_segment
 from stream.triton_client import ModelContract, batch_inputs
 
@@ -206,7 +206,7 @@ async def post_webhook(url: str, alert: dict, session=None) -> bool:
         return True
     except Exception as e:  # noqa: BLE001
         metrics.WEBHOOK_FAILURES.inc()
-        log.warning("alert webhook to %s failed: %s", url, e)
+        log.warning("alert webhook to %s failed: %s", redact_url(url), str(e).replace(url, redact_url(url)))
         return False
     finally:
         if own:

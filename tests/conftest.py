@@ -92,3 +92,54 @@ def redis_url(tmp_path_factory):
     yield url
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory):
+    """A real Redis Cluster for the whole session: three `redis-server --cluster-enabled yes`
+    masters on loopback, joined by `redis-cli --cluster create` (no replicas)."""
+    import shutil
+    import subprocess
+    import time
+
+    from redis.cluster import RedisCluster
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.fail("redis-server/redis-cli are not installed: run `make setup` (it installs the Debian package)")
+    ports = free_ports(3)
+    procs = []
+    for port in ports:
+        data = tmp_path_factory.mktemp(f"cluster-{port}")
+        procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--cluster-enabled", "yes",
+             "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
+            stdout=subprocess.DEVNULL))
+    try:
+        for port in ports:
+            _wait_for_port(port)
+        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 30
+        while "cluster_state:ok" not in subprocess.run(["redis-cli", "-p", str(ports[0]), "cluster", "info"],
+                                                       capture_output=True, text=True).stdout:
+            assert time.monotonic() < deadline, "the Redis Cluster did not reach cluster_state:ok"
+            time.sleep(0.2)
+        url = f"redis+cluster://127.0.0.1:{ports[0]}"
+        RedisCluster.from_url(f"redis://127.0.0.1:{ports[0]}").ping()
+        yield url
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+
+
+def _wait_for_port(port: int, timeout: float = 10) -> None:
+    import socket
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")

@@ -5,9 +5,11 @@ import pytest
 from stream.store import StoreSettings, TrendStore
 
 
-@pytest.fixture
-def store(redis_url):
-    s = TrendStore(redis_url, StoreSettings(resolutions=(10, 60), buckets_kept=3, recent_segments=4, ewma_alpha=0.5))
+@pytest.fixture(params=["single", "cluster"])
+def store(request):
+    """Every store test runs on one Redis and on a real three-node Redis Cluster."""
+    url = request.getfixturevalue("redis_url" if request.param == "single" else "redis_cluster_url")
+    s = TrendStore(url, StoreSettings(resolutions=(10, 60), buckets_kept=3, recent_segments=4, ewma_alpha=0.5))
     s.redis.flushdb()
     return s
 
@@ -55,3 +57,24 @@ def test_alerts_and_detector_state(store):
     assert [a["stream_id"] for a in store.alerts()] == ["b", "a"]
     assert [a["stream_id"] for a in store.alerts(stream="a")] == ["a"]
     assert store.detector_state("a") == {"armed": False, "evaluated": 9}
+
+
+def test_a_batch_spanning_streams_keeps_its_order_and_catches_repeats(store):
+    items = [("a", "a/1", "d1", 1000.0, 1.0, "x"), ("b", "b/1", "e1", 1000.0, -1.0, "y"),
+             ("a", "a/1", "d1", 1000.0, 1.0, "x"), ("a", "a/2", "d2", 1001.0, 0.5, "z"),
+             ("b", "b/1", "other", 1000.0, 2.0, "w")]
+    assert store.record_many(items) == ["new", "new", "dup", "new", "conflict"]
+    assert store.totals("a")["count"] == 2 and store.totals("b")["count"] == 1
+    assert {s for s, _ in store.streams()} == {"a", "b"}
+
+
+def test_the_streams_of_one_batch_land_on_several_cluster_nodes(redis_cluster_url):
+    """The cluster case is only a proof when the streams really live on different nodes."""
+    store = TrendStore(redis_cluster_url)
+    store.redis.flushdb()
+    assert store.cluster
+    streams = [f"s{i}" for i in range(12)]
+    store.record_many([(s, f"{s}/1", "d", 1000.0, 0.0, "") for s in streams])
+    nodes = {store.redis.get_node_from_key("tf:{" + s + "}:totals").name for s in streams}
+    assert len(nodes) == 3
+    assert sorted(s for s, _ in store.streams()) == sorted(streams)

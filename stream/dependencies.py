@@ -1,0 +1,85 @@
+"""Telling a dependency that refuses us from one that is away.
+
+Refused (wrong password, missing ACL permission, SASL failure, topic or group not authorised) is
+not transient: waiting does not fix it, an operator must. A worker checks Redis and the broker
+once before it starts and stops with one clear line when either refuses it. Away (connection
+refused, timeout, cluster not ready) is transient: the worker starts and waits, retrying with
+backoff as it always has. The CLI reports either as one line with exit code 2.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+
+import redis
+from aiokafka import errors as kafka_errors
+from redis.exceptions import RedisClusterException
+
+from stream.config import Settings, redact_url
+
+log = logging.getLogger("tecaflow.worker")
+
+REDIS_REFUSALS = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError,
+                  redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationWrongNumberOfArgsError)
+BROKER_REFUSALS = (kafka_errors.AuthenticationFailedError, kafka_errors.AuthenticationMethodNotSupported,
+                   kafka_errors.SaslAuthenticationFailed, kafka_errors.UnsupportedSaslMechanismError,
+                   kafka_errors.IllegalSaslStateError, kafka_errors.TopicAuthorizationFailedError,
+                   kafka_errors.GroupAuthorizationFailedError, kafka_errors.ClusterAuthorizationFailedError)
+# What a dependency can raise, for the CLI's one-line errors (KafkaError is already a RuntimeError).
+DEPENDENCY_ERRORS = (redis.RedisError, RedisClusterException)
+
+
+class DependencyRefused(RuntimeError):
+    """A dependency refused our credentials or permissions: stop, one line, exit 2."""
+
+
+def refused(error: BaseException) -> bool:
+    return isinstance(error, REDIS_REFUSALS + BROKER_REFUSALS)
+
+
+def describe(error: BaseException, what: str) -> str:
+    """One line for an operator: which dependency, where (credentials hidden), what it said."""
+    return f"{what}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no detail'}"
+
+
+def check_redis(store, url: str) -> None:
+    """Raise DependencyRefused when Redis refuses this worker; only warn when it is away."""
+    where = f"Redis at {redact_url(url)}"
+    try:
+        store.check_access()
+    except Exception as e:  # noqa: BLE001 - sorted into refused (fatal) and away (waited for)
+        if refused(e):
+            raise DependencyRefused(describe(e, f"{where} refused this worker (check the password or ACL in "
+                                                f"TECAFLOW_REDIS_URL)")) from None
+        log.warning("%s is not reachable yet (%s); the worker will wait for it", where, describe(e, "redis"))
+
+
+async def check_broker(settings: Settings, timeout: float = 10.0) -> None:
+    """Connect once with the worker's credentials and list topics: refusals stop the worker."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    options = {"bootstrap_servers": settings.broker_servers(), "security_protocol": settings.broker_security,
+               "request_timeout_ms": int(timeout * 1000)}
+    if settings.broker_security in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl.create_default_context(cafile=settings.ca_file or None)
+    if settings.broker_security.startswith("SASL"):
+        options.update(sasl_mechanism=settings.sasl_mechanism, sasl_plain_username=settings.sasl_username,
+                       sasl_plain_password=settings.sasl_password)
+    where = f"the broker at {redact_url(settings.broker_url)}"
+    admin = AIOKafkaAdminClient(**options)
+    try:
+        await asyncio.wait_for(_list_topics(admin), timeout)
+    except Exception as e:  # noqa: BLE001 - sorted into refused (fatal) and away (waited for)
+        if refused(e):
+            raise DependencyRefused(describe(e, f"{where} refused this worker (check TECAFLOW_BROKER_SECURITY "
+                                                f"and the SASL settings)")) from None
+        log.warning("%s is not reachable yet (%s); the worker will wait for it", where, describe(e, "broker"))
+    finally:
+        with contextlib.suppress(Exception):  # closing a client that never connected may complain
+            await admin.close()
+
+
+async def _list_topics(admin) -> None:
+    await admin.start()
+    await admin.list_topics()
