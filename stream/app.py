@@ -50,6 +50,10 @@ app = faust.App(
     value_serializer="raw",
     web_enabled=False,  # metrics have their own port (prometheus_client); nothing else is served
     consumer_auto_offset_reset="earliest",
+    # Stopping does not wait for in-flight batches to be acked: one whose outcomes cannot be
+    # published yet would hold the stop forever. Unacked, it is committed by no one and comes
+    # back after the restart (stream/publish.py).
+    stream_wait_empty=False,
     datadir=f"{settings.run_dir}/faust",
 )
 
@@ -84,6 +88,7 @@ async def score_segments(stream):
             log.exception("batch of %d failed; sent to %s as internal_error", len(raws), settings.topic_dlq)
             result = BatchResult(rejects=[Reject("internal_error", f"{type(e).__name__}: {e}", raw) for raw in raws])
         await deliver(outgoing(result, settings.dlq_keep_bytes), send)
+        await scorer.published(result)
         for event in events:
             await stream.ack(event)
         if settings.webhook_url:

@@ -74,7 +74,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=8.0, help="measuring time per concurrency level")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_serve)
+    register_soak(bench_sub)
     return parser
+
+
+def register_soak(bench_sub) -> None:
+    p = bench_sub.add_parser("soak", help="a steady replay with malformed messages through the embedded stack: "
+                                          "memory, lag, lost and doubled segments")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--rate", type=float, default=20.0, help="messages per second")
+    p.add_argument("--streams", type=int, default=8)
+    p.add_argument("--bad-share", type=float, default=0.05, help="share of malformed messages")
+    p.add_argument("--every", type=float, default=60.0, help="seconds between samples")
+    p.add_argument("--repo", type=Path, default=Path(os.environ.get("TECAFLOW_MODEL_REPO", "model_repo")))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_soak)
+
+
+def cmd_bench_soak(args) -> int:
+    import json
+
+    from stream.soak import format_report, run_soak
+    if args.minutes <= 0 or args.rate <= 0 or args.streams < 1 or not 0 <= args.bad_share < 0.5:
+        raise ValueError("--minutes, --rate must be > 0, --streams >= 1, --bad-share in [0, 0.5)")
+    result = run_soak(args.repo, args.minutes, args.rate, args.streams, args.bad_share, args.every)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0 if result["lost"] == result["doubled"] == 0 else 1
 
 
 def cmd_stack(args) -> int:

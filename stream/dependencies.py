@@ -54,6 +54,20 @@ def check_redis(store, url: str) -> None:
             raise DependencyRefused(describe(e, f"{where} refused this worker (check the password or ACL in "
                                                 f"TECAFLOW_REDIS_URL)")) from None
         log.warning("%s is not reachable yet (%s); the worker will wait for it", where, describe(e, "redis"))
+        return
+    warn_unless_durable(store, where)
+
+
+def warn_unless_durable(store, where: str) -> None:
+    """tecaflow acks a batch once Redis has replied: that is only 'on disk' with appendfsync always."""
+    try:
+        config = store.redis.config_get("append*")
+    except redis.RedisError:  # managed Redis often refuses CONFIG: nothing to tell
+        return
+    if config and (config.get("appendonly"), config.get("appendfsync")) != ("yes", "always"):
+        log.warning("%s runs appendonly=%s appendfsync=%s: a crash of its machine can lose up to a second of "
+                    "writes this worker has acknowledged; run it with appendonly yes, appendfsync always",
+                    where, config.get("appendonly"), config.get("appendfsync"))
 
 
 async def check_broker(settings: Settings, timeout: float = 10.0) -> None:

@@ -161,11 +161,18 @@ class Pipeline:
                 result.scores.append({"stream_id": segment.stream_id, "segment_id": segment.segment_id,
                                       "event_time": segment.event_time, "score": score})
             for stream in touched:  # redelivered batches too: the detector resumes where it stopped
-                result.alerts += await retry_forever(self.detect, "redis", stream)
+                await retry_forever(self.detect, "redis", stream)
+                # what it found now, and what it found before a crash that came before publishing
+                result.alerts += await retry_forever(self.store.unpublished_alerts, "redis", stream)
         metrics.DUPLICATES.inc(result.duplicates)
         for r in result.rejects:
             metrics.REJECTED.labels(r.reason).inc()
         return result
+
+    async def published(self, result: BatchResult) -> None:
+        """The agent has delivered every outcome of `result`: its alerts leave the outbox."""
+        if result.alerts:
+            await retry_forever(self.store.mark_published, "redis", result.alerts)
 
     def detect(self, stream: str) -> list[dict]:
         totals = self.store.totals(stream)

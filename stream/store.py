@@ -11,6 +11,7 @@ Redis Cluster hash slot):
     tf:{s}:window              "event_time score" of the last segments, oldest first (shift detection)
     tf:{s}:detector            the detector's state
     tf:{s}:alerts              Redis stream of the stream's alerts, newest last
+    tf:{s}:outbox              alerts not yet published to Kafka (entry id -> JSON), until the agent has
     tf:streams                 sorted set of streams by last activity (wall clock): the one global key
 
 A stream's segments of one batch are recorded by one Lua script that touches that stream's slot
@@ -18,7 +19,9 @@ only: either every structure above changes or none does, and a segment_id alread
 changes nothing ("dup"), or is refused when its content differs ("conflict"). The global index
 tf:streams is written by a plain ZADD after the scripts, never from inside one (a script may
 touch one slot only); it is idempotent, and a redelivered batch writes it again. An alert and
-the detector state that produced it are written together by one script in the stream's slot.
+the detector state that produced it are written together by one script in the stream's slot,
+with the alert in the stream's outbox until it is published: a crash between the two cannot
+lose it, since the next batch of that stream (the redelivered one) publishes it again.
 
 `TECAFLOW_REDIS_URL` may name a Redis Cluster: `redis+cluster://[:password@]host:port` (any
 node; the others are discovered), `rediss+cluster://` with TLS.
@@ -87,11 +90,12 @@ end
 return outcomes
 """
 
-# KEYS[1] = tf:{s}:alerts, KEYS[2] = tf:{s}:detector. ARGV[1] = maxlen, ARGV[2] = alert JSON,
+# KEYS[1] = tf:{s}:alerts, KEYS[2] = tf:{s}:detector, KEYS[3] = tf:{s}:outbox. ARGV[1] = maxlen, ARGV[2] = alert JSON,
 # ARGV[3] = recorded-at, ARGV[4] = detector state as a flat JSON object of JSON strings.
 ALERT = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'json', ARGV[2], 't', ARGV[3])
 for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HSET', KEYS[2], k, v) end
+redis.call('HSET', KEYS[3], id, ARGV[2])
 return id
 """
 
@@ -185,11 +189,25 @@ class TrendStore:
 
     def record_alert(self, stream: str, alert: dict, detector_state: dict) -> str:
         """Append the alert to the stream's alerts and save the detector state, atomically."""
-        entry = self._alert(keys=[_key(stream) + ":alerts", _key(stream) + ":detector"],
+        entry = self._alert(keys=[_key(stream) + ":alerts", _key(stream) + ":detector", _key(stream) + ":outbox"],
                             args=[self.settings.alerts_kept, json.dumps(alert), repr(time.time()),
                                   json.dumps({k: json.dumps(v) for k, v in detector_state.items()})])
         self.redis.zadd("tf:streams", {stream: time.time()}, gt=True)
         return entry
+
+    def unpublished_alerts(self, stream: str) -> list[dict]:
+        """The stream's alerts recorded but not yet marked published, oldest first, with their id."""
+        pending = self.redis.hgetall(_key(stream) + ":outbox")
+        order = sorted(pending, key=lambda entry_id: tuple(map(int, entry_id.split("-"))))
+        return [{"id": entry_id, **json.loads(pending[entry_id])} for entry_id in order]
+
+    def mark_published(self, alerts: list[dict]) -> None:
+        """Alerts (as unpublished_alerts gave them) that reached Kafka: out of their outboxes."""
+        by_stream: dict[str, list[str]] = {}
+        for alert in alerts:
+            by_stream.setdefault(alert["stream_id"], []).append(alert["id"])
+        for stream, ids in by_stream.items():
+            self.redis.hdel(_key(stream) + ":outbox", *ids)
 
     def save_detector_state(self, stream: str, state: dict) -> None:
         self.redis.hset(_key(stream) + ":detector", mapping={k: json.dumps(v) for k, v in state.items()})

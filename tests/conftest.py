@@ -105,7 +105,7 @@ def redis_cluster_url(tmp_path_factory):
     from redis.cluster import RedisCluster
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         pytest.fail("redis-server/redis-cli are not installed: run `make setup` (it installs the Debian package)")
-    ports = free_ports(3)
+    ports = cluster_ports(3)
     procs = []
     for port in ports:
         data = tmp_path_factory.mktemp(f"cluster-{port}")
@@ -131,6 +131,24 @@ def redis_cluster_url(tmp_path_factory):
             proc.terminate()
         for proc in procs:
             proc.wait(10)
+
+
+def cluster_ports(n: int) -> list[int]:
+    """Free ports whose cluster bus port (port + 10000) is a free port too."""
+    import random
+    import socket
+    chosen = []
+    while len(chosen) < n:
+        port = random.randint(20000, 55000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        if port not in chosen:
+            chosen.append(port)
+    return chosen
 
 
 def _wait_for_port(port: int, timeout: float = 10) -> None:

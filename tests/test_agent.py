@@ -11,12 +11,18 @@ class Exploding:
     async def process(self, raws):
         raise RuntimeError("tokenizer fell over")
 
+    async def published(self, result):
+        self.acknowledged = result
+
 class Fixed:
     def __init__(self, result):
         self.result = result
 
     async def process(self, raws):
         return self.result
+
+    async def published(self, result):
+        self.acknowledged = result
 
 def run_agent(pipeline, values):
     sent = {"dlq": [], "scores": [], "alerts": []}

@@ -44,9 +44,9 @@ class Live:
         assert result.returncode == 0, f"tecaflow {' '.join(args)} failed:\n{result.stderr[-3000:]}"
         return result
 
-    def start_worker(self, metrics_port: int) -> subprocess.Popen:
-        log = self.root / f"worker-{metrics_port}.log"
-        env = dict(self.env, TECAFLOW_METRICS_PORT=str(metrics_port))
+    def start_worker(self, metrics_port: int, **extra_env) -> subprocess.Popen:
+        log = self.root / f"worker-{metrics_port}-{len(self.workers)}.log"
+        env = dict(self.env, TECAFLOW_METRICS_PORT=str(metrics_port), **extra_env)
         proc = subprocess.Popen([*CLI, "worker"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                 cwd=self.root, start_new_session=True)
         self.workers.append((proc, metrics_port, log))
@@ -91,9 +91,9 @@ class Live:
         asyncio.run(send())
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    root = tmp_path_factory.mktemp("live")
+def launch(root: Path, **extra_env) -> Live:
+    """Train and export a small model, bring the embedded stack up on free ports (the settings
+    in `extra_env` win), and start one worker."""
     ds = load_dataset("synthetic", seed=0, n=600, cue_strength=1.5, max_frames=20)
     train(ds, TrainOptions(out=root / "ckpt", epochs=6, text_encoder="tiny", max_frames=20, progress=False,
                            patience=100, model_overrides=dict(encoder_layers=1, cross_layers=1, d_model=32, n_heads=4)))
@@ -109,11 +109,15 @@ def live(tmp_path_factory):
                TECAFLOW_TRITON_URL=f"127.0.0.1:{grpc}", TECAFLOW_SESSION_TIMEOUT_S="6",
                TECAFLOW_DETECT_REFERENCE="20", TECAFLOW_DETECT_RECENT="8", TECAFLOW_DETECT_Z="4", TECAFLOW_BATCH_WAIT_S="0.1",
                OMP_NUM_THREADS="1")
+    env.update({k: v.format(redis_port=redis_port) for k, v in extra_env.items()})
     system = Live(root, env)
     system.cli("stack", "up")
     system.ports = {"metrics": (m1, m2), "prometheus": prom, "grpc": grpc}
     system.start_worker(m1)
-    yield system
+    return system
+
+
+def shut_down(system: Live) -> None:
     for proc, _, _ in system.workers:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -121,7 +125,14 @@ def live(tmp_path_factory):
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-    subprocess.run([*CLI, "stack", "down"], env=env, cwd=root, timeout=60)
+    subprocess.run([*CLI, "stack", "down"], env=system.env, cwd=system.root, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    system = launch(tmp_path_factory.mktemp("live"))
+    yield system
+    shut_down(system)
 
 
 def ground_truth(live: Live, manifest: Path) -> dict[str, list[float]]:

@@ -104,3 +104,14 @@ def test_the_in_flight_gauge_is_reset_when_a_batch_fails(pipeline, monkeypatch):
     with pytest.raises(ZeroDivisionError):
         asyncio.run(pipeline.process([valid_bytes(stream="f", segment="f/1")]))
     assert metrics.IN_FLIGHT._value.get() == 0
+
+
+def test_an_alert_recorded_before_a_crash_is_published_by_the_next_batch(pipeline):
+    """The detector state and the alert were saved, the worker died before publishing: the
+    redelivered batch finds no new alert, but publishes the one in the outbox."""
+    pipeline.store.record_alert("o", {"stream_id": "o", "direction": "down", "magnitude": -2.0}, {"evaluated": 1})
+    result = asyncio.run(pipeline.process([valid_bytes(stream="o", segment="o/1")]))
+    assert [a["direction"] for a in result.alerts] == ["down"]
+    asyncio.run(pipeline.published(result))
+    again = asyncio.run(pipeline.process([valid_bytes(stream="o", segment="o/1")]))
+    assert again.alerts == []

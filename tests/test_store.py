@@ -78,3 +78,13 @@ def test_the_streams_of_one_batch_land_on_several_cluster_nodes(redis_cluster_ur
     nodes = {store.redis.get_node_from_key("tf:{" + s + "}:totals").name for s in streams}
     assert len(nodes) == 3
     assert sorted(s for s, _ in store.streams()) == sorted(streams)
+
+
+def test_an_alert_stays_in_the_outbox_until_it_is_marked_published(store):
+    store.record_alert("a", {"stream_id": "a", "direction": "down", "magnitude": -1.2}, {"evaluated": 9})
+    store.record_alert("a", {"stream_id": "a", "direction": "up", "magnitude": 1.1}, {"evaluated": 19})
+    pending = store.unpublished_alerts("a")
+    assert [a["direction"] for a in pending] == ["down", "up"]
+    assert [a["id"] for a in pending] == [a["id"] for a in reversed(store.alerts(stream="a"))]
+    store.mark_published(pending[:1])
+    assert [a["direction"] for a in store.unpublished_alerts("a")] == ["up"]
