@@ -88,12 +88,12 @@ async def score_segments(stream):
             log.exception("batch of %d failed; sent to %s as internal_error", len(raws), settings.topic_dlq)
             result = BatchResult(rejects=[Reject("internal_error", f"{type(e).__name__}: {e}", raw) for raw in raws])
         await deliver(outgoing(result, settings.dlq_keep_bytes), send)
+        if settings.webhook_url:  # best effort (failures are logged), but before the ack: a crash repeats it
+            for alert in result.alerts:
+                await post_webhook(settings.webhook_url, alert)
         await scorer.published(result)
         for event in events:
             await stream.ack(event)
-        if settings.webhook_url:
-            for alert in result.alerts:
-                await post_webhook(settings.webhook_url, alert)
 
 
 async def send(record: Outgoing):
