@@ -71,29 +71,40 @@ def warn_unless_durable(store, where: str) -> None:
 
 
 async def check_broker(settings: Settings, timeout: float = 10.0) -> None:
-    """Connect once with the worker's credentials and list topics: refusals stop the worker."""
-    from aiokafka.admin import AIOKafkaAdminClient
-    options = {"bootstrap_servers": settings.broker_servers(), "security_protocol": settings.broker_security,
-               "request_timeout_ms": int(timeout * 1000)}
-    if settings.broker_security in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = ssl.create_default_context(cafile=settings.ca_file or None)
-    if settings.broker_security.startswith("SASL"):
-        options.update(sasl_mechanism=settings.sasl_mechanism, sasl_plain_username=settings.sasl_username,
-                       sasl_plain_password=settings.sasl_password)
+    """Connect once with the worker's credentials, then list topics: refusals stop the worker."""
     where = f"the broker at {redact_url(settings.broker_url)}"
-    admin = AIOKafkaAdminClient(**options)
     try:
-        await asyncio.wait_for(_list_topics(admin), timeout)
+        await asyncio.wait_for(_connect_and_list(settings, timeout), timeout)
     except Exception as e:  # noqa: BLE001 - sorted into refused (fatal) and away (waited for)
         if refused(e):
             raise DependencyRefused(describe(e, f"{where} refused this worker (check TECAFLOW_BROKER_SECURITY "
                                                 f"and the SASL settings)")) from None
         log.warning("%s is not reachable yet (%s); the worker will wait for it", where, describe(e, "broker"))
+
+
+def _client_options(settings: Settings, timeout: float) -> dict:
+    options = {"security_protocol": settings.broker_security, "request_timeout_ms": int(timeout * 1000)}
+    if settings.broker_security in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl.create_default_context(cafile=settings.ca_file or None)
+    if settings.broker_security.startswith("SASL"):
+        options.update(sasl_mechanism=settings.sasl_mechanism, sasl_plain_username=settings.sasl_username,
+                       sasl_plain_password=settings.sasl_password)
+    return options
+
+
+async def _connect_and_list(settings: Settings, timeout: float) -> None:
+    """A bare connection first: the clients' bootstrap logs a SASL refusal and raises only
+    'unable to bootstrap', which would read as 'away'."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.conn import create_conn
+    options = _client_options(settings, timeout)
+    host, _, port = settings.broker_servers().split(",")[0].rpartition(":")
+    conn = await create_conn(host, int(port), **options)
+    conn.close()
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_servers(), **options)
+    try:
+        await admin.start()
+        await admin.list_topics()
     finally:
         with contextlib.suppress(Exception):  # closing a client that never connected may complain
             await admin.close()
-
-
-async def _list_topics(admin) -> None:
-    await admin.start()
-    await admin.list_topics()

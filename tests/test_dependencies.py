@@ -69,3 +69,29 @@ def test_tecaflow_trends_with_redis_down_says_one_line_and_exits_2(tmp_path):
                             timeout=120, cwd=tmp_path)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Connection refused" in result.stderr and ":pw@" not in result.stderr
+
+
+@pytest.mark.parametrize("error, stops", [
+    ("SaslAuthenticationFailed", True), ("UnsupportedSaslMechanismError", True),
+    ("TopicAuthorizationFailedError", True), ("KafkaConnectionError", False)])
+def test_a_broker_refusal_stops_and_absence_waits(monkeypatch, error, stops):
+    """The embedded broker (Tansu) closes the connection instead of answering a failed SASL
+    exchange with an error, so the refusal is raised here as Apache Kafka reports it."""
+    import asyncio
+
+    import aiokafka.conn
+    from aiokafka import errors
+
+    from stream.config import Settings
+    from stream.dependencies import check_broker
+
+    async def refuse(*args, **kwargs):
+        raise getattr(errors, error)()
+    monkeypatch.setattr(aiokafka.conn, "create_conn", refuse)
+    settings = Settings(broker_security="SASL_PLAINTEXT", sasl_username="u", sasl_password="sasl-s3cret")
+    if stops:
+        with pytest.raises(DependencyRefused) as caught:
+            asyncio.run(check_broker(settings))
+        assert error in str(caught.value) and "sasl-s3cret" not in str(caught.value)
+    else:
+        asyncio.run(check_broker(settings))
