@@ -114,9 +114,11 @@ class Soak:
     samples: list[dict] = field(default_factory=list)
 
     def pids(self, worker: subprocess.Popen) -> dict[str, int | None]:
-        run = self.stack.run_dir
-        read = lambda name: int((run / f"{name}.pid").read_text()) if (run / f"{name}.pid").exists() else None  # noqa: E731
-        return {"worker": worker.pid, "triton": read("triton"), "redis": read("redis")}
+        return {"worker": worker.pid, "triton": self.service_pid("triton"), "redis": self.service_pid("redis")}
+
+    def service_pid(self, name: str) -> int | None:
+        path = self.stack.run_dir / f"{name}.pid"
+        return int(path.read_text()) if path.exists() else None
 
     def sample(self, worker, elapsed: float, sent: Sent) -> dict:
         row = {"t_s": round(elapsed), **{f"{k}_rss_mb": round(tree_rss_mb(p), 1) for k, p in self.pids(worker).items()},
