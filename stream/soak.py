@@ -64,22 +64,21 @@ def tree_rss_mb(pid: int | None) -> float:
 
 
 async def consumer_lag(servers: str, topic: str) -> int:
+    """Messages of `topic` past the worker group's committed offsets. (OffsetFetch through the
+    group's coordinator: the admin client's version of it is one the embedded broker lacks.)"""
     from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
-    await admin.start()
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=GROUP, enable_auto_commit=False)
     await consumer.start()
     try:
-        committed = await admin.list_consumer_group_offsets(GROUP)
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []] or \
-            [tp for tp in committed if tp.topic == topic]
+        await consumer.topics()  # fetches the metadata partitions_for_topic reads
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         ends = await consumer.end_offsets(partitions)
-        return sum(end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
-                   for tp, end in ends.items())
+        lag = 0
+        for tp, end in ends.items():
+            lag += end - (await consumer.committed(tp) or 0)
+        return lag
     finally:
         await consumer.stop()
-        await admin.close()
 
 
 async def topic_size(servers: str, topic: str) -> int:
