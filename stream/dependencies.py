@@ -44,10 +44,12 @@ def describe(error: BaseException, what: str) -> str:
     return f"{what}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no detail'}"
 
 
-def check_redis(store, url: str) -> None:
-    """Raise DependencyRefused when Redis refuses this worker; only warn when it is away."""
+def check_redis(connect, url: str) -> None:
+    """Raise DependencyRefused when Redis refuses this worker; only warn when it is away.
+    `connect()` gives the store: a cluster client already talks to the cluster when it is made."""
     where = f"Redis at {redact_url(url)}"
     try:
+        store = connect()
         store.check_access()
     except Exception as e:  # noqa: BLE001 - sorted into refused (fatal) and away (waited for)
         if refused(e):

@@ -49,7 +49,7 @@ async def build_pipeline(settings: Settings) -> Pipeline:
     contract = await retry_forever(scorer.contract, "triton")
     log.info("model %s: widths %s, <= %d frames, <= %d tokens", settings.triton_model, contract.widths,
              contract.max_frames, contract.max_text_tokens)
-    store = store_for(settings)
+    store = await retry_forever(store_for, "redis", settings)  # a cluster client connects when made
     await retry_forever(store.ping, "redis")
     return Pipeline(scorer, store, find_tokenizer(settings), contract, settings.detector,
                     settings.max_text_chars, settings.max_future_s)
@@ -58,7 +58,7 @@ async def build_pipeline(settings: Settings) -> Pipeline:
 def check_dependencies(settings: Settings) -> None:
     """Refused credentials or permissions stop the worker now (DependencyRefused: one line, exit 2);
     an unreachable Redis or broker is only logged here and waited for once running."""
-    check_redis(store_for(settings), settings.redis_url)
+    check_redis(lambda: store_for(settings), settings.redis_url)
     loop = asyncio.new_event_loop()  # not the current loop: Faust sets up its own
     try:
         loop.run_until_complete(check_broker(settings))

@@ -32,20 +32,20 @@ def guarded_redis(tmp_path_factory):
 def test_refused_credentials_stop_the_check_with_the_password_hidden(guarded_redis, auth):
     url = f"redis://{auth}127.0.0.1:{guarded_redis}/0"
     with pytest.raises(DependencyRefused) as caught:
-        check_redis(TrendStore(url), url)
+        check_redis(lambda: TrendStore(url), url)
     message = str(caught.value)
     assert "refused this worker" in message and "wrong-password" not in message and "\n" not in message
 
 
 def test_the_right_password_passes(guarded_redis):
     url = f"redis://:{PASSWORD}@127.0.0.1:{guarded_redis}/0"
-    check_redis(TrendStore(url), url)
+    check_redis(lambda: TrendStore(url), url)
 
 
 def test_redis_away_is_not_a_refusal():
     port = free_ports(1)[0]
     url = f"redis://127.0.0.1:{port}/0"
-    check_redis(TrendStore(url), url)  # only logged: the worker waits for it
+    check_redis(lambda: TrendStore(url), url)  # only logged: the worker waits for it
     with pytest.raises(redis.ConnectionError) as caught:
         TrendStore(url).ping()
     assert not refused(caught.value)
@@ -95,3 +95,8 @@ def test_a_broker_refusal_stops_and_absence_waits(monkeypatch, error, stops):
         assert error in str(caught.value) and "sasl-s3cret" not in str(caught.value)
     else:
         asyncio.run(check_broker(settings))
+
+
+def test_a_redis_cluster_that_is_away_is_not_a_refusal():
+    url = f"redis+cluster://127.0.0.1:{free_ports(1)[0]}"
+    check_redis(lambda: TrendStore(url), url)  # the client fails as it is made: still only logged
