@@ -151,7 +151,7 @@ def load_overview(store: TrendStore, now: float, query: str = "", sort: str = "r
     rows = sort_rows(rows, sort)
     return Overview(rows=rows[on_page] if sort == "change" else rows, matching=len(matching),
                     total_streams=len(index), segments_per_minute=in_rate / (len(rate) * resolution / 60),
-                    alerts_last_hour=store.alerts_since(now - 3600), resolution=resolution, pages=pages)
+                    alerts_last_hour=store.alerts_since(now - 3600, index), resolution=resolution, pages=pages)
 
 
 def with_ewma(buckets: list[dict], alpha: float) -> list[dict]:

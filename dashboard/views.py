@@ -219,7 +219,7 @@ def alerts_feed(alerts: list[dict], tz: ZoneInfo, on_open) -> None:
         with st.container(border=True):
             left, right = st.columns([6, 1])
             left.text(alert_line(alert, tz))
-            if right.button("open", key=f"open-{alert.get('id', alert['event_time'])}",
+            if right.button("open", key=f"open-{alert['stream_id']}-{alert.get('id', alert['event_time'])}",
                             help="show this stream around the alert"):
                 on_open(alert["stream_id"], alert["event_time"])
 

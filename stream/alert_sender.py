@@ -12,6 +12,7 @@ import asyncio
 import logging
 
 from stream import metrics
+from stream.config import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ class AlertSender:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - any receiver failure: retry, then give up
-                log.warning("alert webhook to %s failed (attempt %d of %d): %s", self.url, attempt, self.attempts, e)
+                log.warning("alert webhook to %s failed (attempt %d of %d): %s", redact_url(self.url), attempt,
+                            self.attempts, str(e).replace(self.url, redact_url(self.url)))
                 if attempt < self.attempts:
                     await asyncio.sleep(delay)
                     delay = min(self.max_delay_s, delay * 2)

@@ -5,10 +5,11 @@
                                                    Triton, Redis
 
 Per-stream order holds because producers key by stream_id and a partition is consumed by one
-worker at a time. A micro-batch's offsets are acked when the agent asks for the next batch,
-i.e. only after Redis holds its results (at-least-once); Redis writes are idempotent per
+worker at a time. A micro-batch's offsets are acked by the agent only after Redis holds its results
+and the broker holds its outcomes (at-least-once); Redis writes are idempotent per
 segment_id, so a redelivered batch is never counted twice. The agent never lets an input error
-escape (faust-streaming#315): bad messages go to the dead-letter topic.
+escape (faust-streaming#315): bad messages go to the dead-letter topic. Every outcome (DLQ
+record, score, alert) is delivered before the batch is acked (stream/publish.py).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from stream.alert_sender import AlertSender
 from stream.config import Settings
 from stream.lag import LagTracker
 from stream.pipeline import BatchResult, Reject
+from stream.publish import Outgoing, deliver, outgoing
 
 log = logging.getLogger("tecaflow.worker")
 settings = Settings.from_env()
@@ -51,6 +53,10 @@ app = faust.App(
     value_serializer="raw",
     web_enabled=False,  # metrics have their own port (prometheus_client); nothing else is served
     consumer_auto_offset_reset="earliest",
+    # Stopping does not wait for in-flight batches to be acked: one whose outcomes cannot be
+    # published yet would hold the stop forever. Unacked, it is committed by no one and comes
+    # back after the restart (stream/publish.py).
+    stream_wait_empty=False,
     datadir=f"{settings.run_dir}/faust",
 )
 
@@ -77,7 +83,9 @@ async def pipeline():
 
 @app.agent(segments_topic)
 async def score_segments(stream):
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
+    # noack_take: a batch is acknowledged by us, after all its outcomes are delivered. take_events
+    # would ack it in a `finally`, even when the agent is cancelled or fails half-way through.
+    async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
         raws = [event.value for event in events]
         scorer = await pipeline()  # waits for Triton and Redis; run_worker checked the rest
         try:
@@ -85,16 +93,19 @@ async def score_segments(stream):
         except Exception as e:  # a bug, not bad input: park the batch in the DLQ, keep running
             log.exception("batch of %d failed; sent to %s as internal_error", len(raws), settings.topic_dlq)
             result = BatchResult(rejects=[Reject("internal_error", f"{type(e).__name__}: {e}", raw) for raw in raws])
-        for reject in result.rejects:
-            await dlq_topic.send(value=reject.message(), headers=reject.headers())
-        for score in result.scores:
-            await scores_topic.send(key=score["stream_id"], value=score)
-        for alert in result.alerts:
-            await alerts_topic.send(key=alert["stream_id"], value=alert)
-            if sender:
+        await deliver(outgoing(result, settings.dlq_keep_bytes), send)
+        await scorer.published(result)
+        if sender:
+            for alert in result.alerts:
                 sender.offer(alert)
         for event in events:
+            await stream.ack(event)
             lag.processed(event.message.tp, event.message.offset)
+
+
+async def send(record: Outgoing):
+    topic = {"dlq": dlq_topic, "scores": scores_topic, "alerts": alerts_topic}[record.topic]
+    return await topic.send(key=record.key, value=record.value, headers=record.headers)
 
 
 @app.task

@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_dashboard)
     register_alerting(sub, bench_sub)
+    register_soak(bench_sub)
     return parser
 
 
@@ -168,6 +169,30 @@ def cmd_backtest(args) -> int:
         print(f"plot: {bt.plot(scores, shifts, alerts, args.plot, args.out)}", file=sys.stderr)
     print(json.dumps(result, indent=2) if args.json else bt.format_report(result))
     return 0
+
+
+def register_soak(bench_sub) -> None:
+    p = bench_sub.add_parser("soak", help="a steady replay with malformed messages through the embedded stack: "
+                                          "memory, lag, lost and doubled segments")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--rate", type=float, default=20.0, help="messages per second")
+    p.add_argument("--streams", type=int, default=8)
+    p.add_argument("--bad-share", type=float, default=0.05, help="share of malformed messages")
+    p.add_argument("--every", type=float, default=60.0, help="seconds between samples")
+    p.add_argument("--repo", type=Path, default=Path(os.environ.get("TECAFLOW_MODEL_REPO", "model_repo")))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_soak)
+
+
+def cmd_bench_soak(args) -> int:
+    import json
+
+    from stream.soak import format_report, run_soak
+    if args.minutes <= 0 or args.rate <= 0 or args.streams < 1 or not 0 <= args.bad_share < 0.5:
+        raise ValueError("--minutes, --rate must be > 0, --streams >= 1, --bad-share in [0, 0.5)")
+    result = run_soak(args.repo, args.minutes, args.rate, args.streams, args.bad_share, args.every)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0 if result["lost"] == result["doubled"] == 0 else 1
 
 
 def cmd_stack(args) -> int:
@@ -327,12 +352,37 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) + dependency_errors() as e:
         if os.environ.get("TECAFLOW_DEBUG"):
             raise
-        print(f"tecaflow {args.command}: error: {e}", file=sys.stderr)
+        print(f"tecaflow {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
 
+
+def dependency_errors() -> tuple[type[BaseException], ...]:
+    """What Redis, the broker or Triton raise when they are away or refuse us: one line, exit 2."""
+    from tritonclient.utils import InferenceServerException
+
+    from stream.dependencies import DEPENDENCY_ERRORS
+    return DEPENDENCY_ERRORS + (InferenceServerException,)
+
+
+def one_line(error: BaseException) -> str:
+    """What to print: a dependency's failure as one line naming it (its traceback says nothing
+    an operator can act on), and never a configured secret (a URL can sit in a message)."""
+    from stream.config import redact_url
+    text = str(error) or type(error).__name__
+    if isinstance(error, dependency_errors()) or type(error).__module__.startswith("aiokafka"):
+        redis_at = f"Redis at {redact_url(os.environ.get('TECAFLOW_REDIS_URL', 'redis://127.0.0.1:6379/0'))}"
+        which = {"redis": redis_at, "aiokafka": "the broker", "tritonclient": "Triton"}.get(
+            type(error).__module__.split(".")[0], "a dependency")
+        text = f"{which} failed ({type(error).__name__}): {text.strip().splitlines()[0]}"
+    for var in ("TECAFLOW_REDIS_URL", "TECAFLOW_WEBHOOK_URL", "TECAFLOW_BROKER_URL"):
+        value = os.environ.get(var)
+        if value:
+            text = text.replace(value, redact_url(value))
+    password = os.environ.get("TECAFLOW_BROKER_SASL_PASSWORD")
+    return text.replace(password, "***") if password else text
 
 if __name__ == "__main__":
     sys.exit(main())

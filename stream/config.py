@@ -8,7 +8,7 @@
 | TECAFLOW_BROKER_SASL_MECHANISM | PLAIN | PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 |
 | TECAFLOW_BROKER_SASL_USERNAME / _PASSWORD | (empty) | SASL credentials |
 | TECAFLOW_BROKER_CA_FILE | (empty) | CA bundle for SSL |
-| TECAFLOW_REDIS_URL | redis://127.0.0.1:6379/0 | Redis URL (redis://:password@host:port/db, rediss:// for TLS) |
+| TECAFLOW_REDIS_URL | redis://127.0.0.1:6379/0 | Redis URL (redis://:password@host:port/db, rediss:// for TLS, redis+cluster://:password@host:port for a Redis Cluster, any node); the password is never printed |
 | TECAFLOW_TRITON_URL | 127.0.0.1:8001 | Triton gRPC address |
 | TECAFLOW_TRITON_MODEL | tecafn | model name in the repository |
 | TECAFLOW_TOPIC_SEGMENTS / _SCORES / _ALERTS / _DLQ | segments / scores / alerts / segments-dlq | topic names |
@@ -29,8 +29,9 @@
 | TECAFLOW_ALERT_MIN_SHIFT | 0.5 | smallest change of a stream's mean score worth an alert (score units) |
 | TECAFLOW_ALERT_FALSE_ALARMS_PER_10K | 1 | false alarms accepted per 10,000 steady segments of a stream; sets the threshold |
 | TECAFLOW_ALERT_WARMUP | 100 | segments a stream needs (at start, and after each alert) before it is watched |
-| TECAFLOW_WEBHOOK_URL | (empty) | Slack-compatible webhook for alerts |
+| TECAFLOW_WEBHOOK_URL | (empty) | Slack-compatible webhook for alerts (a secret: never printed) |
 | TECAFLOW_WEBHOOK_QUEUE | 1000 | alerts waiting for the webhook at most; beyond it the oldest are dropped (counted) |
+| TECAFLOW_DLQ_KEEP_BYTES | 65536 | bytes of an oversized original kept in its DLQ record (with its length and sha256); keep it well below the broker's message size limit (1 MB producer requests, and base64 adds a third) |
 | TECAFLOW_MODEL_REPO | model_repo | where `stack up` serves models from, and the worker finds the tokenizer |
 | TECAFLOW_TOKENIZER | (newest version's) | tokenizer directory, when the model repository is not on this host |
 | TECAFLOW_BROKER_PORT, _REDIS_PORT, _TRITON_HTTP_PORT, _TRITON_GRPC_PORT, _TRITON_METRICS_PORT, _PROMETHEUS_PORT | 9092, 6379, 8000, 8001, 8002, 9090 | ports of the embedded stack |
@@ -43,11 +44,41 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
+from urllib.parse import urlsplit, urlunsplit
 
 
 class ConfigError(ValueError):
     pass
+
+
+HIDDEN = "***"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its secrets hidden, for logs, errors and screens: the password
+    (redis://:***@host:6379/0), the query, and a path that is more than a database number
+    (a webhook's token: https://hooks.slack.com/***). Host, port and user stay readable."""
+    if "://" not in url:  # host:port, as in broker lists
+        return HIDDEN if "@" in url else url
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return HIDDEN  # not parseable: nothing of it is safe to show
+    query = HIDDEN if parts.query else ""
+    if host is None:  # unix:///path/redis.sock: the path is no secret
+        return f"{parts.scheme}://{parts.path}" + (f"?{query}" if query else "")
+    netloc = host if ":" not in host else f"[{host}]"
+    if port is not None:
+        netloc += f":{port}"
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:{HIDDEN}@{netloc}"
+    elif parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    path = parts.path if re.fullmatch(r"/?\d*", parts.path) else "/" + HIDDEN
+    return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 
 def _env(name: str, default: str) -> str:
@@ -80,21 +111,6 @@ def _timezone(name: str) -> str:
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"TECAFLOW_TIMEZONE={name!r} is not a known time zone (try UTC or Europe/Paris)") from None
     return name
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password (and query string, which may carry tokens) replaced by ***."""
-    from urllib.parse import urlsplit, urlunsplit
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None or "@" in netloc:
-            user = parts.username or ""
-            host = netloc.rsplit("@", 1)[1]
-            netloc = f"{user}:***@{host}" if parts.password is not None else f"***@{host}"
-        return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
-    except ValueError:
-        return "***"
 
 
 @dataclass(frozen=True)
@@ -153,6 +169,7 @@ class Settings:
     dashboard_page_size: int = 50
     timezone: str = "UTC"
     webhook_queue: int = 1000
+    dlq_keep_bytes: int = 65536
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -172,8 +189,9 @@ class Settings:
         if not 0 < alpha <= 1:
             raise ConfigError(f"TECAFLOW_EWMA_ALPHA={alpha} must be in (0, 1]")
         redis_url = _env("TECAFLOW_REDIS_URL", cls.redis_url)
-        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"TECAFLOW_REDIS_URL={redis_url!r} must start with redis://, rediss:// or unix://")
+        if not redis_url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")):
+            raise ConfigError(f"TECAFLOW_REDIS_URL={redact_url(redis_url)!r} must start with redis://, rediss://, "
+                              f"unix://, redis+cluster:// or rediss+cluster://")
         return cls(
             run_dir=_env("TECAFLOW_RUN_DIR", cls.run_dir),
             broker_url=_env("TECAFLOW_BROKER_URL", cls.broker_url),
@@ -211,12 +229,14 @@ class Settings:
             dashboard_page_size=_int("TECAFLOW_DASHBOARD_PAGE_SIZE", 50, 1),
             timezone=_timezone(_env("TECAFLOW_TIMEZONE", cls.timezone)),
             webhook_queue=_int("TECAFLOW_WEBHOOK_QUEUE", 1000, 1),
+            dlq_keep_bytes=_int("TECAFLOW_DLQ_KEEP_BYTES", 65536, 0),
         )
 
     def broker_servers(self) -> str:
         return ",".join(s.strip().removeprefix("kafka://") for s in self.broker_url.split(","))
 
     def describe(self) -> str:
-        hidden = {"sasl_password"}
-        return ", ".join(f"{f.name}={'***' if f.name in hidden and getattr(self, f.name) else getattr(self, f.name)}"
-                         for f in fields(self))
+        """Every setting, for the log: passwords hidden, URLs through redact_url."""
+        shown = {"sasl_password": lambda v: HIDDEN if v else v, "redis_url": redact_url,
+                 "webhook_url": redact_url, "broker_url": lambda v: ",".join(map(redact_url, v.split(",")))}
+        return ", ".join(f"{f.name}={shown.get(f.name, lambda v: v)(getattr(self, f.name))}" for f in fields(self))

@@ -12,6 +12,8 @@ the process stays up. Input problems never raise.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import logging
 import time
@@ -27,6 +29,9 @@ from stream.triton_client import ModelContract, batch_inputs
 log = logging.getLogger(__name__)
 
 
+DLQ_KEEP_BYTES = 65536  # of an oversized original: base64 and JSON keep the record far below 1 MB
+
+
 @dataclass
 class Reject:
     reason: str
@@ -36,11 +41,16 @@ class Reject:
     def headers(self) -> dict[str, bytes]:
         return {"tecaflow-reason": self.reason.encode(), "tecaflow-detail": self.detail.encode()[:1000]}
 
-    def message(self) -> bytes:
-        """DLQ value: the reason, the detail and the original bytes (base64), as JSON."""
-        import base64
-        return json.dumps({"reason": self.reason, "detail": self.detail,
-                           "original": base64.b64encode(self.raw or b"").decode()}).encode()
+    def message(self, keep_bytes: int = DLQ_KEEP_BYTES) -> bytes:
+        """DLQ value: the reason, the detail and the original bytes (base64), as JSON. An original
+        over `keep_bytes` keeps only its first `keep_bytes`, with the length and sha256 of the
+        whole, so that the record always fits the producer's limit and still identifies it."""
+        raw = self.raw or b""
+        body = {"reason": self.reason, "detail": self.detail[:1000],
+                "original": base64.b64encode(raw[:keep_bytes]).decode()}
+        if len(raw) > keep_bytes:
+            body.update(truncated=True, original_length=len(raw), original_sha256=hashlib.sha256(raw).hexdigest())
+        return json.dumps(body).encode()
 
 
 @dataclass
@@ -95,8 +105,9 @@ class Pipeline:
                              max_text_chars=max_text_chars, max_future_s=max_future_s)
 
     def decode(self, raws: list[bytes], result: BatchResult) -> list[tuple[Segment, bytes]]:
-        """Valid segments; rejects go to `result`. Repeated segment_ids (in this batch or
-        earlier) are the store's to judge: its script is applied in order, one segment at a time."""
+        """Valid segments; rejects go to `result` (decode_segment raises nothing but Rejected, so
+        one message can only reject itself). Repeated segment_ids (in this batch or earlier) are
+        the store's to judge: its script is applied in order, one segment at a time."""
         good = []
         for raw in raws:
             try:
@@ -112,9 +123,15 @@ class Pipeline:
         return batch_inputs(enc["input_ids"], enc["attention_mask"], frames, self.contract)
 
     async def process(self, raws: list[bytes]) -> BatchResult:
-        result = BatchResult()
         metrics.CONSUMED.inc(len(raws))
         metrics.IN_FLIGHT.set(len(raws))
+        try:
+            return await self._process(raws)
+        finally:
+            metrics.IN_FLIGHT.set(0)
+
+    async def _process(self, raws: list[bytes]) -> BatchResult:
+        result = BatchResult()
         good = self.decode(raws, result)
         if good:
             segments = [s for s, _ in good]
@@ -130,25 +147,32 @@ class Pipeline:
             touched: dict[str, None] = {}
             for (segment, raw), score, outcome in zip(good, scores, outcomes):
                 touched[segment.stream_id] = None
-                if outcome == "dup":
-                    result.duplicates += 1
-                    continue
                 if outcome == "conflict":
                     result.rejects.append(Reject("conflicting_duplicate",
                                                  f"segment_id {segment.segment_id} was recorded with other content",
                                                  raw))
                     continue
-                metrics.SCORED.inc()
-                metrics.END_TO_END.observe(max(0.0, time.time() - segment.event_time))
+                if outcome == "dup":
+                    result.duplicates += 1
+                else:
+                    metrics.SCORED.inc()
+                    metrics.END_TO_END.observe(max(0.0, time.time() - segment.event_time))
+                # A repeat is published again: its first publication may be the one a crash lost.
                 result.scores.append({"stream_id": segment.stream_id, "segment_id": segment.segment_id,
                                       "event_time": segment.event_time, "score": score})
             for stream in touched:  # redelivered batches too: the detector resumes where it stopped
-                result.alerts += await retry_forever(self.detect, "redis", stream)
+                await retry_forever(self.detect, "redis", stream)
+                # what it found now, and what it found before a crash that came before publishing
+                result.alerts += await retry_forever(self.store.unpublished_alerts, "redis", stream)
         metrics.DUPLICATES.inc(result.duplicates)
         for r in result.rejects:
             metrics.REJECTED.labels(r.reason).inc()
-        metrics.IN_FLIGHT.set(0)
         return result
+
+    async def published(self, result: BatchResult) -> None:
+        """The agent has delivered every outcome of `result`: its alerts leave the outbox."""
+        if result.alerts:
+            await retry_forever(self.store.mark_published, "redis", result.alerts)
 
     def detect(self, stream: str) -> list[dict]:
         totals = self.store.totals(stream)

@@ -14,6 +14,12 @@ readable from any language; no pickle, no eval):
 
 Every rejection says why (`Rejected.reason` is a short machine-readable code, `detail` is for
 people). Checks that need the model (feature widths, frame limits) take a `Limits`.
+
+Decoding is total: whatever the bytes, `decode_segment` returns a Segment or raises Rejected,
+never anything else, so one hostile message can only ever reject itself, never its batch.
+Ambiguous input is refused rather than read one way: duplicate keys (`duplicate_key`; parsers
+disagree on which one wins), ids that look like paths (`bad_id`: `..`, `/etc/x`, `a//b`), text
+that is not encodable as UTF-8 (`bad_text`: lone surrogate escapes).
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ REQUIRED = ("v", "stream_id", "segment_id", "event_time", "text", "audio", "visu
 OPTIONAL = ("meta",)
 MAX_META_BYTES = 4096
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_DEPTH = 16  # a valid message nests 3 levels; meta gets the rest
 EARLIEST_EVENT_TIME = 946684800.0  # 2000-01-01: anything older is a unit mistake (ms, or 0)
 
 
@@ -83,7 +90,18 @@ def encode_segment(stream_id: str, segment_id: str, event_time: float, text: str
 
 
 def decode_segment(raw: bytes, limits: Limits, now: float | None = None) -> Segment:
-    """Parse and validate one message; raise Rejected with the first problem found."""
+    """Parse and validate one message; raise Rejected with the first problem found, and only Rejected."""
+    try:
+        return _decode(raw, limits, now)
+    except Rejected:
+        raise
+    except RecursionError:
+        raise Rejected("too_deep", f"nested deeper than Python can parse (limit {MAX_DEPTH})") from None
+    except Exception as e:  # noqa: BLE001 - a check we did not foresee must still only reject this message
+        raise Rejected("undecodable", f"{type(e).__name__}: {str(e)[:200]}") from None
+
+
+def _decode(raw: bytes, limits: Limits, now: float | None) -> Segment:
     if not isinstance(raw, (bytes, bytearray)):
         raise Rejected("not_bytes", f"message value is {type(raw).__name__}, not bytes")
     if len(raw) > MAX_MESSAGE_BYTES:
@@ -93,9 +111,13 @@ def decode_segment(raw: bytes, limits: Limits, now: float | None = None) -> Segm
     except UnicodeDecodeError as e:
         raise Rejected("undecodable", f"not UTF-8 ({e.reason} at byte {e.start})") from None
     try:
-        message = json.loads(text, parse_constant=_no_constants)
+        message = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_unique_keys)
+    except Rejected:
+        raise
     except (json.JSONDecodeError, ValueError) as e:
-        raise Rejected("undecodable", f"not JSON ({e})") from None
+        raise Rejected("undecodable", f"not JSON ({str(e)[:200]})") from None
+    if _depth_exceeds(message, MAX_DEPTH):
+        raise Rejected("too_deep", f"nested deeper than {MAX_DEPTH} levels")
     if not isinstance(message, dict):
         raise Rejected("not_an_object", f"top level is {type(message).__name__}, not an object")
     missing = [k for k in REQUIRED if k not in message]
@@ -116,11 +138,13 @@ def decode_segment(raw: bytes, limits: Limits, now: float | None = None) -> Segm
         raise Rejected("text_too_long", f"{len(transcript)} characters > {limits.max_text_chars}")
     if "\x00" in transcript:
         raise Rejected("bad_text", "text contains NUL characters")
+    _require_utf8(transcript, "text")
     audio = _frames(message["audio"], "audio", limits)
     visual = _frames(message["visual"], "visual", limits)
     meta = message.get("meta", {})
     if not isinstance(meta, dict):
         raise Rejected("wrong_type", f"meta is {type(meta).__name__}, not an object")
+    _require_utf8(json.dumps(meta, ensure_ascii=False), "meta")
     meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
     if len(meta_bytes) > MAX_META_BYTES:
         raise Rejected("meta_too_large", f"meta is {len(meta_bytes)} bytes > {MAX_META_BYTES}")
@@ -136,6 +160,43 @@ def _no_constants(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """JSON objects with a key twice are refused: parsers disagree on which value wins."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise Rejected("duplicate_key", f"key {repeated[:40]!r} appears more than once in one object")
+    return result
+
+
+def _depth_exceeds(value, limit: int) -> bool:
+    """Iterative, so that measuring a hostile document cannot itself overflow the stack."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in item)
+    return False
+
+
+def _require_utf8(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise Rejected("bad_text", f"{what} holds {text[e.start:e.end]!a}, which is not encodable as UTF-8 "
+                                   f"(a lone surrogate escape)") from None
+
+
+def _path_like(value: str) -> bool:
+    """Ids end up in keys, file names and URLs: no absolute, empty, '.' or '..' path components."""
+    return value.startswith("/") or value.endswith("/") or any(p in ("", ".", "..") for p in value.split("/"))
+
+
 def _identifier(message: dict, key: str, max_len: int) -> str:
     value = message[key]
     if not isinstance(value, str):
@@ -145,14 +206,20 @@ def _identifier(message: dict, key: str, max_len: int) -> str:
     if len(value) > max_len:
         raise Rejected("bad_id", f"{key} is {len(value)} characters > {max_len}")
     if not ID_PATTERN.fullmatch(value):
-        raise Rejected("bad_id", f"{key} {value[:40]!r} has characters outside [A-Za-z0-9._:@/-]")
+        raise Rejected("bad_id", f"{key} {value[:40]!a} has characters outside [A-Za-z0-9._:@/-]")
+    if _path_like(value):
+        raise Rejected("bad_id", f"{key} {value[:40]!r} looks like a path (leading or trailing '/', '//', "
+                                 f"'.' or '..' parts)")
     return value
 
 
 def _event_time(value, limits: Limits, now: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Rejected("wrong_type", f"event_time is {type(value).__name__}, not a number of unix seconds")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise Rejected("bad_timestamp", f"event_time is an integer of {value.bit_length()} bits, out of range") from None
     if not math.isfinite(value):
         raise Rejected("bad_timestamp", "event_time is not finite")
     if value < EARLIEST_EVENT_TIME:

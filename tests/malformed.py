@@ -89,6 +89,27 @@ def catalogue(max_frames: int = MAX_FRAMES) -> list[tuple[str, bytes, str]]:
          "non_finite"),
         ("meta list", _with("ml", meta=[1, 2]), "wrong_type"),
         ("meta too large", _with("mt", meta={"blob": "x" * 5000}), "meta_too_large"),
+    ] + hostile(max_frames)
+
+
+def hostile(max_frames: int = MAX_FRAMES) -> list[tuple[str, bytes, str]]:
+    """Messages that once escaped the decoder as exceptions or were read ambiguously (issue 12)."""
+    good = valid_bytes(segment="bad/hostile")
+    return [
+        ("nested 10000 deep", b'{"meta": ' + b"[" * 10000 + b"]" * 10000 + b"}", "too_deep"),
+        ("meta nested 40 deep", _with("md", meta={"a": json.loads("[" * 40 + "]" * 40)}), "too_deep"),
+        ("lone surrogate in text", good.replace(b'"text": "the movie', b'"text": "\\ud800the movie'), "bad_text"),
+        ("lone surrogate in meta", _with("lsm", meta={"k": "\ud800"}), "bad_text"),
+        ("event_time of 400 digits", _with("eth", event_time=10**400), "bad_timestamp"),
+        ("duplicate key", good.replace(b'"text": ', b'"text": "first", "text": '), "duplicate_key"),
+        ("duplicate key in frames", _with("dkf").replace(b'"shape": ', b'"shape": [1, 5], "shape": ', 1),
+         "duplicate_key"),
+        ("stream_id ..", _with("dd", stream_id=".."), "bad_id"),
+        ("stream_id ../../x", _with("ddx", stream_id="../../x"), "bad_id"),
+        ("stream_id /etc/x", _with("abs", stream_id="/etc/x"), "bad_id"),
+        ("stream_id a//b", _with("dsl", stream_id="a//b"), "bad_id"),
+        ("segment_id x/./y", _with("dot", segment_id="x/./y"), "bad_id"),
+        ("segment_id trailing /", _with("ts", segment_id="x/"), "bad_id"),
     ]
 
 

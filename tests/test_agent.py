@@ -11,6 +11,9 @@ class Exploding:
     async def process(self, raws):
         raise RuntimeError("tokenizer fell over")
 
+    async def published(self, result):
+        self.acknowledged = result
+
 class Fixed:
     def __init__(self, result):
         self.result = result
@@ -18,12 +21,18 @@ class Fixed:
     async def process(self, raws):
         return self.result
 
+    async def published(self, result):
+        self.acknowledged = result
+
 def run_agent(pipeline, values):
     sent = {"dlq": [], "scores": [], "alerts": []}
 
     def recorder(name):
         async def send(**kw):
             sent[name].append(kw)
+            delivered = asyncio.get_running_loop().create_future()
+            delivered.set_result(None)
+            return delivered
         return send
 
     async def go():
@@ -50,6 +59,6 @@ def test_results_go_to_their_topics_keyed_by_stream():
                          rejects=[Reject("wrong_width", "audio width 6", b"raw")],
                          alerts=[{"stream_id": "s1", "direction": "down"}])
     sent = run_agent(Fixed(result), [b"x"])
-    assert sent["scores"] == [{"key": "s1", "value": result.scores[0]}]
-    assert sent["alerts"] == [{"key": "s1", "value": result.alerts[0]}]
+    assert sent["scores"] == [{"key": "s1", "value": result.scores[0], "headers": None}]
+    assert sent["alerts"] == [{"key": "s1", "value": result.alerts[0], "headers": None}]
     assert sent["dlq"][0]["headers"]["tecaflow-reason"] == b"wrong_width"

@@ -62,3 +62,33 @@ def test_dashboard_settings_and_url_redaction(monkeypatch):
     assert redact_url("rediss://dash:hunter2@h:6380/1") == "rediss://dash:***@h:6380/1"
     assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     assert "tok3n" not in redact_url("https://hooks.example/x?token=tok3n")
+@pytest.mark.parametrize("url, shown", [
+    ("redis://:s3cret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+    ("rediss://user:s3cret@redis.example:6380/2", "rediss://user:***@redis.example:6380/2"),
+    ("redis+cluster://:s3cret@10.0.0.1:7000", "redis+cluster://:***@10.0.0.1:7000"),
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ("https://hooks.slack.com/services/T0/B0/s3cret", "https://hooks.slack.com/***"),
+    ("http://127.0.0.1:8080/hook?token=s3cret", "http://127.0.0.1:8080/***?***"),
+    ("unix:///run/redis.sock?password=s3cret", "unix:///run/redis.sock?***"),
+    ("127.0.0.1:9092", "127.0.0.1:9092"),
+    ("user:s3cret@broker:9092", "***"),
+])
+def test_redact_url_hides_secrets_and_keeps_the_address(url, shown):
+    from stream.config import redact_url
+    assert redact_url(url) == shown
+
+
+def test_describe_prints_no_credential(monkeypatch):
+    monkeypatch.setenv("TECAFLOW_REDIS_URL", "redis://:redis-s3cret@127.0.0.1:6379/0")
+    monkeypatch.setenv("TECAFLOW_WEBHOOK_URL", "https://hooks.slack.com/services/T0/B0/hook-s3cret")
+    monkeypatch.setenv("TECAFLOW_BROKER_SASL_PASSWORD", "sasl-s3cret")
+    text = Settings.from_env().describe()
+    assert "s3cret" not in text
+    assert "redis_url=redis://:***@127.0.0.1:6379/0" in text and "webhook_url=https://hooks.slack.com/***" in text
+
+
+def test_a_bad_redis_url_is_named_without_its_password(monkeypatch):
+    monkeypatch.setenv("TECAFLOW_REDIS_URL", "http://:s3cret@host:6379")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env()
+    assert "s3cret" not in str(caught.value) and "redis+cluster://" in str(caught.value)

@@ -11,6 +11,7 @@ from stream.schema import encode_segment
 from stream.store import TrendStore
 from stream.triton_client import ModelContract
 from tests.malformed import MAX_FRAMES, catalogue, conflicting_pair, valid_bytes
+from tests.malformed import hostile as hostile_cases
 from trainer.text_encoder import load_tokenizer
 
 CONTRACT = ModelContract(inputs=("input_ids", "attention_mask", "audio", "audio_lengths", "visual", "visual_lengths"),
@@ -44,14 +45,16 @@ def test_good_bad_and_duplicate_messages_in_one_batch(pipeline):
     good = [valid_bytes(stream="p", segment=f"p/{i}", frames=1 + i % 4) for i in range(5)]
     bad = [raw for _, raw, _ in catalogue()[:6]]
     result = asyncio.run(pipeline.process(good + bad + [good[0]]))
-    assert len(result.scores) == 5 and len(result.rejects) == 6 and result.duplicates == 1
+    # the repeat of good[0] is published again (its first publication may be one a crash lost)
+    assert len(result.scores) == 6 and len(result.rejects) == 6 and result.duplicates == 1
     assert pipeline.store.totals("p")["count"] == 5
     assert [r.raw for r in result.rejects] == bad  # the original bytes travel to the DLQ
     # one Triton call for the batch's 6 valid messages; the store, not the decoder, spots the repeat
     assert len(pipeline.scorer.batches) == 1 and pipeline.scorer.batches[0]["input_ids"].shape[0] == 6
     # a redelivery of the whole batch records nothing twice
     again = asyncio.run(pipeline.process(good))
-    assert again.scores == [] and again.duplicates == 5 and pipeline.store.totals("p")["count"] == 5
+    assert again.duplicates == 5 and pipeline.store.totals("p")["count"] == 5
+    assert [s["segment_id"] for s in again.scores] == [f"p/{i}" for i in range(5)]
 
 
 def test_conflicting_duplicate_goes_to_the_dlq(pipeline):
@@ -93,22 +96,56 @@ def test_a_redelivered_batch_raises_no_duplicate_alert(pipeline):
     values = np.concatenate([rng.normal(0, 0.5, 200), rng.normal(2.0, 0.5, 60)])
     batches = [[scored("r", i, v) for i, v in enumerate(values)][k:k + 20] for k in range(0, len(values), 20)]
     store = pipeline.store
+
+    def run(batch):  # as the agent does: process, publish the outcomes, ack
+        result = asyncio.run(pipeline.process(batch))
+        asyncio.run(pipeline.published(result))
+        return result.alerts
     alerts, snapshots = [], []
     for batch in batches:
-        snapshots.append((store.detector_state("r"), store.redis.xlen("tf:alerts")))
-        new = asyncio.run(pipeline.process(batch)).alerts
+        snapshots.append((store.detector_state("r"), store.redis.xlen("tf:{r}:alerts")))
+        new = run(batch)
         alerts += [(len(snapshots) - 1, a) for a in new]
-    assert [a["direction"] for _, a in alerts] == ["up"] and store.redis.xlen("tf:alerts") == 1
+    assert [a["direction"] for _, a in alerts] == ["up"] and store.redis.xlen("tf:{r}:alerts") == 1
     k, alert = alerts[0]
     assert alert["change_point"]["event_time"] >= 1764000000.0 + 190
 
-    assert asyncio.run(pipeline.process(batches[k])).alerts == []  # plain redelivery
-    assert store.redis.xlen("tf:alerts") == 1
+    assert run(batches[k]) == []  # plain redelivery
+    assert store.redis.xlen("tf:{r}:alerts") == 1
 
     # roll back to just before the detector saw batch k, as a crash there would leave Redis
     state, _ = snapshots[k]
-    store.redis.delete("tf:{r}:detector", "tf:alerts")
+    store.redis.delete("tf:{r}:detector", "tf:{r}:alerts", "tf:{r}:outbox")
     store.save_detector_state("r", state)
-    again = asyncio.run(pipeline.process(batches[k])).alerts
-    assert again == [alert] and store.redis.xlen("tf:alerts") == 1
-    assert asyncio.run(pipeline.process(batches[k])).alerts == [] and store.redis.xlen("tf:alerts") == 1
+    again = run(batches[k])
+    def content(a):  # the Redis entry id is new: the alert was recorded anew
+        return {k: v for k, v in a.items() if k != "id"}
+    assert [content(a) for a in again] == [content(alert)] and store.redis.xlen("tf:{r}:alerts") == 1
+    assert run(batches[k]) == [] and store.redis.xlen("tf:{r}:alerts") == 1
+def test_hostile_messages_reject_only_themselves(pipeline):
+    """Issue 12, failure 2: each of these once failed its whole batch as internal_error."""
+    good = [valid_bytes(stream="h", segment=f"h/{i}", frames=2) for i in range(6)]
+    hostile = hostile_cases()
+    batch = [m for pair in zip(good, [raw for _, raw, _ in hostile]) for m in pair]
+    result = asyncio.run(pipeline.process(batch))
+    assert sorted(s["segment_id"] for s in result.scores) == [f"h/{i}" for i in range(6)]
+    assert [r.reason for r in result.rejects] == [reason for _, _, reason in hostile[:6]]
+    assert metrics.IN_FLIGHT._value.get() == 0
+
+
+def test_the_in_flight_gauge_is_reset_when_a_batch_fails(pipeline, monkeypatch):
+    monkeypatch.setattr(pipeline, "model_inputs", lambda segments: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        asyncio.run(pipeline.process([valid_bytes(stream="f", segment="f/1")]))
+    assert metrics.IN_FLIGHT._value.get() == 0
+
+
+def test_an_alert_recorded_before_a_crash_is_published_by_the_next_batch(pipeline):
+    """The detector state and the alert were saved, the worker died before publishing: the
+    redelivered batch finds no new alert, but publishes the one in the outbox."""
+    pipeline.store.record_alert("o", {"stream_id": "o", "direction": "down", "magnitude": -2.0}, {"evaluated": 1})
+    result = asyncio.run(pipeline.process([valid_bytes(stream="o", segment="o/1")]))
+    assert [a["direction"] for a in result.alerts] == ["down"]
+    asyncio.run(pipeline.published(result))
+    again = asyncio.run(pipeline.process([valid_bytes(stream="o", segment="o/1")]))
+    assert again.alerts == []

@@ -5,9 +5,11 @@ import pytest
 from stream.store import StoreSettings, TrendStore
 
 
-@pytest.fixture
-def store(redis_url):
-    s = TrendStore(redis_url, StoreSettings(resolutions=(10, 60), buckets_kept=3, recent_segments=4, ewma_alpha=0.5))
+@pytest.fixture(params=["single", "cluster"])
+def store(request):
+    """Every store test runs on one Redis and on a real three-node Redis Cluster."""
+    url = request.getfixturevalue("redis_url" if request.param == "single" else "redis_cluster_url")
+    s = TrendStore(url, StoreSettings(resolutions=(10, 60), buckets_kept=3, recent_segments=4, ewma_alpha=0.5))
     s.redis.flushdb()
     return s
 
@@ -58,3 +60,34 @@ def test_alerts_and_detector_state(store):
     ids = store.record_alerts("a", [{"stream_id": "a", "n": 1}, {"stream_id": "a", "n": 2}], {"evaluated": 12})
     assert len(ids) == 2 and [a["n"] for a in store.alerts(stream="a")[:2]] == [2, 1]
     assert store.detector_state("a") == {"armed": False, "evaluated": 12}
+
+
+def test_a_batch_spanning_streams_keeps_its_order_and_catches_repeats(store):
+    items = [("a", "a/1", "d1", 1000.0, 1.0, "x"), ("b", "b/1", "e1", 1000.0, -1.0, "y"),
+             ("a", "a/1", "d1", 1000.0, 1.0, "x"), ("a", "a/2", "d2", 1001.0, 0.5, "z"),
+             ("b", "b/1", "other", 1000.0, 2.0, "w")]
+    assert store.record_many(items) == ["new", "new", "dup", "new", "conflict"]
+    assert store.totals("a")["count"] == 2 and store.totals("b")["count"] == 1
+    assert {s for s, _ in store.streams()} == {"a", "b"}
+
+
+def test_the_streams_of_one_batch_land_on_several_cluster_nodes(redis_cluster_url):
+    """The cluster case is only a proof when the streams really live on different nodes."""
+    store = TrendStore(redis_cluster_url)
+    store.redis.flushdb()
+    assert store.cluster
+    streams = [f"s{i}" for i in range(12)]
+    store.record_many([(s, f"{s}/1", "d", 1000.0, 0.0, "") for s in streams])
+    nodes = {store.redis.get_node_from_key("tf:{" + s + "}:totals").name for s in streams}
+    assert len(nodes) == 3
+    assert sorted(s for s, _ in store.streams()) == sorted(streams)
+
+
+def test_an_alert_stays_in_the_outbox_until_it_is_marked_published(store):
+    store.record_alert("a", {"stream_id": "a", "direction": "down", "magnitude": -1.2}, {"evaluated": 9})
+    store.record_alert("a", {"stream_id": "a", "direction": "up", "magnitude": 1.1}, {"evaluated": 19})
+    pending = store.unpublished_alerts("a")
+    assert [a["direction"] for a in pending] == ["down", "up"]
+    assert [a["id"] for a in pending] == [a["id"] for a in reversed(store.alerts(stream="a"))]
+    store.mark_published(pending[:1])
+    assert [a["direction"] for a in store.unpublished_alerts("a")] == ["up"]

@@ -1,0 +1,102 @@
+"""Refused vs away, against a real redis-server with a password (the broker side is exercised by
+the live tests; the embedded broker has no SASL to refuse with)."""
+import shutil
+import subprocess
+import sys
+
+import pytest
+import redis
+
+from stream.dependencies import DependencyRefused, check_redis, refused
+from stream.store import TrendStore
+from tests.conftest import _wait_for_port, free_ports
+
+PASSWORD = "tf-s3cret-pw"
+
+
+@pytest.fixture(scope="module")
+def guarded_redis(tmp_path_factory):
+    """A redis-server that requires a password."""
+    assert shutil.which("redis-server"), "redis-server is not installed: run `make setup`"
+    port = free_ports(1)[0]
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--dir", str(tmp_path_factory.mktemp("guarded")), "--requirepass", PASSWORD],
+                            stdout=subprocess.DEVNULL)
+    _wait_for_port(port)
+    yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.mark.parametrize("auth", [":wrong-password@", ""])
+def test_refused_credentials_stop_the_check_with_the_password_hidden(guarded_redis, auth):
+    url = f"redis://{auth}127.0.0.1:{guarded_redis}/0"
+    with pytest.raises(DependencyRefused) as caught:
+        check_redis(lambda: TrendStore(url), url)
+    message = str(caught.value)
+    assert "refused this worker" in message and "wrong-password" not in message and "\n" not in message
+
+
+def test_the_right_password_passes(guarded_redis):
+    url = f"redis://:{PASSWORD}@127.0.0.1:{guarded_redis}/0"
+    check_redis(lambda: TrendStore(url), url)
+
+
+def test_redis_away_is_not_a_refusal():
+    port = free_ports(1)[0]
+    url = f"redis://127.0.0.1:{port}/0"
+    check_redis(lambda: TrendStore(url), url)  # only logged: the worker waits for it
+    with pytest.raises(redis.ConnectionError) as caught:
+        TrendStore(url).ping()
+    assert not refused(caught.value)
+
+
+@pytest.mark.parametrize("auth", [":wrong-password@", ""])
+def test_tecaflow_trends_says_one_line_and_exits_2(guarded_redis, auth, tmp_path):
+    import os
+    env = dict(os.environ, TECAFLOW_REDIS_URL=f"redis://{auth}127.0.0.1:{guarded_redis}/0")
+    result = subprocess.run([sys.executable, "-m", "stream.cli", "trends"], env=env, capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "AuthenticationError" in result.stderr and "wrong-password" not in result.stderr
+
+
+def test_tecaflow_trends_with_redis_down_says_one_line_and_exits_2(tmp_path):
+    import os
+    env = dict(os.environ, TECAFLOW_REDIS_URL=f"redis://:pw@127.0.0.1:{free_ports(1)[0]}/0")
+    result = subprocess.run([sys.executable, "-m", "stream.cli", "trends"], env=env, capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Connection refused" in result.stderr and ":pw@" not in result.stderr
+
+
+@pytest.mark.parametrize("error, stops", [
+    ("SaslAuthenticationFailed", True), ("UnsupportedSaslMechanismError", True),
+    ("TopicAuthorizationFailedError", True), ("KafkaConnectionError", False)])
+def test_a_broker_refusal_stops_and_absence_waits(monkeypatch, error, stops):
+    """The embedded broker (Tansu) closes the connection instead of answering a failed SASL
+    exchange with an error, so the refusal is raised here as Apache Kafka reports it."""
+    import asyncio
+
+    import aiokafka.conn
+    from aiokafka import errors
+
+    from stream.config import Settings
+    from stream.dependencies import check_broker
+
+    async def refuse(*args, **kwargs):
+        raise getattr(errors, error)()
+    monkeypatch.setattr(aiokafka.conn, "create_conn", refuse)
+    settings = Settings(broker_security="SASL_PLAINTEXT", sasl_username="u", sasl_password="sasl-s3cret")
+    if stops:
+        with pytest.raises(DependencyRefused) as caught:
+            asyncio.run(check_broker(settings))
+        assert error in str(caught.value) and "sasl-s3cret" not in str(caught.value)
+    else:
+        asyncio.run(check_broker(settings))
+
+
+def test_a_redis_cluster_that_is_away_is_not_a_refusal():
+    url = f"redis+cluster://127.0.0.1:{free_ports(1)[0]}"
+    check_redis(lambda: TrendStore(url), url)  # the client fails as it is made: still only logged
