@@ -103,9 +103,9 @@ def test_the_dashboard_shows_a_live_shift_and_its_alert(live, browser):
 
 def check_shift_and_alert(live, browser, dashboard: str) -> None:
     from selenium.webdriver.common.by import By
-    live.cli("replay", "--streams", "3", "--segments", "70", "--rate", "0", "--prefix", "web",
-             "--shift", "1@35:-3.5", "--seed", "5")
-    live.wait_for_total("web", 210)
+    live.cli("replay", "--streams", "3", "--segments", "150", "--rate", "0", "--prefix", "web",
+             "--score-shift", "1@90:-1.5", "--seed", "5")
+    live.wait_for_total("web", 450)
 
     browser.get(dashboard)
     wait_for(browser, lambda: "web-001" in page_text(browser), "the streams in the overview")

@@ -190,9 +190,9 @@ def test_4_a_refused_redis_password_stops_the_worker_with_one_line(system):
 def test_3_no_credential_reaches_a_log(system):
     """Before: the worker's first log line held the Redis password and the webhook token."""
     main_worker(system)
-    system.cli("replay", "--streams", "3", "--segments", "70", "--rate", "0", "--prefix", "secret",
-               "--shift", "1@35:-3.5", "--seed", "5")
-    system.wait_for_total("secret", 210)
+    system.cli("replay", "--streams", "3", "--segments", "150", "--rate", "0", "--prefix", "secret",
+               "--score-shift", "1@90:-1.5", "--seed", "5")
+    system.wait_for_total("secret", 450)
     deadline = time.monotonic() + 30
     while RefusingWebhook.calls == 0 and time.monotonic() < deadline:
         time.sleep(0.5)
