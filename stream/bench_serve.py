@@ -14,29 +14,28 @@ from pathlib import Path
 
 import numpy as np
 
+from stream.contract import ONNX_FILE, SCORE
 from stream.triton_client import TritonScorer
 
 
 def segment_inputs(contract, tokens: int = 32, frames: int = 50, batch: int = 1, seed: int = 0) -> dict:
+    """Full-length random segments: the model's cost does not depend on the values."""
     rng = np.random.default_rng(seed)
-    out = {"input_ids": rng.integers(1000, 2000, (batch, tokens)).astype(np.int64),
-           "attention_mask": np.ones((batch, tokens), np.int64)}
-    for m, width in contract.widths.items():
-        out[m] = rng.normal(size=(batch, min(frames, contract.max_frames), width)).astype(np.float32)
-        out[f"{m}_lengths"] = np.full((batch, 1), min(frames, contract.max_frames), np.int64)
-    return out
+    frames = min(frames, contract.max_frames)
+    return contract.batch(rng.integers(1000, 2000, (batch, tokens)), np.ones((batch, tokens)),
+                          {m: list(rng.normal(size=(batch, frames, width))) for m, width in contract.widths.items()})
 
 
 def raw_throughput(onnx_path: Path, contract, batch: int, seconds: float) -> dict:
     import onnxruntime as ort
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     feed = segment_inputs(contract, batch=batch)
-    feed = {k: (v.reshape(-1) if k.endswith("_lengths") else v) for k, v in feed.items()}
-    session.run(["score"], feed)
+    feed = contract.check_request(feed)  # lengths as the graph takes them: [B]
+    session.run([SCORE], feed)
     latencies, start = [], time.perf_counter()
     while time.perf_counter() - start < seconds:
         t = time.perf_counter()
-        session.run(["score"], feed)
+        session.run([SCORE], feed)
         latencies.append(time.perf_counter() - t)
     return {"segments_per_s": batch * len(latencies) / sum(latencies), "p50_ms": 1e3 * statistics.median(latencies)}
 
@@ -81,8 +80,8 @@ def served_throughput(url: str, contract, concurrency: int, seconds: float) -> d
 def untrained_checkpoint(out: Path, text_encoder: str = "minilm") -> Path:
     """A MiniLM-sized TeCaFN with untrained heads: speed does not depend on the weights."""
     from trainer.data import load_dataset
-    from trainer.train import TrainOptions, build_model, save_checkpoint
     from trainer.text_encoder import load_tokenizer
+    from trainer.train import TrainOptions, build_model, save_checkpoint
     ds = load_dataset("synthetic", n=20)
     opts = TrainOptions(out=out, text_encoder=text_encoder)
     model, encoder_config = build_model(ds, opts)
@@ -113,7 +112,7 @@ def bench_serve(checkpoint: Path | None = None, seconds: float = 8.0, levels=(1,
             for level in levels:
                 progress(f"concurrency {level}: served, then raw ONNX Runtime at batch {level}")
                 served = served_throughput(server.grpc_url, contract, level, seconds)
-                raw = raw_throughput(version_dir / "model.onnx", contract, level, seconds / 2)
+                raw = raw_throughput(version_dir / ONNX_FILE, contract, level, seconds / 2)
                 result["levels"][str(level)] = {"served": served, "raw": raw,
                                                 "ratio": served["segments_per_s"] / raw["segments_per_s"]}
         finally:

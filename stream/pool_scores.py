@@ -9,20 +9,19 @@ from stream.config import Settings
 
 
 def score_pool(pool, settings: Settings, batch: int = 64) -> np.ndarray:
-    from stream.triton_client import TritonScorer, batch_inputs
-    from stream.worker import find_tokenizer
+    from stream.contract import Tokenizer
+    from stream.triton_client import TritonScorer
+    from stream.worker import tokenizer_dir
     scorer = TritonScorer(settings.triton_url, model=settings.triton_model)
     try:
         contract = scorer.contract()
-        tokenizer = find_tokenizer(settings)
+        tokenizer = Tokenizer(tokenizer_dir(settings), contract.max_text_tokens)
         out = []
         for start in range(0, len(pool.texts), batch):
             rows = range(start, min(start + batch, len(pool.texts)))
-            enc = tokenizer([pool.texts[i] for i in rows], padding=True, truncation=True,
-                            max_length=contract.max_text_tokens, return_tensors="np")
             frames = {m: [pool.frames[m][i] for i in rows] for m in contract.widths}
-            out.append(np.asarray(scorer.score(batch_inputs(enc["input_ids"], enc["attention_mask"], frames, contract)),
-                                  dtype=float).reshape(-1))
+            inputs = contract.batch(*tokenizer([pool.texts[i] for i in rows]), frames)
+            out.append(np.asarray(scorer.score(inputs), dtype=float).reshape(-1))
         return np.concatenate(out)
     finally:
         scorer.close()

@@ -1,0 +1,239 @@
+"""The serving contract of TeCaFN: what `tecaflow export` writes, Triton serves and clients send.
+
+This module is the one home of
+    the names        input_ids, attention_mask, <modality>, <modality>_lengths in, `score` out
+    the shape        each modality's feature width, the frame and token limits, the batch limit
+    the files        <repo>/tecafn/config.pbtxt (written and read through Triton's own
+                     model_config_pb2) and, in each version directory, tecafn.json, model.onnx,
+                     model.py (the Python-backend model) and tokenizer/
+    the padding      one function turns variable-length arrays into a batch; the client, the
+                     Python-backend model and the export's parity check all use it
+    the tokenizer    loaded with the `tokenizers` library from the version's tokenizer.json
+
+trainer/export.py writes the contract, stream/triton_model.py serves it (export copies this file
+beside it as tecaflow_contract.py: Triton's own image has no tecaflow installed), and
+stream/triton_client.py and the worker read it back from Triton. At import time it needs only
+numpy and the standard library, so that the Python backend's interpreter can load it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+MODEL_NAME = "tecafn"
+SCORE = "score"
+TEXT_INPUTS = ("input_ids", "attention_mask")
+BACKENDS = ("python", "onnxruntime")
+
+METADATA_FILE = "tecafn.json"
+ONNX_FILE = "model.onnx"
+PYTHON_MODEL_FILE = "model.py"
+CONTRACT_FILE = "tecaflow_contract.py"  # this module, as copied beside the Python-backend model
+TOKENIZER_DIR = "tokenizer"
+CONFIG_FILE = "config.pbtxt"
+
+
+def lengths_name(modality: str) -> str:
+    return f"{modality}_lengths"
+
+
+class ContractError(ValueError):
+    """A request or a model repository that does not match the contract."""
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    widths: dict[str, int]  # feature width of each non-text modality, in the model's input order
+    max_text_tokens: int
+    max_frames: int
+    max_batch: int = 0
+
+    @property
+    def sequences(self) -> tuple[str, ...]:
+        return tuple(self.widths)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        names = list(TEXT_INPUTS)
+        for m in self.widths:
+            names += [m, lengths_name(m)]
+        return tuple(names)
+
+    # ---- tecafn.json: the contract plus where the model came from --------------------------
+    def metadata(self, **provenance) -> dict:
+        return {"model": MODEL_NAME, "inputs": list(self.inputs), "output": SCORE, "widths": dict(self.widths),
+                "max_text_tokens": self.max_text_tokens, "max_frames": self.max_frames,
+                "tokenizer": TOKENIZER_DIR, **provenance}
+
+    def write_metadata(self, version_dir: Path, **provenance) -> None:
+        (Path(version_dir) / METADATA_FILE).write_text(json.dumps(self.metadata(**provenance), indent=2))
+
+    @classmethod
+    def read_metadata(cls, version_dir: Path | str) -> "ModelContract":
+        meta = json.loads((Path(version_dir) / METADATA_FILE).read_text())
+        return cls(widths={m: int(w) for m, w in meta["widths"].items()}, max_text_tokens=int(meta["max_text_tokens"]),
+                   max_frames=int(meta["max_frames"]))
+
+    # ---- config.pbtxt ------------------------------------------------------------------------
+    def model_config(self, backend: str = "python", max_batch: int = 64, instances: int = 1,
+                     queue_delay_us: int = 2000, tensorrt: bool = False):
+        """Triton's ModelConfig for this contract. The Python backend takes ragged batches (it
+        pads across requests itself); ONNX Runtime batches only requests of equal shapes, so its
+        clients pad to fixed sizes and its lengths are scalars per segment."""
+        from tritonclient.grpc import model_config_pb2 as pb
+
+        if backend not in BACKENDS:
+            raise ContractError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        ragged = backend == "python"
+        config = pb.ModelConfig(name=MODEL_NAME, max_batch_size=max_batch)
+        if ragged:
+            config.backend = "python"
+        else:
+            config.platform = "onnxruntime_onnx"
+        for name in TEXT_INPUTS:
+            config.input.add(name=name, data_type=pb.TYPE_INT64, dims=[-1], allow_ragged_batch=ragged)
+        for m, width in self.widths.items():
+            config.input.add(name=m, data_type=pb.TYPE_FP32, dims=[-1, width], allow_ragged_batch=ragged)
+            lengths = config.input.add(name=lengths_name(m), data_type=pb.TYPE_INT64, dims=[1])
+            if not ragged:
+                lengths.reshape.shape[:] = []
+        score = config.output.add(name=SCORE, data_type=pb.TYPE_FP32, dims=[1])
+        if not ragged:
+            score.reshape.shape[:] = []
+        # Small preferred sizes make the batcher dispatch half-full batches under load; ask for 16+.
+        config.dynamic_batching.preferred_batch_size[:] = sorted({b for b in (16, 32, 64, 128, max_batch)
+                                                                   if b <= max_batch})
+        config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
+        config.instance_group.add(count=instances, kind=pb.ModelInstanceGroup.KIND_CPU if ragged
+                                  else pb.ModelInstanceGroup.KIND_GPU)
+        config.version_policy.latest.num_versions = 1
+        if tensorrt:
+            trt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+            trt.parameters["precision_mode"] = "FP16"
+            trt.parameters["max_workspace_size_bytes"] = "1073741824"
+        config.parameters["max_text_tokens"].string_value = str(self.max_text_tokens)
+        config.parameters["max_frames"].string_value = str(self.max_frames)
+        return config
+
+    def config_pbtxt(self, **options) -> str:
+        from google.protobuf import text_format
+        return text_format.MessageToString(self.model_config(**options))
+
+    @classmethod
+    def from_model_config(cls, config) -> "ModelContract":
+        """From Triton's model config: a ModelConfig, or the JSON dict its clients return."""
+        if isinstance(config, dict):
+            from google.protobuf import json_format
+            from tritonclient.grpc import model_config_pb2 as pb
+            config = json_format.ParseDict(config, pb.ModelConfig(), ignore_unknown_fields=True)
+        try:
+            widths = {i.name: int(i.dims[-1]) for i in config.input if i.name not in TEXT_INPUTS
+                      and not i.name.endswith("_lengths")}
+            return cls(widths=widths, max_text_tokens=int(config.parameters["max_text_tokens"].string_value),
+                       max_frames=int(config.parameters["max_frames"].string_value),
+                       max_batch=int(config.max_batch_size))
+        except (ValueError, IndexError) as e:
+            raise ContractError(f"model {config.name!r} is not a tecaflow export: {e}") from None
+
+    @classmethod
+    def read_config_pbtxt(cls, path: Path | str) -> "ModelContract":
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2 as pb
+        return cls.from_model_config(text_format.Parse(Path(path).read_text(), pb.ModelConfig()))
+
+    # ---- batches -----------------------------------------------------------------------------
+    def batch(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+              frames: dict[str, Sequence[np.ndarray]]) -> dict[str, np.ndarray]:
+        """Model inputs for a batch: tokens as given, each modality's [T_i, d] frames padded to
+        the batch's longest, with lengths [B, 1]."""
+        out = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
+        for m, width in self.widths.items():
+            seqs = [np.asarray(s, np.float32).reshape(-1, width) for s in frames[m]]
+            out[m] = pad_and_stack([s[None] for s in seqs], minimum=1)
+            out[lengths_name(m)] = np.array([[max(1, len(s))] for s in seqs], dtype=np.int64)
+        return out
+
+    def check_request(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A request's arrays, validated beyond what Triton checks; lengths flattened to [n]."""
+        for name in self.inputs:
+            if name not in arrays:
+                raise ContractError(f"missing input {name!r}")
+        ids, mask = arrays["input_ids"], arrays["attention_mask"]
+        n = ids.shape[0]
+        if mask.shape != ids.shape:
+            raise ContractError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
+        if ids.shape[1] > self.max_text_tokens:
+            raise ContractError(f"{ids.shape[1]} tokens > max_text_tokens {self.max_text_tokens}")
+        out = dict(arrays)
+        for m in self.widths:
+            frames, lengths = arrays[m], arrays[lengths_name(m)].reshape(-1)
+            out[lengths_name(m)] = lengths
+            if frames.shape[0] != n or lengths.shape[0] != n:
+                raise ContractError(f"{m}: batch {frames.shape[0]} / lengths {lengths.shape[0]} != input_ids batch {n}")
+            if frames.shape[1] > self.max_frames:
+                raise ContractError(f"{m}: {frames.shape[1]} frames > max_frames {self.max_frames}")
+            if np.any(lengths < 1) or np.any(lengths > frames.shape[1]):
+                raise ContractError(f"{lengths_name(m)} must be in [1, {frames.shape[1]}]")
+            if not np.all(np.isfinite(frames)):
+                raise ContractError(f"{m}: NaN or Inf in the frames")
+        return out
+
+    def concatenate(self, requests: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Several checked requests as one batch: sequences padded to the longest among them."""
+        feed = {}
+        for name in self.inputs:
+            arrays = [r[name] for r in requests]
+            feed[name] = np.concatenate(arrays) if arrays[0].ndim == 1 else pad_and_stack(arrays)
+        return feed
+
+
+def pad_and_stack(arrays: Iterable[np.ndarray], minimum: int = 0) -> np.ndarray:
+    """Arrays [n_i, T_i, ...] zero-padded on axis 1 to the longest T (at least `minimum`) and
+    concatenated on axis 0. The model masks padding, so how much there is never changes a score."""
+    arrays = list(arrays)
+    longest = max([minimum, *(a.shape[1] for a in arrays)])
+    return np.concatenate([np.pad(a, [(0, 0), (0, longest - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
+                           for a in arrays])
+
+
+# ---- the model repository ------------------------------------------------------------------
+def versions(repo: Path | str, model: str = MODEL_NAME) -> list[Path]:
+    """The model's version directories, oldest first."""
+    return sorted((p for p in (Path(repo) / model).glob("[0-9]*") if p.is_dir() and p.name.isdigit()),
+                  key=lambda p: int(p.name))
+
+
+def tokenizer_dir(repo: Path | str, model: str = MODEL_NAME) -> Path:
+    """The tokenizer exported beside the newest version of `model`."""
+    found = versions(repo, model)
+    if not found:
+        raise ContractError(f"{Path(repo) / model} has no exported version")
+    return found[-1] / TOKENIZER_DIR
+
+
+class Tokenizer:
+    """The exported tokenizer, through the `tokenizers` library (no transformers, no torch): the
+    same ids, padding and truncation as the Hugging Face fast tokenizer the model trained with."""
+
+    def __init__(self, directory: Path | str, max_tokens: int):
+        from tokenizers import Tokenizer as Backend
+
+        path = Path(directory) / "tokenizer.json"
+        if not path.is_file():
+            raise ContractError(f"no tokenizer.json in {directory}: export the model with `tecaflow export`")
+        self.backend = Backend.from_file(str(path))
+        settings = json.loads((Path(directory) / "tokenizer_config.json").read_text()) \
+            if (Path(directory) / "tokenizer_config.json").is_file() else {}
+        pad_token = settings.get("pad_token", "[PAD]")
+        pad_token = pad_token.get("content", "[PAD]") if isinstance(pad_token, dict) else pad_token
+        self.backend.enable_truncation(max_tokens)
+        self.backend.enable_padding(pad_id=self.backend.token_to_id(pad_token) or 0, pad_token=pad_token)
+
+    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        encoded = self.backend.encode_batch(list(texts))
+        return (np.array([e.ids for e in encoded], dtype=np.int64),
+                np.array([e.attention_mask for e in encoded], dtype=np.int64))
