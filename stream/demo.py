@@ -10,22 +10,23 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from stream.config import Settings
-from stream.stack import Stack, StackPorts
+from stream.contract import ONNX_FILE, versions
+from stream.errors import UserError
+from stream.service import Service, http_ok, port_open
+from stream.stack import Stack
 
 log = logging.getLogger(__name__)
 CLI = [sys.executable, "-m", "stream.cli"]
 
 
 def ensure_model(repo: Path, runs: Path) -> None:
-    if any((repo / "tecafn").glob("[0-9]*/model.onnx")):
+    if any((v / ONNX_FILE).is_file() for v in versions(repo)):
         log.info("serving the newest model already in %s", repo)
         return
     log.info("no model in %s: training a small one on synthetic data (about a minute)", repo)
@@ -36,64 +37,53 @@ def ensure_model(repo: Path, runs: Path) -> None:
     subprocess.run([*CLI, "export", "--checkpoint", str(out / "checkpoint.pt"), "--repo", str(repo)], check=True)
 
 
-def run_demo(repo: Path, streams: int, segments: int, rate: float, seconds: float, dashboard_port: int = 8501) -> int:
-    settings = Settings.from_env()
-    ports = StackPorts.from_env()
+def demo_services(settings: Settings, streams: int, segments: int, rate: float, dashboard_port: int) -> list[Service]:
+    """The worker, the dashboard and a looping replay, each a Service logging under the run dir."""
+    run_dir = Path(settings.run_dir)
+    return [
+        Service("worker", [*CLI, "worker"], run_dir, start_timeout=120,
+                health=(lambda: port_open(settings.metrics_port)) if settings.metrics_port else None),
+        Service("dashboard", [*CLI, "dashboard", "--port", str(dashboard_port)], run_dir, start_timeout=60,
+                health=lambda: http_ok(f"http://127.0.0.1:{dashboard_port}/_stcore/health")),
+        Service("replay", [*CLI, "replay", "--loop", "--streams", str(streams), "--segments", str(segments),
+                           "--rate", str(rate), "--prefix", "demo", "--no-progress"], run_dir),
+    ]
+
+
+def run_demo(settings: Settings, repo: Path, streams: int, segments: int, rate: float, seconds: float,
+             dashboard_port: int = 8501) -> int:
     print(f"tecaflow demo: the dashboard will be at http://127.0.0.1:{dashboard_port} once the stack is up", flush=True)
     ensure_model(repo, Path("runs"))
-    stack = Stack(settings, ports, repo)
-    started = [p for p in ("broker", "redis", "triton", "prometheus") if not stack.status()[p]["healthy"]]
-    stack.up()
+    stack = Stack(settings, repo)
+    started = stack.up()
+    children = demo_services(settings, streams, segments, rate, dashboard_port)
     run_dir = Path(settings.run_dir)
-    children = {
-        "worker": background([*CLI, "worker"], run_dir / "worker.log"),
-        "dashboard": background([*CLI, "dashboard", "--port", str(dashboard_port)], run_dir / "dashboard.log"),
-        "replay": background([*CLI, "replay", "--loop", "--streams", str(streams), "--segments", str(segments),
-                              "--rate", str(rate), "--prefix", "demo", "--no-progress"], run_dir / "replay.log"),
-    }
     round_s = segments * streams / rate
-    print(f"""
+    try:
+        for child in children:
+            child.start()
+        print(f"""
 tecaflow demo is running
   dashboard         http://127.0.0.1:{dashboard_port}   <- open this
-  Prometheus        http://127.0.0.1:{ports.prometheus}   (try: rate(tecaflow_segments_scored_total[1m]))
+  Prometheus        http://127.0.0.1:{settings.prometheus_port}   (try: rate(tecaflow_segments_scored_total[1m]))
   worker metrics    http://127.0.0.1:{settings.metrics_port}/metrics
-  Triton metrics    http://127.0.0.1:{ports.triton_metrics}/metrics
+  Triton metrics    http://127.0.0.1:{settings.triton_metrics_port}/metrics
   logs              {run_dir}/worker.log, dashboard.log, replay.log
   {streams} streams at {rate:g} segments/s; every {round_s:.0f} s another stream shifts half-way through the round
   and comes back the next: watch its alerts.  Ctrl-C stops everything.
 """, flush=True)
-    deadline = time.monotonic() + seconds if seconds > 0 else None
-    try:
+        deadline = time.monotonic() + seconds if seconds > 0 else None
         while deadline is None or time.monotonic() < deadline:
             time.sleep(10)
-            for name, proc in children.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the {name} stopped (exit {proc.returncode}); see {run_dir / (name + '.log')}")
+            for child in children:
+                if not child.running():
+                    raise UserError(f"the {child.name} stopped; see {child.log_path}:\n{child.log_tail(5)}")
             subprocess.run([*CLI, "trends", "--alerts", "3"], check=False)
             print(flush=True)
     except KeyboardInterrupt:
         print("stopping ...")
     finally:
-        for proc in children.values():
-            stop_child(proc)
-        stopped = stack.down(services=tuple(reversed(started)))
-        print("stopped: " + ", ".join([*children, *stopped]))
+        stopped = [child.name for child in children if child.stop()]
+        stopped += stack.down(services=tuple(reversed(started)))
+        print("stopped: " + ", ".join(stopped))
     return 0
-
-
-def background(command: list[str], log_path: Path) -> subprocess.Popen:
-    """A child in its own process group (Ctrl-C reaches only us; we stop it), logging to a file."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop_child(proc: subprocess.Popen, timeout: float = 20) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from stream.config import Settings
+from stream.errors import UserError
 from stream.schema import encode_segment
-from stream.stack import Stack, StackPorts
+from stream.stack import Stack
 from stream.store import TrendStore
 
 CLI = [sys.executable, "-m", "stream.cli"]
@@ -116,8 +117,7 @@ class Soak:
         return {"worker": worker.pid, "triton": self.service_pid("triton"), "redis": self.service_pid("redis")}
 
     def service_pid(self, name: str) -> int | None:
-        path = self.stack.run_dir / f"{name}.pid"
-        return int(path.read_text()) if path.exists() else None
+        return self.stack.stopper(name).pid()
 
     def sample(self, worker, elapsed: float, sent: Sent) -> dict:
         row = {"t_s": round(elapsed), **{f"{k}_rss_mb": round(tree_rss_mb(p), 1) for k, p in self.pids(worker).items()},
@@ -176,9 +176,8 @@ class Soak:
 def run_soak(repo: Path, minutes: float, rate: float, streams: int, bad_share: float, every_s: float) -> dict:
     from stream.triton_client import TritonScorer
     settings = Settings.from_env()
-    stack = Stack(settings, StackPorts.from_env(), repo)
-    started = [p for p in ("broker", "redis", "triton", "prometheus") if not stack.status()[p]["healthy"]]
-    stack.up()
+    stack = Stack(settings, repo)
+    started = stack.up()
     soak = Soak(settings, stack, minutes, rate, streams, bad_share, every_s)
     log_path = stack.run_dir / "soak-worker.log"
     worker = subprocess.Popen([*CLI, "worker"], stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
@@ -214,7 +213,7 @@ def wait_ready(worker: subprocess.Popen, log_path: Path, timeout: float = 180) -
     deadline = time.monotonic() + timeout
     while "Worker]: Ready" not in log_path.read_text(errors="replace"):
         if worker.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the soak's worker did not start; see {log_path}")
+            raise UserError(f"the soak's worker did not start; see {log_path}")
         time.sleep(0.5)
 
 

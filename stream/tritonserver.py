@@ -11,19 +11,20 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import sysconfig
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from stream.contract import CONFIG_FILE, MODEL_NAME
+from stream.service import Service, ServiceError, http_status
+
 log = logging.getLogger(__name__)
 
 
-class TritonError(RuntimeError):
+class TritonError(ServiceError):
     """Triton could not be started or did not become ready; the message holds its log lines."""
 
 
@@ -65,11 +66,11 @@ class EmbeddedTriton:
     model_control: str = "poll"  # poll: new versions are picked up without a restart; or explicit
     poll_seconds: int = 2
     host: str = "127.0.0.1"
+    model: str | None = MODEL_NAME  # ready means this model is ready; None: the server is
 
     def __post_init__(self):
         self.repo, self.run_dir = Path(self.repo).resolve(), Path(self.run_dir).resolve()
-        self.process: subprocess.Popen | None = None
-        self.log_path = self.run_dir / "tritonserver.log"
+        self._service: Service | None = None
 
     @property
     def http_url(self) -> str:
@@ -82,6 +83,10 @@ class EmbeddedTriton:
     @property
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def process(self):
+        return self._service.process if self._service else None
 
     def command(self) -> list[str]:
         cmd = [str(pytriton_root() / "bin" / "tritonserver"),
@@ -104,81 +109,56 @@ class EmbeddedTriton:
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env
 
-    def start(self, timeout: float = 120.0, model: str | None = "tecafn") -> "EmbeddedTriton":
+    def service(self, timeout: float = 120.0) -> Service:
+        """The tritonserver process as a Service: healthy once the model is ready; a model that
+        fails to load stops the wait at once, with Triton's reason."""
         if not self.repo.is_dir():
             raise TritonError(f"model repository {self.repo} does not exist (run `tecaflow export` first)")
-        if model and not (self.repo / model / "config.pbtxt").is_file():
-            raise TritonError(f"no model {model!r} in {self.repo} (run `tecaflow export --repo {self.repo}`)")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.model and not (self.repo / self.model / CONFIG_FILE).is_file():
+            raise TritonError(f"no model {self.model!r} in {self.repo} (run `tecaflow export --repo {self.repo}`)")
+        return Service("triton", self.command(), self.run_dir, health=self.ready, env=self.environment(),
+                       start_timeout=timeout, failed=self.load_failure)
+
+    def start(self, timeout: float = 120.0) -> "EmbeddedTriton":
         log.info("starting tritonserver on http %s, grpc %s, metrics %d", self.http_url, self.grpc_url,
                  self.metrics_port)
-        with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
-                                            env=self.environment(), start_new_session=True)
-        (self.run_dir / "tritonserver.pid").write_text(str(self.process.pid))
-        self.wait_ready(timeout, model)
+        self._service = self.service(timeout)
+        try:
+            self._service.start()
+        except ServiceError as e:
+            raise TritonError(str(e)) from None
+        log.info("tritonserver ready")
         return self
 
-    def wait_ready(self, timeout: float, model: str | None = "tecafn") -> None:
-        path = f"/v2/models/{model}/ready" if model else "/v2/health/ready"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise TritonError(f"tritonserver exited with code {self.process.returncode}:\n{self.log_tail()}")
-            if self._get(path) == 200:
-                log.info("tritonserver ready (%s)", path)
-                return
-            failure = self.load_failure(model) if model else None
-            if failure:
-                tail = self.log_tail()
-                self.stop()
-                raise TritonError(f"model {model!r} failed to load: {failure}\n{tail}")
-            time.sleep(0.3)
-        tail = self.log_tail()
-        self.stop()
-        raise TritonError(f"tritonserver not ready on {path} after {timeout:.0f}s:\n{tail}")
+    def ready(self) -> bool:
+        path = f"/v2/models/{self.model}/ready" if self.model else "/v2/health/ready"
+        return http_status(f"http://{self.http_url}{path}") == 200
 
-    def load_failure(self, model: str) -> str | None:
-        """Triton's reason when every version of `model` is UNAVAILABLE after a load attempt."""
+    def load_failure(self) -> str | None:
+        """Triton's reason when every version of the model is UNAVAILABLE after a load attempt."""
+        if not self.model:
+            return None
         request = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST")
         try:
             with urllib.request.urlopen(request, timeout=2) as r:
                 index = json.loads(r.read())
         except (urllib.error.URLError, OSError, ValueError):
             return None
-        states = [e for e in index if e.get("name") == model]
+        states = [e for e in index if e.get("name") == self.model]
         if states and all(e.get("state") == "UNAVAILABLE" and e.get("reason") for e in states):
-            return "; ".join(f"version {e.get('version')}: {e['reason']}" for e in states)
+            return f"model {self.model!r} failed to load: " + "; ".join(
+                f"version {e.get('version')}: {e['reason']}" for e in states)
         return None
 
-    def _get(self, path: str) -> int | None:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as r:
-                return r.status
-        except urllib.error.HTTPError as e:
-            return e.code
-        except (urllib.error.URLError, OSError):
-            return None
-
     def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
+        return self._service.log_tail(lines) if self._service else "(not started)"
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        log.info("tritonserver stopped")
+        if self._service is not None:
+            self._service.stop(timeout)
 
     def __enter__(self):
-        return self.start() if self.process is None else self
+        return self.start() if self._service is None else self
 
     def __exit__(self, *exc):
         self.stop()

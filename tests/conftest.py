@@ -79,27 +79,16 @@ def free_ports(n: int) -> list[int]:
 def redis_url(tmp_path_factory):
     """A real redis-server on a free loopback port, for the whole session."""
     import shutil
-    import subprocess
-    import time
 
-    import redis
+    from stream.service import Service, port_open
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed: run `make setup` (it installs the Debian package)")
     port = free_ports(1)[0]
     data = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-                             "--save", "", "--appendonly", "yes"], stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    server = Service("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+                               "--save", "", "--appendonly", "yes"], data, health=lambda: port_open(port)).start()
+    yield f"redis://127.0.0.1:{port}/0"
+    server.stop()
 
 
 # ---- the live system (tests/test_live*.py) ----------------------------------------------------
@@ -120,18 +109,18 @@ class Live:
         return result
 
     def start_worker(self, metrics_port: int, **extra_env) -> subprocess.Popen:
-        log = self.root / f"worker-{metrics_port}-{len(self.workers)}.log"
-        env = dict(self.env, TECAFLOW_METRICS_PORT=str(metrics_port), **extra_env)
-        proc = subprocess.Popen([*CLI, "worker"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                cwd=self.root, start_new_session=True)
-        self.workers.append((proc, metrics_port, log))
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if "Worker]: Ready" in log.read_text(errors="replace"):
-                return proc
-            assert proc.poll() is None, f"worker died:\n{log.read_text()[-3000:]}"
-            time.sleep(0.5)
-        raise AssertionError(f"worker not ready:\n{log.read_text()[-3000:]}")
+        """A worker process, ready once Faust says so (it has joined its consumer group)."""
+        from stream.service import Service
+        name = f"worker-{metrics_port}-{len(self.workers)}"
+        log = self.root / f"{name}.log"
+        worker = Service(name, [*CLI, "worker"], self.root, cwd=self.root, start_timeout=120,
+                         env=dict(self.env, TECAFLOW_METRICS_PORT=str(metrics_port), **extra_env),
+                         health=lambda: log.exists() and "Worker]: Ready" in log.read_text(errors="replace"))
+        try:
+            worker.start()
+        finally:
+            self.workers.append((worker.process, metrics_port, log))
+        return worker.process
 
     def metric(self, port: int, name: str, labels: str = "") -> float:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

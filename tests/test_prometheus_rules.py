@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from stream.config import Settings
-from stream.stack import ALERT_RULES, Stack, StackPorts
+from stream.stack import ALERT_RULES, Stack
 
 RULES_DIR = ALERT_RULES.parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def test_rules_test_catches_a_broken_rule(promtool, tmp_path):
 
 def test_embedded_prometheus_config_loads_the_rules(promtool, tmp_path, monkeypatch):
     monkeypatch.setenv("TECAFLOW_RUN_DIR", str(tmp_path))
-    config = Stack(Settings.from_env(), StackPorts(), tmp_path).prometheus_config()
+    config = Stack(Settings.from_env(), tmp_path).prometheus_config()
     result = run(promtool, "check", "config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 7 rules found" in result.stdout
