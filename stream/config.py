@@ -1,45 +1,9 @@
-"""Every setting of the live system, from environment variables with documented defaults.
+"""Every setting of tecaflow, declared once: environment variable, default, bound and help.
 
-| variable | default | meaning |
-|---|---|---|
-| TECAFLOW_RUN_DIR | run | logs, pid files, data of the embedded stack |
-| TECAFLOW_BROKER_URL | kafka://127.0.0.1:9092 | Kafka bootstrap servers (comma-separated host:port, `kafka://` optional) |
-| TECAFLOW_BROKER_SECURITY | PLAINTEXT | PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL |
-| TECAFLOW_BROKER_SASL_MECHANISM | PLAIN | PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 |
-| TECAFLOW_BROKER_SASL_USERNAME / _PASSWORD | (empty) | SASL credentials |
-| TECAFLOW_BROKER_CA_FILE | (empty) | CA bundle for SSL |
-| TECAFLOW_REDIS_URL | redis://127.0.0.1:6379/0 | Redis URL (redis://:password@host:port/db, rediss:// for TLS, redis+cluster://:password@host:port for a Redis Cluster, any node); the password is never printed |
-| TECAFLOW_TRITON_URL | 127.0.0.1:8001 | Triton gRPC address |
-| TECAFLOW_TRITON_MODEL | tecafn | model name in the repository |
-| TECAFLOW_TOPIC_SEGMENTS / _SCORES / _ALERTS / _DLQ | segments / scores / alerts / segments-dlq | topic names |
-| TECAFLOW_PARTITIONS | 4 | partitions of the topics tecaflow creates |
-| TECAFLOW_BATCH_SIZE | 32 | most segments per Triton call |
-| TECAFLOW_BATCH_WAIT_S | 0.2 | longest wait to fill a batch |
-| TECAFLOW_METRICS_PORT | 9108 | worker's Prometheus /metrics port (0: off) |
-| TECAFLOW_METRICS_HOST | 127.0.0.1 | address the metrics port binds (0.0.0.0 in containers) |
-| TECAFLOW_COMMIT_INTERVAL_S | 1.0 | how often offsets are committed |
-| TECAFLOW_SESSION_TIMEOUT_S | 10 | consumer-group session and rebalance timeout |
-| TECAFLOW_MAX_TEXT_CHARS | 2000 | longest transcript accepted |
-| TECAFLOW_MAX_FUTURE_S | 300 | how far in the future an event time may lie |
-| TECAFLOW_RECENT_SEGMENTS | 50 | scored segments kept per stream |
-| TECAFLOW_RESOLUTIONS | 10,60,600 | trend bucket sizes in seconds |
-| TECAFLOW_BUCKETS_KEPT | 360 | buckets kept per stream and resolution |
-| TECAFLOW_EWMA_ALPHA | 0.1 | weight of the newest score in the EWMA |
-| TECAFLOW_DEDUP_TTL_S | 604800 | how long a segment_id is remembered |
-| TECAFLOW_ALERT_MIN_SHIFT | 0.5 | smallest change of a stream's mean score worth an alert (score units) |
-| TECAFLOW_ALERT_FALSE_ALARMS_PER_10K | 1 | false alarms accepted per 10,000 steady segments of a stream; sets the threshold |
-| TECAFLOW_ALERT_WARMUP | 100 | segments a stream needs (at start, and after each alert) before it is watched |
-| TECAFLOW_WEBHOOK_URL | (empty) | Slack-compatible webhook for alerts (a secret: never printed) |
-| TECAFLOW_WEBHOOK_QUEUE | 1000 | alerts waiting for the webhook at most; beyond it the oldest are dropped (counted) |
-| TECAFLOW_DLQ_KEEP_BYTES | 65536 | bytes of an oversized original kept in its DLQ record (with its length and sha256); keep it well below the broker's message size limit (1 MB producer requests, and base64 adds a third) |
-| TECAFLOW_MODEL_REPO | model_repo | where `stack up` serves models from, and the worker finds the tokenizer |
-| TECAFLOW_TOKENIZER | (newest version's) | tokenizer directory, when the model repository is not on this host |
-| TECAFLOW_BROKER_PORT, _REDIS_PORT, _TRITON_HTTP_PORT, _TRITON_GRPC_PORT, _TRITON_METRICS_PORT, _PROMETHEUS_PORT | 9092, 6379, 8000, 8001, 8002, 9090 | ports of the embedded stack |
-| TECAFLOW_PROMETHEUS_TARGETS | 127.0.0.1:9108,127.0.0.1:9109 | worker metrics endpoints the embedded Prometheus scrapes |
-| TECAFLOW_DASHBOARD_REFRESH_S | 2 | how often the dashboard's live parts reload from Redis |
-| TECAFLOW_DASHBOARD_STALE_S | 300 | a stream with no update for this long is marked stale |
-| TECAFLOW_DASHBOARD_PAGE_SIZE | 50 | streams per page of the dashboard's overview |
-| TECAFLOW_TIMEZONE | UTC | time zone the dashboard shows times in (IANA name, e.g. Europe/Paris) |
+Each field of `Settings` below is one setting. Its variable is TECAFLOW_<FIELD> unless the field
+names another; `Settings.from_env()` reads and checks them all, and nothing else in tecaflow
+reads the environment for its settings. The README's settings table is generated from these
+declarations (`tecaflow settings --markdown`; a test keeps the two equal).
 """
 from __future__ import annotations
 
@@ -48,8 +12,10 @@ import re
 from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit, urlunsplit
 
+from stream.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     pass
 
 
@@ -81,40 +47,100 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+def setting(default, help: str, *, env: str | None = None, minimum=None, maximum=None, above=None,
+            choices: tuple[str, ...] = (), check=None, secret: str | None = None, shown: str | None = None):
+    """One setting's declaration: `minimum`/`maximum` bound it inclusively, `above` exclusively;
+    `check(value)` returns an error message or None; `secret` is "hide" (never shown) or "url"
+    (shown through redact_url); `shown` is the default as the table prints it, where the value
+    itself says little (empty, say)."""
+    return field(default=default, metadata=dict(help=help, env=env, minimum=minimum, maximum=maximum, above=above,
+                                                choices=choices, check=check, secret=secret, shown=shown))
 
 
-def _number(name: str, default, kind, minimum):
-    raw = _env(name, str(default))
+def env_name(f) -> str:
+    return f.metadata["env"] or f"TECAFLOW_{f.name.upper()}"
+
+
+def shown(f, value) -> str:
+    """A value as logs and errors may print it."""
+    secret = f.metadata["secret"]
+    if secret == "hide":
+        return HIDDEN if value else ""
+    if secret == "url":
+        return ",".join(redact_url(v) for v in str(value).split(","))
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def parse(f, raw: str):
+    """The environment's text as the setting's type; a ConfigError names the variable."""
+    name, kind = env_name(f), f.type
     try:
-        value = kind(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
-    if not value >= minimum:
-        raise ConfigError(f"{name}={value} must be >= {minimum}")
-    return value
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}[raw.lower()]
+        if kind.startswith("tuple"):
+            return tuple(sorted(int(v) for v in raw.split(",")))
+    except (ValueError, KeyError):
+        what = {"int": "is not an integer", "float": "is not a number", "bool": "is not 1/0, true/false or yes/no"}
+        raise ConfigError(f"{name}={shown(f, raw)!r} " + what.get(kind, "must be comma-separated whole seconds, "
+                                                                         "e.g. 10,60,600")) from None
+    return raw.upper() if f.metadata["choices"] else raw
 
 
-def _int(name: str, default: int, minimum: int = 0) -> int:
-    return _number(name, default, int, minimum)
+def check(f, value) -> None:
+    m, name = f.metadata, env_name(f)
+    low, high, above = m["minimum"], m["maximum"], m["above"]
+    if above is not None and not (value > above and (high is None or value <= high)):
+        raise ConfigError(f"{name}={value} must be " + (f"in ({above}, {high}]" if high is not None else f"> {above}"))
+    if low is not None and not (value >= low and (high is None or value <= high)):
+        raise ConfigError(f"{name}={value} must be " + (f"in [{low}, {high}]" if high is not None else f">= {low}"))
+    if m["choices"] and value not in m["choices"]:
+        raise ConfigError(f"{name}={value!r}: use {', '.join(m['choices'][:-1])} or {m['choices'][-1]}")
+    problem = m["check"](value) if m["check"] else None
+    if problem:
+        raise ConfigError(f"{name}={shown(f, value)!r} {problem}")
 
 
-def _float(name: str, default: float, minimum: float = 0.0) -> float:
-    return _number(name, default, float, minimum)
+def settings_table() -> str:
+    """The README's table of every setting, generated from the declarations."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in fields(Settings):
+        default = f.metadata["shown"] or shown(f, f.default) or "(empty)"
+        rows.append(f"| `{env_name(f)}` | {default} | {f.metadata['help']} |")
+    return "\n".join(rows)
 
 
-def _timezone(name: str) -> str:
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+
+
+def _redis_scheme(url: str) -> str | None:
+    if url.startswith(REDIS_SCHEMES):
+        return None
+    return f"must start with {', '.join(REDIS_SCHEMES[:-1])} or {REDIS_SCHEMES[-1]}"
+
+
+def _timezone(name: str) -> str | None:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"TECAFLOW_TIMEZONE={name!r} is not a known time zone (try UTC or Europe/Paris)") from None
-    return name
+        return "is not a known time zone (try UTC or Europe/Paris)"
+    return None
+
+
+def _positive_seconds(values: tuple[int, ...]) -> str | None:
+    return None if values and min(values) >= 1 else "must hold positive seconds"
+
+
+PORT = dict(minimum=0, maximum=65535)
 
 
 @dataclass(frozen=True)
 class DetectorParams:
+    """The shift detector's settings (TECAFLOW_ALERT_*), also built from `tecaflow backtest` flags."""
     min_shift: float = 0.5
     false_alarms_per_10k: float = 1.0
     warmup: int = 100
@@ -135,108 +161,121 @@ class DetectorParams:
 
 @dataclass(frozen=True)
 class Settings:
-    run_dir: str = "run"
-    broker_url: str = "kafka://127.0.0.1:9092"
-    broker_security: str = "PLAINTEXT"
-    sasl_mechanism: str = "PLAIN"
-    sasl_username: str = ""
-    sasl_password: str = ""
-    ca_file: str = ""
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    triton_url: str = "127.0.0.1:8001"
-    triton_model: str = "tecafn"
-    topic_segments: str = "segments"
-    topic_scores: str = "scores"
-    topic_alerts: str = "alerts"
-    topic_dlq: str = "segments-dlq"
-    partitions: int = 4
-    batch_size: int = 32
-    batch_wait_s: float = 0.2
-    metrics_port: int = 9108
-    commit_interval_s: float = 1.0
-    session_timeout_s: float = 10.0
-    max_text_chars: int = 2000
-    max_future_s: float = 300.0
-    recent_segments: int = 50
-    resolutions: tuple[int, ...] = (10, 60, 600)
-    buckets_kept: int = 360
-    ewma_alpha: float = 0.1
-    dedup_ttl_s: int = 604800
-    detector: DetectorParams = field(default_factory=DetectorParams)
-    webhook_url: str = ""
-    dashboard_refresh_s: float = 2.0
-    dashboard_stale_s: float = 300.0
-    dashboard_page_size: int = 50
-    timezone: str = "UTC"
-    webhook_queue: int = 1000
-    dlq_keep_bytes: int = 65536
+    # ---- where things are ----
+    run_dir: str = setting("run", "logs, pid files, data of the embedded stack")
+    model_repo: str = setting("model_repo", "where `stack up` serves models from, and the worker finds the tokenizer")
+    tokenizer: str = setting("", "tokenizer directory, when the model repository is not on this host",
+                             shown="(newest version's)")
+    # ---- the broker ----
+    broker_url: str = setting("kafka://127.0.0.1:9092",
+                              "Kafka bootstrap servers (comma-separated host:port, `kafka://` optional)", secret="url")
+    broker_security: str = setting("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+                                   choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    sasl_mechanism: str = setting("PLAIN", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", env="TECAFLOW_BROKER_SASL_MECHANISM",
+                                  choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
+    sasl_username: str = setting("", "SASL user name", env="TECAFLOW_BROKER_SASL_USERNAME")
+    sasl_password: str = setting("", "SASL password (a secret: never printed)", env="TECAFLOW_BROKER_SASL_PASSWORD",
+                                 secret="hide")
+    ca_file: str = setting("", "CA bundle for SSL", env="TECAFLOW_BROKER_CA_FILE")
+    topic_segments: str = setting("segments", "topic of incoming segments")
+    topic_scores: str = setting("scores", "topic of scored segments")
+    topic_alerts: str = setting("alerts", "topic of shift alerts")
+    topic_dlq: str = setting("segments-dlq", "dead-letter topic: rejected messages with their reason")
+    partitions: int = setting(4, "partitions of the topics tecaflow creates", minimum=1)
+    commit_interval_s: float = setting(1.0, "how often offsets are committed", minimum=0.0)
+    session_timeout_s: float = setting(10.0, "consumer-group session and rebalance timeout", minimum=1.0)
+    # ---- Redis and Triton ----
+    redis_url: str = setting("redis://127.0.0.1:6379/0",
+                             "Redis URL (redis://:password@host:port/db, rediss:// for TLS, redis+cluster://:password@"
+                             "host:port for a Redis Cluster, any node); the password is never printed",
+                             check=_redis_scheme, secret="url")
+    triton_url: str = setting("127.0.0.1:8001", "Triton gRPC address")
+    triton_model: str = setting("tecafn", "model name in the repository")
+    # ---- the worker ----
+    batch_size: int = setting(32, "most segments per Triton call", minimum=1)
+    batch_wait_s: float = setting(0.2, "longest wait to fill a batch", minimum=0.0)
+    metrics_port: int = setting(9108, "worker's Prometheus /metrics port (0: off)", **PORT)
+    metrics_host: str = setting("127.0.0.1", "address the metrics port binds (0.0.0.0 in containers)")
+    max_text_chars: int = setting(2000, "longest transcript accepted", minimum=1)
+    max_future_s: float = setting(300.0, "how far in the future an event time may lie", minimum=0.0)
+    dlq_keep_bytes: int = setting(65536, "bytes of an oversized original kept in its DLQ record (with its length and "
+                                  "sha256); keep it well below the broker's message size limit (1 MB producer "
+                                  "requests, and base64 adds a third)", minimum=0)
+    # ---- trends ----
+    recent_segments: int = setting(50, "scored segments kept per stream", minimum=1)
+    resolutions: tuple[int, ...] = setting((10, 60, 600), "trend bucket sizes in seconds", check=_positive_seconds)
+    buckets_kept: int = setting(360, "buckets kept per stream and resolution", minimum=1)
+    ewma_alpha: float = setting(0.1, "weight of the newest score in the EWMA", above=0, maximum=1)
+    dedup_ttl_s: int = setting(604800, "how long a segment_id is remembered", minimum=1)
+    # ---- alerts ----
+    alert_min_shift: float = setting(0.5, "smallest change of a stream's mean score worth an alert (score units)")
+    alert_false_alarms_per_10k: float = setting(
+        1.0, "false alarms accepted per 10,000 steady segments of a stream; sets the threshold")
+    alert_warmup: int = setting(100, "segments a stream needs (at start, and after each alert) before it is watched")
+    webhook_url: str = setting("", "Slack-compatible webhook for alerts (its token is never printed)",
+                              secret="url")
+    webhook_queue: int = setting(1000, "alerts waiting for the webhook at most; beyond it the oldest are dropped "
+                                 "(counted)", minimum=1)
+    # ---- the dashboard ----
+    dashboard_refresh_s: float = setting(2.0, "how often the dashboard's live parts reload from Redis", minimum=0.5)
+    dashboard_stale_s: float = setting(300.0, "a stream with no update for this long is marked stale", minimum=1.0)
+    dashboard_page_size: int = setting(50, "streams per page of the dashboard's overview", minimum=1)
+    timezone: str = setting("UTC", "time zone the dashboard shows times in (IANA name, e.g. Europe/Paris)",
+                            check=_timezone)
+    # ---- the embedded stack (`tecaflow stack`, `tecaflow demo`) ----
+    broker_port: int = setting(9092, "port of the embedded broker", **PORT)
+    redis_port: int = setting(6379, "port of the embedded Redis", **PORT)
+    triton_http_port: int = setting(8000, "HTTP port of the embedded Triton", **PORT)
+    triton_grpc_port: int = setting(8001, "gRPC port of the embedded Triton", **PORT)
+    triton_metrics_port: int = setting(8002, "metrics port of the embedded Triton", **PORT)
+    prometheus_port: int = setting(9090, "port of the embedded Prometheus", **PORT)
+    prometheus_targets: str = setting("", "worker metrics endpoints the embedded Prometheus scrapes (host:port,...)",
+                                      shown="127.0.0.1:9108,127.0.0.1:9109")
+    demo_seconds: float = setting(0.0, "`tecaflow demo` stops after this long (0: at Ctrl-C)", minimum=0.0)
+    debug: bool = setting(False, "show the traceback of user errors too (1 or true)")
 
     @classmethod
-    def from_env(cls) -> "Settings":
-        security = _env("TECAFLOW_BROKER_SECURITY", "PLAINTEXT").upper()
-        if security not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
-            raise ConfigError(f"TECAFLOW_BROKER_SECURITY={security!r}: use PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
-        mechanism = _env("TECAFLOW_BROKER_SASL_MECHANISM", "PLAIN").upper()
-        if mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
-            raise ConfigError(f"TECAFLOW_BROKER_SASL_MECHANISM={mechanism!r}: use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
-        try:
-            resolutions = tuple(sorted(int(r) for r in _env("TECAFLOW_RESOLUTIONS", "10,60,600").split(",")))
-        except ValueError:
-            raise ConfigError("TECAFLOW_RESOLUTIONS must be comma-separated whole seconds, e.g. 10,60,600") from None
-        if not resolutions or resolutions[0] < 1:
-            raise ConfigError("TECAFLOW_RESOLUTIONS must hold positive seconds")
-        alpha = _float("TECAFLOW_EWMA_ALPHA", 0.1)
-        if not 0 < alpha <= 1:
-            raise ConfigError(f"TECAFLOW_EWMA_ALPHA={alpha} must be in (0, 1]")
-        redis_url = _env("TECAFLOW_REDIS_URL", cls.redis_url)
-        if not redis_url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")):
-            raise ConfigError(f"TECAFLOW_REDIS_URL={redact_url(redis_url)!r} must start with redis://, rediss://, "
-                              f"unix://, redis+cluster:// or rediss+cluster://")
-        return cls(
-            run_dir=_env("TECAFLOW_RUN_DIR", cls.run_dir),
-            broker_url=_env("TECAFLOW_BROKER_URL", cls.broker_url),
-            broker_security=security, sasl_mechanism=mechanism,
-            sasl_username=_env("TECAFLOW_BROKER_SASL_USERNAME", ""),
-            sasl_password=_env("TECAFLOW_BROKER_SASL_PASSWORD", ""),
-            ca_file=_env("TECAFLOW_BROKER_CA_FILE", ""),
-            redis_url=redis_url,
-            triton_url=_env("TECAFLOW_TRITON_URL", cls.triton_url),
-            triton_model=_env("TECAFLOW_TRITON_MODEL", cls.triton_model),
-            topic_segments=_env("TECAFLOW_TOPIC_SEGMENTS", cls.topic_segments),
-            topic_scores=_env("TECAFLOW_TOPIC_SCORES", cls.topic_scores),
-            topic_alerts=_env("TECAFLOW_TOPIC_ALERTS", cls.topic_alerts),
-            topic_dlq=_env("TECAFLOW_TOPIC_DLQ", cls.topic_dlq),
-            partitions=_int("TECAFLOW_PARTITIONS", 4, 1),
-            batch_size=_int("TECAFLOW_BATCH_SIZE", 32, 1),
-            batch_wait_s=_float("TECAFLOW_BATCH_WAIT_S", 0.2),
-            metrics_port=_int("TECAFLOW_METRICS_PORT", 9108),
-            commit_interval_s=_float("TECAFLOW_COMMIT_INTERVAL_S", 1.0),
-            session_timeout_s=_float("TECAFLOW_SESSION_TIMEOUT_S", 10.0, 1.0),
-            max_text_chars=_int("TECAFLOW_MAX_TEXT_CHARS", 2000, 1),
-            max_future_s=_float("TECAFLOW_MAX_FUTURE_S", 300.0),
-            recent_segments=_int("TECAFLOW_RECENT_SEGMENTS", 50, 1),
-            resolutions=resolutions,
-            buckets_kept=_int("TECAFLOW_BUCKETS_KEPT", 360, 1),
-            ewma_alpha=alpha,
-            dedup_ttl_s=_int("TECAFLOW_DEDUP_TTL_S", 604800, 1),
-            detector=DetectorParams(
-                min_shift=_float("TECAFLOW_ALERT_MIN_SHIFT", 0.5),
-                false_alarms_per_10k=_float("TECAFLOW_ALERT_FALSE_ALARMS_PER_10K", 1.0),
-                warmup=_int("TECAFLOW_ALERT_WARMUP", 100)),
-            webhook_url=_env("TECAFLOW_WEBHOOK_URL", ""),
-            dashboard_refresh_s=_float("TECAFLOW_DASHBOARD_REFRESH_S", 2.0, 0.5),
-            dashboard_stale_s=_float("TECAFLOW_DASHBOARD_STALE_S", 300.0, 1.0),
-            dashboard_page_size=_int("TECAFLOW_DASHBOARD_PAGE_SIZE", 50, 1),
-            timezone=_timezone(_env("TECAFLOW_TIMEZONE", cls.timezone)),
-            webhook_queue=_int("TECAFLOW_WEBHOOK_QUEUE", 1000, 1),
-            dlq_keep_bytes=_int("TECAFLOW_DLQ_KEEP_BYTES", 65536, 0),
-        )
+    def from_env(cls, environ=None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(env_name(f))
+            if raw is not None:
+                values[f.name] = parse(f, raw)
+        return cls(**values)
+
+    def __post_init__(self):
+        for f in fields(self):
+            check(f, getattr(self, f.name))
+        self.detector  # noqa: B018 - its own bounds, named after the variables
+
+    @property
+    def detector(self) -> DetectorParams:
+        return DetectorParams(self.alert_min_shift, self.alert_false_alarms_per_10k, self.alert_warmup)
+
+    @property
+    def metrics_targets(self) -> list[str]:
+        """What the embedded Prometheus scrapes: by default this worker's port and the next."""
+        if self.prometheus_targets:
+            return self.prometheus_targets.split(",")
+        return [f"127.0.0.1:{self.metrics_port}", f"127.0.0.1:{self.metrics_port + 1}"]
 
     def broker_servers(self) -> str:
         return ",".join(s.strip().removeprefix("kafka://") for s in self.broker_url.split(","))
 
     def describe(self) -> str:
         """Every setting, for the log: passwords hidden, URLs through redact_url."""
-        shown = {"sasl_password": lambda v: HIDDEN if v else v, "redis_url": redact_url,
-                 "webhook_url": redact_url, "broker_url": lambda v: ",".join(map(redact_url, v.split(",")))}
-        return ", ".join(f"{f.name}={shown.get(f.name, lambda v: v)(getattr(self, f.name))}" for f in fields(self))
+        return ", ".join(f"{f.name}={shown(f, getattr(self, f.name))}" for f in fields(self))
+
+    def redact(self, text: str) -> str:
+        """`text` with every configured secret replaced as `describe` shows it (for error messages
+        that quote a URL)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["secret"] and value:
+                text = text.replace(value, shown(f, value))
+        return text
+
+
+if __name__ == "__main__":
+    print(settings_table())
