@@ -1,4 +1,4 @@
-"""The Faust app: topics, the scoring agent, and the worker's start-up.
+"""The Faust app: topics, the scoring agent, and the worker's start-up (`tecaflow worker`).
 
     segments (raw bytes, keyed by stream_id)  ->  score_segments  ->  scores, alerts, segments-dlq
                                                         |
@@ -13,17 +13,20 @@ record, score, alert) is delivered before the batch is acked (stream/publish.py)
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 
 import faust
+import mode
 
 from stream import metrics
 from stream.alert_sender import AlertSender
 from stream.config import Settings
 from stream.lag import LagTracker
-from stream.pipeline import BatchResult, Reject
+from stream.pipeline import BatchResult, Pipeline, Reject
 from stream.publish import Outgoing, deliver, outgoing
+from stream.worker import build_pipeline, check_dependencies
 
 log = logging.getLogger("tecaflow.worker")
 settings = Settings.from_env()
@@ -66,19 +69,35 @@ scores_topic = app.topic(settings.topic_scores, value_serializer="json", partiti
 alerts_topic = app.topic(settings.topic_alerts, value_serializer="json", partitions=settings.partitions)
 dlq_topic = app.topic(settings.topic_dlq, value_serializer="raw", partitions=settings.partitions)
 
-_pipeline = None
 lag = LagTracker()
 # The webhook is posted by a background task, never by the agent: a slow receiver must not stall scoring.
 sender = AlertSender(settings.webhook_url, settings.webhook_queue) if settings.webhook_url else None
 
 
-async def pipeline():
-    """Built on first use, once Triton answers: the model's contract decides what is valid."""
-    global _pipeline
-    if _pipeline is None:
-        from stream.worker import build_pipeline
-        _pipeline = await build_pipeline(settings)
-    return _pipeline
+class Scoring(mode.Service):
+    """The worker's pipeline (Triton, Redis, tokenizer), built when the worker starts. Building it
+    waits for Triton and Redis as long as it takes; the worker joins its group meanwhile, and the
+    agent waits here for its first batch."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._built = asyncio.Event()
+        self._pipeline: Pipeline | None = None
+
+    @mode.Service.task
+    async def _build(self) -> None:
+        self.use(await build_pipeline(settings))
+
+    def use(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+        self._built.set()
+
+    async def pipeline(self) -> Pipeline:
+        await self._built.wait()
+        return self._pipeline
+
+
+scoring = app.service(Scoring())
 
 
 @app.agent(segments_topic)
@@ -87,7 +106,7 @@ async def score_segments(stream):
     # would ack it in a `finally`, even when the agent is cancelled or fails half-way through.
     async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
         raws = [event.value for event in events]
-        scorer = await pipeline()  # waits for Triton and Redis; run_worker checked the rest
+        scorer = await scoring.pipeline()  # waits for Triton and Redis; run() checked the rest
         try:
             result = await scorer.process(raws)
         except Exception as e:  # a bug, not bad input: park the batch in the DLQ, keep running
@@ -120,3 +139,17 @@ async def report_consumer_lag():
         metrics.CONSUMER_LAG.set(await lag.lag(app.consumer))
     except Exception as e:  # noqa: BLE001 - a rebalance in progress or the broker away: try next tick
         log.debug("consumer lag not available now: %s", e)
+
+
+def run(loglevel: str = "info") -> int:
+    """`tecaflow worker`: check the dependencies, serve metrics, then run the app in this process
+    with Faust's Worker until it is stopped."""
+    from prometheus_client import start_http_server
+
+    log.info("worker settings: %s", settings.describe())
+    check_dependencies(settings)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+    faust.Worker(app, loglevel=loglevel).execute_from_commandline()
+    return 0

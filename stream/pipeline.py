@@ -18,13 +18,14 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from stream import detector, metrics
 from stream.config import DetectorParams
+from stream.contract import ModelContract, Tokenizer
 from stream.schema import Limits, Rejected, Segment, decode_segment
-from stream.triton_client import ModelContract, batch_inputs
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,11 @@ class Backoff:
         self.delay = min(self.cap, self.delay * 2)
 
 
-async def retry_forever(call, target: str, *args):
-    """Run `call(*args)` until it succeeds, counting retries. A plain function runs in a thread
-    so that a slow or unreachable dependency never blocks the event loop (Kafka heartbeats)."""
-    backoff = Backoff()
+async def retry_forever(call, target: str, *args, backoff: Callable[[], Backoff] = Backoff):
+    """Run `call(*args)` until it succeeds, counting retries, waiting as a fresh `backoff()` says.
+    A plain function runs in a thread so that a slow or unreachable dependency never blocks the
+    event loop (Kafka heartbeats)."""
+    backoff = backoff()
     attempt = 0
     while True:
         try:
@@ -97,9 +99,10 @@ async def retry_forever(call, target: str, *args):
 
 
 class Pipeline:
-    def __init__(self, scorer, store, tokenizer, contract: ModelContract, detector_params: DetectorParams,
-                 max_text_chars: int = 2000, max_future_s: float = 300.0):
+    def __init__(self, scorer, store, tokenizer: Tokenizer, contract: ModelContract, detector_params: DetectorParams,
+                 max_text_chars: int = 2000, max_future_s: float = 300.0, backoff: Callable[[], Backoff] = Backoff):
         self.scorer, self.store, self.tokenizer, self.contract = scorer, store, tokenizer, contract
+        self.backoff = backoff
         self.detector_params = detector_params
         self.limits = Limits(widths=dict(contract.widths), max_frames=contract.max_frames,
                              max_text_chars=max_text_chars, max_future_s=max_future_s)
@@ -117,10 +120,9 @@ class Pipeline:
         return good
 
     def model_inputs(self, segments: list[Segment]) -> dict[str, np.ndarray]:
-        enc = self.tokenizer([s.text for s in segments], padding=True, truncation=True,
-                             max_length=self.contract.max_text_tokens, return_tensors="np")
+        input_ids, attention_mask = self.tokenizer([s.text for s in segments])
         frames = {m: [s.frames(m) for s in segments] for m in self.contract.widths}
-        return batch_inputs(enc["input_ids"], enc["attention_mask"], frames, self.contract)
+        return self.contract.batch(input_ids, attention_mask, frames)
 
     async def process(self, raws: list[bytes]) -> BatchResult:
         metrics.CONSUMED.inc(len(raws))
@@ -138,12 +140,12 @@ class Pipeline:
             inputs = self.model_inputs(segments)
             metrics.BATCH_SIZE.observe(len(segments))
             started = time.perf_counter()
-            scores = await retry_forever(self.scorer.score, "triton", inputs)
+            scores = await retry_forever(self.scorer.score, "triton", inputs, backoff=self.backoff)
             metrics.TRITON_LATENCY.observe(time.perf_counter() - started)
             scores = scores.tolist()
             items = [(seg.stream_id, seg.segment_id, seg.digest, seg.event_time, score, seg.text)
                      for (seg, _), score in zip(good, scores)]
-            outcomes = await retry_forever(self.store.record_many, "redis", items)
+            outcomes = await retry_forever(self.store.record_many, "redis", items, backoff=self.backoff)
             touched: dict[str, None] = {}
             for (segment, raw), score, outcome in zip(good, scores, outcomes):
                 touched[segment.stream_id] = None
@@ -161,9 +163,9 @@ class Pipeline:
                 result.scores.append({"stream_id": segment.stream_id, "segment_id": segment.segment_id,
                                       "event_time": segment.event_time, "score": score})
             for stream in touched:  # redelivered batches too: the detector resumes where it stopped
-                await retry_forever(self.detect, "redis", stream)
+                await retry_forever(self.detect, "redis", stream, backoff=self.backoff)
                 # what it found now, and what it found before a crash that came before publishing
-                result.alerts += await retry_forever(self.store.unpublished_alerts, "redis", stream)
+                result.alerts += await retry_forever(self.store.unpublished_alerts, "redis", stream, backoff=self.backoff)
         metrics.DUPLICATES.inc(result.duplicates)
         for r in result.rejects:
             metrics.REJECTED.labels(r.reason).inc()
@@ -172,7 +174,7 @@ class Pipeline:
     async def published(self, result: BatchResult) -> None:
         """The agent has delivered every outcome of `result`: its alerts leave the outbox."""
         if result.alerts:
-            await retry_forever(self.store.mark_published, "redis", result.alerts)
+            await retry_forever(self.store.mark_published, "redis", result.alerts, backoff=self.backoff)
 
     def detect(self, stream: str) -> list[dict]:
         totals = self.store.totals(stream)

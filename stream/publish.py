@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from stream.pipeline import DLQ_KEEP_BYTES, BatchResult, retry_forever
+from stream.pipeline import DLQ_KEEP_BYTES, Backoff, BatchResult, retry_forever
 
 
 @dataclass
@@ -57,7 +57,7 @@ async def _settle(records: list[Outgoing], acks: list) -> None:
         raise failures[0]
 
 
-async def deliver(records: list[Outgoing], send: Send) -> None:
+async def deliver(records: list[Outgoing], send: Send, backoff: Callable[[], Backoff] = Backoff) -> None:
     """Until every record is delivered: transient or not, a failure is waited out, never skipped."""
     if records:
-        await retry_forever(deliver_once, "kafka", records, send)
+        await retry_forever(deliver_once, "kafka", records, send, backoff=backoff)

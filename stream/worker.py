@@ -1,39 +1,34 @@
-"""Start-up of a worker: connect to Triton and Redis, find the tokenizer, run the Faust app."""
+"""What a worker is made of, with no Faust in it: the tokenizer, the trend store, the Triton
+client and the pipeline that joins them, and the start-up checks of its dependencies.
+stream/app.py builds these when the worker starts."""
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
 from pathlib import Path
 
-# Imported at start-up, not inside the event loop: it takes seconds.
-from transformers import AutoTokenizer
-
+from stream import contract
 from stream.config import ConfigError, Settings
 from stream.dependencies import check_broker, check_redis
-from stream.pipeline import Pipeline, retry_forever
+from stream.pipeline import Backoff, Pipeline, retry_forever
 from stream.store import StoreSettings, TrendStore
 from stream.triton_client import AsyncTritonScorer
 
 log = logging.getLogger("tecaflow.worker")
 
 
-def find_tokenizer(settings: Settings):
+def tokenizer_dir(settings: Settings) -> Path:
     """TECAFLOW_TOKENIZER, else the tokenizer exported beside the newest model version."""
-    explicit = os.environ.get("TECAFLOW_TOKENIZER")
-    if explicit:
-        path = Path(explicit)
+    if settings.tokenizer:
+        path = Path(settings.tokenizer)
     else:
-        model_dir = Path(os.environ.get("TECAFLOW_MODEL_REPO", "model_repo")) / settings.triton_model
-        versions = sorted((p for p in model_dir.glob("[0-9]*") if p.is_dir()), key=lambda p: int(p.name))
-        if not versions:
-            raise ConfigError(f"no tokenizer: {model_dir} has no exported version; set TECAFLOW_TOKENIZER "
-                              f"or TECAFLOW_MODEL_REPO")
-        path = versions[-1] / "tokenizer"
-    if not path.is_dir():
-        raise ConfigError(f"tokenizer directory {path} does not exist")
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        try:
+            path = contract.tokenizer_dir(settings.model_repo, settings.triton_model)
+        except contract.ContractError as e:
+            raise ConfigError(f"no tokenizer: {e}; set TECAFLOW_TOKENIZER or TECAFLOW_MODEL_REPO") from None
+    if not (path / "tokenizer.json").is_file():
+        raise ConfigError(f"tokenizer directory {path} has no tokenizer.json (export the model with `tecaflow export`)")
+    return path
 
 
 def store_for(settings: Settings) -> TrendStore:
@@ -45,39 +40,26 @@ def store_for(settings: Settings) -> TrendStore:
         dedup_ttl_s=settings.dedup_ttl_s, window=max(StoreSettings.window, 8 * settings.batch_size)))
 
 
-async def build_pipeline(settings: Settings) -> Pipeline:
+async def build_pipeline(settings: Settings, backoff=Backoff) -> Pipeline:
+    """Wait for Triton (the model's contract decides what is valid) and Redis, then join them."""
     scorer = AsyncTritonScorer(settings.triton_url, settings.triton_model)
-    contract = await retry_forever(scorer.contract, "triton")
-    log.info("model %s: widths %s, <= %d frames, <= %d tokens", settings.triton_model, contract.widths,
-             contract.max_frames, contract.max_text_tokens)
-    store = await retry_forever(store_for, "redis", settings)  # a cluster client connects when made
-    await retry_forever(store.ping, "redis")
-    return Pipeline(scorer, store, find_tokenizer(settings), contract, settings.detector,
-                    settings.max_text_chars, settings.max_future_s)
+    served = await retry_forever(scorer.contract, "triton", backoff=backoff)
+    log.info("model %s: widths %s, <= %d frames, <= %d tokens", settings.triton_model, served.widths,
+             served.max_frames, served.max_text_tokens)
+    store = await retry_forever(store_for, "redis", settings, backoff=backoff)  # a cluster client connects when made
+    await retry_forever(store.ping, "redis", backoff=backoff)
+    tokenizer = contract.Tokenizer(tokenizer_dir(settings), served.max_text_tokens)
+    return Pipeline(scorer, store, tokenizer, served, settings.detector, settings.max_text_chars,
+                    settings.max_future_s, backoff=backoff)
 
 
 def check_dependencies(settings: Settings) -> None:
     """Refused credentials or permissions stop the worker now (DependencyRefused: one line, exit 2);
     an unreachable Redis or broker is only logged here and waited for once running."""
+    tokenizer_dir(settings)  # fail now, with a clear message, rather than on the first batch
     check_redis(lambda: store_for(settings), settings.redis_url)
     loop = asyncio.new_event_loop()  # not the current loop: Faust sets up its own
     try:
         loop.run_until_complete(check_broker(settings))
     finally:
         loop.close()
-
-
-def run_worker(loglevel: str = "info") -> int:
-    """Run the Faust worker in this process until it is stopped."""
-    from prometheus_client import start_http_server
-
-    from stream.app import app, settings
-    log.info("worker settings: %s", settings.describe())
-    find_tokenizer(settings)  # fail now, with a clear message, rather than on the first batch
-    check_dependencies(settings)
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=os.environ.get("TECAFLOW_METRICS_HOST", "127.0.0.1"))
-        log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
-    sys.argv = ["tecaflow-worker", "worker", "--loglevel", loglevel, "--without-web"]
-    app.main()
-    return 0

@@ -36,7 +36,8 @@ def run_agent(pipeline, values):
         return send
 
     async def go():
-        with mock.patch.object(app_module, "_pipeline", pipeline), \
+        app_module.scoring.use(pipeline)
+        with mock.patch.object(app_module.scoring, "pipeline", mock.AsyncMock(return_value=pipeline)), \
                 mock.patch.object(app_module.dlq_topic, "send", recorder("dlq")), \
                 mock.patch.object(app_module.scores_topic, "send", recorder("scores")), \
                 mock.patch.object(app_module.alerts_topic, "send", recorder("alerts")):

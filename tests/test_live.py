@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from stream.config import DetectorParams
-from stream.pipeline import Pipeline
 from stream.schema import Limits, decode_segment
 from stream.triton_client import TritonScorer
 from tests.conftest import CLI, Live
@@ -27,19 +25,23 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def ground_truth(live: Live, manifest: Path) -> dict[str, list[float]]:
-    """Score exactly what the replay sent, straight from Triton, per stream."""
+    """Score exactly what the replay sent, straight from Triton, per stream (tokenized by the
+    Hugging Face tokenizer the model trained with, not the worker's)."""
     from transformers import AutoTokenizer
     scorer = TritonScorer(live.env["TECAFLOW_TRITON_URL"])
     contract = scorer.contract()
     tokenizer = AutoTokenizer.from_pretrained(live.root / "repo" / "tecafn" / "1" / "tokenizer")
-    helper = Pipeline(scorer, None, tokenizer, contract, DetectorParams())
     limits = Limits(widths=contract.widths, max_frames=contract.max_frames)
     segments = [decode_segment(base64.b64decode(json.loads(line)["message"]), limits)
                 for line in manifest.read_text().splitlines()]
     truth = defaultdict(list)
     for start in range(0, len(segments), 16):
         chunk = segments[start:start + 16]
-        for seg, score in zip(chunk, scorer.score(helper.model_inputs(chunk))):
+        enc = tokenizer([s.text for s in chunk], padding=True, truncation=True, max_length=contract.max_text_tokens,
+                        return_tensors="np")
+        inputs = contract.batch(enc["input_ids"], enc["attention_mask"],
+                                {m: [s.frames(m) for s in chunk] for m in contract.widths})
+        for seg, score in zip(chunk, scorer.score(inputs)):
             truth[seg.stream_id].append(float(score))
     scorer.close()
     return truth

@@ -6,16 +6,19 @@ import pytest
 
 from stream import metrics
 from stream.config import DetectorParams
-from stream.pipeline import Pipeline
+from stream.contract import ModelContract, Tokenizer
+from stream.pipeline import Backoff, Pipeline
 from stream.schema import encode_segment
 from stream.store import TrendStore
-from stream.triton_client import ModelContract
 from tests.malformed import MAX_FRAMES, catalogue, conflicting_pair, valid_bytes
 from tests.malformed import hostile as hostile_cases
-from trainer.text_encoder import load_tokenizer
+from trainer.text_encoder import minilm_dir
 
-CONTRACT = ModelContract(inputs=("input_ids", "attention_mask", "audio", "audio_lengths", "visual", "visual_lengths"),
-                         widths={"audio": 5, "visual": 20}, max_text_tokens=16, max_frames=MAX_FRAMES, max_batch=64)
+CONTRACT = ModelContract(widths={"audio": 5, "visual": 20}, max_text_tokens=16, max_frames=MAX_FRAMES, max_batch=64)
+
+
+def quick_backoff():
+    return Backoff(first=0.01, cap=0.02)
 
 
 class FlakyScorer:
@@ -38,7 +41,8 @@ class FlakyScorer:
 def pipeline(redis_url):
     store = TrendStore(redis_url)
     store.redis.flushdb()
-    return Pipeline(FlakyScorer(), store, load_tokenizer("tiny"), CONTRACT, DetectorParams(warmup=20))
+    return Pipeline(FlakyScorer(), store, Tokenizer(minilm_dir(), CONTRACT.max_text_tokens), CONTRACT,
+                    DetectorParams(warmup=20), backoff=quick_backoff)
 
 
 def test_good_bad_and_duplicate_messages_in_one_batch(pipeline):
@@ -67,8 +71,6 @@ def test_conflicting_duplicate_goes_to_the_dlq(pipeline):
 
 def test_triton_outage_is_retried_not_lost(pipeline, monkeypatch):
     pipeline.scorer.failures = 2
-    monkeypatch.setattr("stream.pipeline.Backoff.__init__", lambda self, first=0.01, cap=0.02: (
-        setattr(self, "first", 0.01), setattr(self, "cap", 0.02), setattr(self, "delay", 0.01))[0])
     before = metrics.RETRIES.labels("triton")._value.get()
     result = asyncio.run(pipeline.process([valid_bytes(stream="q", segment="q/1")]))
     assert len(result.scores) == 1 and pipeline.scorer.calls == 3
