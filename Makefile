@@ -12,7 +12,7 @@ setup: $(STAMP) debs
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev]'  # dev includes every extra: stream, dashboard, train, stack
 	@touch $(STAMP)
 
 # Debian packages: `apt-get update` once, and only when something is missing.

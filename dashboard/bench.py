@@ -17,13 +17,14 @@ import time
 import redis
 
 from dashboard import data
+from stream.errors import UserError
 from stream.store import StoreSettings, TrendStore
 
 
 def scratch_redis(directory: str) -> tuple[subprocess.Popen, str]:
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("redis-server not found: install the Debian package redis-server (make setup does)")
+        raise UserError("redis-server not found: install the Debian package redis-server (make setup does)")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -37,7 +38,7 @@ def scratch_redis(directory: str) -> tuple[subprocess.Popen, str]:
         except redis.ConnectionError:
             time.sleep(0.05)
     proc.kill()
-    raise RuntimeError("the scratch redis-server did not start")
+    raise UserError("the scratch redis-server did not start")
 
 
 def fill(store: TrendStore, streams: int, segments: int, now: float, progress=None) -> None:
@@ -91,7 +92,7 @@ def timed(load, repeats: int) -> dict:
 
 def bench_dashboard(streams: int = 1000, segments: int = 120, repeats: int = 10, progress=print) -> dict:
     if streams < 1 or segments < 1 or repeats < 1:
-        raise ValueError("--streams, --segments and --repeats must be >= 1")
+        raise UserError("--streams, --segments and --repeats must be >= 1")
     with tempfile.TemporaryDirectory() as directory:
         proc, url = scratch_redis(directory)
         try:

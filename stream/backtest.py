@@ -26,6 +26,7 @@ import numpy as np
 
 from stream import detector
 from stream.config import DetectorParams
+from stream.errors import UserError
 
 Scores = dict[str, list[tuple[float, float]]]  # stream -> (event_time, score), oldest first
 
@@ -36,11 +37,11 @@ def _rows(path: Path, columns: int, what: str):
             if not row or (number == 1 and not _is_number(row[1] if len(row) > 1 else "")):
                 continue  # blank line or header
             if len(row) != columns:
-                raise ValueError(f"{path}:{number}: expected {what}, got {len(row)} fields")
+                raise UserError(f"{path}:{number}: expected {what}, got {len(row)} fields")
             try:
                 yield row[0], *(float(v) for v in row[1:])
             except ValueError:
-                raise ValueError(f"{path}:{number}: expected {what}, got {row!r}") from None
+                raise UserError(f"{path}:{number}: expected {what}, got {row!r}") from None
 
 
 def _is_number(text: str) -> bool:
@@ -59,10 +60,10 @@ def scores_from_csv(path: Path) -> Scores:
     out = defaultdict(list)
     for stream, t, score in _rows(path, 3, "stream,event_time,score"):
         if not (math.isfinite(t) and math.isfinite(score)):
-            raise ValueError(f"{path}: non-finite value for stream {stream}")
+            raise UserError(f"{path}: non-finite value for stream {stream}")
         out[stream].append((t, score))
     if not out:
-        raise ValueError(f"{path}: no scores")
+        raise UserError(f"{path}: no scores")
     return _sorted(out)
 
 
@@ -83,10 +84,10 @@ def scores_from_topic(servers: str, topic: str, timeout_s: float = 10.0) -> Scor
         out = defaultdict(list)
         try:
             if topic not in await consumer.topics():  # also fetches the partition metadata
-                raise ValueError(f"topic {topic!r} does not exist on {servers}")
+                raise UserError(f"topic {topic!r} does not exist on {servers}")
             parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
             if not parts:
-                raise ValueError(f"topic {topic!r} does not exist on {servers}")
+                raise UserError(f"topic {topic!r} does not exist on {servers}")
             consumer.assign(parts)
             await consumer.seek_to_beginning(*parts)
             ends = await consumer.end_offsets(parts)
@@ -116,7 +117,7 @@ def shifts_from_csv(path: Path) -> dict[str, list[float]]:
 def parse_shift(text: str) -> tuple[str, float]:
     stream, _, t = text.rpartition("@")
     if not stream or not _is_number(t):
-        raise ValueError(f"--shift {text!r}: expected STREAM@EVENT_TIME, e.g. brand-7@1764000000")
+        raise UserError(f"--shift {text!r}: expected STREAM@EVENT_TIME, e.g. brand-7@1764000000")
     return stream, float(t)
 
 
@@ -136,7 +137,7 @@ def evaluate(scores: Scores, shifts: dict[str, list[float]], alerts: dict[str, l
     caught, false_alarms, delays, delays_s = 0, 0, [], []
     unknown = sorted(set(shifts) - set(scores))
     if unknown:
-        raise ValueError(f"known shifts name streams with no scores: {', '.join(unknown)}")
+        raise UserError(f"known shifts name streams with no scores: {', '.join(unknown)}")
     for stream, series in scores.items():
         times = np.array([t for t, _ in series])
         known = shifts.get(stream, [])
@@ -199,7 +200,7 @@ def plot(scores: Scores, shifts: dict[str, list[float]], alerts: list[dict], str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     if stream not in scores:
-        raise ValueError(f"--plot {stream!r}: no scores for that stream")
+        raise UserError(f"--plot {stream!r}: no scores for that stream")
     t0 = scores[stream][0][0]
     t = np.array([p[0] for p in scores[stream]]) - t0
     fig, ax = plt.subplots(figsize=(11, 4))

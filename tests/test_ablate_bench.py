@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from stream.errors import UserError
 from trainer.ablate import markdown_table, parse_sweep, plan, run_ablations
 from trainer.bench import loop_gate, vector_gate
 from trainer.data import load_dataset
@@ -11,9 +12,9 @@ def test_plan_and_sweeps():
     assert [r for r, _, _ in plan(None, None)][:3] == ["full", "wo-uccon-ta", "wo-uccon-tv"]
     assert plan(["wo-v"], "num=1,5") == [("wo-v", "wo-v", {}), ("num=1", "full", {"num": 1}),
                                          ("num=5", "full", {"num": 5})]
-    with pytest.raises(ValueError, match="must be ints"):
+    with pytest.raises(UserError, match="must be ints"):
         parse_sweep("num=1.5")
-    with pytest.raises(ValueError, match="unknown ablation"):
+    with pytest.raises(UserError, match="unknown ablation"):
         plan(["wo-x"], None)
 
 

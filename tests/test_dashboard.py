@@ -11,6 +11,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from dashboard import data
+from stream.errors import UserError
 from stream.store import StoreSettings, TrendStore
 from tests.conftest import free_ports
 
@@ -215,7 +216,7 @@ def test_the_cli_runs_streamlit_headless_on_loopback():
     cmd = dashboard_command(8765, "127.0.0.1")
     assert cmd[1:4] == ["-m", "streamlit", "run"] and Path(cmd[4]).name == "app.py" and Path(cmd[4]).exists()
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1" and cmd[cmd.index("--server.port") + 1] == "8765"
-    with pytest.raises(ValueError, match="not a TCP port"):
+    with pytest.raises(UserError, match="not a TCP port"):
         dashboard_command(70000, "127.0.0.1")
 
 

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import MOSI_DIR
-from trainer.data import Batcher, DataError, load_dataset, load_mmsa_pickle, load_native, load_urfunny
-from trainer.synthetic import generate
+from trainer.data import Batcher, DataError, load_dataset, load_mmsa_pickle, load_native, load_urfunny, synthetic_dataset
 from trainer.text_encoder import load_tokenizer
 
 
@@ -157,13 +156,13 @@ def test_unknown_data_path():
 
 
 def test_synthetic_is_seeded_and_has_near_duplicates():
-    a, b = generate(n=300, seed=3), generate(n=300, seed=3)
+    a, b = synthetic_dataset(n=300, seed=3), synthetic_dataset(n=300, seed=3)
     assert a.train.texts == b.train.texts and np.array_equal(a.train.audio, b.train.audio)
     texts, labels = a.train.texts, a.train.labels
     gaps = [abs(labels[i] - labels[i + 1]) for i in range(len(texts) - 1) if texts[i] == texts[i + 1]]
     assert len(gaps) > 10
     assert 0.1 < np.median(gaps) < 0.6  # the twins differ through non-text cues only
-    assert generate(n=300, seed=4).train.texts != a.train.texts
+    assert synthetic_dataset(n=300, seed=4).train.texts != a.train.texts
 
 
 def test_batcher_pads_and_trims(tmp_path):

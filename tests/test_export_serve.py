@@ -10,8 +10,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from stream.triton_client import TritonScorer
-from tests.conftest import free_ports
 from stream.tritonserver import EmbeddedTriton, TritonError
+from tests.conftest import free_ports
 from trainer import export as export_module
 from trainer.data import load_dataset
 from trainer.export import TeCaFNInference, export, input_names

@@ -17,9 +17,8 @@ import time
 import pytest
 
 from stream.store import TrendStore
-from tests.conftest import free_ports
+from tests.conftest import CLI, Live, free_ports, launch, shut_down
 from tests.malformed import hostile, valid_bytes
-from tests.conftest import CLI, Live, launch, shut_down
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from stream.errors import UserError
 from stream.replay import Shift, plan_segments, replay, round_shift
 from stream.stack import port_open, tansu_binary
 from tests.conftest import free_ports
@@ -52,13 +53,13 @@ def test_each_round_shifts_another_stream_away_from_its_level():
 def test_bad_replay_options_are_refused_before_anything_is_sent(kwargs, message):
     args = dict(servers="127.0.0.1:1", topic="t", widths={"audio": 5}, max_frames=10, streams=2, segments=2)
     args.update(kwargs)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         replay(**args)
 
 
 def test_shift_parse_names_the_problem():
     assert Shift.parse("demo-002@40:-2.5", 3) == Shift(2, 40, -2.5)
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         Shift.parse("7@1:1", 3)
 
 

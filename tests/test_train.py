@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from stream.errors import UserError
 from trainer.data import load_dataset
 from trainer.train import TrainOptions, evaluate_checkpoint, train
 
@@ -61,7 +62,7 @@ def test_evaluate_reproduces_the_saved_metrics(synthetic, full_run):
 def test_evaluate_rejects_data_of_the_wrong_width(synthetic, full_run):
     out, _ = full_run
     other = load_dataset("synthetic", seed=0, n=60, d_audio=9)
-    with pytest.raises(ValueError, match="audio width 9 differs from the checkpoint's 5"):
+    with pytest.raises(UserError, match="audio width 9 differs from the checkpoint's 5"):
         evaluate_checkpoint(out / "checkpoint.pt", other)
 
 
@@ -71,7 +72,7 @@ def run_cli(*args):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--data", "/no/such/dir", "--out", "x"], "no such file or directory"),
-    (["train", "--data", "synthetic", "--out", "x", "--ablation", "wo-magic"], "invalid choice: 'wo-magic'"),
+    (["train", "--data", "synthetic", "--out", "x", "--ablation", "wo-magic"], "--ablation 'wo-magic': choose one of full"),
     (["train", "--data", "synthetic", "--out", "x", "--epochs", "0"], "must be > 0"),
     (["train", "--data", "synthetic", "--out", "x", "--set", "bogus=1"], "expected FIELD=VALUE"),
     (["train", "--data", "synthetic", "--out", "x", "--device", "cuda:7"], "CUDA is not available"),

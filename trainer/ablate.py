@@ -10,6 +10,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+from stream.errors import UserError
 from trainer.data import Dataset
 from trainer.model import ABLATIONS
 from trainer.train import TrainOptions, train
@@ -25,11 +26,11 @@ def parse_sweep(text: str) -> tuple[str, list]:
     """'p=0.1,0.3,0.5' -> ('p', [0.1, 0.3, 0.5])."""
     name, _, values = text.partition("=")
     if name not in SWEEPS or not values:
-        raise ValueError(f"--sweep must look like p=0.1,0.4,0.7 or num=1,3,5; got {text!r}")
+        raise UserError(f"--sweep must look like p=0.1,0.4,0.7 or num=1,3,5; got {text!r}")
     try:
         parsed = [SWEEPS[name](v) for v in values.split(",")]
     except ValueError:
-        raise ValueError(f"--sweep {name}: values must be {SWEEPS[name].__name__}s, got {values!r}") from None
+        raise UserError(f"--sweep {name}: values must be {SWEEPS[name].__name__}s, got {values!r}") from None
     return name, parsed
 
 
@@ -38,7 +39,7 @@ def plan(rows: list[str] | None, sweep: str | None) -> list[tuple[str, str, dict
     runs = []
     for row in rows or ([] if sweep else list(TABLE5)):
         if row not in ABLATIONS:
-            raise ValueError(f"unknown ablation {row!r}; choose from {', '.join(ABLATIONS)}")
+            raise UserError(f"unknown ablation {row!r}; choose from {', '.join(ABLATIONS)}")
         runs.append((row, row, {}))
     if sweep:
         name, values = parse_sweep(sweep)

@@ -1,4 +1,7 @@
-"""The trainer's subcommands of `tecaflow`: train, evaluate, ablate, bench gate."""
+"""The trainer's subcommands of `tecaflow`: train, evaluate, ablate, export, bench gate.
+
+Registering them imports nothing heavy; torch and the model load only when one of them runs.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +9,8 @@ import json
 import logging
 from pathlib import Path
 
-from trainer.model import ABLATIONS
+from stream.contract import BACKENDS
+from stream.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +47,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
 def register(sub) -> None:
     p = sub.add_parser("train", help="train TeCaFN and write a run directory")
     add_training_args(p)
-    p.add_argument("--ablation", default="full", choices=list(ABLATIONS), metavar="NAME",
-                   help="one of: " + ", ".join(ABLATIONS))
+    p.add_argument("--ablation", default="full", metavar="NAME",
+                   help="a row of the paper's Table 5 / Fig. 3 (full, wo-uccon, wo-gate, wo-v, ...: "
+                        "a name that is not one lists them all)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset, as JSON")
@@ -68,7 +73,7 @@ def register_export(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint as a new version in a Triton model repository")
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--repo", type=Path, default=Path("model_repo"))
-    p.add_argument("--backend", choices=("python", "onnxruntime"), default="python",
+    p.add_argument("--backend", choices=BACKENDS, default="python",
                    help="python: ONNX Runtime inside Triton's Python backend (what the embedded Triton runs); "
                         "onnxruntime: Triton's native ONNX Runtime backend on GPU (NVIDIA's container)")
     p.add_argument("--max-batch", type=_positive(int), default=64)
@@ -115,7 +120,7 @@ def parse_overrides(items: list[str]) -> dict:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or name not in types:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(types)}")
+            raise UserError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(types)}")
         kind = types[name]
         try:
             if "tuple" in str(kind):
@@ -125,7 +130,7 @@ def parse_overrides(items: list[str]) -> dict:
             else:
                 out[name] = {"int": int, "float": float, "str": str}.get(str(kind), str)(value)
         except ValueError:
-            raise ValueError(f"--set {item!r}: {value!r} is not a valid {kind}") from None
+            raise UserError(f"--set {item!r}: {value!r} is not a valid {kind}") from None
     return out
 
 
@@ -149,7 +154,10 @@ def _dataset(args):
 
 
 def cmd_train(args) -> int:
+    from trainer.model import ABLATIONS
     from trainer.train import resolve_device, train
+    if args.ablation not in ABLATIONS:
+        raise UserError(f"--ablation {args.ablation!r}: choose one of {', '.join(ABLATIONS)}")
     opts = _options(args, ablation=args.ablation)
     resolve_device(opts.device)  # before loading data: a wrong device is the cheaper error
     metrics = train(_dataset(args), opts)

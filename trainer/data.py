@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stream.errors import UserError
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Input data that cannot be used, with a message that says why and where."""
 
 
@@ -297,11 +299,25 @@ def load_urfunny(root: Path, max_frames: int = 50) -> Dataset:
 
 # --------------------------------------------------------------------------------------------
 
+def synthetic_dataset(seed: int = 0, **options) -> Dataset:
+    """The seeded generator's utterances (trainer/synthetic.py) as a Dataset."""
+    from trainer.synthetic import generate
+    raw = generate(seed=seed, **options)
+    audio, audio_lengths = pad_sequences(raw.audio)
+    visual, visual_lengths = pad_sequences(raw.visual)
+
+    def split(name: str) -> Split:
+        lo, hi = raw.bounds[name]
+        return Split(raw.ids[lo:hi], raw.texts[lo:hi], raw.labels[lo:hi], audio[lo:hi], audio_lengths[lo:hi],
+                     visual[lo:hi], visual_lengths[lo:hi])
+
+    return Dataset(raw.name, split("train"), split("valid"), split("test"))
+
+
 def load_dataset(spec: str, seed: int = 0, **synthetic_options) -> Dataset:
     """`synthetic`, a native directory, an MMSA .pkl, or a UR-FUNNY folder."""
     if spec == "synthetic":
-        from trainer.synthetic import generate
-        return check_dataset(generate(seed=seed, **synthetic_options))
+        return check_dataset(synthetic_dataset(seed=seed, **synthetic_options))
     path = Path(spec)
     if not path.exists():
         raise DataError(f"{spec}: no such file or directory (give 'synthetic', a dataset folder "

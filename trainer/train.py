@@ -22,10 +22,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from stream.errors import UserError
 from trainer.data import Batcher, Dataset
 from trainer.metrics import compute_metrics
 from trainer.model import TeCaFN, TeCaFNConfig, apply_ablation
-from trainer.text_encoder import build_text_encoder, load_tokenizer, rebuild_text_encoder
+from trainer.text_encoder import (
+    build_text_encoder,
+    load_tokenizer,
+    rebuild_text_encoder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +61,9 @@ class TrainOptions:
 
 def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
     if name != "cpu" and not name.startswith("cuda"):
-        raise ValueError(f"--device must be cpu or cuda[:N], not {name!r}")
+        raise UserError(f"--device must be cpu or cuda[:N], not {name!r}")
     return torch.device(name)
 
 
@@ -75,11 +80,14 @@ def build_config(dataset: Dataset, text_width: int, opts: TrainOptions) -> TeCaF
     config = apply_ablation(base, opts.ablation)
     unknown = set(opts.model_overrides) - set(asdict(config))
     if unknown:
-        raise ValueError(f"unknown model options {sorted(unknown)}")
-    config = TeCaFNConfig(**{**asdict(config), **opts.model_overrides})
+        raise UserError(f"unknown model options {sorted(unknown)}")
+    try:
+        config = TeCaFNConfig(**{**asdict(config), **opts.model_overrides})
+    except ValueError as e:  # the overrides came from --set
+        raise UserError(f"model options {opts.model_overrides}: {e}") from None
     absent = [m for m in config.modalities if m not in dataset.modalities]
     if config.center in absent:
-        raise ValueError(f"ablation {opts.ablation!r} centres on {config.center}, which {dataset.name} lacks")
+        raise UserError(f"ablation {opts.ablation!r} centres on {config.center}, which {dataset.name} lacks")
     if absent:  # a dataset without a modality runs as the matching "w/o" setting, said out loud
         log.warning("%s has no %s: running without it (the paper's 'w/o %s' setting)", dataset.name,
                     " or ".join(absent), ", ".join(m[0].upper() for m in absent))
@@ -255,10 +263,10 @@ def load_checkpoint(path: Path, device="cpu") -> tuple[TeCaFN, dict]:
     """The model (in eval mode) and the checkpoint's metadata; the tokenizer is in path.parent."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
+        raise UserError(f"{path}: no such checkpoint")
     ckpt = torch.load(path, map_location=device, weights_only=True)
     if ckpt.get("format") != "tecaflow-tecafn-1":
-        raise ValueError(f"{path}: not a tecaflow TeCaFN checkpoint")
+        raise UserError(f"{path}: not a tecaflow TeCaFN checkpoint")
     model = TeCaFN(TeCaFNConfig.from_dict(ckpt["config"]), rebuild_text_encoder(ckpt["encoder_config"]))
     model.load_state_dict(ckpt["state_dict"])
     model.to(device).eval()
@@ -277,7 +285,7 @@ def evaluate_checkpoint(checkpoint: Path, dataset: Dataset, device: str = "cpu",
     tokenizer = tokenizer_for(checkpoint)
     for m in model.config.modalities:
         if m != "text" and dataset.width(m) != getattr(model.config, f"d_{m}"):
-            raise ValueError(f"{dataset.name}: {m} width {dataset.width(m)} differs from the checkpoint's "
+            raise UserError(f"{dataset.name}: {m} width {dataset.width(m)} differs from the checkpoint's "
                              f"{getattr(model.config, f'd_{m}')}")
     return {s: evaluate_split(model, Batcher(dataset.split(s), tokenizer, ckpt["max_text_tokens"],
                                              ckpt["max_frames"]), dev) for s in splits}

@@ -1,0 +1,131 @@
+"""The seams: a light CLI, user errors in one line, settings declared once, no import cycles."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stream import cli
+from stream.config import settings_table
+from stream.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("stream", "trainer", "dashboard")
+
+
+def heavy_modules_after(code: str) -> list[str]:
+    probe = f"import sys\n{code}\nprint('HEAVY:' + ','.join(m for m in ('torch', 'transformers', 'streamlit') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                            env={"PATH": "/usr/bin:/bin", "TECAFLOW_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert result.returncode == 0, result.stderr
+    return [m for m in result.stdout.strip().splitlines()[-1].removeprefix("HEAVY:").split(",") if m]
+
+
+@pytest.mark.parametrize("code", [
+    "from stream.cli import build_parser\ntry:\n    build_parser().parse_args(['--help'])\nexcept SystemExit:\n    pass",
+    "from stream.cli import main\nmain(['trends'])",  # Redis is away: one line, exit 2, and no torch
+    "import stream.app",  # what `tecaflow worker` runs
+])
+def test_the_cli_and_the_worker_never_import_torch(code):
+    assert heavy_modules_after(code) == []
+
+
+def test_a_dependency_failure_is_one_line_with_exit_2(capsys, monkeypatch):
+    monkeypatch.setenv("TECAFLOW_REDIS_URL", "redis://:s3cret@127.0.0.1:1/0")
+    assert cli.main(["trends"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Redis at redis://:***@127.0.0.1:1/0" in err and "s3cret" not in err
+
+
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(capsys, monkeypatch):
+    def fails_with(error):
+        def command(args):
+            raise error
+        return command
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    trends = parser._subparsers._group_actions[0].choices["trends"]
+    trends.set_defaults(func=fails_with(UserError("--stream: no such stream")))
+    assert cli.main(["trends"]) == 2
+    assert capsys.readouterr().err == "tecaflow trends: error: --stream: no such stream\n"
+    trends.set_defaults(func=fails_with(ZeroDivisionError("a bug")))
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["trends"])
+    trends.set_defaults(func=fails_with(ValueError("also a bug")))
+    with pytest.raises(ValueError):
+        cli.main(["trends"])
+
+
+def test_a_missing_file_the_user_named_is_one_line(capsys):
+    assert cli.main(["backtest", "--csv", "/nonexistent/scores.csv"]) == 2
+    assert capsys.readouterr().err.startswith("tecaflow backtest: error: /nonexistent/scores.csv:")
+
+
+def test_the_readme_settings_table_is_the_declared_one():
+    readme = (ROOT / "README.md").read_text()
+    assert settings_table() in readme, "README's settings table is stale: paste `tecaflow settings --markdown`"
+
+
+def python_files():
+    for package in PACKAGES:
+        yield from sorted((ROOT / package).rglob("*.py"))
+
+
+def test_only_the_settings_module_reads_tecaflow_settings_from_the_environment():
+    # tritonserver.py hands the whole environment to its child; triton_model.py runs inside
+    # Triton, where TECAFN_ORT_THREADS is Triton's setting, not tecaflow's.
+    allowed = {"stream/config.py", "stream/tritonserver.py", "stream/triton_model.py"}
+    readers = []
+    for path in python_files():
+        name = str(path.relative_to(ROOT))
+        source = path.read_text()
+        if name not in allowed and ("os.environ" in source or "os.getenv" in source):
+            readers.append(name)
+    assert readers == []
+
+
+def imports_of(path: Path) -> set[str]:
+    """Project modules `path` imports, at any level (a function-level import is still an edge)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n.split(".")[0] in PACKAGES}
+    return found
+
+
+def test_no_import_cycles_between_project_modules():
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts): p for p in python_files()}
+    graph = {m: {i for i in imports_of(p) if i in modules and i != m} for m, p in modules.items()}
+    cycles = []
+
+    def visit(module, path):
+        for nxt in graph[module]:
+            if nxt in path:
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in done:
+                visit(nxt, path + [nxt])
+        done.add(module)
+
+    done: set[str] = set()
+    for module in graph:
+        if module not in done:
+            visit(module, [module])
+    assert cycles == []
+
+
+def test_a_missing_optional_package_names_its_extra(capsys, monkeypatch):
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+
+    def needs_torch(args):
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+    parser._subparsers._group_actions[0].choices["trends"].set_defaults(func=needs_torch)
+    assert cli.main(["trends"]) == 2
+    assert "pip install 'tecaflow[train]'" in capsys.readouterr().err
