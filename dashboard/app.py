@@ -18,7 +18,7 @@ import streamlit as st
 
 from dashboard import data, views
 from stream.config import Settings, redact_url
-from stream.store import StoreSettings, TrendStore
+from stream.store import TrendStore
 
 VIEWS = ("Overview", "Stream", "Alerts")
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError, redis.ResponseError)
@@ -30,9 +30,9 @@ def settings() -> Settings:
 
 
 @st.cache_resource
-def trend_store(url: str, resolutions: tuple[int, ...], recent: int, alpha: float) -> TrendStore:
+def trend_store(settings: Settings) -> TrendStore:
     # redis-py reconnects by itself, so one client outlives Redis restarts.
-    return TrendStore(url, StoreSettings(resolutions=resolutions, recent_segments=recent, ewma_alpha=alpha))
+    return TrendStore.of(settings)
 
 
 def open_stream(stream_id: str, focus: float | None = None) -> None:
@@ -167,7 +167,7 @@ def main() -> None:
     st.set_page_config(page_title="tecaflow", page_icon="📈", layout="wide")
     s = settings()
     tz = ZoneInfo(s.timezone)
-    store = trend_store(s.redis_url, s.resolutions, s.recent_segments, s.ewma_alpha)
+    store = trend_store(s)
     apply_pending_navigation()
     with st.sidebar:
         st.title("tecaflow")

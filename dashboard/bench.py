@@ -7,12 +7,10 @@ view's data load is timed (median and p90 of repeated loads) with the Redis roun
 from __future__ import annotations
 
 import random
-import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import redis
 
@@ -21,24 +19,12 @@ from stream.errors import UserError
 from stream.store import StoreSettings, TrendStore
 
 
-def scratch_redis(directory: str) -> tuple[subprocess.Popen, str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise UserError("redis-server not found: install the Debian package redis-server (make setup does)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", directory], stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(100):
-        try:
-            redis.Redis.from_url(url).ping()
-            return proc, url
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    proc.kill()
-    raise UserError("the scratch redis-server did not start")
+def scratch_redis(directory: str):
+    """A throw-away redis-server (no persistence) on a free loopback port, and its URL."""
+    from stream.service import free_port
+    from stream.stack import redis_service
+    port = free_port()
+    return redis_service(Path(directory), port, durable=False).start(), f"redis://127.0.0.1:{port}/0"
 
 
 def fill(store: TrendStore, streams: int, segments: int, now: float, progress=None) -> None:
@@ -94,7 +80,7 @@ def bench_dashboard(streams: int = 1000, segments: int = 120, repeats: int = 10,
     if streams < 1 or segments < 1 or repeats < 1:
         raise UserError("--streams, --segments and --repeats must be >= 1")
     with tempfile.TemporaryDirectory() as directory:
-        proc, url = scratch_redis(directory)
+        server, url = scratch_redis(directory)
         try:
             store = TrendStore(url, StoreSettings())
             now = time.time()
@@ -110,8 +96,7 @@ def bench_dashboard(streams: int = 1000, segments: int = 120, repeats: int = 10,
                                                                    repeats)
             results["alerts feed"] = timed(lambda: data.load_alerts(store), repeats)
         finally:
-            proc.terminate()
-            proc.wait(10)
+            server.stop()
     return {"streams": streams, "segments_per_stream": segments, "repeats": repeats, "loads": results}
 
 

@@ -151,5 +151,4 @@ def run(loglevel: str = "info") -> int:
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
-    faust.Worker(app, loglevel=loglevel).execute_from_commandline()
-    return 0
+    faust.Worker(app, loglevel=loglevel).execute_from_commandline()  # exits the process when the worker stops

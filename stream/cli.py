@@ -29,9 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     trainer_cli.register_export(sub)
 
     p = sub.add_parser("serve", help="run the embedded tritonserver on a model repository until Ctrl-C")
-    p.add_argument("--repo", type=Path, default=Path("model_repo"))
-    p.add_argument("--run-dir", type=Path, default=Path("run/triton"))
-    p.add_argument("--ports", type=int, nargs=3, default=(8000, 8001, 8002), metavar=("HTTP", "GRPC", "METRICS"))
+    p.add_argument("--repo", type=Path, help=REPO_HELP)
     p.add_argument("--model-control", choices=("poll", "explicit"), default="poll")
     p.set_defaults(func=cmd_serve)
 
@@ -155,7 +153,7 @@ def cmd_backtest(args) -> int:
         scores = bt.scores_from_csv(args.csv)
     elif args.redis:
         from stream.store import TrendStore
-        scores = bt.scores_from_redis(TrendStore(settings.redis_url))
+        scores = bt.scores_from_redis(TrendStore.of(settings))
     else:
         scores = bt.scores_from_topic(settings.broker_servers(), settings.topic_scores)
     if not scores:
@@ -229,7 +227,7 @@ def cmd_replay(args) -> int:
     import json
 
     from stream.config import Settings
-    from stream.pool_scores import score_pool
+    from stream.pool_scores import score_pool as served_scores
     from stream.replay import replay
     settings = Settings.from_env()
     widths, max_frames = model_shape(settings)
@@ -247,7 +245,7 @@ def cmd_replay(args) -> int:
     report(replay(settings.broker_servers(), settings.topic_segments, widths, max_frames, args.streams, args.segments,
                   args.rate, args.data, args.shift, args.seed, args.manifest, progress=not args.no_progress,
                   prefix=args.prefix, score_shifts=args.score_shift,
-                  score_pool=lambda pool: score_pool(pool, settings), loop=args.loop, on_round=report))
+                  score_pool=lambda pool: served_scores(pool, settings), loop=args.loop, on_round=report))
     return 0
 
 
@@ -258,10 +256,12 @@ def model_shape(settings) -> tuple[dict[str, int], int]:
         scorer = TritonScorer(settings.triton_url, model=settings.triton_model)
         contract = scorer.contract()
         scorer.close()
-    except Exception as e:  # noqa: BLE001 - say what is missing
+    except Exception as e:
+        if as_user_error(e) is None:
+            raise
         raise UserError(f"cannot read the model's feature widths from Triton at {settings.triton_url} ({e}); "
                            f"is the stack up?") from None
-    return {"audio": contract.widths.get("audio", 5), "visual": contract.widths.get("visual", 20)}, contract.max_frames
+    return dict(contract.widths), contract.max_frames
 
 
 def cmd_trends(args) -> int:
@@ -270,7 +270,7 @@ def cmd_trends(args) -> int:
 
     from stream.config import Settings
     from stream.store import TrendStore
-    store = TrendStore(Settings.from_env().redis_url)
+    store = TrendStore.of(Settings.from_env())
     streams = [args.stream] if args.stream else [s for s, _ in store.streams()]
     rows = {s: store.totals(s) for s in streams}
     alerts = store.alerts(args.alerts, args.stream)
@@ -330,15 +330,22 @@ def cmd_settings(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    """Triton in the foreground, on the embedded stack's ports and run directory (so that `stack
+    status` and `stack down` see it too)."""
     import time
 
-    from stream.tritonserver import EmbeddedTriton
-    server = EmbeddedTriton(args.repo, args.run_dir, *args.ports, model_control=args.model_control).start()
+    from stream.stack import Stack
+    s = settings()
+    server = Stack(s, args.repo).triton()
+    server.model_control = args.model_control
+    if server.ready():
+        raise UserError(f"a Triton is already serving on port {s.triton_http_port} (`tecaflow stack down` stops it)")
+    server.start()
     print(f"Triton HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}  (Ctrl-C stops)")
     try:
         while server.process.poll() is None:
             time.sleep(1)
-        raise UserError(f"tritonserver exited:\n{server.log_tail()}")
+        raise UserError(f"tritonserver exited with code {server.process.returncode}; see {s.run_dir}/triton.log")
     finally:
         server.stop()
 
@@ -402,11 +409,7 @@ def as_user_error(error: Exception) -> UserError | None:
         return UserError(f"this needs {error.name}, which is not installed: pip install 'tecaflow[{extra}]'")
     if isinstance(error, OSError) and error.filename is not None:
         return UserError(f"{error.filename}: {error.strerror or error}")
-    module = type(error).__module__.split(".")[0]
-    which = {"redis": "Redis", "aiokafka": "the broker", "kafka": "the broker", "tritonclient": "Triton",
-             "grpc": "Triton"}.get(module)
-    if which is None and isinstance(error, (ConnectionError, TimeoutError)):
-        which = "a dependency"
+    which = failed_dependency(error)
     if which is None:
         return None
     if which == "Redis":
@@ -417,6 +420,32 @@ def as_user_error(error: Exception) -> UserError | None:
             pass
     text = str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
     return UserError(f"{which} failed ({type(error).__name__}): {text}")
+
+
+def failed_dependency(error: BaseException) -> str | None:
+    """Which dependency `error` says is away or refused us; None for anything else (a Redis
+    script error or a malformed Triton request is a bug, and keeps its traceback)."""
+    checks = []
+    try:
+        import redis.exceptions as r
+        checks.append(("Redis", (r.ConnectionError, r.TimeoutError, r.AuthenticationError, r.AuthorizationError,
+                                 r.NoPermissionError, r.ClusterDownError, r.RedisClusterException)))
+    except ImportError:
+        pass
+    try:
+        from aiokafka import errors as k
+
+        from stream.dependencies import BROKER_REFUSALS
+        checks.append(("the broker", (k.KafkaConnectionError, k.KafkaTimeoutError, *BROKER_REFUSALS)))
+    except ImportError:
+        pass
+    try:
+        from tritonclient.utils import InferenceServerException
+        checks.append(("Triton", (InferenceServerException,)))
+    except ImportError:
+        pass
+    checks.append(("a dependency", (ConnectionError, TimeoutError)))
+    return next((name for name, kinds in checks if isinstance(error, kinds)), None)
 
 
 def redacted(error: BaseException) -> str:

@@ -47,14 +47,14 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 
-def setting(default, help: str, *, env: str | None = None, minimum=None, maximum=None, above=None,
+def setting(default, help: str, *, env: str | None = None, minimum=None, maximum=None, above=None, below=None,
             choices: tuple[str, ...] = (), check=None, secret: str | None = None, shown: str | None = None):
-    """One setting's declaration: `minimum`/`maximum` bound it inclusively, `above` exclusively;
+    """One setting's declaration: `minimum`/`maximum` bound it inclusively, `above`/`below` exclusively;
     `check(value)` returns an error message or None; `secret` is "hide" (never shown) or "url"
     (shown through redact_url); `shown` is the default as the table prints it, where the value
     itself says little (empty, say)."""
     return field(default=default, metadata=dict(help=help, env=env, minimum=minimum, maximum=maximum, above=above,
-                                                choices=choices, check=check, secret=secret, shown=shown))
+                                                below=below, choices=choices, check=check, secret=secret, shown=shown))
 
 
 def env_name(f) -> str:
@@ -92,7 +92,9 @@ def parse(f, raw: str):
 
 def check(f, value) -> None:
     m, name = f.metadata, env_name(f)
-    low, high, above = m["minimum"], m["maximum"], m["above"]
+    low, high, above, below = m["minimum"], m["maximum"], m["above"], m["below"]
+    if above is not None and below is not None and not above < value < below:
+        raise ConfigError(f"{name}={value} must be in ({above}, {below})")
     if above is not None and not (value > above and (high is None or value <= high)):
         raise ConfigError(f"{name}={value} must be " + (f"in ({above}, {high}]" if high is not None else f"> {above}"))
     if low is not None and not (value >= low and (high is None or value <= high)):
@@ -138,25 +140,10 @@ def _positive_seconds(values: tuple[int, ...]) -> str | None:
 PORT = dict(minimum=0, maximum=65535)
 
 
-@dataclass(frozen=True)
-class DetectorParams:
-    """The shift detector's settings (TECAFLOW_ALERT_*), also built from `tecaflow backtest` flags."""
-    min_shift: float = 0.5
-    false_alarms_per_10k: float = 1.0
-    warmup: int = 100
-
-    def __post_init__(self):
-        if not self.min_shift > 0:
-            raise ConfigError(f"TECAFLOW_ALERT_MIN_SHIFT={self.min_shift} must be > 0")
-        if not 0 < self.false_alarms_per_10k < 10000:
-            raise ConfigError(f"TECAFLOW_ALERT_FALSE_ALARMS_PER_10K={self.false_alarms_per_10k} must be in (0, 10000)")
-        if self.warmup < 10:
-            raise ConfigError(f"TECAFLOW_ALERT_WARMUP={self.warmup} must be >= 10 (the noise level is estimated from it)")
-
-    @property
-    def run_length(self) -> float:
-        """Segments between false alarms, on average, that the user accepts."""
-        return 10000.0 / self.false_alarms_per_10k
+def _port(address: str, default: int) -> int:
+    """The port of host:port (IPv6 in brackets), or `default`."""
+    host, sep, port = address.strip().rpartition(":")
+    return int(port) if sep and port.isdigit() else default
 
 
 @dataclass(frozen=True)
@@ -208,10 +195,12 @@ class Settings:
     ewma_alpha: float = setting(0.1, "weight of the newest score in the EWMA", above=0, maximum=1)
     dedup_ttl_s: int = setting(604800, "how long a segment_id is remembered", minimum=1)
     # ---- alerts ----
-    alert_min_shift: float = setting(0.5, "smallest change of a stream's mean score worth an alert (score units)")
+    alert_min_shift: float = setting(0.5, "smallest change of a stream's mean score worth an alert (score units)",
+                                     above=0)
     alert_false_alarms_per_10k: float = setting(
-        1.0, "false alarms accepted per 10,000 steady segments of a stream; sets the threshold")
-    alert_warmup: int = setting(100, "segments a stream needs (at start, and after each alert) before it is watched")
+        1.0, "false alarms accepted per 10,000 steady segments of a stream; sets the threshold", above=0, below=10000)
+    alert_warmup: int = setting(100, "segments a stream needs (at start, and after each alert) before it is watched "
+                                "(the noise level is estimated from them)", minimum=10)
     webhook_url: str = setting("", "Slack-compatible webhook for alerts (its token is never printed)",
                               secret="url")
     webhook_queue: int = setting(1000, "alerts waiting for the webhook at most; beyond it the oldest are dropped "
@@ -222,11 +211,9 @@ class Settings:
     dashboard_page_size: int = setting(50, "streams per page of the dashboard's overview", minimum=1)
     timezone: str = setting("UTC", "time zone the dashboard shows times in (IANA name, e.g. Europe/Paris)",
                             check=_timezone)
-    # ---- the embedded stack (`tecaflow stack`, `tecaflow demo`) ----
-    broker_port: int = setting(9092, "port of the embedded broker", **PORT)
-    redis_port: int = setting(6379, "port of the embedded Redis", **PORT)
+    # ---- the embedded stack (`tecaflow stack`, `tecaflow demo`); it listens where the broker,
+    # Redis and Triton URLs above point (their ports), and on these ----
     triton_http_port: int = setting(8000, "HTTP port of the embedded Triton", **PORT)
-    triton_grpc_port: int = setting(8001, "gRPC port of the embedded Triton", **PORT)
     triton_metrics_port: int = setting(8002, "metrics port of the embedded Triton", **PORT)
     prometheus_port: int = setting(9090, "port of the embedded Prometheus", **PORT)
     prometheus_targets: str = setting("", "worker metrics endpoints the embedded Prometheus scrapes (host:port,...)",
@@ -247,17 +234,33 @@ class Settings:
     def __post_init__(self):
         for f in fields(self):
             check(f, getattr(self, f.name))
-        self.detector  # noqa: B018 - its own bounds, named after the variables
 
     @property
     def detector(self) -> DetectorParams:
         return DetectorParams(self.alert_min_shift, self.alert_false_alarms_per_10k, self.alert_warmup)
 
     @property
+    def broker_port(self) -> int:
+        """Where the embedded broker listens: the port of the first TECAFLOW_BROKER_URL server."""
+        return _port(self.broker_servers().split(",")[0], 9092)
+
+    @property
+    def redis_port(self) -> int:
+        """Where the embedded Redis listens: TECAFLOW_REDIS_URL's port."""
+        return urlsplit(self.redis_url.replace("+cluster", "")).port or 6379
+
+    @property
+    def triton_grpc_port(self) -> int:
+        """Where the embedded Triton serves gRPC: TECAFLOW_TRITON_URL's port."""
+        return _port(self.triton_url, 8001)
+
+    @property
     def metrics_targets(self) -> list[str]:
         """What the embedded Prometheus scrapes: by default this worker's port and the next."""
         if self.prometheus_targets:
             return self.prometheus_targets.split(",")
+        if not self.metrics_port:
+            return []
         return [f"127.0.0.1:{self.metrics_port}", f"127.0.0.1:{self.metrics_port + 1}"]
 
     def broker_servers(self) -> str:
@@ -275,6 +278,32 @@ class Settings:
             if f.metadata["secret"] and value:
                 text = text.replace(value, shown(f, value))
         return text
+
+
+
+@dataclass(frozen=True)
+class DetectorParams:
+    """The shift detector's settings (TECAFLOW_ALERT_*, declared in Settings below), also built
+    from `tecaflow backtest` flags."""
+    min_shift: float = Settings.alert_min_shift
+    false_alarms_per_10k: float = Settings.alert_false_alarms_per_10k
+    warmup: int = Settings.alert_warmup
+
+    def __post_init__(self):
+        # Named both ways: these come from TECAFLOW_ALERT_* or from `tecaflow backtest` flags.
+        if not self.min_shift > 0:
+            raise ConfigError(f"min shift (TECAFLOW_ALERT_MIN_SHIFT / --min-shift) {self.min_shift} must be > 0")
+        if not 0 < self.false_alarms_per_10k < 10000:
+            raise ConfigError(f"false alarms per 10k (TECAFLOW_ALERT_FALSE_ALARMS_PER_10K / --false-alarms-per-10k) "
+                              f"{self.false_alarms_per_10k} must be in (0, 10000)")
+        if self.warmup < 10:
+            raise ConfigError(f"warm-up (TECAFLOW_ALERT_WARMUP / --warmup) {self.warmup} must be >= 10 (the noise "
+                              f"level is estimated from it)")
+
+    @property
+    def run_length(self) -> float:
+        """Segments between false alarms, on average, that the user accepts."""
+        return 10000.0 / self.false_alarms_per_10k
 
 
 if __name__ == "__main__":

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from stream.config import Settings
 from stream.contract import ONNX_FILE, versions
 from stream.errors import UserError
-from stream.service import Service, http_ok, port_open
-from stream.stack import Stack
+from stream.service import Service, http_ok
+from stream.stack import CLI, Stack, worker_service
 
 log = logging.getLogger(__name__)
-CLI = [sys.executable, "-m", "stream.cli"]
 
 
 def ensure_model(repo: Path, runs: Path) -> None:
@@ -41,8 +39,7 @@ def demo_services(settings: Settings, streams: int, segments: int, rate: float, 
     """The worker, the dashboard and a looping replay, each a Service logging under the run dir."""
     run_dir = Path(settings.run_dir)
     return [
-        Service("worker", [*CLI, "worker"], run_dir, start_timeout=120,
-                health=(lambda: port_open(settings.metrics_port)) if settings.metrics_port else None),
+        worker_service(run_dir),
         Service("dashboard", [*CLI, "dashboard", "--port", str(dashboard_port)], run_dir, start_timeout=60,
                 health=lambda: http_ok(f"http://127.0.0.1:{dashboard_port}/_stcore/health")),
         Service("replay", [*CLI, "replay", "--loop", "--streams", str(streams), "--segments", str(segments),
@@ -61,6 +58,9 @@ def run_demo(settings: Settings, repo: Path, streams: int, segments: int, rate: 
     round_s = segments * streams / rate
     try:
         for child in children:
+            if child.healthy():  # its port answers already: another demo or dashboard
+                raise UserError(f"the {child.name}'s port is in use; stop what holds it (or pass another "
+                                f"--dashboard-port)")
             child.start()
         print(f"""
 tecaflow demo is running
@@ -77,7 +77,7 @@ tecaflow demo is running
             time.sleep(10)
             for child in children:
                 if not child.running():
-                    raise UserError(f"the {child.name} stopped; see {child.log_path}:\n{child.log_tail(5)}")
+                    raise UserError(f"the {child.name} stopped; see {child.log_path}")
             subprocess.run([*CLI, "trends", "--alerts", "3"], check=False)
             print(flush=True)
     except KeyboardInterrupt:

@@ -15,7 +15,6 @@ import ssl
 
 import redis
 from aiokafka import errors as kafka_errors
-from redis.exceptions import RedisClusterException
 
 from stream.config import Settings, redact_url
 from stream.errors import UserError
@@ -28,8 +27,6 @@ BROKER_REFUSALS = (kafka_errors.AuthenticationFailedError, kafka_errors.Authenti
                    kafka_errors.SaslAuthenticationFailed, kafka_errors.UnsupportedSaslMechanismError,
                    kafka_errors.IllegalSaslStateError, kafka_errors.TopicAuthorizationFailedError,
                    kafka_errors.GroupAuthorizationFailedError, kafka_errors.ClusterAuthorizationFailedError)
-# What a dependency can raise, for the CLI's one-line errors (KafkaError is already a RuntimeError).
-DEPENDENCY_ERRORS = (redis.RedisError, RedisClusterException)
 
 
 class DependencyRefused(UserError, RuntimeError):

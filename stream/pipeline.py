@@ -23,14 +23,15 @@ from typing import Callable
 import numpy as np
 
 from stream import detector, metrics
-from stream.config import DetectorParams
+from stream.config import DetectorParams, Settings
 from stream.contract import ModelContract, Tokenizer
+from stream.errors import UserError
 from stream.schema import Limits, Rejected, Segment, decode_segment
 
 log = logging.getLogger(__name__)
 
 
-DLQ_KEEP_BYTES = 65536  # of an oversized original: base64 and JSON keep the record far below 1 MB
+DLQ_KEEP_BYTES = Settings.dlq_keep_bytes  # the default of TECAFLOW_DLQ_KEEP_BYTES, for callers without settings
 
 
 @dataclass
@@ -87,7 +88,7 @@ async def retry_forever(call, target: str, *args, backoff: Callable[[], Backoff]
             if attempt:
                 log.info("%s is back after %d retries", target, attempt)
             return result
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, UserError):  # waiting does not fix what the user must
             raise
         except Exception as e:  # noqa: BLE001 - any failure of the dependency: wait and retry
             attempt += 1

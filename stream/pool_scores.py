@@ -9,13 +9,12 @@ from stream.config import Settings
 
 
 def score_pool(pool, settings: Settings, batch: int = 64) -> np.ndarray:
-    from stream.contract import Tokenizer
     from stream.triton_client import TritonScorer
-    from stream.worker import tokenizer_dir
+    from stream.worker import load_tokenizer
     scorer = TritonScorer(settings.triton_url, model=settings.triton_model)
     try:
         contract = scorer.contract()
-        tokenizer = Tokenizer(tokenizer_dir(settings), contract.max_text_tokens)
+        tokenizer = load_tokenizer(settings, contract.max_text_tokens)
         out = []
         for start in range(0, len(pool.texts), batch):
             rows = range(start, min(start + batch, len(pool.texts)))

@@ -35,6 +35,13 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on now (for scratch servers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def http_status(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
@@ -61,6 +68,7 @@ class Service:
     start_timeout: float = 30.0
     failed: Callable[[], str | None] = lambda: None  # a reason to stop waiting before the timeout
     process: subprocess.Popen | None = field(default=None, init=False)
+    _log_offset: int = field(default=0, init=False)  # where this start's lines begin in the log
 
     def __post_init__(self):
         self.run_dir = Path(self.run_dir).resolve()
@@ -74,11 +82,18 @@ class Service:
         return self.run_dir / f"{self.name}.pid"
 
     def start(self, wait: bool = True) -> "Service":
-        """Start it unless it is healthy already; wait until it is (or raise ServiceError)."""
+        """Start it unless it is healthy already (or started by someone else and still coming
+        up: then wait for it); wait until it is healthy, or raise ServiceError."""
         if self.healthy():
             log.info("%s already running", self.name)
             return self
+        if self.running():
+            log.info("%s started earlier (pid %s); waiting for it", self.name, self.pid())
+            if wait:
+                self.wait_healthy()
+            return self
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env,
                                             cwd=self.cwd, start_new_session=True,
@@ -102,18 +117,19 @@ class Service:
             if self.healthy():
                 return
             if self.process is not None and self.process.poll() is not None:
-                raise ServiceError(f"{self.name} exited with code {self.process.returncode}; last lines of "
-                                   f"{self.log_path}:\n{self.log_tail()}")
+                raise ServiceError(f"{self.name} exited with code {self.process.returncode}{self._last_line()}")
             reason = self.failed()
             if reason:
-                tail = self.log_tail()
                 self.stop()
-                raise ServiceError(f"{self.name} failed: {reason}\n{tail}")
+                raise ServiceError(f"{self.name} failed: {' '.join(reason.split())}; see {self.log_path}")
             time.sleep(0.2)
-        tail = self.log_tail()
         self.stop()
-        raise ServiceError(f"{self.name} did not become healthy within {timeout:.0f}s; "
-                           f"last lines of {self.log_path}:\n{tail}")
+        raise ServiceError(f"{self.name} did not become healthy within {timeout:.0f}s{self._last_line()}")
+
+    def _last_line(self) -> str:
+        """For a one-line error: where the log is, and the last thing it says."""
+        lines = [line for line in self.log_tail(5).splitlines() if line.strip()]
+        return f"; see {self.log_path}" + (f" (last line: {lines[-1].strip()[:300]})" if lines else "")
 
     def pid(self) -> int | None:
         if self.process is not None:
@@ -144,6 +160,14 @@ class Service:
 
     def status(self) -> dict:
         return {"healthy": self.healthy(), "pid": self.pid()}
+
+    def log_text(self) -> str:
+        """What the process wrote since this object started it (the log keeps earlier runs)."""
+        if self.process is None or not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as f:
+            f.seek(self._log_offset)
+            return f.read().decode(errors="replace")
 
     def log_tail(self, lines: int = 20) -> str:
         if not self.log_path.exists():

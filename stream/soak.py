@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from stream.config import Settings
-from stream.errors import UserError
 from stream.schema import encode_segment
-from stream.stack import Stack
+from stream.stack import Stack, worker_service
 from stream.store import TrendStore
 
-CLI = [sys.executable, "-m", "stream.cli"]
 GROUP = "tecaflow"  # the Faust app id is the consumer group
 
 
@@ -179,27 +174,21 @@ def run_soak(repo: Path, minutes: float, rate: float, streams: int, bad_share: f
     stack = Stack(settings, repo)
     started = stack.up()
     soak = Soak(settings, stack, minutes, rate, streams, bad_share, every_s)
-    log_path = stack.run_dir / "soak-worker.log"
-    worker = subprocess.Popen([*CLI, "worker"], stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    service = worker_service(stack.run_dir, "soak-worker")
     try:
-        wait_ready(worker, log_path)
+        worker = service.start().process
         scorer = TritonScorer(settings.triton_url, model=settings.triton_model)
         widths = scorer.contract().widths
         scorer.close()
         dlq_before = asyncio.run(topic_size(settings.broker_servers(), settings.topic_dlq))
         first = soak.sample(worker, 0, Sent())
         sent = asyncio.run(soak.produce(worker, widths))
-        counts = soak.drain(TrendStore(settings.redis_url), sent)
+        counts = soak.drain(TrendStore.of(settings), sent)
         last = soak.sample(worker, minutes * 60, sent)
         alive = worker.poll() is None
         dlq = asyncio.run(topic_size(settings.broker_servers(), settings.topic_dlq)) - dlq_before
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
+        service.stop(timeout=30)
         stack.down(services=tuple(reversed(started)))
     return {"minutes": minutes, "rate": rate, "streams": streams, "start": first, "end": last,
             "valid_sent": sum(sent.valid.values()), "recorded": sum(counts.values()),
@@ -207,14 +196,6 @@ def run_soak(repo: Path, minutes: float, rate: float, streams: int, bad_share: f
             "doubled": sum(max(0, counts.get(s, 0) - n) for s, n in sent.valid.items()),
             "redelivered_sent": sent.redelivered, "malformed_sent": sent.malformed, "dlq_records": dlq,
             "worker_alive": alive}
-
-
-def wait_ready(worker: subprocess.Popen, log_path: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while "Worker]: Ready" not in log_path.read_text(errors="replace"):
-        if worker.poll() is not None or time.monotonic() > deadline:
-            raise UserError(f"the soak's worker did not start; see {log_path}")
-        time.sleep(0.5)
 
 
 def format_report(r: dict) -> str:

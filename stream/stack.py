@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import sys
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from stream.config import Settings
 from stream.service import Service, ServiceError, http_ok, port_open
@@ -21,6 +22,37 @@ log = logging.getLogger(__name__)
 
 
 ALERT_RULES = Path(__file__).resolve().parent / "prometheus" / "rules.yml"
+
+
+CLI = [sys.executable, "-m", "stream.cli"]
+WORKER_READY = "Worker]: Ready"  # Faust's line once the worker has joined its consumer group
+
+
+def worker_service(run_dir: Path, name: str = "worker", env: dict[str, str] | None = None,
+                   cwd: Path | None = None) -> Service:
+    """A `tecaflow worker` process, healthy once Faust says it is ready."""
+    worker = Service(name, [*CLI, "worker"], run_dir, env=env, cwd=cwd, start_timeout=180)
+    worker.health = lambda: WORKER_READY in worker.log_text()
+    return worker
+
+
+def redis_service(run_dir: Path, port: int, password: str = "", durable: bool = True) -> Service:
+    """redis-server on loopback. Durable: AOF with appendfsync always, so Redis replies only once
+    a write is on disk and what a worker saw acknowledged (and may have committed the offsets of)
+    survives a crash of Redis or of the machine. The password reaches redis-server through its
+    config on stdin, never its command line (which `ps` shows)."""
+    data = Path(run_dir) / f"redis-{port}"
+    data.mkdir(parents=True, exist_ok=True)
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
+    return Service("redis", [require_binary("redis-server", "redis-server"), "-", "--port", str(port), "--bind",
+                             "127.0.0.1", "--dir", str(data), *persistence, "--save", "", "--daemonize", "no"],
+                   run_dir, cwd=run_dir, stdin=f'requirepass "{redis_quoted(password)}"\n' if password else "",
+                   health=lambda: port_open(port), start_timeout=20)
+
+
+def redis_quoted(text: str) -> str:
+    """`text` inside double quotes in a redis.conf line."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def tansu_binary() -> str:
@@ -47,25 +79,24 @@ class Stack:
         self.repo = Path(repo or settings.model_repo).resolve()
 
     # ---- the services (built when needed: each needs its own binary) ----------------------
+    def healthy(self, name: str) -> bool:
+        """The one health check of each service, for starting it and for `stack status`."""
+        s = self.settings
+        checks = {"broker": lambda: port_open(s.broker_port), "redis": lambda: port_open(s.redis_port),
+                  "triton": lambda: self.triton().ready(),
+                  "prometheus": lambda: http_ok(f"http://127.0.0.1:{s.prometheus_port}/-/ready")}
+        return checks[name]()
+
     def broker(self) -> Service:
         url = f"tcp://127.0.0.1:{self.settings.broker_port}"
         return Service("broker", [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                                   "--storage-engine", "memory://tansu/"], self.run_dir, cwd=self.run_dir,
-                       health=lambda: port_open(self.settings.broker_port))
+                       health=lambda: self.healthy("broker"))
 
     def redis(self) -> Service:
-        data = self.run_dir / "redis"
-        data.mkdir(parents=True, exist_ok=True)
-        # appendfsync always: Redis replies only once a write is on disk, so what a worker saw
-        # acknowledged (and may have committed the offsets of) survives a crash of Redis or of the
-        # machine. The password comes from TECAFLOW_REDIS_URL, and reaches redis-server through
-        # its config on stdin, never its command line (which `ps` shows).
-        password = urlsplit(self.settings.redis_url).password
-        return Service("redis", [require_binary("redis-server", "redis-server"), "-", "--port",
-                                 str(self.settings.redis_port), "--bind", "127.0.0.1", "--dir", str(data),
-                                 "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"],
-                       self.run_dir, cwd=self.run_dir, stdin=f"requirepass {password}\n" if password else "",
-                       health=lambda: port_open(self.settings.redis_port), start_timeout=20)
+        # redis-py unquotes the URL's password, so the server must get it unquoted too.
+        password = unquote(urlsplit(self.settings.redis_url).password or "")
+        return redis_service(self.run_dir, self.settings.redis_port, password)
 
     def triton(self) -> EmbeddedTriton:
         s = self.settings
@@ -76,7 +107,7 @@ class Stack:
         return Service("prometheus", [
             require_binary("prometheus", "prometheus"), f"--config.file={self.prometheus_config()}",
             f"--storage.tsdb.path={self.run_dir / 'prometheus-data'}", f"--web.listen-address=127.0.0.1:{port}"],
-            self.run_dir, cwd=self.run_dir, health=lambda: http_ok(f"http://127.0.0.1:{port}/-/ready"))
+            self.run_dir, cwd=self.run_dir, health=lambda: self.healthy("prometheus"))
 
     def service(self, name: str) -> Service:
         if name == "triton":
@@ -118,17 +149,21 @@ scrape_configs:
 
     # ---- the whole stack ------------------------------------------------------------------
     def up(self, services=ORDER) -> list[str]:
-        """Start what is not healthy yet; return the names of those this call started."""
+        """Start what is not healthy yet; return the names of those this call started. If one
+        fails, those this call started are stopped again before the error is raised."""
         started = []
-        for name in services:
-            service = self.service(name)
-            if service.healthy():
-                log.info("%s already running", name)
-                continue
-            service.start()
-            started.append(name)
-            if name == "broker":
-                asyncio.run(self.create_topics())
+        try:
+            for name in services:
+                if self.healthy(name):
+                    log.info("%s already running", name)
+                    continue
+                started.append(name)
+                self.service(name).start()
+                if name == "broker":
+                    asyncio.run(self.create_topics())
+        except BaseException:
+            self.down(services=tuple(reversed(started)))
+            raise
         return started
 
     def down(self, services=tuple(reversed(ORDER)), timeout: float = 15) -> list[str]:
@@ -140,13 +175,11 @@ scrape_configs:
 
     def status(self) -> dict[str, dict]:
         s = self.settings
-        checks = {
-            "broker": (port_open(s.broker_port), f"127.0.0.1:{s.broker_port}"),
-            "redis": (port_open(s.redis_port), f"redis://127.0.0.1:{s.redis_port}/0"),
-            "triton": (http_ok(f"http://127.0.0.1:{s.triton_http_port}/v2/health/ready"),
-                       f"grpc 127.0.0.1:{s.triton_grpc_port}, metrics http://127.0.0.1:{s.triton_metrics_port}/metrics"),
-            "prometheus": (http_ok(f"http://127.0.0.1:{s.prometheus_port}/-/ready"),
-                           f"http://127.0.0.1:{s.prometheus_port}"),
+        addresses = {
+            "broker": f"127.0.0.1:{s.broker_port}",
+            "redis": f"redis://127.0.0.1:{s.redis_port}/0",
+            "triton": f"grpc 127.0.0.1:{s.triton_grpc_port}, metrics http://127.0.0.1:{s.triton_metrics_port}/metrics",
+            "prometheus": f"http://127.0.0.1:{s.prometheus_port}",
         }
-        return {name: {"healthy": healthy, "address": where, "pid": self.stopper(name).pid()}
-                for name, (healthy, where) in checks.items()}
+        return {name: {"healthy": self.healthy(name), "address": where, "pid": self.stopper(name).pid()}
+                for name, where in addresses.items()}

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import redis
 from redis.cluster import RedisCluster
 
+from stream.config import Settings
+
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 # KEYS[1] = tf:{s}:totals (it names the slot). ARGV[1] = stream, ARGV[2] = settings as JSON,
@@ -106,13 +108,20 @@ return ids
 
 @dataclass(frozen=True)
 class StoreSettings:
-    resolutions: tuple[int, ...] = (10, 60, 600)
-    buckets_kept: int = 360
-    recent_segments: int = 50
-    ewma_alpha: float = 0.1
-    dedup_ttl_s: int = 604800
+    """The settings the store uses; stream/config.py declares them and their defaults."""
+    resolutions: tuple[int, ...] = Settings.resolutions
+    buckets_kept: int = Settings.buckets_kept
+    recent_segments: int = Settings.recent_segments
+    ewma_alpha: float = Settings.ewma_alpha
+    dedup_ttl_s: int = Settings.dedup_ttl_s
     window: int = 1024  # last segments kept per stream for the detector to catch up on
     alerts_kept: int = 10000
+
+    @classmethod
+    def of(cls, settings: Settings, **extra) -> "StoreSettings":
+        return cls(resolutions=settings.resolutions, buckets_kept=settings.buckets_kept,
+                   recent_segments=settings.recent_segments, ewma_alpha=settings.ewma_alpha,
+                   dedup_ttl_s=settings.dedup_ttl_s, **extra)
 
 
 def _key(stream: str) -> str:
@@ -129,6 +138,11 @@ def connect(url: str) -> redis.Redis | RedisCluster:
 
 
 class TrendStore:
+    @classmethod
+    def of(cls, settings: Settings, **extra) -> "TrendStore":
+        """The store at TECAFLOW_REDIS_URL, laid out as the settings say."""
+        return cls(settings.redis_url, StoreSettings.of(settings, **extra))
+
     def __init__(self, url: str, settings: StoreSettings = StoreSettings(), client=None):
         self.redis = client or connect(url)
         self.cluster = isinstance(self.redis, RedisCluster)

@@ -13,6 +13,16 @@ from stream.contract import MODEL_NAME, SCORE, ModelContract
 DTYPES = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
 
 
+def infer_inputs(lib, inputs: dict[str, np.ndarray]) -> list:
+    """The request's tensors, for any of tritonclient's client libraries (grpc, grpc.aio, http)."""
+    tensors = []
+    for name, array in inputs.items():
+        tensor = lib.InferInput(name, list(array.shape), DTYPES.get(array.dtype, str(array.dtype).upper()))
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors
+
+
 class TritonScorer:
     """Synchronous client (gRPC or HTTP) for the benchmark, tests and tools."""
 
@@ -35,11 +45,7 @@ class TritonScorer:
         return ModelContract.from_model_config(config)
 
     def score(self, inputs: dict[str, np.ndarray], version: str = "") -> np.ndarray:
-        tensors = []
-        for name, array in inputs.items():
-            t = self._lib.InferInput(name, list(array.shape), DTYPES.get(array.dtype, str(array.dtype).upper()))
-            t.set_data_from_numpy(array)
-            tensors.append(t)
+        tensors = infer_inputs(self._lib, inputs)
         kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         result = self.client.infer(self.model, tensors, model_version=version,
                                    outputs=[self._lib.InferRequestedOutput(SCORE)], **kwargs)
@@ -63,11 +69,7 @@ class AsyncTritonScorer:
         return ModelContract.from_model_config(config["config"])
 
     async def score(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        tensors = []
-        for name, array in inputs.items():
-            t = self._aio.InferInput(name, list(array.shape), DTYPES[array.dtype])
-            t.set_data_from_numpy(array)
-            tensors.append(t)
+        tensors = infer_inputs(self._aio, inputs)
         result = await self.client.infer(self.model, tensors, client_timeout=self.timeout,
                                          outputs=[self._aio.InferRequestedOutput(SCORE)])
         return result.as_numpy(SCORE).reshape(-1)

@@ -3,13 +3,12 @@
 `tecaflow export --backend python` copies this file into model_repo/tecafn/<version>/model.py
 and stream/contract.py beside it as tecaflow_contract.py; tecaflow itself never imports it
 except in tests. It follows Triton's contract:
-    initialize  reads the model config and the version's tecafn.json, opens the ONNX session
+    initialize  reads the version's tecafn.json (the contract it serves), opens the ONNX session
                 (CUDA execution provider where ONNX Runtime has it, else CPU)
     execute     one response per request; a bad request gets an error response and the others
                 in the same batch are still served. Requests are padded to a common length and
                 run as one ONNX Runtime call (the model is invariant to padding).
 """
-import json
 import os
 
 import numpy as np
@@ -24,7 +23,6 @@ except ImportError:  # imported from the project (tests)
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.model_config = json.loads(args["model_config"])
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.contract = contract.ModelContract.read_metadata(version_dir)
         options = ort.SessionOptions()

@@ -17,38 +17,47 @@ from stream.triton_client import AsyncTritonScorer
 log = logging.getLogger("tecaflow.worker")
 
 
-def tokenizer_dir(settings: Settings) -> Path:
+def tokenizer_location(settings: Settings) -> Path:
     """TECAFLOW_TOKENIZER, else the tokenizer exported beside the newest model version."""
     if settings.tokenizer:
-        path = Path(settings.tokenizer)
-    else:
-        try:
-            path = contract.tokenizer_dir(settings.model_repo, settings.triton_model)
-        except contract.ContractError as e:
-            raise ConfigError(f"no tokenizer: {e}; set TECAFLOW_TOKENIZER or TECAFLOW_MODEL_REPO") from None
-    if not (path / "tokenizer.json").is_file():
-        raise ConfigError(f"tokenizer directory {path} has no tokenizer.json (export the model with `tecaflow export`)")
-    return path
+        return Path(settings.tokenizer)
+    try:
+        return contract.tokenizer_dir(settings.model_repo, settings.triton_model)
+    except contract.ContractError as e:
+        raise ConfigError(f"no tokenizer: {e}; set TECAFLOW_TOKENIZER or TECAFLOW_MODEL_REPO") from None
+
+
+def load_tokenizer(settings: Settings, max_tokens: int) -> contract.Tokenizer:
+    try:
+        return contract.Tokenizer(tokenizer_location(settings), max_tokens)
+    except contract.ContractError as e:
+        raise ConfigError(str(e)) from None
+
+
+async def served_contract(scorer: AsyncTritonScorer) -> contract.ModelContract:
+    """The model's contract from Triton. A model that is not a tecaflow export is the user's to fix
+    (TECAFLOW_TRITON_MODEL), not a failure to wait out."""
+    try:
+        return await scorer.contract()
+    except contract.ContractError as e:
+        raise ConfigError(f"TECAFLOW_TRITON_MODEL: {e}") from None
 
 
 def store_for(settings: Settings) -> TrendStore:
     # The window only has to cover segments recorded but not yet seen by the detector (a batch or
     # a few after a crash); the detector keeps its own reference in its state.
-    return TrendStore(settings.redis_url, StoreSettings(
-        resolutions=settings.resolutions, buckets_kept=settings.buckets_kept,
-        recent_segments=settings.recent_segments, ewma_alpha=settings.ewma_alpha,
-        dedup_ttl_s=settings.dedup_ttl_s, window=max(StoreSettings.window, 8 * settings.batch_size)))
+    return TrendStore.of(settings, window=max(StoreSettings.window, 8 * settings.batch_size))
 
 
 async def build_pipeline(settings: Settings, backoff=Backoff) -> Pipeline:
     """Wait for Triton (the model's contract decides what is valid) and Redis, then join them."""
     scorer = AsyncTritonScorer(settings.triton_url, settings.triton_model)
-    served = await retry_forever(scorer.contract, "triton", backoff=backoff)
+    served = await retry_forever(served_contract, "triton", scorer, backoff=backoff)
     log.info("model %s: widths %s, <= %d frames, <= %d tokens", settings.triton_model, served.widths,
              served.max_frames, served.max_text_tokens)
     store = await retry_forever(store_for, "redis", settings, backoff=backoff)  # a cluster client connects when made
     await retry_forever(store.ping, "redis", backoff=backoff)
-    tokenizer = contract.Tokenizer(tokenizer_dir(settings), served.max_text_tokens)
+    tokenizer = load_tokenizer(settings, served.max_text_tokens)
     return Pipeline(scorer, store, tokenizer, served, settings.detector, settings.max_text_chars,
                     settings.max_future_s, backoff=backoff)
 
@@ -56,10 +65,25 @@ async def build_pipeline(settings: Settings, backoff=Backoff) -> Pipeline:
 def check_dependencies(settings: Settings) -> None:
     """Refused credentials or permissions stop the worker now (DependencyRefused: one line, exit 2);
     an unreachable Redis or broker is only logged here and waited for once running."""
-    tokenizer_dir(settings)  # fail now, with a clear message, rather than on the first batch
+    load_tokenizer(settings, 1)  # fail now, with a clear message, rather than on the first batch
     check_redis(lambda: store_for(settings), settings.redis_url)
     loop = asyncio.new_event_loop()  # not the current loop: Faust sets up its own
     try:
         loop.run_until_complete(check_broker(settings))
+        loop.run_until_complete(check_model(settings))
     finally:
         loop.close()
+
+
+async def check_model(settings: Settings) -> None:
+    """A model that is not a tecaflow export stops the worker; Triton away is waited for later."""
+    scorer = AsyncTritonScorer(settings.triton_url, settings.triton_model, timeout=5)
+    try:
+        await served_contract(scorer)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - away or still loading: the pipeline waits for it
+        log.warning("Triton at %s is not serving %s yet (%s); the worker will wait for it", settings.triton_url,
+                    settings.triton_model, str(e).splitlines()[0] if str(e) else type(e).__name__)
+    finally:
+        await scorer.close()

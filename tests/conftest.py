@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -78,15 +77,9 @@ def free_ports(n: int) -> list[int]:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     """A real redis-server on a free loopback port, for the whole session."""
-    import shutil
-
-    from stream.service import Service, port_open
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed: run `make setup` (it installs the Debian package)")
+    from stream.stack import redis_service
     port = free_ports(1)[0]
-    data = tmp_path_factory.mktemp("redis")
-    server = Service("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-                               "--save", "", "--appendonly", "yes"], data, health=lambda: port_open(port)).start()
+    server = redis_service(tmp_path_factory.mktemp("redis"), port, durable=False).start()
     yield f"redis://127.0.0.1:{port}/0"
     server.stop()
 
@@ -98,7 +91,8 @@ CLI = [sys.executable, "-m", "stream.cli"]
 class Live:
     def __init__(self, root: Path, env: dict):
         self.root, self.env = root, env
-        self.workers: list[tuple[subprocess.Popen, int, Path]] = []
+        self.workers: list[tuple[subprocess.Popen, int, Path]] = []  # (process, metrics port, log)
+        self.services = []
         from stream.store import TrendStore
         self.store = TrendStore(env["TECAFLOW_REDIS_URL"])
 
@@ -110,16 +104,14 @@ class Live:
 
     def start_worker(self, metrics_port: int, **extra_env) -> subprocess.Popen:
         """A worker process, ready once Faust says so (it has joined its consumer group)."""
-        from stream.service import Service
-        name = f"worker-{metrics_port}-{len(self.workers)}"
-        log = self.root / f"{name}.log"
-        worker = Service(name, [*CLI, "worker"], self.root, cwd=self.root, start_timeout=120,
-                         env=dict(self.env, TECAFLOW_METRICS_PORT=str(metrics_port), **extra_env),
-                         health=lambda: log.exists() and "Worker]: Ready" in log.read_text(errors="replace"))
+        from stream.stack import worker_service
+        worker = worker_service(self.root, f"worker-{metrics_port}-{len(self.workers)}", cwd=self.root,
+                                env=dict(self.env, TECAFLOW_METRICS_PORT=str(metrics_port), **extra_env))
+        self.services.append(worker)
         try:
             worker.start()
         finally:
-            self.workers.append((worker.process, metrics_port, log))
+            self.workers.append((worker.process, metrics_port, worker.log_path))
         return worker.process
 
     def metric(self, port: int, name: str, labels: str = "") -> float:
@@ -168,8 +160,7 @@ def launch(root: Path, **extra_env) -> Live:
     broker, redis_port, http, grpc, metrics, prom, m1, m2 = free_ports(8)
     env = dict(os.environ,
                TECAFLOW_RUN_DIR=str(root / "run"), TECAFLOW_MODEL_REPO=str(root / "repo"),
-               TECAFLOW_BROKER_PORT=str(broker), TECAFLOW_REDIS_PORT=str(redis_port),
-               TECAFLOW_TRITON_HTTP_PORT=str(http), TECAFLOW_TRITON_GRPC_PORT=str(grpc),
+               TECAFLOW_TRITON_HTTP_PORT=str(http),
                TECAFLOW_TRITON_METRICS_PORT=str(metrics), TECAFLOW_PROMETHEUS_PORT=str(prom),
                TECAFLOW_PROMETHEUS_TARGETS=f"127.0.0.1:{m1},127.0.0.1:{m2}",
                TECAFLOW_BROKER_URL=f"kafka://127.0.0.1:{broker}", TECAFLOW_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
@@ -185,13 +176,8 @@ def launch(root: Path, **extra_env) -> Live:
 
 
 def shut_down(system: Live) -> None:
-    for proc, _, _ in system.workers:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+    for worker in system.services:
+        worker.stop()
     subprocess.run([*CLI, "stack", "down"], env=system.env, cwd=system.root, timeout=60)
 
 
@@ -214,17 +200,18 @@ def redis_cluster_url(tmp_path_factory):
     from redis.cluster import RedisCluster
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         pytest.fail("redis-server/redis-cli are not installed: run `make setup` (it installs the Debian package)")
+    from stream.service import Service, port_open
     ports = cluster_ports(3)
-    procs = []
+    nodes = []
     for port in ports:
         data = tmp_path_factory.mktemp(f"cluster-{port}")
-        procs.append(subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--cluster-enabled", "yes",
-             "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
-            stdout=subprocess.DEVNULL))
+        nodes.append(Service(f"redis-{port}", [
+            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
+            data, health=lambda port=port: port_open(port)).start(wait=False))
     try:
-        for port in ports:
-            _wait_for_port(port)
+        for node in nodes:
+            node.wait_healthy(10)
         subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
                         "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
         deadline = time.monotonic() + 30
@@ -236,10 +223,8 @@ def redis_cluster_url(tmp_path_factory):
         RedisCluster.from_url(f"redis://127.0.0.1:{ports[0]}").ping()
         yield url
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(10)
+        for node in nodes:
+            node.stop()
 
 
 def cluster_ports(n: int) -> list[int]:
@@ -258,15 +243,3 @@ def cluster_ports(n: int) -> list[int]:
         if port not in chosen:
             chosen.append(port)
     return chosen
-
-
-def _wait_for_port(port: int, timeout: float = 10) -> None:
-    import socket
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")

@@ -7,6 +7,7 @@ from unittest import mock
 from stream import app as app_module
 from stream.pipeline import BatchResult, Reject
 
+
 class Exploding:
     async def process(self, raws):
         raise RuntimeError("tokenizer fell over")

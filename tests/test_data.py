@@ -5,7 +5,15 @@ import numpy as np
 import pytest
 
 from tests.conftest import MOSI_DIR
-from trainer.data import Batcher, DataError, load_dataset, load_mmsa_pickle, load_native, load_urfunny, synthetic_dataset
+from trainer.data import (
+    Batcher,
+    DataError,
+    load_dataset,
+    load_mmsa_pickle,
+    load_native,
+    load_urfunny,
+    synthetic_dataset,
+)
 from trainer.text_encoder import load_tokenizer
 
 

@@ -1,6 +1,5 @@
 """Refused vs away, against a real redis-server with a password (the broker side is exercised by
 the live tests; the embedded broker has no SASL to refuse with)."""
-import shutil
 import subprocess
 import sys
 
@@ -9,7 +8,7 @@ import redis
 
 from stream.dependencies import DependencyRefused, check_redis, refused
 from stream.store import TrendStore
-from tests.conftest import _wait_for_port, free_ports
+from tests.conftest import free_ports
 
 PASSWORD = "tf-s3cret-pw"
 
@@ -17,15 +16,11 @@ PASSWORD = "tf-s3cret-pw"
 @pytest.fixture(scope="module")
 def guarded_redis(tmp_path_factory):
     """A redis-server that requires a password."""
-    assert shutil.which("redis-server"), "redis-server is not installed: run `make setup`"
+    from stream.stack import redis_service
     port = free_ports(1)[0]
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--dir", str(tmp_path_factory.mktemp("guarded")), "--requirepass", PASSWORD],
-                            stdout=subprocess.DEVNULL)
-    _wait_for_port(port)
+    server = redis_service(tmp_path_factory.mktemp("guarded"), port, PASSWORD, durable=False).start()
     yield port
-    proc.terminate()
-    proc.wait(10)
+    server.stop()
 
 
 @pytest.mark.parametrize("auth", [":wrong-password@", ""])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from stream.stack import redis_service
 from tests.conftest import CLI, free_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -142,9 +143,7 @@ def test_the_page_waits_out_a_redis_outage_without_showing_the_password(browser,
         wait_for(browser, lambda: banner in page_text(browser), "the banner on the stream view")
         assert "pw-s3cret" not in browser.page_source
 
-        redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                  "--appendonly", "no", "--requirepass", "pw-s3cret", "--dir", str(tmp_path)],
-                                 stdout=subprocess.DEVNULL)
+        redis = redis_service(tmp_path, port, "pw-s3cret", durable=False).start(wait=False)
         try:
             store = TrendStore(url)
             deadline = time.monotonic() + 20
@@ -160,5 +159,4 @@ def test_the_page_waits_out_a_redis_outage_without_showing_the_password(browser,
                      "the stream once Redis is back", timeout=60)
             assert banner not in page_text(browser)
         finally:
-            redis.terminate()
-            redis.wait(10)
+            redis.stop()

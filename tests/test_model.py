@@ -5,7 +5,14 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import random_batch, small_config, small_model
-from trainer.model import ABLATIONS, TeCaFNConfig, apply_ablation, info_nce, mine_hard_negatives, replacement_gate
+from trainer.model import (
+    ABLATIONS,
+    TeCaFNConfig,
+    apply_ablation,
+    info_nce,
+    mine_hard_negatives,
+    replacement_gate,
+)
 
 
 def test_prediction_shape_and_range(model, batch):

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 
 import numpy as np
 import pytest
 
+from stream.config import Settings
 from stream.errors import UserError
 from stream.replay import Shift, plan_segments, replay, round_shift
-from stream.stack import port_open, tansu_binary
+from stream.stack import Stack
 from tests.conftest import free_ports
 
 
@@ -66,14 +66,8 @@ def test_shift_parse_names_the_problem():
 @pytest.mark.integration
 def test_the_looping_replay_keeps_sending_on_a_real_broker(tmp_path):
     port = free_ports(1)[0]
-    url = f"tcp://127.0.0.1:{port}"
-    broker = subprocess.Popen([tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                               "--storage-engine", "memory://tansu/"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    broker = Stack(Settings(run_dir=str(tmp_path), broker_url=f"kafka://127.0.0.1:{port}")).broker().start()
     try:
-        deadline = time.monotonic() + 30
-        while not port_open(port) and time.monotonic() < deadline:
-            time.sleep(0.2)
         rounds = []
 
         class Enough(Exception):
@@ -94,8 +88,7 @@ def test_the_looping_replay_keeps_sending_on_a_real_broker(tmp_path):
         ids = asyncio.run(read_ids(f"127.0.0.1:{port}", 24))
         assert sorted(ids) == sorted(f"loop-00{s}/{i:06d}" for s in range(2) for i in range(12))
     finally:
-        broker.terminate()
-        broker.wait(10)
+        broker.stop()
 
 
 async def read_ids(servers: str, n: int) -> list[str]:

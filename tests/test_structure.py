@@ -56,6 +56,10 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(capsys, monkeypa
     trends.set_defaults(func=fails_with(ValueError("also a bug")))
     with pytest.raises(ValueError):
         cli.main(["trends"])
+    import redis
+    trends.set_defaults(func=fails_with(redis.ResponseError("user_script:3: attempt to index a nil value")))
+    with pytest.raises(redis.ResponseError):  # Redis answered: our script is wrong, not the user's setup
+        cli.main(["trends"])
 
 
 def test_a_missing_file_the_user_named_is_one_line(capsys):

@@ -11,7 +11,13 @@ import time
 import numpy as np
 import torch
 
-from trainer.model import TeCaFN, TeCaFNConfig, apply_ablation, mine_hard_negatives, replacement_gate
+from trainer.model import (
+    TeCaFN,
+    TeCaFNConfig,
+    apply_ablation,
+    mine_hard_negatives,
+    replacement_gate,
+)
 
 
 def loop_gate(side: torch.Tensor, side_mask: torch.Tensor, similarity: torch.Tensor, p: float, num: int):

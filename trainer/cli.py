@@ -72,7 +72,7 @@ def register(sub) -> None:
 def register_export(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint as a new version in a Triton model repository")
     p.add_argument("--checkpoint", required=True, type=Path)
-    p.add_argument("--repo", type=Path, default=Path("model_repo"))
+    p.add_argument("--repo", type=Path, help="model repository (default: TECAFLOW_MODEL_REPO, model_repo)")
     p.add_argument("--backend", choices=BACKENDS, default="python",
                    help="python: ONNX Runtime inside Triton's Python backend (what the embedded Triton runs); "
                         "onnxruntime: Triton's native ONNX Runtime backend on GPU (NVIDIA's container)")
@@ -84,8 +84,9 @@ def register_export(sub) -> None:
 
 
 def cmd_export(args) -> int:
+    from stream.config import Settings
     from trainer.export import export
-    target = export(args.checkpoint, args.repo, args.backend, args.max_batch, args.tensorrt,
+    target = export(args.checkpoint, args.repo or Path(Settings.from_env().model_repo), args.backend, args.max_batch, args.tensorrt,
                     args.queue_delay_us, args.instances)
     print(target)
     return 0

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from stream import contract
-from stream.contract import MODEL_NAME, SCORE, ModelContract
+from stream.contract import MODEL_NAME, SCORE, TEXT_INPUTS, ModelContract, lengths_name
 from stream.errors import UserError
 from trainer.model import TeCaFN
 from trainer.train import load_checkpoint, tokenizer_for
@@ -38,7 +38,8 @@ SERVING_SOURCES = {contract.PYTHON_MODEL_FILE: Path(contract.__file__).with_name
 
 
 class TeCaFNInference(nn.Module):
-    """The serving path: token ids, masks and padded frames in, one score per segment out."""
+    """The serving path: the contract's inputs in order (token ids, mask, then each modality's
+    padded frames and lengths), one score per segment out."""
 
     def __init__(self, model: TeCaFN):
         super().__init__()
@@ -46,9 +47,9 @@ class TeCaFNInference(nn.Module):
         self.modalities = [m for m in model.config.modalities if m != "text"]
 
     def forward(self, input_ids, attention_mask, *frames_and_lengths):
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        batch = dict(zip(TEXT_INPUTS, (input_ids, attention_mask)))
         for i, m in enumerate(self.modalities):
-            batch[m], batch[f"{m}_lengths"] = frames_and_lengths[2 * i], frames_and_lengths[2 * i + 1]
+            batch[m], batch[lengths_name(m)] = frames_and_lengths[2 * i], frames_and_lengths[2 * i + 1]
         return self.model(batch).prediction
 
 
@@ -62,55 +63,54 @@ def input_names(model: TeCaFN) -> list[str]:
     return list(model_contract(model, 0, 0).inputs)
 
 
-def example_batch(model: TeCaFN, batch: int, max_tokens: int, max_frames: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Padded inputs whose real lengths differ row by row (so parity covers masking)."""
-    g = torch.Generator().manual_seed(seed)
-    c = model.config
-    vocab = model.text_encoder.config.vocab_size
-    tokens = torch.randint(2, max_tokens + 1, (batch,), generator=g)
-    tokens[0] = max_tokens
-    mask = (torch.arange(max_tokens)[None, :] < tokens[:, None]).long()
-    out = {"input_ids": torch.randint(1, vocab, (batch, max_tokens), generator=g) * mask, "attention_mask": mask}
-    for m in c.modalities:
-        if m == "text":
-            continue
-        width = getattr(c, f"d_{m}")
-        lengths = torch.randint(1, max_frames + 1, (batch,), generator=g)
-        lengths[0] = max_frames
-        out[m] = torch.randn(batch, max_frames, width, generator=g)
-        out[f"{m}_lengths"] = lengths
-    return out
+def example_batch(served: ModelContract, vocab: int, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Segments whose real lengths differ row by row (the first at the limits), padded by the
+    contract exactly as clients pad them, so that parity covers masking and padding."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(2, served.max_text_tokens + 1, batch)
+    tokens[0] = served.max_text_tokens
+    mask = (np.arange(served.max_text_tokens)[None, :] < tokens[:, None]).astype(np.int64)
+    frames = {}
+    for m, width in served.widths.items():
+        lengths = rng.integers(1, served.max_frames + 1, batch)
+        lengths[0] = served.max_frames
+        frames[m] = [rng.normal(size=(n, width)) for n in lengths]
+    padded = served.batch(rng.integers(1, vocab, mask.shape) * mask, mask, frames)
+    return served.check_request(padded)  # lengths as the graph takes them: [B]
 
 
-def export_onnx(model: TeCaFN, path: Path, max_tokens: int, max_frames: int) -> None:
+def as_tensors(batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(a) for a in batch.values())
+
+
+def export_onnx(model: TeCaFN, path: Path, served: ModelContract) -> None:
     wrapper = TeCaFNInference(model)
-    names = input_names(model)
-    example = example_batch(model, 4, min(8, max_tokens), min(6, max_frames))
-    dynamic = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
-               SCORE: {0: "batch"}}
-    for m in wrapper.modalities:
+    small = ModelContract(served.widths, min(8, served.max_text_tokens), min(6, served.max_frames))
+    example = example_batch(small, model.text_encoder.config.vocab_size, 4)
+    dynamic = {name: {0: "batch", 1: "tokens"} for name in TEXT_INPUTS} | {SCORE: {0: "batch"}}
+    for m in served.widths:
         dynamic[m] = {0: "batch", 1: f"{m}_frames"}
-        dynamic[f"{m}_lengths"] = {0: "batch"}
+        dynamic[lengths_name(m)] = {0: "batch"}
     # Traced with grad enabled on purpose: under no_grad, PyTorch's transformer layers take a
     # fused fast path (aten::_transformer_encoder_layer_fwd) that ONNX cannot express.
     # The tracer's warnings (Python ints from shapes, LSTM batch size) are expected here; the
     # parity check on other batch sizes and lengths is what proves the graph right.
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, tuple(example[n] for n in names), str(path), input_names=names,
+        torch.onnx.export(wrapper, as_tensors(example), str(path), input_names=list(served.inputs),
                           output_names=[SCORE], dynamic_axes=dynamic, opset_version=17, dynamo=False,
                           verbose=False)
 
 
-def check_parity(model: TeCaFN, onnx_path: Path, max_tokens: int, max_frames: int) -> float:
+def check_parity(model: TeCaFN, onnx_path: Path, served: ModelContract) -> float:
     """Max |ONNX Runtime - PyTorch| over a batch of 16 padded segments of mixed lengths."""
     import onnxruntime as ort
 
-    batch = example_batch(model, 16, max_tokens, max_frames, seed=1)
+    batch = example_batch(served, model.text_encoder.config.vocab_size, 16, seed=1)
     with torch.no_grad():
-        expected = TeCaFNInference(model)(*(batch[n] for n in input_names(model))).numpy()
+        expected = TeCaFNInference(model)(*as_tensors(batch)).numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run([SCORE], {n: batch[n].numpy() for n in input_names(model)})[0]
+    got = session.run([SCORE], batch)[0]
     return float(np.max(np.abs(got - expected)))
 
 
@@ -139,8 +139,8 @@ def export(checkpoint: Path, repo: Path, backend: str = "python", max_batch: int
     staging.mkdir(parents=True)
     try:
         served = model_contract(model, ckpt["max_text_tokens"], ckpt["max_frames"] or 50)
-        export_onnx(model, staging / contract.ONNX_FILE, served.max_text_tokens, served.max_frames)
-        diff = check_parity(model, staging / contract.ONNX_FILE, served.max_text_tokens, served.max_frames)
+        export_onnx(model, staging / contract.ONNX_FILE, served)
+        diff = check_parity(model, staging / contract.ONNX_FILE, served)
         if not diff <= PARITY_TOLERANCE:
             raise RuntimeError(f"ONNX Runtime differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE:.0e}) "
                                f"on padded inputs; not exporting")
