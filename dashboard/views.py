@@ -126,6 +126,21 @@ def stream_header(detail: StreamDetail, now: float, tz: ZoneInfo) -> None:
     cols[3].metric("Std", f"{t['std']:.3f}")
     cols[4].metric("Last score", f"{t['last_score']:+.3f}")
     st.caption(f"last event {clock(t['last_event_time'], tz)}, updated {age(now - t['last_update'])}")
+    line = modality_line(t)
+    if line:
+        st.caption(line)
+
+
+def modality_line(totals: dict) -> str:
+    """How far audio and vision moved this stream's scores from its words alone, and how many of
+    its segments lacked them; empty for a store written before modalities were recorded."""
+    names = {"audio": "audio", "visual": "vision"}
+    parts = [f"{names[side]} moved scores by {signed(v)} on average" for side, v in totals.get("moved", {}).items()
+             if v is not None]
+    n = totals.get("count") or 0
+    parts += [f"{100 * k / n:.0f}% had no {names[side]}" for side, k in totals.get("missing", {}).items() if k and n]
+    line = "; ".join(parts)
+    return line[:1].upper() + line[1:]
 
 
 def trend_frame(detail: StreamDetail, tz: ZoneInfo) -> pd.DataFrame:

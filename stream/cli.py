@@ -284,8 +284,10 @@ def cmd_trends(args) -> int:
             print(f"{s}: nothing recorded")
             continue
         age = time.time() - t["last_update"]
+        moved = " ".join(f"{side}_moved={v:+.3f}" for side, v in t["moved"].items() if v is not None)
+        missing = " ".join(f"no_{side}={k}" for side, k in t["missing"].items() if k)
         print(f"{s:<24} n={t['count']:<6} mean={t['mean']:+.3f} ewma={t['ewma']:+.3f} "
-              f"last={t['last_score']:+.3f} updated {age:.0f}s ago")
+              f"last={t['last_score']:+.3f} updated {age:.0f}s ago {moved} {missing}".rstrip())
     for a in alerts:
         since = a.get("change_point", {}).get("event_time")
         print(f"ALERT {a['stream_id']} {a['direction']} by {abs(a['magnitude']):.2f} "

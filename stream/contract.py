@@ -1,7 +1,9 @@
 """The serving contract of TeCaFN: what `tecaflow export` writes, Triton serves and clients send.
 
 This module is the one home of
-    the names        input_ids, attention_mask, <modality>, <modality>_lengths in, `score` out
+    the names        input_ids, attention_mask, <modality>, <modality>_lengths and `present` (which
+                     sides a segment has) in; `score`, and with attribution `text_only` and
+                     `contribution` (what each side moved the score) out
     the shape        each modality's feature width, the frame and token limits, the batch limit
     the files        <repo>/tecafn/config.pbtxt (written and read through Triton's own
                      model_config_pb2) and, in each version directory, tecafn.json, model.onnx,
@@ -26,7 +28,11 @@ import numpy as np
 
 MODEL_NAME = "tecafn"
 SCORE = "score"
+TEXT_ONLY = "text_only"  # the score from the words alone
+CONTRIBUTION = "contribution"  # [B, len(PRESENCE)]: score minus the score without that side
 TEXT_INPUTS = ("input_ids", "attention_mask")
+PRESENT = "present"  # bool [B, len(PRESENCE)]: which sides each segment has
+PRESENCE = ("audio", "visual")  # the columns of `present` and `contribution`, whatever the model has
 BACKENDS = ("python", "onnxruntime")
 
 METADATA_FILE = "tecafn.json"
@@ -51,6 +57,8 @@ class ModelContract:
     max_text_tokens: int
     max_frames: int
     max_batch: int = 0
+    presence: bool = False  # the model takes `present`, and sides with zero frames
+    attribution: bool = False  # the model returns `text_only` and `contribution` beside the score
 
     @property
     def sequences(self) -> tuple[str, ...]:
@@ -61,13 +69,17 @@ class ModelContract:
         names = list(TEXT_INPUTS)
         for m in self.widths:
             names += [m, lengths_name(m)]
-        return tuple(names)
+        return tuple(names + [PRESENT] * self.presence)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (SCORE, TEXT_ONLY, CONTRIBUTION) if self.attribution else (SCORE,)
 
     # ---- tecafn.json: the contract plus where the model came from --------------------------
     def metadata(self, **provenance) -> dict:
-        return {"model": MODEL_NAME, "inputs": list(self.inputs), "output": SCORE, "widths": dict(self.widths),
-                "max_text_tokens": self.max_text_tokens, "max_frames": self.max_frames,
-                "tokenizer": TOKENIZER_DIR, **provenance}
+        return {"model": MODEL_NAME, "inputs": list(self.inputs), "outputs": list(self.outputs),
+                "widths": dict(self.widths), "max_text_tokens": self.max_text_tokens, "max_frames": self.max_frames,
+                "presence": self.presence, "attribution": self.attribution, "tokenizer": TOKENIZER_DIR, **provenance}
 
     def write_metadata(self, version_dir: Path, **provenance) -> None:
         (Path(version_dir) / METADATA_FILE).write_text(json.dumps(self.metadata(**provenance), indent=2))
@@ -76,7 +88,8 @@ class ModelContract:
     def read_metadata(cls, version_dir: Path | str) -> "ModelContract":
         meta = json.loads((Path(version_dir) / METADATA_FILE).read_text())
         return cls(widths={m: int(w) for m, w in meta["widths"].items()}, max_text_tokens=int(meta["max_text_tokens"]),
-                   max_frames=int(meta["max_frames"]))
+                   max_frames=int(meta["max_frames"]), presence=bool(meta.get("presence")),
+                   attribution=bool(meta.get("attribution")))
 
     # ---- config.pbtxt ------------------------------------------------------------------------
     def model_config(self, backend: str = "python", max_batch: int = 64, instances: int = 1,
@@ -101,9 +114,13 @@ class ModelContract:
             lengths = config.input.add(name=lengths_name(m), data_type=pb.TYPE_INT64, dims=[1])
             if not ragged:
                 lengths.reshape.shape[:] = []
-        score = config.output.add(name=SCORE, data_type=pb.TYPE_FP32, dims=[1])
-        if not ragged:
-            score.reshape.shape[:] = []
+        if self.presence:
+            config.input.add(name=PRESENT, data_type=pb.TYPE_BOOL, dims=[len(PRESENCE)])
+        for name in self.outputs:
+            output = config.output.add(name=name, data_type=pb.TYPE_FP32,
+                                       dims=[len(PRESENCE)] if name == CONTRIBUTION else [1])
+            if not ragged and name != CONTRIBUTION:
+                output.reshape.shape[:] = []
         # Small preferred sizes make the batcher dispatch half-full batches under load; ask for 16+.
         config.dynamic_batching.preferred_batch_size[:] = sorted({b for b in (16, 32, 64, 128, max_batch)
                                                                    if b <= max_batch})
@@ -131,11 +148,13 @@ class ModelContract:
             from tritonclient.grpc import model_config_pb2 as pb
             config = json_format.ParseDict(config, pb.ModelConfig(), ignore_unknown_fields=True)
         try:
-            widths = {i.name: int(i.dims[-1]) for i in config.input if i.name not in TEXT_INPUTS
+            widths = {i.name: int(i.dims[-1]) for i in config.input if i.name not in (*TEXT_INPUTS, PRESENT)
                       and not i.name.endswith("_lengths")}
             return cls(widths=widths, max_text_tokens=int(config.parameters["max_text_tokens"].string_value),
                        max_frames=int(config.parameters["max_frames"].string_value),
-                       max_batch=int(config.max_batch_size))
+                       max_batch=int(config.max_batch_size),
+                       presence=any(i.name == PRESENT for i in config.input),
+                       attribution=any(o.name == TEXT_ONLY for o in config.output))
         except (ValueError, IndexError) as e:
             raise ContractError(f"model {config.name!r} is not a tecaflow export: {e}") from None
 
@@ -149,13 +168,31 @@ class ModelContract:
     def batch(self, input_ids: np.ndarray, attention_mask: np.ndarray,
               frames: dict[str, Sequence[np.ndarray]]) -> dict[str, np.ndarray]:
         """Model inputs for a batch: tokens as given, each modality's [T_i, d] frames padded to
-        the batch's longest, with lengths [B, 1]."""
+        the batch's longest, with lengths [B, 1], and which sides each segment has. A side with
+        no frames is absent for a model that takes `present`; an older model gets one zero frame."""
         out = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
         for m, width in self.widths.items():
             seqs = [np.asarray(s, np.float32).reshape(-1, width) for s in frames[m]]
             out[m] = pad_and_stack([s[None] for s in seqs], minimum=1)
-            out[lengths_name(m)] = np.array([[max(1, len(s))] for s in seqs], dtype=np.int64)
+            shortest = 0 if self.presence else 1
+            out[lengths_name(m)] = np.array([[max(shortest, len(s))] for s in seqs], dtype=np.int64)
+        if self.presence:
+            n = len(input_ids)
+            out[PRESENT] = np.array([[m in frames and len(frames[m][i]) > 0 for m in PRESENCE] for i in range(n)],
+                                    dtype=bool).reshape(n, len(PRESENCE))
         return out
+
+    def attributions(self, outputs: dict[str, np.ndarray], present: np.ndarray | None = None
+                     ) -> list[tuple[float, dict[str, float]]] | None:
+        """Per segment: (text-only score, {side: what it moved the score}) for the sides the
+        segment had and the model has; None when the model gives no attribution."""
+        if not self.attribution:
+            return None
+        text_only = outputs[TEXT_ONLY].reshape(-1)
+        moved = outputs[CONTRIBUTION].reshape(len(text_only), len(PRESENCE))
+        has = np.ones_like(moved, bool) if present is None else present
+        return [(float(text_only[i]), {m: float(moved[i, j]) for j, m in enumerate(PRESENCE)
+                                       if m in self.widths and has[i, j]}) for i in range(len(text_only))]
 
     def check_request(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A request's arrays, validated beyond what Triton checks; lengths flattened to [n]."""
@@ -169,6 +206,7 @@ class ModelContract:
         if ids.shape[1] > self.max_text_tokens:
             raise ContractError(f"{ids.shape[1]} tokens > max_text_tokens {self.max_text_tokens}")
         out = dict(arrays)
+        shortest = 0 if self.presence else 1
         for m in self.widths:
             frames, lengths = arrays[m], arrays[lengths_name(m)].reshape(-1)
             out[lengths_name(m)] = lengths
@@ -176,10 +214,12 @@ class ModelContract:
                 raise ContractError(f"{m}: batch {frames.shape[0]} / lengths {lengths.shape[0]} != input_ids batch {n}")
             if frames.shape[1] > self.max_frames:
                 raise ContractError(f"{m}: {frames.shape[1]} frames > max_frames {self.max_frames}")
-            if np.any(lengths < 1) or np.any(lengths > frames.shape[1]):
-                raise ContractError(f"{lengths_name(m)} must be in [1, {frames.shape[1]}]")
+            if np.any(lengths < shortest) or np.any(lengths > frames.shape[1]):
+                raise ContractError(f"{lengths_name(m)} must be in [{shortest}, {frames.shape[1]}]")
             if not np.all(np.isfinite(frames)):
                 raise ContractError(f"{m}: NaN or Inf in the frames")
+        if self.presence and arrays[PRESENT].shape != (n, len(PRESENCE)):
+            raise ContractError(f"{PRESENT} shape {arrays[PRESENT].shape} != ({n}, {len(PRESENCE)})")
         return out
 
     def concatenate(self, requests: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

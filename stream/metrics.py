@@ -5,6 +5,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 CONSUMED = Counter("tecaflow_segments_consumed_total", "Segment messages read from the segments topic")
 SCORED = Counter("tecaflow_segments_scored_total", "Segments scored and recorded in Redis")
+MISSING_MODALITY = Counter("tecaflow_segments_missing_modality_total",
+                           "Segments scored without a modality (no audio or no visual frames)", ["modality"])
 DUPLICATES = Counter("tecaflow_segments_duplicate_total", "Exact redeliveries of recorded segments, skipped")
 REJECTED = Counter("tecaflow_segments_rejected_total", "Segments sent to the dead-letter topic", ["reason"])
 BATCH_SIZE = Histogram("tecaflow_batch_size", "Segments per Triton call", buckets=(1, 2, 4, 8, 16, 32, 64, 128))

@@ -24,9 +24,10 @@ import numpy as np
 
 from stream import detector, metrics
 from stream.config import DetectorParams, Settings
-from stream.contract import ModelContract, Tokenizer
+from stream.contract import PRESENT, SCORE, ModelContract, Tokenizer
 from stream.errors import UserError
 from stream.schema import Limits, Rejected, Segment, decode_segment
+from stream.store import ScoredSegment
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,13 @@ class Pipeline:
         frames = {m: [s.frames(m) for s in segments] for m in self.contract.widths}
         return self.contract.batch(input_ids, attention_mask, frames)
 
+    def scored(self, segments: list[Segment], scores: list[float], outputs: dict, inputs: dict) -> list[ScoredSegment]:
+        """What the store records of each segment: its score, the sides it lacked, and what each
+        side it had moved the score, where the model says."""
+        attributions = self.contract.attributions(outputs, inputs.get(PRESENT)) or [(None, None)] * len(segments)
+        return [ScoredSegment(seg.stream_id, seg.segment_id, seg.digest, seg.event_time, score, seg.text, seg.missing,
+                              text_only, moved) for seg, score, (text_only, moved) in zip(segments, scores, attributions)]
+
     async def process(self, raws: list[bytes]) -> BatchResult:
         metrics.CONSUMED.inc(len(raws))
         metrics.IN_FLIGHT.set(len(raws))
@@ -141,11 +149,11 @@ class Pipeline:
             inputs = self.model_inputs(segments)
             metrics.BATCH_SIZE.observe(len(segments))
             started = time.perf_counter()
-            scores = await retry_forever(self.scorer.score, "triton", inputs, backoff=self.backoff)
+            outputs = await retry_forever(self.scorer.infer, "triton", inputs, self.contract.outputs,
+                                          backoff=self.backoff)
             metrics.TRITON_LATENCY.observe(time.perf_counter() - started)
-            scores = scores.tolist()
-            items = [(seg.stream_id, seg.segment_id, seg.digest, seg.event_time, score, seg.text)
-                     for (seg, _), score in zip(good, scores)]
+            scores = outputs[SCORE].reshape(-1).tolist()
+            items = self.scored(segments, scores, outputs, inputs)
             outcomes = await retry_forever(self.store.record_many, "redis", items, backoff=self.backoff)
             touched: dict[str, None] = {}
             for (segment, raw), score, outcome in zip(good, scores, outcomes):
@@ -159,6 +167,8 @@ class Pipeline:
                     result.duplicates += 1
                 else:
                     metrics.SCORED.inc()
+                    for side in segment.missing:
+                        metrics.MISSING_MODALITY.labels(side).inc()
                     metrics.END_TO_END.observe(max(0.0, time.time() - segment.event_time))
                 # A repeat is published again: its first publication may be the one a crash lost.
                 result.scores.append({"stream_id": segment.stream_id, "segment_id": segment.segment_id,

@@ -8,9 +8,13 @@ readable from any language; no pickle, no eval):
      "segment_id": "brand-42/000123",          # unique per segment, same charset, 1-200 chars
      "event_time": 1764000000.5,               # unix seconds (float) when the utterance happened
      "text": "the new phone is great",         # transcript, may be empty
-     "audio":  {"shape": [T_a, d_a], "f32": "<base64>"},
-     "visual": {"shape": [T_v, d_v], "f32": "<base64>"},
+     "audio":  {"shape": [T_a, d_a], "f32": "<base64>"},   # optional, see below
+     "visual": {"shape": [T_v, d_v], "f32": "<base64>"},   # optional
      "meta": {"lang": "en"}}                   # optional, a JSON object of at most 4 KiB
+
+A segment may lack audio (silence, muted) or vision (no face found): leave the field out, set it
+to null, or send zero frames ({"shape": [0, d], "f32": ""}). It is scored from what it has and
+recorded with the modalities it had; it is never rejected for it.
 
 Every rejection says why (`Rejected.reason` is a short machine-readable code, `detail` is for
 people). Checks that need the model (feature widths, frame limits) take a `Limits`.
@@ -36,8 +40,9 @@ import numpy as np
 
 VERSION = 1
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:@/\-]+")
-REQUIRED = ("v", "stream_id", "segment_id", "event_time", "text", "audio", "visual")
-OPTIONAL = ("meta",)
+REQUIRED = ("v", "stream_id", "segment_id", "event_time", "text")
+OPTIONAL = ("audio", "visual", "meta")
+SIDES = ("audio", "visual")  # the modalities beside text, each of which a segment may lack
 MAX_META_BYTES = 4096
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 16  # a valid message nests 3 levels; meta gets the rest
@@ -64,13 +69,22 @@ class Segment:
     segment_id: str
     event_time: float
     text: str
-    audio: np.ndarray  # [T_a, d_a] float32
-    visual: np.ndarray  # [T_v, d_v] float32
+    audio: np.ndarray  # [T_a, d_a] float32; T_a = 0 when the segment has no audio
+    visual: np.ndarray  # [T_v, d_v] float32; T_v = 0 when it has no vision
     meta: dict
     digest: str  # sha256 of the canonical content: equal for an exact redelivery
 
     def frames(self, modality: str) -> np.ndarray:
         return {"audio": self.audio, "visual": self.visual}[modality]
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """What the segment had: text always, then each side with at least one frame."""
+        return ("text", *(m for m in SIDES if len(self.frames(m))))
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return tuple(m for m in SIDES if not len(self.frames(m)))
 
 
 def encode_frames(array: np.ndarray) -> dict:
@@ -139,8 +153,8 @@ def _decode(raw: bytes, limits: Limits, now: float | None) -> Segment:
     if "\x00" in transcript:
         raise Rejected("bad_text", "text contains NUL characters")
     _require_utf8(transcript, "text")
-    audio = _frames(message["audio"], "audio", limits)
-    visual = _frames(message["visual"], "visual", limits)
+    audio = _frames(message.get("audio"), "audio", limits)
+    visual = _frames(message.get("visual"), "visual", limits)
     meta = message.get("meta", {})
     if not isinstance(meta, dict):
         raise Rejected("wrong_type", f"meta is {type(meta).__name__}, not an object")
@@ -232,6 +246,8 @@ def _event_time(value, limits: Limits, now: float) -> float:
 
 
 def _frames(value, modality: str, limits: Limits) -> np.ndarray:
+    if value is None:  # absent: the segment lacks this modality
+        return np.zeros((0, limits.widths.get(modality, 1)), np.float32)
     if not isinstance(value, dict):
         raise Rejected("wrong_type", f"{modality} is {type(value).__name__}, not an object with shape and f32")
     if set(value) != {"shape", "f32"}:
@@ -241,8 +257,8 @@ def _frames(value, modality: str, limits: Limits) -> np.ndarray:
             or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)):
         raise Rejected("bad_shape", f"{modality}.shape must be [frames, width] integers, got {shape!r}")
     frames, width = shape
-    if frames < 1:
-        raise Rejected("no_frames", f"{modality} has {frames} frames; at least 1 is needed")
+    if frames < 0:
+        raise Rejected("bad_shape", f"{modality} has {frames} frames")
     if frames > limits.max_frames:
         raise Rejected("too_many_frames", f"{modality} has {frames} frames > {limits.max_frames}")
     expected = limits.widths.get(modality)

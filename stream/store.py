@@ -4,10 +4,17 @@
 Keys (every per-stream key carries the hash tag {stream_id}, so all of a stream's keys live in one
 Redis Cluster hash slot):
     tf:{s}:seen:<segment_id>   content digest of a recorded segment (idempotency; TTL)
-    tf:{s}:b<r>:<start>        bucket of r seconds from event time `start`: count, sum, sumsq, min, max
+    tf:{s}:b<r>:<start>        bucket of r seconds from event time `start`: count, sum, sumsq, min, max,
+                               missing_<side> (segments without audio / vision), attributed_<side>
+                               (segments that had the side and attribution) and moved_<side> (the
+                               sum of how far that side moved their scores: score minus the score
+                               without it)
     tf:{s}:b<r>                sorted set of that resolution's bucket starts (retention)
-    tf:{s}:totals              count, sum, sumsq, ewma, last_score, last_event_time, last_update
-    tf:{s}:recent              the last N scored segments as JSON (newest first)
+    tf:{s}:totals              count, sum, sumsq, ewma, last_score, last_event_time, last_update, and
+                               missing_<side>, attributed_<side>, moved_<side> as in a bucket
+    tf:{s}:recent              the last N scored segments as JSON (newest first): segment_id,
+                               event_time, score, text, modalities, and text_only and contributions
+                               (side -> score minus the score without it) where the model gave them
     tf:{s}:window              "event_time score" of the last segments, oldest first (shift detection)
     tf:{s}:detector            the detector's state
     tf:{s}:alerts              Redis stream of the stream's alerts, newest last
@@ -36,11 +43,13 @@ import redis
 from redis.cluster import RedisCluster
 
 from stream.config import Settings
+from stream.schema import SIDES
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 # KEYS[1] = tf:{s}:totals (it names the slot). ARGV[1] = stream, ARGV[2] = settings as JSON,
-# ARGV[3] = now, ARGV[4] = JSON list of [segment_id, digest, event_time, score, score^2, recent-json].
+# ARGV[3] = now, ARGV[4] = JSON list of [segment_id, digest, event_time, score, score^2, recent-json,
+# missing sides (JSON list), contributions (JSON object side -> value; empty without attribution)].
 RECORD = """
 local p = 'tf:{' .. ARGV[1] .. '}'
 local cfg = cjson.decode(ARGV[2])
@@ -56,10 +65,21 @@ for i, item in ipairs(cjson.decode(ARGV[4])) do
     redis.call('SET', seen, item[2], 'EX', cfg.ttl)
     local t = tonumber(item[3])
     local s = tonumber(item[4])
+    local missing = cjson.decode(item[7])
+    local moved = cjson.decode(item[8])
+    local function count_modalities(key)
+      for _, side in ipairs(missing) do redis.call('HINCRBY', key, 'missing_' .. side, 1) end
+      for side, v in pairs(moved) do
+        redis.call('HINCRBY', key, 'attributed_' .. side, 1)
+        redis.call('HINCRBYFLOAT', key, 'moved_' .. side, v)
+      end
+    end
+    count_modalities(tot)
     for _, r in ipairs(cfg.resolutions) do
       local start = math.floor(t / r) * r
       local idx = p .. ':b' .. r
       local key = idx .. ':' .. start
+      count_modalities(key)
       redis.call('HINCRBY', key, 'count', 1)
       redis.call('HINCRBYFLOAT', key, 'sum', item[4])
       redis.call('HINCRBYFLOAT', key, 'sumsq', item[5])
@@ -124,6 +144,24 @@ class StoreSettings:
                    dedup_ttl_s=settings.dedup_ttl_s, **extra)
 
 
+@dataclass(frozen=True)
+class ScoredSegment:
+    """One scored segment as the store records it."""
+    stream_id: str
+    segment_id: str
+    digest: str
+    event_time: float
+    score: float
+    text: str
+    missing: tuple[str, ...] = ()  # the sides it lacked (SIDES)
+    text_only: float | None = None  # the score from its words alone, where the model gave it
+    contributions: dict[str, float] | None = None  # side -> score minus the score without that side
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return ("text", *(m for m in SIDES if m not in self.missing))
+
+
 def _key(stream: str) -> str:
     return "tf:{" + stream + "}"
 
@@ -168,35 +206,42 @@ class TrendStore:
                            "alpha": s.ewma_alpha, "ttl": s.dedup_ttl_s, "window": s.window})
 
     @staticmethod
-    def _item(segment_id, digest, event_time, score, text) -> list:
-        recent = json.dumps({"segment_id": segment_id, "event_time": event_time, "score": score,
-                             "text": text[:280]}, ensure_ascii=False)
-        return [segment_id, digest, repr(float(event_time)), repr(float(score)), repr(float(score) ** 2), recent]
+    def _item(s: "ScoredSegment") -> list:
+        recent = {"segment_id": s.segment_id, "event_time": s.event_time, "score": s.score, "text": s.text[:280],
+                  "modalities": list(s.modalities)}
+        if s.contributions is not None:
+            recent.update(text_only=s.text_only, contributions=s.contributions)
+        return [s.segment_id, s.digest, repr(float(s.event_time)), repr(float(s.score)), repr(float(s.score) ** 2),
+                json.dumps(recent, ensure_ascii=False), json.dumps(list(s.missing)),
+                json.dumps({k: float(v) for k, v in (s.contributions or {}).items()})]
 
     def _record_stream(self, stream: str, items: list, now: float, client=None) -> list[str]:
         return self._record(keys=[_key(stream) + ":totals"],
                             args=[stream, self._config(), repr(now), json.dumps(items)], client=client)
 
     def record(self, stream: str, segment_id: str, digest: str, event_time: float, score: float, text: str,
-               now: float | None = None) -> str:
-        """'new', 'dup' (same segment again: nothing changes) or 'conflict' (same id, other content)."""
-        return self.record_many([(stream, segment_id, digest, event_time, score, text)], now)[0]
+               now: float | None = None, **modalities) -> str:
+        """'new', 'dup' (same segment again: nothing changes) or 'conflict' (same id, other content).
+        `modalities`: what ScoredSegment takes beyond the score (missing, text_only, contributions)."""
+        return self.record_many([ScoredSegment(stream, segment_id, digest, event_time, score, text, **modalities)],
+                                now)[0]
 
-    def record_many(self, items: list[tuple[str, str, str, float, float, str]], now: float | None = None) -> list[str]:
-        """record() for (stream, segment_id, digest, event_time, score, text) items, in order: one
-        atomic script per stream (one round trip in all on a single Redis, one per stream on a
-        cluster), then the stream index."""
+    def record_many(self, items: list["ScoredSegment | tuple"], now: float | None = None) -> list[str]:
+        """record() for many ScoredSegments (or (stream, segment_id, digest, event_time, score,
+        text) tuples), in order: one atomic script per stream (one round trip in all on a single
+        Redis, one per stream on a cluster), then the stream index."""
         now = time.time() if now is None else now
+        items = [item if isinstance(item, ScoredSegment) else ScoredSegment(*item) for item in items]
         by_stream: dict[str, list[int]] = {}
         for i, item in enumerate(items):
-            by_stream.setdefault(item[0], []).append(i)
+            by_stream.setdefault(item.stream_id, []).append(i)
         if self.cluster:  # a cluster pipeline cannot run scripts (EVALSHA)
-            results = [self._record_stream(s, [self._item(*items[i][1:]) for i in idx], now)
+            results = [self._record_stream(s, [self._item(items[i]) for i in idx], now)
                        for s, idx in by_stream.items()]
         else:
             pipe = self.redis.pipeline(transaction=False)
             for s, idx in by_stream.items():
-                self._record_stream(s, [self._item(*items[i][1:]) for i in idx], now, client=pipe)
+                self._record_stream(s, [self._item(items[i]) for i in idx], now, client=pipe)
             results = pipe.execute()
         self.redis.zadd("tf:streams", {s: now for s in by_stream})
         outcomes = [""] * len(items)
@@ -312,6 +357,15 @@ class TrendStore:
         return sum(len(entries) for entries in pipe.execute())
 
 
+def _parse_modalities(h: dict) -> dict:
+    """missing: segments without each side; moved: the mean of how far each side moved the
+    score (score minus the score without it), over the segments that had that side and
+    attribution (None when there were none)."""
+    attributed = {side: int(h.get(f"attributed_{side}", 0)) for side in SIDES}
+    return {"missing": {side: int(h.get(f"missing_{side}", 0)) for side in SIDES},
+            "moved": {side: float(h.get(f"moved_{side}", 0.0)) / n if n else None for side, n in attributed.items()}}
+
+
 def _parse_totals(raw: dict) -> dict:
     if not raw:
         return {}
@@ -321,7 +375,7 @@ def _parse_totals(raw: dict) -> dict:
     var = max(0.0, float(raw["sumsq"]) / count - mean * mean)
     return {"count": count, "sum": total, "mean": mean, "std": var ** 0.5, "ewma": float(raw["ewma"]),
             "last_score": float(raw["last_score"]), "last_event_time": float(raw["last_event_time"]),
-            "last_update": float(raw["last_update"])}
+            "last_update": float(raw["last_update"]), **_parse_modalities(raw)}
 
 
 def _parse_bucket(start: str, h: dict) -> dict | None:
@@ -331,4 +385,5 @@ def _parse_bucket(start: str, h: dict) -> dict | None:
     n, total = int(h["count"]), float(h["sum"])
     mean = total / n
     return {"start": float(start), "count": n, "sum": total, "mean": mean,
-            "std": max(0.0, float(h["sumsq"]) / n - mean * mean) ** 0.5, "min": float(h["min"]), "max": float(h["max"])}
+            "std": max(0.0, float(h["sumsq"]) / n - mean * mean) ** 0.5, "min": float(h["min"]), "max": float(h["max"]),
+            **_parse_modalities(h)}

@@ -10,7 +10,7 @@ import numpy as np
 
 from stream.contract import MODEL_NAME, SCORE, ModelContract
 
-DTYPES = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
+DTYPES = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32", np.dtype(bool): "BOOL"}
 
 
 def infer_inputs(lib, inputs: dict[str, np.ndarray]) -> list:
@@ -44,12 +44,14 @@ class TritonScorer:
             config = self.client.get_model_config(self.model)
         return ModelContract.from_model_config(config)
 
-    def score(self, inputs: dict[str, np.ndarray], version: str = "") -> np.ndarray:
-        tensors = infer_inputs(self._lib, inputs)
+    def infer(self, inputs: dict[str, np.ndarray], outputs=(SCORE,), version: str = "") -> dict[str, np.ndarray]:
         kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
-        result = self.client.infer(self.model, tensors, model_version=version,
-                                   outputs=[self._lib.InferRequestedOutput(SCORE)], **kwargs)
-        return result.as_numpy(SCORE).reshape(-1)
+        result = self.client.infer(self.model, infer_inputs(self._lib, inputs), model_version=version,
+                                   outputs=[self._lib.InferRequestedOutput(name) for name in outputs], **kwargs)
+        return {name: result.as_numpy(name) for name in outputs}
+
+    def score(self, inputs: dict[str, np.ndarray], version: str = "") -> np.ndarray:
+        return self.infer(inputs, version=version)[SCORE].reshape(-1)
 
     def close(self) -> None:
         self.client.close()
@@ -68,11 +70,14 @@ class AsyncTritonScorer:
         config = await self.client.get_model_config(self.model, as_json=True)
         return ModelContract.from_model_config(config["config"])
 
+    async def infer(self, inputs: dict[str, np.ndarray], outputs=(SCORE,)) -> dict[str, np.ndarray]:
+        """Every named output of one call (the score, and the attribution where the model has it)."""
+        result = await self.client.infer(self.model, infer_inputs(self._aio, inputs), client_timeout=self.timeout,
+                                         outputs=[self._aio.InferRequestedOutput(name) for name in outputs])
+        return {name: result.as_numpy(name) for name in outputs}
+
     async def score(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        tensors = infer_inputs(self._aio, inputs)
-        result = await self.client.infer(self.model, tensors, client_timeout=self.timeout,
-                                         outputs=[self._aio.InferRequestedOutput(SCORE)])
-        return result.as_numpy(SCORE).reshape(-1)
+        return (await self.infer(inputs))[SCORE].reshape(-1)
 
     async def close(self) -> None:
         await self.client.close()

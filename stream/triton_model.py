@@ -44,12 +44,14 @@ class TritonPythonModel:
         if good:
             try:
                 feed = self.contract.concatenate([arrays for _, arrays in good])
-                scores = self.session.run([contract.SCORE], feed)[0].reshape(-1)
+                names = self.contract.outputs
+                results = dict(zip(names, self.session.run(list(names), feed)))
                 start = 0
                 for i, arrays in good:
                     n = arrays["input_ids"].shape[0]
-                    out = pb_utils.Tensor(contract.SCORE, scores[start:start + n].reshape(n, 1).astype(np.float32))
-                    responses[i] = pb_utils.InferenceResponse(output_tensors=[out])
+                    tensors = [pb_utils.Tensor(name, results[name][start:start + n].reshape(n, -1).astype(np.float32))
+                               for name in names]
+                    responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
                     start += n
             except Exception as e:  # noqa: BLE001 - never let the stub die; answer every request
                 for i, _ in good:

@@ -83,3 +83,37 @@ def test_the_worker_tokenizer_matches_the_one_the_model_trained_with():
     trained = load_tokenizer("minilm")(texts, padding=True, truncation=True, max_length=24, return_tensors="np")
     ids, mask = Tokenizer(minilm_dir(), 24)(texts)
     assert (ids == trained["input_ids"]).all() and (mask == trained["attention_mask"]).all()
+
+
+PARTIAL = ModelContract(widths={"audio": 5}, max_text_tokens=12, max_frames=9, max_batch=32, presence=True,
+                        attribution=True)
+
+
+@pytest.mark.parametrize("backend", ["python", "onnxruntime"])
+def test_presence_and_attribution_are_part_of_the_config(tmp_path, backend):
+    path = tmp_path / "config.pbtxt"
+    path.write_text(PARTIAL.config_pbtxt(backend=backend, max_batch=32))
+    config = text_format.Parse(path.read_text(), pb.ModelConfig())
+    assert [o.name for o in config.output] == ["score", "text_only", "contribution"]
+    assert config.input[-1].name == "present" and config.input[-1].data_type == pb.TYPE_BOOL
+    assert ModelContract.read_config_pbtxt(path) == PARTIAL
+    PARTIAL.write_metadata(tmp_path)
+    assert ModelContract.read_metadata(tmp_path) == ModelContract({"audio": 5}, 12, 9, presence=True, attribution=True)
+
+
+def test_a_side_without_frames_is_absent_not_a_zero_frame():
+    batch = PARTIAL.batch(np.ones((3, 4)), np.ones((3, 4)), {"audio": [np.ones((2, 5)), np.zeros((0, 5)),
+                                                                         np.ones((1, 5))]})
+    assert batch["audio_lengths"].ravel().tolist() == [2, 0, 1]
+    assert batch["present"].tolist() == [[True, False], [False, False], [True, False]]  # the model has no vision
+    PARTIAL.check_request(batch)  # zero frames are valid for a model that takes `present`
+    old = ModelContract(widths={"audio": 5}, max_text_tokens=12, max_frames=9)
+    assert old.batch(np.ones((1, 4)), np.ones((1, 4)), {"audio": [np.zeros((0, 5))]})["audio_lengths"].item() == 1
+
+
+def test_attributions_name_only_the_sides_a_segment_had():
+    outputs = {"score": np.array([[1.0], [0.5]]), "text_only": np.array([[0.25], [0.5]]),
+               "contribution": np.array([[0.75, 0.0], [0.0, 0.0]])}
+    present = np.array([[True, False], [False, False]])
+    assert PARTIAL.attributions(outputs, present) == [(0.25, {"audio": 0.75}), (0.5, {})]
+    assert CONTRACT.attributions(outputs) is None

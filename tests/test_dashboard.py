@@ -228,3 +228,16 @@ def test_window_means_ignore_buckets_older_than_two_windows():
     assert data.rate_starts(1830.0, 60) == [1500, 1560, 1620, 1680, 1740]
     assert math.isclose(data.overview_resolution((10, 60, 600)), 60)
     assert data.overview_resolution((300, 3600)) == 300
+
+
+def test_the_stream_header_says_what_audio_and_vision_did(redis_url):
+    from dashboard.views import modality_line
+    store = TrendStore(redis_url, StoreSettings())
+    store.redis.flushdb()
+    store.record("mv", "mv/1", "d1", NOW - 5, 1.0, "a", contributions={"audio": 0.4, "visual": -0.2}, text_only=0.8)
+    store.record("mv", "mv/2", "d2", NOW - 4, 0.5, "b", missing=("visual",), contributions={"audio": 0.2},
+                 text_only=0.3)
+    line = modality_line(store.totals("mv"))
+    assert line == "Audio moved scores by +0.30 on average; vision moved scores by -0.20 on average; 50% had no vision"
+    store.record("old", "old/1", "d1", NOW - 5, 1.0, "before attribution existed")
+    assert modality_line(store.totals("old")) == ""

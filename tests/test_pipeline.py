@@ -1,5 +1,6 @@
 """The worker's batch logic with a fake Triton (unit test) and a real Redis."""
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -35,6 +36,9 @@ class FlakyScorer:
         self.batches.append(inputs)
         lengths = inputs["audio_lengths"].reshape(-1)
         return np.array([inputs["audio"][i, : lengths[i], 0].mean() for i in range(len(lengths))], np.float32)
+
+    async def infer(self, inputs, outputs):
+        return {"score": await self.score(inputs)}
 
 
 @pytest.fixture
@@ -151,3 +155,18 @@ def test_an_alert_recorded_before_a_crash_is_published_by_the_next_batch(pipelin
     asyncio.run(pipeline.published(result))
     again = asyncio.run(pipeline.process([valid_bytes(stream="o", segment="o/1")]))
     assert again.alerts == []
+
+
+def test_a_segment_without_a_face_or_a_voice_is_scored_and_flagged(pipeline):
+    from tests.malformed import valid
+    no_face = valid(stream="mm", segment="mm/1")
+    no_face.pop("visual")
+    silent = valid(stream="mm", segment="mm/2")
+    silent["audio"] = {"shape": [0, 5], "f32": ""}
+    before = {side: metrics.MISSING_MODALITY.labels(side)._value.get() for side in ("audio", "visual")}
+    result = asyncio.run(pipeline.process([json.dumps(m).encode() for m in (no_face, silent)]))
+    assert result.rejects == [] and len(result.scores) == 2
+    assert [s["modalities"] for s in pipeline.store.recent("mm", 2)] == [["text", "visual"], ["text", "audio"]]
+    assert pipeline.store.totals("mm")["missing"] == {"audio": 1, "visual": 1}
+    after = {side: metrics.MISSING_MODALITY.labels(side)._value.get() for side in ("audio", "visual")}
+    assert after == {"audio": before["audio"] + 1, "visual": before["visual"] + 1}

@@ -91,3 +91,22 @@ def test_an_alert_stays_in_the_outbox_until_it_is_marked_published(store):
     assert [a["id"] for a in pending] == [a["id"] for a in reversed(store.alerts(stream="a"))]
     store.mark_published(pending[:1])
     assert [a["direction"] for a in store.unpublished_alerts("a")] == ["up"]
+
+
+def test_modalities_and_attribution_are_kept_per_segment_and_summed_per_bucket(store):
+    store.record("m", "m/1", "d1", 1000.0, 1.0, "full", contributions={"audio": 0.5, "visual": -0.25}, text_only=0.75)
+    store.record("m", "m/2", "d2", 1001.0, 0.2, "no face", missing=("visual",), contributions={"audio": 0.1},
+                 text_only=0.1)
+    store.record("m", "m/3", "d3", 1002.0, -1.0, "silent, no face", missing=("audio", "visual"))
+    newest, middle, oldest = store.recent("m", 3)
+    assert oldest["modalities"] == ["text", "audio", "visual"] and oldest["contributions"]["visual"] == -0.25
+    assert middle["modalities"] == ["text", "audio"] and middle["text_only"] == 0.1
+    assert newest["modalities"] == ["text"] and "contributions" not in newest
+    for summary in (store.totals("m"), store.buckets("m", 10)[0]):
+        assert summary["missing"] == {"audio": 1, "visual": 2}
+        assert summary["moved"]["audio"] == pytest.approx((0.5 + 0.1) / 2)  # over the segments that had audio
+        assert summary["moved"]["visual"] == pytest.approx(-0.25)
+    # a redelivery changes none of it
+    store.record("m", "m/2", "d2", 1001.0, 0.2, "no face", missing=("visual",), contributions={"audio": 0.1},
+                 text_only=0.1)
+    assert store.totals("m")["missing"] == {"audio": 1, "visual": 2}
