@@ -7,10 +7,10 @@ level mu, spread sd, lag-1 autocorrelation rho, estimated from the stream's own 
     up   = max(0, up   + z - k)        down = max(0, down - z - k)
     alert when up or down reaches b
 
-k is half the smallest shift worth an alert (TECAFLOW_ALERT_MIN_SHIFT) in innovation units, and
-b comes from the false alarms the user accepts (TECAFLOW_ALERT_FALSE_ALARMS_PER_10K; see
-stream/cusum_threshold.py). This is Page's CUSUM, the detector that attains Lorden's bound on
-detection delay, made to survive real score streams:
+k is ALLOWANCE_FACTOR times half the smallest shift worth an alert (TECAFLOW_ALERT_MIN_SHIFT) in
+innovation units, and b comes from the false alarms the user accepts
+(TECAFLOW_ALERT_FALSE_ALARMS_PER_10K; see stream/cusum_threshold.py). This is Page's CUSUM, the
+detector that attains Lorden's bound on detection delay, made to survive real score streams:
 
 - autocorrelation: whitening with rho keeps correlated noise from looking like evidence;
 - outliers: an innovation counts at most CLIP sd, and the lag carries the clipped value, so one
@@ -39,7 +39,14 @@ from stream.config import DetectorParams
 log = logging.getLogger(__name__)
 
 DUPLICATE_TOL = 0.02  # score units: closer than the model's own jitter on one utterance
-CLIP = 3.0  # innovation sd units; beyond this a score is treated as an outlier, not evidence
+CLIP = 2.5  # innovation sd units; beyond this a score is treated as an outlier, not evidence
+# The allowance is tuned to a shift ALLOWANCE_FACTOR times the smallest worth an alert. Half the
+# shift (factor 1) is optimal when the reference is known exactly; an estimated one raises the
+# threshold, and more so for small allowances, so that Siegmund's expected delay for a min_shift
+# change is within 1 % of its minimum for factors 1.0-1.2 at 200-500 reference segments (lowest
+# near 1.1) and lowest near 1.2 at 100. A factor in the upper part of that range catches larger
+# shifts, whose size the detector cannot know, sooner.
+ALLOWANCE_FACTOR = 1.15
 REFERENCE_KEPT = 500  # steady segments the noise estimate is drawn from
 REFIT_EVERY = 16  # steady segments between re-estimates of the noise
 
@@ -54,8 +61,8 @@ def _refit(state: dict, params: DetectorParams) -> None:
     ref = state["reference"]
     del ref[:-REFERENCE_KEPT]
     est = noise.estimate(ref)
-    k = params.min_shift / est.sd * math.sqrt((1 - est.rho) / (1 + est.rho)) / 2
-    b = cusum_threshold.threshold(k, est.n, est.rho, params.run_length)
+    k = ALLOWANCE_FACTOR * params.min_shift / est.sd * math.sqrt((1 - est.rho) / (1 + est.rho)) / 2
+    b = cusum_threshold.threshold(k, est.n, est.rho, params.run_length, CLIP)
     state["fit"] = [est.mean, est.sd, est.rho, est.n, b, k]
     state["unfitted"] = 0
 
