@@ -25,24 +25,28 @@ def feed(values, params=P, state=None, t0=1000.0):
 
 
 def test_a_step_alerts_at_the_hand_computed_segment():
-    # Warm-up: +-1 alternating. Robust fit: mean 0, MAD 1, nothing winsorized, lag-1 correlation
-    # -1 (clipped to 0), sd = sqrt(50/49 / WINSOR_FACTOR).
+    # Warm-up: +-1 alternating. Robust fit: mean 0, MAD 1, nothing winsorized, sd =
+    # sqrt(50/49 / WINSOR_FACTOR); lag-1 correlation -49/50, plus the bias correction
+    # (1 + 3 (-0.98))/50, is -1.0188, kept at RHO_MIN = -0.5.
     warm = [1.0 if i % 2 == 0 else -1.0 for i in range(50)]
     _, state = feed(warm)
     mean, sd, rho, n, b, k = state["fit"]
-    assert (mean, rho, n) == (0.0, 0.0, 50)
+    assert (mean, rho, n) == (0.0, noise.RHO_MIN, 50) and noise.RHO_MIN == -0.5
     assert sd == pytest.approx(math.sqrt(50 / 49 / noise.WINSOR_FACTOR))
-    # rho 0: no whitening, the innovation sd is sd; the allowance is tuned to ALLOWANCE_FACTOR x 0.5
-    assert k == pytest.approx(ALLOWANCE_FACTOR * 0.5 / sd / 2)
-    assert b == cusum_threshold.threshold(k, 50, 0.0, 10000, CLIP)
-    # Then a step to +0.8 with the same +-0.3 wiggle: increments (0.8 +- 0.3)/sd - k (both under
-    # CLIP, so nothing is clipped); the up-sum never returns to zero, so it first reaches b at a
-    # computable segment.
+    # allowance: ALLOWANCE_FACTOR x half of 0.5, in innovation units sd sqrt(1 - rho^2), less the
+    # part of a step the whitening removes (1 - rho): 0.25 x 1.15 x sqrt(3) / sd
+    assert k == pytest.approx(ALLOWANCE_FACTOR * 0.25 * math.sqrt(3) / sd)
+    assert b == cusum_threshold.threshold(k, 50, -0.5, 10000, CLIP)
+    # Then a step to +0.8 with the same +-0.3 wiggle. Each score is predicted as -0.5 x the one
+    # before (the last warm-up score was -1), the increment is (x + 0.5 lag) / (sd sqrt(0.75)) - k;
+    # all stay under CLIP and above k, so the up-sum never returns to zero and first reaches b at
+    # a computable segment.
     step_values = [0.8 + (0.3 if i % 2 == 0 else -0.3) for i in range(200)]
-    assert 1.1 / sd < CLIP and 0.5 / sd > k
-    expected, total = None, 0.0
+    expected, total, lag = None, 0.0, -1.0
     for i, x in enumerate(step_values):
-        total = max(0.0, total + x / sd - k)
+        z = (x + 0.5 * lag) / (sd * math.sqrt(0.75))
+        assert k < z < CLIP
+        total, lag = total + z - k, x
         if total >= b:
             expected = i
             break
@@ -73,10 +77,11 @@ def test_steady_gaussian_series_raise_nothing():
 def test_one_outlier_moves_the_statistic_by_a_bounded_amount():
     rng = np.random.default_rng(1)
     _, state = feed(rng.normal(0, 0.75, 300))
-    before = state["up"]
+    before, (mean, sd, rho, *_), lag = state["up"], state["fit"], state["lag"]
     alerts, state = feed([40.0], state=state)
     assert alerts == [] and state["up"] <= before + CLIP
-    assert state["lag"] <= state["fit"][0] + CLIP * state["fit"][1]  # the lag carries the clipped value
+    # the lag carries the clipped value: the prediction plus CLIP innovation sds, not 40
+    assert state["lag"] == pytest.approx(mean + rho * (lag - mean) + CLIP * sd * math.sqrt(1 - rho * rho))
 
 
 def test_a_burst_of_near_duplicates_counts_once():
@@ -124,6 +129,26 @@ def test_batches_and_redelivery_change_nothing():
     assert in_batches == whole and s2 == state
     again, _ = scan("s", points, len(points), state, P)  # the last batch redelivered
     assert again == []
+
+
+def test_autocorrelation_of_white_noise_is_estimated_without_bias():
+    """No autocorrelation: the estimate averages 0 (a floor at 0 would make it about +0.03 at 200
+    segments, whitening noise that needs none and raising the threshold it needs)."""
+    rng = np.random.default_rng(9)
+    estimates = [noise.estimate(rng.normal(0, 0.75, 200)).rho for _ in range(400)]
+    assert abs(np.mean(estimates)) < 0.012 and min(estimates) < 0
+
+
+def test_the_segments_just_before_a_run_stay_out_of_the_reference():
+    """The last 1.5/k^2 segments before the earliest open run, or before now, are held back: a
+    CUSUM sitting at zero selected them to lean against the next run."""
+    rng = np.random.default_rng(10)
+    _, state = feed(rng.normal(0, 0.75, 400))
+    k = state["fit"][5]
+    gap = math.ceil(1.5 / (k * k))
+    starts = [f for f in (state["up_from"], state["down_from"]) if f is not None]
+    assert (min(starts) if starts else len(state["pending"])) >= gap
+    assert len(state["reference"]) + len(state["pending"]) + state["duplicates"] == 400
 
 
 def test_noise_estimate_is_robust_and_sees_autocorrelation():
