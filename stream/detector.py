@@ -19,9 +19,11 @@ detector that attains Lorden's bound on detection delay, made to survive real sc
   repeated chant) is the same observation again and is skipped, so ten copies weigh as one;
 - no silent absorption: a segment joins the reference only once neither side's current run
   includes it (it lies before the run's start, or the run fell back to zero), or a run has held
-  it so long that its evidence averages under 3/4 of the smallest shift worth an alert; a shift
+  it so long that its evidence averages under 0.86 of the smallest shift worth an alert; a shift
   worth an alert cannot become the new normal unannounced. The run start is also the
   change-point estimate.
+- no selection bias: the last 1.5/k^2 segments before any run stay out of the reference too
+  (see _selection_gap).
 - reset: after an alert the reference restarts empty; the stream is watched again once it holds
   TECAFLOW_ALERT_WARMUP new segments, with a threshold that accounts for how few that is.
 

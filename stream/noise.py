@@ -21,7 +21,7 @@ import numpy as np
 
 WINSOR = 2.5
 RHO_MAX = 0.9
-RHO_MIN = -0.5
+RHO_MIN = -0.5  # scores that alternate more strongly than this are not noise to whiten against
 SIGMA_FLOOR = 0.02  # score units: a stream this flat is quantised, not noiseless
 
 

@@ -33,8 +33,9 @@ def test_a_step_alerts_at_the_hand_computed_segment():
     mean, sd, rho, n, b, k = state["fit"]
     assert (mean, rho, n) == (0.0, noise.RHO_MIN, 50) and noise.RHO_MIN == -0.5
     assert sd == pytest.approx(math.sqrt(50 / 49 / noise.WINSOR_FACTOR))
-    # allowance: ALLOWANCE_FACTOR x half of 0.5, in innovation units sd sqrt(1 - rho^2), less the
-    # part of a step the whitening removes (1 - rho): 0.25 x 1.15 x sqrt(3) / sd
+    # allowance: ALLOWANCE_FACTOR x half of 0.5, times the (1 - rho) of a step that whitening
+    # keeps, in innovation units sd sqrt(1 - rho^2): 1.15 x 0.25 x 1.5 / (sd sqrt(0.75)), which is
+    # 1.15 x 0.25 x sqrt(3) / sd
     assert k == pytest.approx(ALLOWANCE_FACTOR * 0.25 * math.sqrt(3) / sd)
     assert b == cusum_threshold.threshold(k, 50, -0.5, 10000, CLIP)
     # Then a step to +0.8 with the same +-0.3 wiggle. Each score is predicted as -0.5 x the one
