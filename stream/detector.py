@@ -7,10 +7,10 @@ level mu, spread sd, lag-1 autocorrelation rho, estimated from the stream's own 
     up   = max(0, up   + z - k)        down = max(0, down - z - k)
     alert when up or down reaches b
 
-k is half the smallest shift worth an alert (TECAFLOW_ALERT_MIN_SHIFT) in innovation units, and
-b comes from the false alarms the user accepts (TECAFLOW_ALERT_FALSE_ALARMS_PER_10K; see
-stream/cusum_threshold.py). This is Page's CUSUM, the detector that attains Lorden's bound on
-detection delay, made to survive real score streams:
+k is ALLOWANCE_FACTOR times half the smallest shift worth an alert (TECAFLOW_ALERT_MIN_SHIFT) in
+innovation units, and b comes from the false alarms the user accepts
+(TECAFLOW_ALERT_FALSE_ALARMS_PER_10K; see stream/cusum_threshold.py). This is Page's CUSUM, the
+detector that attains Lorden's bound on detection delay, made to survive real score streams:
 
 - autocorrelation: whitening with rho keeps correlated noise from looking like evidence;
 - outliers: an innovation counts at most CLIP sd, and the lag carries the clipped value, so one
@@ -19,9 +19,11 @@ detection delay, made to survive real score streams:
   repeated chant) is the same observation again and is skipped, so ten copies weigh as one;
 - no silent absorption: a segment joins the reference only once neither side's current run
   includes it (it lies before the run's start, or the run fell back to zero), or a run has held
-  it so long that its evidence averages under 3/4 of the smallest shift worth an alert; a shift
+  it so long that its evidence averages under 0.86 of the smallest shift worth an alert; a shift
   worth an alert cannot become the new normal unannounced. The run start is also the
   change-point estimate.
+- no selection bias: the last 1.5/k^2 segments before any run stay out of the reference too
+  (see _selection_gap).
 - reset: after an alert the reference restarts empty; the stream is watched again once it holds
   TECAFLOW_ALERT_WARMUP new segments, with a threshold that accounts for how few that is.
 
@@ -39,7 +41,14 @@ from stream.config import DetectorParams
 log = logging.getLogger(__name__)
 
 DUPLICATE_TOL = 0.02  # score units: closer than the model's own jitter on one utterance
-CLIP = 3.0  # innovation sd units; beyond this a score is treated as an outlier, not evidence
+CLIP = 2.5  # innovation sd units; beyond this a score is treated as an outlier, not evidence
+# The allowance is tuned to a shift ALLOWANCE_FACTOR times the smallest worth an alert. Half the
+# shift (factor 1) is optimal when the reference is known exactly; an estimated one raises the
+# threshold, and more so for small allowances, so that Siegmund's expected delay for a min_shift
+# change is within 1 % of its minimum for factors 1.0-1.2 at 200-500 reference segments (lowest
+# near 1.1) and lowest near 1.2 at 100. A factor in the upper part of that range catches larger
+# shifts, whose size the detector cannot know, sooner.
+ALLOWANCE_FACTOR = 1.15
 REFERENCE_KEPT = 500  # steady segments the noise estimate is drawn from
 REFIT_EVERY = 16  # steady segments between re-estimates of the noise
 
@@ -54,23 +63,35 @@ def _refit(state: dict, params: DetectorParams) -> None:
     ref = state["reference"]
     del ref[:-REFERENCE_KEPT]
     est = noise.estimate(ref)
-    k = params.min_shift / est.sd * math.sqrt((1 - est.rho) / (1 + est.rho)) / 2
-    b = cusum_threshold.threshold(k, est.n, est.rho, params.run_length)
+    k = ALLOWANCE_FACTOR * params.min_shift / est.sd * math.sqrt((1 - est.rho) / (1 + est.rho)) / 2
+    b = cusum_threshold.threshold(k, est.n, est.rho, params.run_length, CLIP)
     state["fit"] = [est.mean, est.sd, est.rho, est.n, b, k]
     state["unfitted"] = 0
 
 
+def _selection_gap(k: float) -> int:
+    """Segments kept out of the reference just before any run (and before the present). A run
+    starts right after its CUSUM sat at zero, and a CUSUM sits at zero because the scores just
+    before were not high (for the up side; not low, for the down side): about the last 1/k^2 of
+    them, the walk's memory, are selected to lean against the run. In the reference they would
+    pull its mean towards them and the run would lean its own way by that much more: on simulated
+    AR(1) noise, false alarms then came up to 1.6 times as often as the threshold was set for at
+    100-300 reference segments, and with the gap as often as with an independent reference."""
+    return math.ceil(1.5 / (k * k))
+
+
 def _confirm_steady(state: dict) -> None:
-    """Move pending segments that no open run includes into the reference, and those an open run
-    has held for longer than twice the delay a min_shift change needs: a real shift of that size
-    gains about k per segment and reaches b in about b/k segments, so a run still short of b
-    after 2b/k averages less than 3/4 of the smallest shift worth an alert. Without this, a
-    reference slightly off (after a short warm-up) holds a run open near zero drift for
-    thousands of segments, the reference never grows, and the threshold never comes down."""
+    """Move into the reference the pending segments that no open run includes, less the selection
+    gap before the earliest run (or before now), and those an open run has held for longer than
+    twice the delay a min_shift change needs: a real shift of that size gains at least k/2 per
+    segment and reaches b within 2b/k segments, so a run still short of b after 2b/k averages
+    less than 1.5 k, 0.86 of the smallest shift worth an alert. Without this, a reference slightly
+    off (after a short warm-up) holds a run open near zero drift for thousands of segments, the
+    reference never grows, and the threshold never comes down."""
     pending = state["pending"]
     starts = [f for f in (state["up_from"], state["down_from"]) if f is not None]
     _, _, _, _, b, k = state["fit"]
-    cut = max(min(starts) if starts else len(pending), len(pending) - math.ceil(2 * b / k))
+    cut = max((min(starts) if starts else len(pending)) - _selection_gap(k), len(pending) - math.ceil(2 * b / k))
     if cut <= 0:
         return
     state["reference"].extend(x for _, x, _ in pending[:cut])

@@ -7,9 +7,10 @@ bound, which keeps an outlier from moving either much while losing little agains
 on clean Gaussian data (the median alone would need ~1.5x the segments for the same precision).
 The autocorrelation is the lag-1 correlation of the same winsorized series, corrected for its
 small-sample bias (it runs low by about (1 + 3 rho)/n, and too little whitening means false
-alarms) and kept in [0, RHO_MAX]:
-a negative estimate is treated as none (conservative), and a larger one would mean the "noise" is
-really a slow drift.
+alarms) and kept in [RHO_MIN, RHO_MAX]: a larger one would mean the "noise" is really a slow drift.
+A negative estimate is kept: cutting it to 0 would bias the estimate of a stream with no
+autocorrelation upwards (by 0.4/sqrt(n)), over-whiten it and give it fewer false alarms, and
+later detections, than the threshold was set for.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 
 WINSOR = 2.5
 RHO_MAX = 0.9
+RHO_MIN = -0.5  # scores that alternate more strongly than this are not noise to whiten against
 SIGMA_FLOOR = 0.02  # score units: a stream this flat is quantised, not noiseless
 
 
@@ -61,4 +63,4 @@ def estimate(values) -> Noise:
     denom = float(centred @ centred)
     rho = float(centred[1:] @ centred[:-1]) / denom if denom > 0 else 0.0
     rho += (1 + 3 * rho) / x.size  # Kendall's bias: the lag-1 estimate runs low by about this
-    return Noise(mean, sd, min(max(rho, 0.0), RHO_MAX), int(x.size))
+    return Noise(mean, sd, min(max(rho, RHO_MIN), RHO_MAX), int(x.size))
