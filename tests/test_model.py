@@ -44,6 +44,15 @@ def test_padding_never_changes_the_prediction(model, batch):
     assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_non_finite_padding_changes_nothing(model, batch):
+    model.eval()
+    padded = _pad(batch)
+    padded["audio"][:, -5:] = float("nan")
+    padded["visual"][:, -3:] = float("inf")
+    with torch.no_grad():
+        assert torch.allclose(model(batch).prediction, model(padded).prediction, atol=1e-5)
+
+
 def test_padding_garbage_changes_nothing_but_real_frames_do(model, batch):
     model.eval()
     changed = dict(batch)

@@ -449,9 +449,6 @@ class TeCaFN(nn.Module):
             getattr(self, f"{m}_mean").copy_(mean)
             getattr(self, f"{m}_std").copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
-    def feature_stats(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        return {m: (getattr(self, f"{m}_mean"), getattr(self, f"{m}_std")) for m in self.frame_modalities}
-
     # ----------------------------------------------------------------------------------------
     # Forward
 
@@ -490,7 +487,7 @@ class TeCaFN(nn.Module):
                     lengths = batch["input_ids"].new_zeros(b)
                 mask = lengths_to_mask(lengths, x.shape[1])
                 x = (x - getattr(self, f"{m}_mean")) / getattr(self, f"{m}_std")
-                x = x * mask.unsqueeze(-1).to(x.dtype)  # padding and absent rows are zeros, whatever came in
+                x = torch.where(mask.unsqueeze(-1), x, torch.zeros_like(x))  # padding is zeros, even NaN there
                 h = self.encoders[m](x, mask)
             feats[m] = self.conv[m](h, mask)
             masks[m] = mask
