@@ -67,3 +67,14 @@ def test_the_benchmarked_loop_and_vector_gates_do_the_same_job():
         for i in range(b):
             j = next(j for j in range(b) if torch.equal(chosen[i], side[j]))
             assert j != i and j in top[i].tolist()
+
+
+def test_bench_train_measures_every_setting_on_the_same_batches():
+    from trainer.bench import SPEED_SETTINGS, bench_train, format_train_report
+    ds = load_dataset("synthetic", n=200, max_frames=8)
+    result = bench_train(ds, "tiny", batch_size=16, steps=3)
+    assert set(result["settings"]) == set(SPEED_SETTINGS)
+    for s in result["settings"].values():
+        assert s["samples_per_s"] > 0 and s["steps"] == 3
+    assert result["settings"]["before"]["speedup"] == 1.0
+    assert "bucketed+fused" in format_train_report(result)
