@@ -234,6 +234,15 @@ def test_a_flagged_absent_side_scores_as_if_it_had_no_frames(model, batch):
     assert torch.allclose(flagged[[0, 2, 3, 5]], full[[0, 2, 3, 5]], atol=1e-6)
 
 
+def test_a_batch_with_zero_frames_gives_the_scores_of_flagged_absence(model, batch):
+    model.eval()
+    empty = {**batch, "audio": batch["audio"][:, :0], "audio_lengths": torch.zeros(6, dtype=torch.long)}
+    with torch.no_grad():
+        a = model(empty).prediction
+        b = model({**batch, "present": torch.tensor([[False, True]] * 6)}).prediction
+    assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_a_batch_without_the_modality_at_all_gives_the_same_scores(model, batch):
     model.eval()
     no_visual = {k: v for k, v in batch.items() if not k.startswith("visual")}

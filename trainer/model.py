@@ -469,8 +469,8 @@ class TeCaFN(nn.Module):
         return torch.stack(columns, dim=1)
 
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-        """Unimodal features after E_m and Conv1D: X_m [B, T_m, d] and masks [B, T_m].
-        A modality with no frames (or no input at all) gets one zero frame and an empty mask."""
+        """Unimodal features after E_m and Conv1D: X_m [B, T_m + 1, d] and masks [B, T_m + 1].
+        A modality with no frames (or no input at all) has an empty mask."""
         c = self.config
         feats, masks = {}, {}
         b = batch["input_ids"].shape[0]
@@ -483,8 +483,11 @@ class TeCaFN(nn.Module):
                 if m in batch:
                     x, lengths = batch[m], batch[f"{m}_lengths"]
                 else:
-                    x = batch["input_ids"].new_zeros((b, 1, self._width(m)), dtype=torch.float32)
+                    x = batch["input_ids"].new_zeros((b, 0, self._width(m)), dtype=torch.float32)
                     lengths = batch["input_ids"].new_zeros(b)
+                # One padding frame more, so that a batch with no frames at all ([B, 0, d]) still
+                # runs (the LSTM needs a time step); padding never changes a score.
+                x = F.pad(x, (0, 0, 0, 1))
                 mask = lengths_to_mask(lengths, x.shape[1])
                 x = (x - getattr(self, f"{m}_mean")) / getattr(self, f"{m}_std")
                 x = torch.where(mask.unsqueeze(-1), x, torch.zeros_like(x))  # padding is zeros, even NaN there
