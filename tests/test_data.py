@@ -3,15 +3,21 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import MOSI_DIR
 from trainer.data import (
+    DEFAULT_MAX_FRAMES,
     Batcher,
     DataError,
+    Split,
+    bucketed_batches,
+    feature_stats,
     load_dataset,
     load_mmsa_pickle,
     load_native,
     load_urfunny,
+    pad_sequences,
     synthetic_dataset,
 )
 from trainer.text_encoder import load_tokenizer
@@ -189,3 +195,67 @@ def test_real_cmu_mosi_loads_in_the_wo_v_setting():
     assert ds.modalities == ("text", "audio") and ds.width("audio") == 73
     empty = [i for s in (ds.train, ds.valid, ds.test) for i, t in zip(s.ids, s.texts) if not t.strip()]
     assert sorted(empty) == ["2WGyTLYerpo_44", "5W7Z1C_fDaE_24", "BioHAh1qJAQ_30", "lXPQBPVc5Cw_30"]
+
+
+def _long_split(n=20, longest=30, d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, longest + 1, n)
+    lengths[0] = longest
+    array = rng.normal(size=(n, longest, d)).astype("f4")
+    for i, length in enumerate(lengths):
+        array[i, length:] = 1e6  # padding garbage: statistics must not see it
+    return Split([f"s{i}" for i in range(n)], [" ".join(["word"] * (1 + i % 9)) for i in range(n)],
+                 rng.uniform(-3, 3, n).astype("f4"), array, lengths), lengths
+
+
+def test_every_frame_is_kept_up_to_the_cap_and_a_cut_is_logged(caplog):
+    split, lengths = _long_split()
+    tok = load_tokenizer("tiny")
+    kept = Batcher(split, tok, max_frames=DEFAULT_MAX_FRAMES)
+    assert kept.seq["audio"][0].shape[1] == 30 and kept.seq["audio"][1].tolist() == lengths.tolist()
+    assert "cut" not in caplog.text
+    Batcher(split, tok, max_frames=10, name="train")
+    cut = int((lengths > 10).sum())
+    assert f"train audio: {cut} of 20 sequences are longer than max_frames=10 and were cut (longest 30 frames)" \
+        in caplog.text
+
+
+def test_pad_sequences_logs_what_it_cuts(caplog):
+    seqs = [np.ones((n, 2), "f4") for n in (3, 8, 12)]
+    array, lengths = pad_sequences(seqs, 10, "UR-FUNNY train audio")
+    assert lengths.tolist() == [3, 8, 10] and array.shape == (3, 10, 2)
+    assert "UR-FUNNY train audio: 1 of 3 sequences are longer than max_frames=10" in caplog.text
+    assert pad_sequences(seqs)[0].shape == (3, 12, 2)  # no cap: nothing cut
+
+
+def test_feature_stats_count_real_frames_only():
+    split, lengths = _long_split()
+    mean, std = feature_stats(split)["audio"]
+    real = np.concatenate([split.audio[i, :n] for i, n in enumerate(lengths)])
+    np.testing.assert_allclose(mean, real.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(std, real.std(0), rtol=1e-5)
+    assert "visual" not in feature_stats(split)
+
+
+def test_bucketed_batches_cover_every_sample_once_and_pad_less():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 50, (1000,), generator=g)
+    batches = bucketed_batches(lengths, 32, shuffle=True, generator=g)
+    flat = torch.cat(batches)
+    assert sorted(flat.tolist()) == list(range(1000))
+    plain = torch.randperm(1000, generator=g).split(32)
+    padded = lambda bs: sum(int(lengths[b].max()) * len(b) for b in bs)  # noqa: E731
+    assert padded(batches) < 0.7 * padded(plain)
+    again = bucketed_batches(lengths, 32, shuffle=True, generator=g)
+    assert [b.tolist() for b in again] != [b.tolist() for b in batches]  # a new composition each epoch
+    ordered = bucketed_batches(lengths, 32)
+    assert torch.equal(torch.cat(ordered).sort().values, torch.arange(1000))
+
+
+def test_batcher_orders_by_text_then_frames():
+    split, _ = _long_split()
+    b = Batcher(split, load_tokenizer("tiny"), max_text_tokens=16)
+    for index in b.order(4, bucket=True):
+        batch = b.batch(index)
+        tokens = batch["attention_mask"].sum(1)
+        assert int(tokens.max() - tokens.min()) <= 1  # texts of one length come together

@@ -11,6 +11,7 @@ from trainer.model import (
     apply_ablation,
     info_nce,
     mine_hard_negatives,
+    modality_dropout,
     replacement_gate,
 )
 
@@ -48,6 +49,15 @@ def test_padding_never_changes_the_prediction(model, batch):
         a = model(batch).prediction
         b = model(_pad(batch)).prediction
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_non_finite_padding_changes_nothing(model, batch):
+    model.eval()
+    padded = _pad(batch)
+    padded["audio"][:, -5:] = float("nan")
+    padded["visual"][:, -3:] = float("inf")
+    with torch.no_grad():
+        assert torch.allclose(model(batch).prediction, model(padded).prediction, atol=1e-5)
 
 
 def test_padding_garbage_changes_nothing_but_real_frames_do(model, batch):
@@ -203,3 +213,198 @@ def test_runs_on_cuda():
     m = small_model().cuda().train()
     batch = {k: v.cuda() for k, v in random_batch().items()}
     m.loss(m(batch), batch["labels"])["total"].backward()
+
+
+# --------------------------------------------------------------------------------------------
+# Missing modalities: the presence input
+
+def _without_audio_frames(batch, rows):
+    """The same segments, with audio truly absent for `rows`: zero frames and garbage after."""
+    absent = dict(batch)
+    absent["audio_lengths"] = batch["audio_lengths"].clone()
+    absent["audio_lengths"][rows] = 0
+    absent["audio"] = batch["audio"].clone()
+    absent["audio"][rows] = 99.0
+    return absent
+
+
+def test_a_flagged_absent_side_scores_as_if_it_had_no_frames(model, batch):
+    model.eval()
+    present = torch.ones(6, 2, dtype=torch.bool)
+    present[[1, 4], 0] = False  # samples 1 and 4: no audio
+    with torch.no_grad():
+        flagged = model({**batch, "present": present}).prediction
+        no_frames = model(_without_audio_frames(batch, [1, 4])).prediction
+        full = model(batch).prediction
+    assert torch.allclose(flagged, no_frames, atol=1e-6)
+    assert not torch.isclose(flagged[1], full[1]) and not torch.isclose(flagged[4], full[4])
+    assert torch.allclose(flagged[[0, 2, 3, 5]], full[[0, 2, 3, 5]], atol=1e-6)
+
+
+def test_a_batch_with_zero_frames_gives_the_scores_of_flagged_absence(model, batch):
+    model.eval()
+    empty = {**batch, "audio": batch["audio"][:, :0], "audio_lengths": torch.zeros(6, dtype=torch.long)}
+    with torch.no_grad():
+        a = model(empty).prediction
+        b = model({**batch, "present": torch.tensor([[False, True]] * 6)}).prediction
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_batch_without_the_modality_at_all_gives_the_same_scores(model, batch):
+    model.eval()
+    no_visual = {k: v for k, v in batch.items() if not k.startswith("visual")}
+    present = torch.tensor([[True, False]] * 6)
+    with torch.no_grad():
+        a = model(no_visual).prediction
+        b = model({**batch, "present": present}).prediction
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_partial_segment_never_depends_on_the_others_in_its_batch(model, batch):
+    model.eval()
+    present = torch.tensor([[True, True], [False, True], [True, False], [False, False], [True, True], [False, True]])
+    padded = _pad({**batch, "present": present})
+    shuffled = torch.tensor([5, 3, 0, 4, 1, 2])
+    with torch.no_grad():
+        whole = model({**batch, "present": present}).prediction
+        alone = torch.cat([model({k: v[i:i + 1] for k, v in {**batch, "present": present}.items()}).prediction
+                           for i in range(6)])
+        other_padding = model(padded).prediction
+        other_order = model({k: v[shuffled] for k, v in {**batch, "present": present}.items()}).prediction
+    assert torch.allclose(whole, alone, atol=1e-5)
+    assert torch.allclose(whole, other_padding, atol=1e-5)
+    assert torch.allclose(whole[shuffled], other_order, atol=1e-5)
+
+
+def test_a_model_trained_without_a_modality_takes_the_same_presence_input():
+    m = small_model(modalities=("text", "audio"), contrast_sides=("audio",), gate_sides=("audio",),
+                    hard_negative_sides=("audio",)).eval()
+    batch = {k: v for k, v in random_batch().items() if not k.startswith("visual")}
+    present = torch.tensor([[True, True], [False, True], [True, False], [False, False], [True, True], [True, True]])
+    with torch.no_grad():
+        scores = m({**batch, "present": present}).prediction
+        attribution = m.score_with_attribution({**batch, "present": present})
+    assert torch.allclose(scores, attribution.score, atol=1e-6)
+    assert torch.all(attribution.contribution[:, 1] == 0)  # no vision in this model
+    assert torch.all(attribution.interaction.abs() < 1e-6)
+    assert torch.all(attribution.contribution[[1, 3], 0] == 0)  # audio absent there
+    assert torch.all(attribution.contribution[[0, 2, 4, 5], 0] != 0)
+
+
+def test_training_with_absent_sides_keeps_them_out_of_contrast_gate_and_pair_losses():
+    m = small_model(p=1.0).train()
+    batch = random_batch(b=8)
+    present = torch.ones(8, 2, dtype=torch.bool)
+    present[:3, 0] = False  # three samples without audio
+    torch.manual_seed(0)
+    out = m({**batch, "present": present})
+    label = out.pseudo_labels["ta"]
+    assert torch.all(label[:3] == 1)  # never swapped
+    assert torch.all(label[3:] == 0)  # p = 1: every sample with audio is swapped ...
+    losses = m.loss(out, batch["labels"])
+    losses["total"].backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_modality_dropout_hides_sides_at_the_rate_asked():
+    g = torch.Generator().manual_seed(0)
+    present = torch.ones(4000, 2, dtype=torch.bool)
+    present[:1000, 1] = False
+    dropped = modality_dropout(present, 0.3, g)
+    assert not torch.any(dropped & ~present)  # never adds a side
+    rate = 1 - dropped[1000:].float().mean().item()
+    assert abs(rate - 0.3) < 0.02  # 3 sigma of 6000 draws is ~0.018
+    assert torch.equal(modality_dropout(present, 0.0, g), present)
+
+
+# --------------------------------------------------------------------------------------------
+# Attribution
+
+def test_attribution_sums_hold_and_match_separate_forwards(model, batch):
+    model.eval()
+    present = torch.tensor([[True, True], [False, True], [True, False], [False, False], [True, True], [True, True]])
+    b = {**batch, "present": present}
+    with torch.no_grad():
+        att = model.score_with_attribution(b)
+        score = model(b).prediction
+        no_audio = model({**b, "present": present & torch.tensor([False, True])}).prediction
+        no_visual = model({**b, "present": present & torch.tensor([True, False])}).prediction
+        text_only = model({**b, "present": torch.zeros_like(present)}).prediction
+    assert torch.allclose(att.score, score, atol=1e-5)
+    assert torch.allclose(att.text_only, text_only, atol=1e-5)
+    assert torch.allclose(att.contribution[:, 0], score - no_audio, atol=1e-5)
+    assert torch.allclose(att.contribution[:, 1], score - no_visual, atol=1e-5)
+    total = att.text_only + att.contribution.sum(-1) + att.interaction
+    assert torch.allclose(total, att.score, atol=1e-6)
+    assert torch.all(att.contribution[1, 0] == 0) and torch.all(att.contribution[2, 1] == 0)
+    assert torch.allclose(att.score[3], att.text_only[3])  # nothing but text
+
+
+def test_attribution_exports_to_one_onnx_graph_with_a_presence_input(model, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, audio, audio_lengths, visual, visual_lengths, present):
+            a = self.m.score_with_attribution(dict(input_ids=input_ids, attention_mask=attention_mask, audio=audio,
+                                                   audio_lengths=audio_lengths, visual=visual,
+                                                   visual_lengths=visual_lengths, present=present))
+            return a.score, a.text_only, a.contribution, a.interaction
+
+    wrapper = Wrapper(model).eval()  # export restores the wrapper's mode: an untouched wrapper would train
+    names = ["input_ids", "attention_mask", "audio", "audio_lengths", "visual", "visual_lengths", "present"]
+    example = {**random_batch(b=3), "present": torch.tensor([[True, True], [False, True], [True, False]])}
+    path = tmp_path / "m.onnx"
+    dynamic = {n: {0: "b"} for n in names}
+    for n, axis in (("input_ids", "t"), ("attention_mask", "t"), ("audio", "ta"), ("visual", "tv")):
+        dynamic[n] = {0: "b", 1: axis}
+    with torch.enable_grad():
+        torch.onnx.export(wrapper, tuple(example[n] for n in names), str(path), input_names=names,
+                          output_names=["score", "text_only", "contribution", "interaction"],
+                          dynamic_axes=dynamic, opset_version=17, dynamo=False)
+    other = {**random_batch(b=5, t_text=7, t_a=13, t_v=4, seed=3),
+             "present": torch.tensor([[True, True], [False, False], [True, False], [False, True], [True, True]])}
+    with torch.no_grad():
+        expected = wrapper(*(other[n] for n in names))
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {n: other[n].numpy() for n in names})
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e.numpy(), atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# Contrast mappers and standardisation
+
+def test_uccon_compares_mapped_features_and_the_switch_turns_the_mappers_off(batch):
+    on, off = small_model().train(), small_model(contrast_mappers=False).train()
+    assert {"ta_text", "ta_audio", "tv_text", "tv_visual", "f1", "f2"} <= set(on.mappers)
+    assert len(off.mappers) == 0
+    torch.manual_seed(0)
+    losses = on.loss(on(batch), batch["labels"])
+    losses["L_uccon"].backward()
+    assert on.mappers["ta_audio"].net[0].weight.grad is not None
+    assert on.mappers["f1"].net[0].weight.grad is None  # L_bicon alone reaches f1
+    on.zero_grad()
+    on.loss(on(batch), batch["labels"])["L_bicon"].backward()
+    assert on.mappers["f1"].net[0].weight.grad is not None
+
+
+def test_standardisation_is_applied_inside_the_model(model, batch):
+    model.eval()
+    mean, std = torch.randn(5), torch.rand(5) + 0.5
+    with torch.no_grad():
+        raw = model(batch).prediction
+        model.set_feature_stats({"audio": (mean, std)})
+        shifted = model({**batch, "audio": batch["audio"] * std + mean}).prediction
+    assert torch.allclose(raw, shifted, atol=1e-5)
+    with pytest.raises(ValueError, match=r"audio statistics must have shape \(5,\)"):
+        model.set_feature_stats({"audio": (torch.zeros(3), torch.ones(3))})
+
+
+def test_a_constant_feature_is_centred_not_blown_up(model):
+    model.set_feature_stats({"visual": (torch.ones(7), torch.zeros(7))})
+    assert torch.equal(model.visual_std, torch.ones(7))

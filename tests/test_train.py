@@ -7,10 +7,12 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from stream.errors import UserError
-from trainer.data import load_dataset
-from trainer.train import TrainOptions, evaluate_checkpoint, train
+from trainer.data import feature_stats, load_dataset
+from trainer.model import DEFAULT_MODALITY_DROPOUT
+from trainer.train import TrainOptions, evaluate_checkpoint, load_checkpoint, train
 
 SMALL = dict(encoder_layers=1, cross_layers=1, d_model=32, n_heads=4)
 
@@ -79,6 +81,10 @@ def run_cli(*args):
     (["evaluate", "--checkpoint", "/no/ckpt.pt", "--data", "synthetic"], "no such checkpoint"),
     (["ablate", "--data", "synthetic", "--out", "x", "--sweep", "q=1,2"], "--sweep must look like"),
     (["ablate", "--data", "synthetic", "--out", "x", "--rows", "full", "wo-nothing"], "unknown ablation 'wo-nothing'"),
+    (["ablate", "--data", "synthetic", "--out", "x", "--changes", "--rows", "full"], "--changes runs its own rows"),
+    (["train", "--data", "synthetic", "--out", "x", "--modality-dropout", "1"], "must be in [0, 1)"),
+    (["train", "--data", "synthetic", "--out", "x", "--seeds", "0"], "must be > 0"),
+    (["train", "--data", "synthetic", "--out", "x", "--max-frames", "5000"], "must be at most 4096"),
 ])
 def test_cli_bad_input_is_one_clear_line(args, message, tmp_path):
     if "--device" in args:
@@ -89,3 +95,82 @@ def test_cli_bad_input_is_one_clear_line(args, message, tmp_path):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One epoch on a small synthetic set whose audio is far from standard (mean 5, sd 4)."""
+    ds = load_dataset("synthetic", seed=1, n=60, max_frames=8)
+    for split in (ds.train, ds.valid, ds.test):
+        split.audio = split.audio * 4.0 + 5.0
+    out = tmp_path_factory.mktemp("quick")
+    metrics = train(ds, TrainOptions(out=out, epochs=1, text_encoder="tiny", progress=False, max_frames=8,
+                                     model_overrides=dict(encoder_layers=1, cross_layers=1, d_model=16, n_heads=2)))
+    return ds, out, metrics
+
+
+def test_standardisation_statistics_round_trip_through_the_checkpoint(quick_run):
+    ds, out, _ = quick_run
+    model, _ = load_checkpoint(out / "checkpoint.pt")
+    mean, std = feature_stats(ds.train)["audio"]
+    np.testing.assert_allclose(model.audio_mean.numpy(), mean, rtol=1e-6)
+    np.testing.assert_allclose(model.audio_std.numpy(), std, rtol=1e-6)
+    assert 4.0 < float(model.audio_mean[0]) < 6.0  # the shifted data's mean, not the identity
+    again = evaluate_checkpoint(out / "checkpoint.pt", ds)  # raw features in, standardised inside
+    assert again["test"]["mae"] == pytest.approx(quick_run[2]["test"]["mae"], abs=1e-6)
+
+
+def test_the_exported_graph_carries_the_standardisation(quick_run, tmp_path):
+    import onnxruntime as ort
+
+    from trainer.export import TeCaFNInference, example_batch, export_onnx, input_names
+    _, out, _ = quick_run
+    model, _ = load_checkpoint(out / "checkpoint.pt")
+    export_onnx(model, tmp_path / "m.onnx", 16, 8)
+    batch = example_batch(model, 5, 16, 8, seed=2)
+    batch["audio"] = batch["audio"] * 4.0 + 5.0  # raw features, as the worker sends them
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["score"], {n: batch[n].numpy() for n in input_names(model)})[0]
+    with torch.no_grad():
+        expected = TeCaFNInference(model)(*(batch[n] for n in input_names(model))).numpy()
+        model.set_feature_stats({"audio": (torch.zeros(5), torch.ones(5))})
+        unstandardised = TeCaFNInference(model)(*(batch[n] for n in input_names(model))).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert np.abs(got - unstandardised).max() > 1e-3  # the statistics are in the graph, and they matter
+
+
+def test_a_run_reports_test_metrics_with_each_side_removed(quick_run):
+    _, _, metrics = quick_run
+    assert set(metrics["removals"]) == {"without_audio", "without_visual", "text_only"}
+    assert metrics["removals"]["text_only"]["mae"] != metrics["test"]["mae"]
+    assert metrics["modality_dropout"] == DEFAULT_MODALITY_DROPOUT
+
+
+def test_modality_dropout_hides_sides_in_training_steps():
+    from tests.conftest import random_batch, small_model
+    from trainer.train import make_optimizer, train_step
+    model = small_model().train()
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].get("present")))
+    opts = TrainOptions(out=".", modality_dropout=0.5)
+    train_step(model, make_optimizer(model, opts), random_batch(b=64), opts, torch.Generator().manual_seed(0))
+    assert seen[0] is not None and 0.3 < 1 - seen[0].float().mean().item() < 0.7
+    seen.clear()
+    off = TrainOptions(out=".", modality_dropout=0.0)
+    train_step(model, make_optimizer(model, off), random_batch(b=64), off, None)
+    assert seen[0] is None
+
+
+def test_seeds_give_one_run_per_seed_and_mean_and_sd(tmp_path):
+    ds = load_dataset("synthetic", n=40, max_frames=6)
+    summary = train(ds, TrainOptions(out=tmp_path, epochs=1, text_encoder="tiny", progress=False, max_frames=6,
+                                     seeds=2, seed=7, model_overrides=dict(encoder_layers=1, cross_layers=1,
+                                                                           d_model=16, n_heads=2)))
+    assert summary["seeds"] == [7, 8]
+    maes = [r["test"]["mae"] for r in summary["runs"]]
+    assert summary["test"]["mae"]["mean"] == pytest.approx(np.mean(maes))
+    assert summary["test"]["mae"]["sd"] == pytest.approx(np.std(maes, ddof=1))
+    assert summary["removals"]["text_only"]["mae"]["n"] == 2
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["test"]["corr"]["n"] == 2
+    assert (tmp_path / "seed_7" / "metrics.json").exists() and (tmp_path / "seed_8" / "metrics.json").exists()

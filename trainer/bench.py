@@ -121,3 +121,77 @@ def format_report(r: dict) -> str:
     lines.append(f"training step, batch {s['batch_size']}: with cross-sample fusion {1e3 * s['with_fusion_s']:.1f} ms, "
                  f"without {1e3 * s['without_fusion_s']:.1f} ms, ratio {s['ratio']:.3f}")
     return "\n".join(lines)
+
+
+SPEED_SETTINGS = {  # name: (length-bucketed batches, fused Adam)
+    "before": (False, False),
+    "bucketed": (True, False),
+    "bucketed+fused": (True, True),
+}
+
+
+def bench_train(dataset, text_encoder: str = "minilm", batch_size: int = 32, steps: int = 20, device: str = "cpu",
+                max_text_tokens: int = 50, seed: int = 1111) -> dict:
+    """`tecaflow bench train`: training samples/s as tecaflow trained before (plain shuffled
+    batches, per-parameter Adam), with length-bucketed batches, and with fused Adam as well
+    (today's default). One model, steps interleaved so machine noise hits all alike. Also the
+    mean padded text length per batch, which is what bucketing saves."""
+    from trainer.data import Batcher
+    from trainer.text_encoder import load_tokenizer
+    from trainer.train import (
+        TrainOptions,
+        build_model,
+        make_optimizer,
+        resolve_device,
+        train_step,
+    )
+
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    opts = TrainOptions(out=".", text_encoder=text_encoder, batch_size=batch_size, device=device,
+                        max_text_tokens=max_text_tokens, modality_dropout=0.0)
+    model, _ = build_model(dataset, opts)
+    model.to(dev).train()
+    batcher = Batcher(dataset.train, load_tokenizer(text_encoder), max_text_tokens, opts.max_frames, name="train")
+    g = torch.Generator().manual_seed(seed)
+    settings = {name: (batcher.order(batch_size, shuffle=True, generator=g, bucket=bucket),
+                       make_optimizer(model, opts, fused=fused))
+                for name, (bucket, fused) in SPEED_SETTINGS.items()}
+    stats = {name: {"seconds": 0.0, "samples": 0, "tokens": []} for name in settings}
+    n = min(steps + 1, *(len(order) for order, _ in settings.values()))
+    for i in range(n):
+        for name, (order, optimizer) in settings.items():
+            batch = batcher.batch(order[i], dev)
+            _sync(dev)
+            t = time.perf_counter()
+            train_step(model, optimizer, batch, opts, None)
+            _sync(dev)
+            if i == 0:  # warm-up
+                continue
+            stats[name]["seconds"] += time.perf_counter() - t
+            stats[name]["samples"] += len(order[i])
+            stats[name]["tokens"].append(batch["input_ids"].shape[1])
+    result = {"settings": {name: {"samples_per_s": s["samples"] / s["seconds"], "steps": n - 1,
+                                  "mean_padded_tokens": float(np.mean(s["tokens"]))}
+                           for name, s in stats.items()}}
+    base = result["settings"]["before"]["samples_per_s"]
+    for s in result["settings"].values():
+        s["speedup"] = s["samples_per_s"] / base
+    result.update(dataset=dataset.name, text_encoder=text_encoder, batch_size=batch_size, device=str(dev),
+                  threads=torch.get_num_threads())
+    return result
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def format_train_report(r: dict) -> str:
+    first = next(iter(r["settings"].values()))
+    lines = [f"training throughput on {r['dataset']} ({r['text_encoder']}, batch {r['batch_size']}, {r['device']}, "
+             f"{r['threads']} threads), {first['steps']} interleaved steps each"]
+    for name, s in r["settings"].items():
+        lines.append(f"  {name:>15}: {s['samples_per_s']:7.1f} samples/s ({s['speedup']:.2f}x), "
+                     f"mean padded text length {s['mean_padded_tokens']:.1f} tokens")
+    return "\n".join(lines)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from stream.contract import BACKENDS
 from stream.errors import UserError
+from trainer.defaults import DEFAULT_MAX_FRAMES, DEFAULT_MODALITY_DROPOUT, MAX_FRAMES
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,14 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-encoder", default="minilm",
                    help="minilm (offline all-MiniLM-L6-v2), tiny (small random BERT), or a local BERT-family path")
     p.add_argument("--max-text-tokens", type=_positive(int), default=50)
-    p.add_argument("--max-frames", type=_positive(int), default=50, help="audio/visual frames kept per segment")
+    p.add_argument("--max-frames", type=_frames, default=DEFAULT_MAX_FRAMES,
+                   help=f"audio/visual frames kept per segment (default {DEFAULT_MAX_FRAMES}, at most {MAX_FRAMES}); "
+                        "longer sequences are cut and the log says how many")
+    p.add_argument("--modality-dropout", type=_probability, default=DEFAULT_MODALITY_DROPOUT, metavar="P",
+                   help="per sample and side, hide audio / vision with probability P while training, so the "
+                        f"model scores segments that lack one (default {DEFAULT_MODALITY_DROPOUT}; 0 turns it off)")
+    p.add_argument("--seeds", type=_positive(int), default=1, metavar="N",
+                   help="train N times (seeds --seed, --seed + 1, ...) and report each metric as mean ± sd")
     p.add_argument("--log-every", type=_positive(int), default=10, help="loss trace period K in steps")
     p.add_argument("--synthetic-size", type=_positive(int), default=1200, help="utterances for --data synthetic")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -66,6 +74,9 @@ def register(sub) -> None:
     add_training_args(p)
     p.add_argument("--rows", nargs="+", metavar="NAME", help="ablations to run (default: all of Table 5 and Fig. 3)")
     p.add_argument("--sweep", help="p=0.1,0.3,0.5,0.7,0.9 (Table 6) or num=1,2,3,4,5 (Table 7)")
+    p.add_argument("--changes", action="store_true",
+                   help="instead of Table 5: what each of tecaflow's training changes contributes, added one at a "
+                        "time (length bucketing, standardisation, contrast mappers, modality dropout)")
     p.set_defaults(func=cmd_ablate)
 
 
@@ -98,6 +109,18 @@ def register_bench(bench_sub) -> None:
     p.add_argument("--repeat", type=_positive(int), default=20)
     p.set_defaults(func=cmd_bench_gate)
 
+    p = bench_sub.add_parser("train", help="training samples/s with plain batches vs length-bucketed batches")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--text-encoder", default="minilm")
+    p.add_argument("--batch-size", type=_positive(int), default=32)
+    p.add_argument("--steps", type=_positive(int), default=20, help="timed training steps per setting")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-text-tokens", type=_positive(int), default=50)
+    p.add_argument("--synthetic-size", type=_positive(int), default=1200)
+    p.add_argument("--seed", type=int, default=1111)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_train)
+
 
 def _positive(kind):
     def parse(text):
@@ -110,6 +133,23 @@ def _positive(kind):
         return value
     parse.__name__ = kind.__name__
     return parse
+
+
+def _probability(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _frames(text):
+    value = _positive(int)(text)
+    if value > MAX_FRAMES:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_FRAMES} (the positional table's length), got {text}")
+    return value
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -143,7 +183,8 @@ def _options(args, **extra):
                         seed=args.seed, device=args.device, text_encoder=args.text_encoder,
                         max_text_tokens=args.max_text_tokens, max_frames=args.max_frames,
                         log_every=args.log_every, model_overrides=parse_overrides(args.set),
-                        progress=not args.no_progress, **extra)
+                        progress=not args.no_progress, modality_dropout=args.modality_dropout,
+                        seeds=args.seeds, **extra)
 
 
 def _dataset(args):
@@ -162,7 +203,7 @@ def cmd_train(args) -> int:
     opts = _options(args, ablation=args.ablation)
     resolve_device(opts.device)  # before loading data: a wrong device is the cheaper error
     metrics = train(_dataset(args), opts)
-    print(json.dumps({"out": str(args.out), "valid": metrics["valid"], "test": metrics["test"]}, indent=2))
+    print(json.dumps({"out": str(args.out), **{k: metrics[k] for k in ("valid", "test", "removals")}}, indent=2))
     return 0
 
 
@@ -174,9 +215,19 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from trainer.ablate import plan, run_ablations
-    plan(args.rows, args.sweep)  # validate names before any training starts
-    print(run_ablations(_dataset(args), _options(args), args.rows, args.sweep))
+    from trainer.ablate import plan, plan_changes, run_ablations
+    if args.changes and (args.rows or args.sweep):
+        raise ValueError("--changes runs its own rows; leave out --rows and --sweep")
+    runs = plan_changes(args.modality_dropout) if args.changes else plan(args.rows, args.sweep)
+    print(run_ablations(_dataset(args), _options(args), runs))
+    return 0
+
+
+def cmd_bench_train(args) -> int:
+    from trainer.bench import bench_train, format_train_report
+    result = bench_train(_dataset(args), args.text_encoder, args.batch_size, args.steps, args.device,
+                         args.max_text_tokens, args.seed)
+    print(json.dumps(result, indent=2) if args.json else format_train_report(result))
     return 0
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from stream.errors import UserError
+from trainer.defaults import DEFAULT_MAX_FRAMES  # noqa: F401 - part of the readers' API
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +125,17 @@ def check_dataset(ds: Dataset) -> Dataset:
     return ds
 
 
-def pad_sequences(seqs: list[np.ndarray], max_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Pad a list of [T_i, d] arrays to [N, T, d] (truncating to max_frames) and return lengths."""
-    lengths = np.array([min(len(s), max_frames or len(s)) for s in seqs], dtype=np.int64)
-    lengths = np.maximum(lengths, 1)
+BUCKET_POOL = 50  # length bucketing sorts within pools of this many batches
+
+
+def pad_sequences(seqs: list[np.ndarray], max_frames: int | None = None, what: str = "frames"
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Pad a list of [T_i, d] arrays to [N, T, d] and return lengths. Sequences longer than
+    max_frames (None: no cap) are cut, and the log says how many and how long they were."""
+    full = np.array([len(s) for s in seqs], dtype=np.int64)
+    if max_frames is not None:
+        _log_cut(full, max_frames, what)
+    lengths = np.maximum(np.minimum(full, max_frames or max(1, int(full.max()))), 1)
     d = seqs[0].shape[-1]
     out = np.zeros((len(seqs), int(lengths.max()), d), dtype=np.float32)
     for i, s in enumerate(seqs):
@@ -270,7 +278,7 @@ URFUNNY_FILES = ("data_folds.pkl", "language_sdk.pkl", "covarep_features_sdk.pkl
                  "openface_features_sdk.pkl", "humor_label_sdk.pkl")
 
 
-def load_urfunny(root: Path, max_frames: int = 50) -> Dataset:
+def load_urfunny(root: Path, max_frames: int | None = None) -> Dataset:
     """Punchline text, word-aligned COVAREP and OpenFace features, humour label 0/1."""
     root = Path(root)
     missing = [f for f in URFUNNY_FILES if not (root / f).is_file()]
@@ -290,8 +298,8 @@ def load_urfunny(root: Path, max_frames: int = 50) -> Dataset:
             visual = [np.asarray(openface[i]["punchline_features"], dtype=np.float32) for i in ids]
         except KeyError as e:
             raise DataError(f"{root}: an entry lacks key {e} (expected punchline_sentence / punchline_features)") from None
-        a, al = pad_sequences([np.nan_to_num(x) for x in audio], max_frames)
-        v, vl = pad_sequences([np.nan_to_num(x) for x in visual], max_frames)
+        a, al = pad_sequences([np.nan_to_num(x) for x in audio], max_frames, f"UR-FUNNY {ours} audio")
+        v, vl = pad_sequences([np.nan_to_num(x) for x in visual], max_frames, f"UR-FUNNY {ours} visual")
         splits[ours] = Split([str(i) for i in ids], texts, np.array([float(labels[i]) for i in ids], np.float32),
                              a, al, v, vl)
     return check_dataset(Dataset("ur-funny", splits["train"], splits["valid"], splits["test"], task="binary"))
@@ -332,12 +340,57 @@ def load_dataset(spec: str, seed: int = 0, **synthetic_options) -> Dataset:
 
 
 # --------------------------------------------------------------------------------------------
+# Feature statistics (standardisation)
+
+def feature_stats(split: Split) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-dimension mean and sd of every frame modality over the real frames of a split
+    (padding excluded). The model keeps them (TeCaFN.set_feature_stats) and applies them."""
+    stats = {}
+    for m in ("audio", "visual"):
+        array, lengths = getattr(split, m), getattr(split, f"{m}_lengths")
+        if array is None:
+            continue
+        real = np.arange(array.shape[1])[None, :] < lengths[:, None]
+        frames = array[real].astype(np.float64)
+        stats[m] = (frames.mean(0).astype(np.float32), frames.std(0).astype(np.float32))
+    return stats
+
+
+def _log_cut(lengths: np.ndarray, max_frames: int, what: str) -> None:
+    cut = lengths > max_frames
+    if cut.any():
+        log.warning("%s: %d of %d sequences are longer than max_frames=%d and were cut (longest %d frames); "
+                    "raise --max-frames to keep them whole", what, int(cut.sum()), len(lengths), max_frames,
+                    int(lengths.max()))
+
+
+# --------------------------------------------------------------------------------------------
 # Batching
+
+def bucketed_batches(lengths: torch.Tensor, batch_size: int, shuffle: bool = False,
+                     generator: torch.Generator | None = None, pool: int = BUCKET_POOL) -> list[torch.Tensor]:
+    """Batches of indices whose members have similar lengths, so a batch pads to little more
+    than its own members. Shuffled: a random permutation is cut into pools of `pool` batches,
+    each pool is sorted by length and cut into batches, and the batches are shuffled; every
+    sample still comes once per epoch and batch composition changes from epoch to epoch."""
+    n = len(lengths)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    batches = []
+    step = batch_size * pool
+    for start in range(0, n, step):
+        chunk = order[start:start + step]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches += list(chunk.split(batch_size))
+    if shuffle:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
 
 class Batcher:
     """Tokenizes a split once and yields padded tensor batches for the model."""
 
-    def __init__(self, split: Split, tokenizer, max_text_tokens: int = 50, max_frames: int | None = None):
+    def __init__(self, split: Split, tokenizer, max_text_tokens: int = 50,
+                 max_frames: int | None = DEFAULT_MAX_FRAMES, name: str = "split"):
         self.split = split
         enc = tokenizer(split.texts, padding="max_length", truncation=True, max_length=max_text_tokens,
                         return_tensors="pt")
@@ -348,8 +401,15 @@ class Batcher:
             array, lengths = getattr(split, m), getattr(split, f"{m}_lengths")
             if array is not None:
                 t = array.shape[1] if max_frames is None else min(max_frames, array.shape[1])
+                if max_frames is not None:
+                    _log_cut(lengths, max_frames, f"{name} {m}")
                 self.seq[m] = (torch.from_numpy(np.ascontiguousarray(array[:, :t])),
                                torch.from_numpy(np.minimum(lengths, t)))
+        # The cost of a sample: its text tokens, then its longest frame sequence.
+        frames = torch.stack([lengths for _, lengths in self.seq.values()]).amax(0) if self.seq \
+            else torch.zeros(len(split), dtype=torch.long)
+        longest = int(frames.max()) if len(frames) else 0
+        self.cost = self.attention_mask.sum(1).long() * (longest + 1) + frames
 
     def __len__(self) -> int:
         return len(self.split)
@@ -366,8 +426,15 @@ class Batcher:
             out[f"{m}_lengths"] = lens
         return {k: v.to(device) for k, v in out.items()}
 
-    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-                device="cpu"):
+    def order(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+              bucket: bool = True) -> list[torch.Tensor]:
+        """The index batches of one pass: length-bucketed, or plain consecutive slices."""
+        if bucket:
+            return bucketed_batches(self.cost, batch_size, shuffle, generator)
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
-        for start in range(0, len(self), batch_size):
-            yield self.batch(order[start:start + batch_size], device)
+        return list(order.split(batch_size))
+
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                device="cpu", bucket: bool = True):
+        for index in self.order(batch_size, shuffle, generator, bucket):
+            yield self.batch(index, device)

@@ -63,3 +63,15 @@ def binary_metrics(logits, truth) -> dict[str, float]:
 
 def compute_metrics(pred, truth, task: str = "regression") -> dict[str, float]:
     return binary_metrics(pred, truth) if task == "binary" else regression_metrics(pred, truth)
+
+
+def summarise(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Every metric of several runs (seeds) as {"mean", "sd", "n"}; sd is the sample sd (n - 1)."""
+    if not runs:
+        raise ValueError("nothing to summarise")
+    out = {}
+    for key in runs[0]:
+        values = np.array([r[key] for r in runs], dtype=np.float64)
+        out[key] = {"mean": float(np.mean(values)),
+                    "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, "n": len(values)}
+    return out

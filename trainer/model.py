@@ -11,11 +11,24 @@ The full definition of the model, all of it in this one file. Names follow the p
     L_ap       pairwise prediction: is (text, m) the original pair (1) or a replaced one (0)?
     L_bicon    fused bimodal contrastive loss between the t-v and t-a fusions of the same text
     L_task     MAE of tanh(FC(fusion)) * 3 against the label in [-3, 3]
+    W_t, W_m   the contrastive mappers (Algorithm 1): L_uccon compares W_t(text) with W_m(m), so
+               the contrast shapes its own projections, not the features CoAt consumes
+    f1, f2     the same for L_bicon (Section 3.2.2): projections of the t-v and t-a fusions
 
     L = L_task + gamma1 * (L_uccon + L_bicon) + gamma2 * L_ap
 
 "Centre" is text in the paper; `center="audio"` or `"visual"` gives the Fig. 3 variants, where
 the named modality takes text's role and the other two are its sides.
+
+Beyond the paper, for serving real segments:
+    present    a per-sample presence flag for audio and vision, bool [B, 2] in PRESENCE order.
+               An absent side (flag False, zero frames, or no such input) contributes nothing:
+               attention over an empty set of frames is zero, so CoAt passes the text through
+               its feed-forward layers alone. One graph serves full and partial segments.
+    standardisation  per-dimension mean and sd of every frame modality (training split), kept
+               as buffers so a checkpoint and its export carry them.
+    attribution  `score_with_attribution`: the score, the text-only score and what each side
+               moved the score, from one batched pass.
 """
 from __future__ import annotations
 
@@ -26,7 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.defaults import DEFAULT_MODALITY_DROPOUT, MAX_FRAMES  # noqa: F401 - part of the model's API
+
 MODALITIES = ("text", "audio", "visual")
+PRESENCE = ("audio", "visual")  # the columns of the `present` input, whatever the model has
 SHORT = {"text": "t", "audio": "a", "visual": "v"}
 
 
@@ -58,6 +74,7 @@ class TeCaFNConfig:
     gate_sides: tuple[str, ...] = ("audio", "visual")  # sides with a replacement gate (and L_ap)
     hard_negative_sides: tuple[str, ...] = ("audio", "visual")  # else: uniform other samples
     use_bicon: bool = True
+    contrast_mappers: bool = True  # W_t, W_m and f1, f2 (off: contrast the features CoAt consumes)
 
     def __post_init__(self):
         for name in ("modalities", "contrast_sides", "gate_sides", "hard_negative_sides"):
@@ -106,6 +123,7 @@ ABLATIONS = {
     "wo-uccon-tv": ("w/o L_tv", lambda c: replace(c, contrast_sides=_without(c.contrast_sides, "visual"))),
     "wo-uccon": ("w/o L_ta, L_tv", lambda c: replace(c, contrast_sides=())),
     "wo-bicon": ("w/o L_bicon", lambda c: replace(c, use_bicon=False)),
+    "wo-mappers": ("w/o mappers", lambda c: replace(c, contrast_mappers=False)),
     "wo-gate-ta": ("w/o gate ta", lambda c: replace(c, gate_sides=_without(c.gate_sides, "audio"))),
     "wo-gate-tv": ("w/o gate tv", lambda c: replace(c, gate_sides=_without(c.gate_sides, "visual"))),
     "wo-gate": ("w/o gates", lambda c: replace(c, gate_sides=())),
@@ -148,33 +166,46 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
-def info_nce(query: torch.Tensor, key: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+def info_nce(query: torch.Tensor, key: torch.Tensor, tau: float, rows: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE between paired rows of query and key [B, d].
 
     Returns the loss (mean of the query->key and key->query cross-entropies, the "both
     directions" of the paper) and the cosine-similarity matrix S [B, B] that ranks samples.
+    rows [B] bool, optional: only those samples take part in the loss (others lack a side);
+    the loss is zero when fewer than two do.
     """
     q = F.normalize(query, dim=-1)
     k = F.normalize(key, dim=-1)
     similarity = q @ k.t()
     logits = similarity / tau
-    target = torch.arange(q.shape[0], device=q.device)
+    if rows is not None:
+        logits = logits[rows][:, rows]
+    n = logits.shape[0]
+    if n < 2:
+        return logits.sum() * 0.0, similarity
+    target = torch.arange(n, device=q.device)
     loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
     return loss, similarity
 
 
-def mine_hard_negatives(similarity: torch.Tensor, num: int, hard: bool = True) -> torch.Tensor:
+def mine_hard_negatives(similarity: torch.Tensor, num: int, hard: bool = True,
+                        available: torch.Tensor | None = None) -> torch.Tensor:
     """For every row i, the indices [B, k] of candidate replacements j != i.
 
     hard=True: the top-`num` columns by similarity (the paper's hard negatives).
     hard=False: every other sample (the "w/o hard negatives" ablation).
-    k = min(num, B - 1) or B - 1.
+    k = min(num, B - 1) or B - 1. available [B] bool, optional: samples that have the side at
+    all rank last (the caller must not swap one in; see `TeCaFN._gate`).
     """
     b = similarity.shape[0]
     eye = torch.eye(b, dtype=torch.bool, device=similarity.device)
     if hard:
         k = min(num, b - 1)
-        return similarity.detach().masked_fill(eye, float("-inf")).topk(k, dim=1).indices
+        ranked = similarity.detach().masked_fill(eye, float("-inf"))
+        if available is not None:
+            ranked = ranked.masked_fill(~available[None, :] & ~eye, -1e4)
+        return ranked.topk(k, dim=1).indices
     others = torch.arange(b, device=similarity.device).expand(b, b)
     return others[~eye].view(b, b - 1)
 
@@ -200,6 +231,16 @@ def replacement_gate(candidates: torch.Tensor, p: float, generator: torch.Genera
     return source, (~replace_mask).long()
 
 
+def modality_dropout(present: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training augmentation: every (sample, side) presence flag is turned off with probability p,
+    independently, so the model learns to score from text with one side, the other, or none."""
+    if p <= 0.0:
+        return present
+    u = torch.rand(present.shape, generator=generator,
+                   device=present.device if generator is None else generator.device)
+    return present & (u.to(present.device) >= p)
+
+
 # --------------------------------------------------------------------------------------------
 # Modules
 
@@ -216,13 +257,18 @@ class MultiHeadAttention(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+        """Attention over an empty context (a row with no real position) is zero, exactly: the
+        row attends to its first position only to stay finite, and the result is multiplied out."""
         b = x.shape[0]
+        has_context = context_mask.any(-1)  # [B]
+        safe_mask = torch.cat([context_mask[:, :1] | ~has_context[:, None], context_mask[:, 1:]], dim=1)
         q = self.q(x).view(b, -1, self.h, self.d_head).transpose(1, 2)  # [B, h, Tq, dh]
         k, v = self.kv(context).view(b, -1, 2, self.h, self.d_head).permute(2, 0, 3, 1, 4)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_head)  # [B, h, Tq, Tk]
-        scores = scores.masked_fill(~context_mask[:, None, None, :], float("-inf"))
+        scores = scores.masked_fill(~safe_mask[:, None, None, :], float("-inf"))
         attn = self.drop(scores.softmax(-1))
-        return self.out((attn @ v).transpose(1, 2).reshape(b, -1, self.h * self.d_head))
+        out = self.out((attn @ v).transpose(1, 2).reshape(b, -1, self.h * self.d_head))
+        return out * has_context[:, None, None].to(out.dtype)
 
 
 class PreLNBlock(nn.Module):
@@ -268,7 +314,7 @@ class SequenceEncoder(nn.Module):
 
 
 class SinusoidalPosition(nn.Module):
-    def __init__(self, d_model: int, max_len: int = 4096):
+    def __init__(self, d_model: int, max_len: int = MAX_FRAMES):
         super().__init__()
         pos = torch.arange(max_len).unsqueeze(1)
         div = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
@@ -309,6 +355,18 @@ class CoAt(nn.Module):
         return self.norm(x)
 
 
+class ContrastMapper(nn.Module):
+    """A projection the contrastive losses compare in (W_t / W_m of Algorithm 1, f1 / f2 of
+    Section 3.2.2): Linear-ReLU-Linear, as in SimCLR-style projection heads."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 @dataclass
 class TeCaFNOutput:
     prediction: torch.Tensor  # [B]: score in [-3, 3] (regression) or logit (binary)
@@ -317,16 +375,39 @@ class TeCaFNOutput:
     similarity: dict[str, torch.Tensor] = field(default_factory=dict)  # S per pair, training only
 
 
+@dataclass
+class Attribution:
+    """What each side did to a score. All [B] except contribution [B, len(PRESENCE)].
+
+    contribution[:, i] = score - score without side PRESENCE[i] (0 where the side is absent or
+    the model has no such side); interaction = what is left, so that exactly
+        score = text_only + contribution.sum(-1) + interaction.
+    With one side (text + audio) the interaction is 0 and score = text_only + contribution."""
+
+    score: torch.Tensor
+    text_only: torch.Tensor
+    contribution: torch.Tensor
+    interaction: torch.Tensor
+
+
 class TeCaFN(nn.Module):
-    """The whole network. `text_encoder` is any BERT-family model returning last_hidden_state."""
+    """The whole network. `text_encoder` is any BERT-family model returning last_hidden_state.
+
+    Inputs (a dict): input_ids, attention_mask [B, T_t]; for each frame modality m, m [B, T_m, d_m]
+    and m_lengths [B]; optionally present bool [B, 2] (PRESENCE order). A side is used for a
+    sample only where present says so (default: True) and it has at least one frame."""
 
     def __init__(self, config: TeCaFNConfig, text_encoder: nn.Module):
         super().__init__()
         self.config = c = config
         self.text_encoder = text_encoder
+        self.frame_modalities = tuple(m for m in c.modalities if m != "text")
         self.encoders = nn.ModuleDict({
             m: SequenceEncoder(self._width(m), c.d_model, c.n_heads, c.encoder_layers, c.dropout)
-            for m in c.modalities if m != "text"})
+            for m in self.frame_modalities})
+        for m in self.frame_modalities:  # standardisation, identity until set from training data
+            self.register_buffer(f"{m}_mean", torch.zeros(self._width(m)))
+            self.register_buffer(f"{m}_std", torch.ones(self._width(m)))
         conv_in = {m: (c.d_text if m == "text" else c.d_model) for m in c.modalities}
         self.conv = nn.ModuleDict({m: TemporalConv(conv_in[m], c.d_model, c.conv_kernel)
                                    for m in c.modalities})
@@ -335,6 +416,16 @@ class TeCaFN(nn.Module):
         self.ap_head = nn.ModuleDict({s: nn.Sequential(nn.Linear(c.d_model, c.d_model), nn.ReLU(),
                                                        nn.Linear(c.d_model, 2))
                                       for s in c.gate_sides if s in c.sides})
+        self.mappers = nn.ModuleDict()
+        if c.contrast_mappers:
+            for s in c.contrast_sides:
+                if s not in c.sides:
+                    continue
+                self.mappers[f"{c.pair(s)}_{c.center}"] = ContrastMapper(c.d_model)  # W_t for this pair
+                self.mappers[f"{c.pair(s)}_{s}"] = ContrastMapper(c.d_model)  # W_m
+            if c.use_bicon and len(c.sides) == 2:
+                self.mappers["f1"] = ContrastMapper(c.d_model)
+                self.mappers["f2"] = ContrastMapper(c.d_model)
         fused = c.d_model * max(1, len(c.sides))
         self.head = nn.Sequential(nn.Linear(fused, c.fusion_hidden), nn.ReLU(), nn.Dropout(c.dropout),
                                   nn.Linear(c.fusion_hidden, 1))
@@ -342,61 +433,187 @@ class TeCaFN(nn.Module):
     def _width(self, m: str) -> int:
         return {"audio": self.config.d_audio, "visual": self.config.d_visual}[m]
 
+    # ----------------------------------------------------------------------------------------
+    # Standardisation
+
+    def set_feature_stats(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Per-dimension (mean, sd) of each frame modality, from the training split. A dimension
+        whose sd is (nearly) zero is only centred, never blown up."""
+        for m, (mean, std) in stats.items():
+            if m not in self.frame_modalities:
+                continue
+            mean = torch.as_tensor(mean, dtype=torch.float32)
+            std = torch.as_tensor(std, dtype=torch.float32)
+            if mean.shape != (self._width(m),) or std.shape != mean.shape:
+                raise ValueError(f"{m} statistics must have shape ({self._width(m)},), got {tuple(mean.shape)}")
+            getattr(self, f"{m}_mean").copy_(mean)
+            getattr(self, f"{m}_std").copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+    # ----------------------------------------------------------------------------------------
+    # Forward
+
+    def presence(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """bool [B, len(PRESENCE)]: the batch's `present` (if any) and-ed with "has frames"."""
+        b = batch["input_ids"].shape[0]
+        device = batch["input_ids"].device
+        given = batch.get("present")
+        columns = []
+        for i, m in enumerate(PRESENCE):
+            if f"{m}_lengths" in batch:
+                has = batch[f"{m}_lengths"] > 0
+            else:
+                has = torch.zeros(b, dtype=torch.bool, device=device)
+            if given is not None:
+                has = has & given[:, i].bool()
+            columns.append(has)
+        return torch.stack(columns, dim=1)
+
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-        """Unimodal features after E_m and Conv1D: X_m [B, T_m, d] and masks [B, T_m]."""
+        """Unimodal features after E_m and Conv1D: X_m [B, T_m + 1, d] and masks [B, T_m + 1].
+        A modality with no frames (or no input at all) has an empty mask."""
         c = self.config
         feats, masks = {}, {}
+        b = batch["input_ids"].shape[0]
         for m in c.modalities:
             if m == "text":
                 mask = batch["attention_mask"].bool()
                 h = self.text_encoder(input_ids=batch["input_ids"],
                                       attention_mask=batch["attention_mask"]).last_hidden_state
             else:
-                x = batch[m]
-                mask = lengths_to_mask(batch[f"{m}_lengths"], x.shape[1])
+                if m in batch:
+                    x, lengths = batch[m], batch[f"{m}_lengths"]
+                else:
+                    x = batch["input_ids"].new_zeros((b, 0, self._width(m)), dtype=torch.float32)
+                    lengths = batch["input_ids"].new_zeros(b)
+                # One padding frame more, so that a batch with no frames at all ([B, 0, d]) still
+                # runs (the LSTM needs a time step); padding never changes a score.
+                x = F.pad(x, (0, 0, 0, 1))
+                mask = lengths_to_mask(lengths, x.shape[1])
+                x = (x - getattr(self, f"{m}_mean")) / getattr(self, f"{m}_std")
+                x = torch.where(mask.unsqueeze(-1), x, torch.zeros_like(x))  # padding is zeros, even NaN there
                 h = self.encoders[m](x, mask)
             feats[m] = self.conv[m](h, mask)
             masks[m] = mask
         return feats, masks
 
+    def _side_masks(self, masks: dict, present: torch.Tensor) -> dict:
+        """Masks with absent sides emptied. The centre is always taken as present."""
+        out = dict(masks)
+        for i, m in enumerate(PRESENCE):
+            if m in out and m != self.config.center:
+                out[m] = out[m] & present[:, i, None]
+        return out
+
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
                 ) -> TeCaFNOutput:
-        c = self.config
         feats, masks = self.encode(batch)
+        present = self.presence(batch)
+        if self.training:
+            return self._train_forward(feats, self._side_masks(masks, present), present, generator)
+        return TeCaFNOutput(prediction=self._predict(feats, self._side_masks(masks, present)))
+
+    def _predict(self, feats: dict, masks: dict) -> torch.Tensor:
+        """Inference: CoAt per side, fusion, head. A score never depends on other samples."""
+        c = self.config
+        center, center_mask = feats[c.center], masks[c.center]
+        fusions = [masked_mean(self.coat[s](center, feats[s], masks[s]), center_mask) for s in c.sides]
+        return self._head(fusions, center, center_mask)
+
+    def _head(self, fusions: list, center: torch.Tensor, center_mask: torch.Tensor) -> torch.Tensor:
+        fusion = torch.cat(fusions, dim=-1) if fusions else masked_mean(center, center_mask)
+        raw = self.head(fusion).squeeze(-1)
+        return raw if self.config.task == "binary" else torch.tanh(raw) * self.config.label_range
+
+    def _side_present(self, side: str, present: torch.Tensor) -> torch.Tensor:
+        if side in PRESENCE:
+            return present[:, PRESENCE.index(side)]
+        return torch.ones(present.shape[0], dtype=torch.bool, device=present.device)  # text as a side
+
+    def _train_forward(self, feats, masks, present, generator) -> TeCaFNOutput:
+        """Training: contrast, mining and the gate, over the samples that have each side."""
+        c = self.config
         out = TeCaFNOutput(prediction=torch.empty(0))
         center, center_mask = feats[c.center], masks[c.center]
         pooled_center = masked_mean(center, center_mask)
-
-        fusions = []
+        fusions, fused_rows = [], []
         for side in c.sides:
             pair = c.pair(side)
             side_feat, side_mask = feats[side], masks[side]
-            # Contrast and gate are training-only: at inference a segment's score never depends
-            # on the other segments of its batch.
-            gated = self.training and side in c.gate_sides
-            if self.training:
-                l_con, similarity = info_nce(pooled_center, masked_mean(side_feat, side_mask), c.tau)
-                out.similarity[pair] = similarity
-                if side in c.contrast_sides:
-                    out.losses[f"L_uccon_{pair}"] = l_con
+            rows = self._side_present(side, present)
+            query, key = pooled_center, masked_mean(side_feat, side_mask)
+            if c.contrast_mappers and side in c.contrast_sides:
+                query, key = self.mappers[f"{pair}_{c.center}"](query), self.mappers[f"{pair}_{side}"](key)
+            l_con, similarity = info_nce(query, key, c.tau, rows)
+            out.similarity[pair] = similarity
+            if side in c.contrast_sides:
+                out.losses[f"L_uccon_{pair}"] = l_con
+            gated = side in c.gate_sides
             if gated:
-                candidates = mine_hard_negatives(similarity, c.num, hard=side in c.hard_negative_sides)
-                source, label = replacement_gate(candidates, c.p, generator)
+                source, label = self._gate(similarity, rows, side in c.hard_negative_sides, generator)
                 side_feat, side_mask = side_feat[source], side_mask[source]
                 out.pseudo_labels[pair] = label
-
             h = masked_mean(self.coat[side](center, side_feat, side_mask), center_mask)
             if gated:
-                out.losses[f"L_ap_{pair}"] = F.cross_entropy(self.ap_head[side](h), out.pseudo_labels[pair])
+                logits = self.ap_head[side](h)
+                out.losses[f"L_ap_{pair}"] = (F.cross_entropy(logits[rows], label[rows]) if rows.any()
+                                              else logits.sum() * 0.0)
             fusions.append(h)
+            fused_rows.append(rows)
 
-        if self.training and c.use_bicon and len(fusions) == 2:
-            out.losses["L_bicon"] = info_nce(fusions[0], fusions[1], c.tau)[0]
-
-        fusion = torch.cat(fusions, dim=-1) if fusions else pooled_center
-        raw = self.head(fusion).squeeze(-1)
-        out.prediction = raw if c.task == "binary" else torch.tanh(raw) * c.label_range
+        if c.use_bicon and len(fusions) == 2:
+            a, b = fusions
+            if c.contrast_mappers:
+                a, b = self.mappers["f1"](a), self.mappers["f2"](b)
+            out.losses["L_bicon"] = info_nce(a, b, c.tau, fused_rows[0] & fused_rows[1])[0]
+        out.prediction = self._head(fusions, center, center_mask)
         return out
+
+    def _gate(self, similarity, rows, hard: bool, generator):
+        """Replacement gate restricted to samples that have the side: an absent sample is never
+        swapped and never swapped in (its pseudo-label stays 1, and L_ap skips it)."""
+        c = self.config
+        candidates = mine_hard_negatives(similarity, c.num, hard=hard, available=rows)
+        source, label = replacement_gate(candidates, c.p, generator)
+        allowed = rows & rows[source]
+        own = torch.arange(len(source), device=source.device)
+        return torch.where(allowed, source, own), torch.where(allowed, label, torch.ones_like(label))
+
+    # ----------------------------------------------------------------------------------------
+    # Attribution
+
+    @torch.no_grad()
+    def score_with_attribution(self, batch: dict[str, torch.Tensor]) -> Attribution:
+        """Score, text-only score and each side's contribution, in one pass.
+
+        The encoders run once; CoAt and the head run once on the four presence variants (as
+        given, without audio, without vision, with neither) stacked along the batch axis, so an
+        exported graph computes it all in a single call."""
+        return self.attribution_from_features(*self.encode(batch), self.presence(batch))
+
+    def attribution_from_features(self, feats: dict, masks: dict, present: torch.Tensor) -> Attribution:
+        c = self.config
+        if c.center != "text":
+            raise ValueError("attribution is defined for text-centred models (the score from the words alone)")
+        b = present.shape[0]
+        columns = [i for i, m in enumerate(PRESENCE) if m in c.sides]  # a side the model lacks moves nothing
+        variants = [present]
+        for i in columns:
+            without = present.clone()
+            without[:, i] = False
+            variants.append(without)
+        variants.append(torch.zeros_like(present))
+        n = len(variants)
+        stacked_feats = {m: f.repeat(n, *([1] * (f.dim() - 1))) for m, f in feats.items()}
+        stacked_masks = {m: mk.repeat(n, 1) for m, mk in masks.items()}
+        scores = self._predict(stacked_feats, self._side_masks(stacked_masks, torch.cat(variants))).view(n, b)
+        score, text_only = scores[0], scores[-1]
+        zero = torch.zeros_like(score)
+        contribution = torch.stack([score - scores[1 + columns.index(i)] if i in columns else zero
+                                    for i in range(len(PRESENCE))], dim=-1)
+        interaction = score - text_only - contribution.sum(-1)
+        return Attribution(score, text_only, contribution, interaction)
+
+    # ----------------------------------------------------------------------------------------
 
     def loss(self, out: TeCaFNOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """All loss components and the total, L = L_task + g1 (L_uccon + L_bicon) + g2 L_ap."""
