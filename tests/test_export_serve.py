@@ -37,25 +37,34 @@ def served(checkpoint, tmp_path_factory):
     server.stop()
 
 
-def mixed_batch(b=5, seed=0):
-    """Padded inputs with different real lengths per row."""
+def mixed_batch(b=5, seed=0, absent=0.0):
+    """Padded inputs with different real lengths per row; with `absent`, that share of the rows
+    lacks each side (zero frames, flagged absent)."""
     rng = np.random.default_rng(seed)
     tokens = rng.integers(2, 10, b)
     mask = (np.arange(10)[None, :] < tokens[:, None]).astype(np.int64)
     out = {"input_ids": rng.integers(1, 1000, (b, 10)).astype(np.int64) * mask, "attention_mask": mask}
+    present = []
     for m, d in (("audio", 5), ("visual", 20)):
-        lengths = rng.integers(1, 12, b)
+        lengths = rng.integers(1, 12, b) * (rng.random(b) >= absent)
         out[m] = rng.normal(size=(b, 11, d)).astype(np.float32)
         out[f"{m}_lengths"] = lengths.reshape(-1, 1).astype(np.int64)
+        present.append(lengths > 0)
+    out["present"] = np.stack(present, axis=1)
     return out
 
 
-def torch_scores(checkpoint, inputs):
+def torch_outputs(checkpoint, inputs) -> tuple[np.ndarray, ...]:
+    """(score, text_only, contribution) from PyTorch, for the same inputs."""
     model, _ = load_checkpoint(checkpoint)
     with torch.no_grad():
         args = [torch.from_numpy(inputs[n].reshape(-1) if n.endswith("_lengths") else inputs[n])
                 for n in input_names(model)]
-        return TeCaFNInference(model)(*args).numpy()
+        return tuple(t.numpy() for t in TeCaFNInference(model, attribution=True)(*args))
+
+
+def torch_scores(checkpoint, inputs):
+    return torch_outputs(checkpoint, inputs)[0]
 
 
 def test_configs_parse_as_triton_model_config(checkpoint, tmp_path):
@@ -65,7 +74,8 @@ def test_configs_parse_as_triton_model_config(checkpoint, tmp_path):
         config = text_format.Parse((repo / "tecafn" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
         assert config.max_batch_size == 32
         assert [i.name for i in config.input] == ["input_ids", "attention_mask", "audio", "audio_lengths",
-                                                  "visual", "visual_lengths"]
+                                                  "visual", "visual_lengths", "present"]
+        assert [o.name for o in config.output] == ["score", "text_only", "contribution"]
         assert list(config.input[2].dims) == [-1, 5]
         assert config.dynamic_batching.max_queue_delay_microseconds == 2000
         assert list(config.dynamic_batching.preferred_batch_size) == [16, 32]
@@ -123,6 +133,23 @@ def test_served_scores_match_pytorch(served, checkpoint, protocol):
     np.testing.assert_allclose(got, torch_scores(checkpoint, inputs), atol=1e-4)
     contract = scorer.contract()
     assert contract.widths == {"audio": 5, "visual": 20} and contract.max_frames == 12
+    scorer.close()
+
+
+@pytest.mark.integration
+def test_partial_segments_and_their_attribution_are_served_in_the_same_call(served, checkpoint):
+    server, _ = served
+    scorer = TritonScorer(server.grpc_url)
+    inputs = mixed_batch(b=8, seed=5, absent=0.4)
+    assert not inputs["present"].all()  # the case under test: some rows lack a side
+    got = scorer.infer(inputs, ("score", "text_only", "contribution"))
+    for name, expected in zip(("score", "text_only", "contribution"), torch_outputs(checkpoint, inputs)):
+        np.testing.assert_allclose(got[name].reshape(expected.shape), expected, atol=1e-4)
+    # an absent side moves nothing
+    assert np.all(got["contribution"][~inputs["present"]] == 0)
+    # a partial segment scores the same alone as beside longer, complete ones
+    alone = {k: v[3:4] for k, v in inputs.items()}
+    np.testing.assert_allclose(scorer.score(alone), got["score"].reshape(-1)[3:4], atol=1e-5)
     scorer.close()
 
 

@@ -147,6 +147,38 @@ def test_malformed_messages_go_to_the_dlq_with_their_reason(live):
     assert "stream_id" not in metrics_text  # never labelled by stream
 
 
+def test_segments_without_a_face_or_a_voice_are_scored_with_attribution(live):
+    from tests.malformed import valid
+    messages = []
+    for i in range(6):
+        m = valid(stream="partial-000", segment=f"partial-000/{i}", frames=3)
+        if i % 3 == 1:
+            m.pop("visual")  # no face found
+        elif i % 3 == 2:
+            m["audio"] = {"shape": [0, 5], "f32": ""}  # muted
+        messages.append((b"partial-000", json.dumps(m).encode()))
+    before = {side: live.metric(live.ports["metrics"][0], "tecaflow_segments_missing_modality_total",
+                                f'modality="{side}"') for side in ("audio", "visual")}
+    live.produce(messages)
+    live.wait_for_total("partial", 6)
+    recent = {s["segment_id"]: s for s in live.store.recent("partial-000", 6)}
+    assert [recent[f"partial-000/{i}"]["modalities"] for i in range(3)] == [
+        ["text", "audio", "visual"], ["text", "audio"], ["text", "visual"]]
+    for s in recent.values():  # the served model's attribution, for the sides each segment had
+        assert set(s["contributions"]) == set(s["modalities"]) - {"text"}
+        assert isinstance(s["text_only"], float)
+    totals = live.store.totals("partial-000")
+    assert totals["missing"] == {"audio": 2, "visual": 2} and totals["moved"]["audio"] is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        after = {side: live.metric(live.ports["metrics"][0], "tecaflow_segments_missing_modality_total",
+                                   f'modality="{side}"') for side in ("audio", "visual")}
+        if after == {side: before[side] + 2 for side in before}:
+            break
+        time.sleep(1)
+    assert after == {side: before[side] + 2 for side in before}
+
+
 def test_prometheus_scrapes_the_worker_and_triton(live):
     url = f"http://127.0.0.1:{live.ports['prometheus']}/api/v1/query?query=up"
     deadline = time.monotonic() + 30

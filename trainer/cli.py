@@ -91,6 +91,9 @@ def register_export(sub) -> None:
     p.add_argument("--queue-delay-us", type=_positive(int), default=2000, help="dynamic batching queue delay bound")
     p.add_argument("--instances", type=_positive(int), default=1, help="model instances")
     p.add_argument("--tensorrt", action="store_true", help="TensorRT acceleration (onnxruntime backend)")
+    p.add_argument("--no-attribution", dest="attribution", action="store_false",
+                   help="serve the score alone, without the text-only score and each side's contribution "
+                        "(attribution costs a few passes of the fusion layers; `tecaflow bench serve` measures it)")
     p.set_defaults(func=cmd_export)
 
 
@@ -98,7 +101,7 @@ def cmd_export(args) -> int:
     from stream.config import Settings
     from trainer.export import export
     target = export(args.checkpoint, args.repo or Path(Settings.from_env().model_repo), args.backend, args.max_batch, args.tensorrt,
-                    args.queue_delay_us, args.instances)
+                    args.queue_delay_us, args.instances, attribution=args.attribution)
     print(target)
     return 0
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import shutil
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,13 @@ import torch
 from torch import nn
 
 from stream import contract
-from stream.contract import MODEL_NAME, SCORE, TEXT_INPUTS, ModelContract, lengths_name
+from stream.contract import (
+    MODEL_NAME,
+    PRESENT,
+    TEXT_INPUTS,
+    ModelContract,
+    lengths_name,
+)
 from stream.errors import UserError
 from trainer.model import TeCaFN
 from trainer.train import load_checkpoint, tokenizer_for
@@ -38,25 +45,35 @@ SERVING_SOURCES = {contract.PYTHON_MODEL_FILE: Path(contract.__file__).with_name
 
 
 class TeCaFNInference(nn.Module):
-    """The serving path: the contract's inputs in order (token ids, mask, then each modality's
-    padded frames and lengths), one score per segment out."""
+    """The serving path: the contract's inputs in order (token ids, mask, each modality's padded
+    frames and lengths, then which sides each segment has), the score out, and with attribution
+    the text-only score and each side's contribution, computed in the same pass."""
 
-    def __init__(self, model: TeCaFN):
+    def __init__(self, model: TeCaFN, attribution: bool):
         super().__init__()
         self.model = model.eval()
         self.modalities = [m for m in model.config.modalities if m != "text"]
+        self.attribution = attribution
 
-    def forward(self, input_ids, attention_mask, *frames_and_lengths):
+    def forward(self, input_ids, attention_mask, *rest):
         batch = dict(zip(TEXT_INPUTS, (input_ids, attention_mask)))
         for i, m in enumerate(self.modalities):
-            batch[m], batch[lengths_name(m)] = frames_and_lengths[2 * i], frames_and_lengths[2 * i + 1]
-        return self.model(batch).prediction
+            batch[m], batch[lengths_name(m)] = rest[2 * i], rest[2 * i + 1]
+        batch[PRESENT] = rest[-1]
+        if not self.attribution:
+            return self.model(batch).prediction
+        # Not score_with_attribution: its no_grad would send the transformer layers down their
+        # fused fast path, which ONNX cannot express (see export_onnx).
+        feats, masks = self.model.encode(batch)
+        a = self.model.attribution_from_features(feats, masks, self.model.presence(batch))
+        return a.score, a.text_only, a.contribution
 
 
-def model_contract(model: TeCaFN, max_text_tokens: int, max_frames: int) -> ModelContract:
+def model_contract(model: TeCaFN, max_text_tokens: int, max_frames: int, attribution: bool = False) -> ModelContract:
     c = model.config
     return ModelContract(widths={m: getattr(c, f"d_{m}") for m in c.modalities if m != "text"},
-                         max_text_tokens=max_text_tokens, max_frames=max_frames)
+                         max_text_tokens=max_text_tokens, max_frames=max_frames, presence=True,
+                         attribution=attribution)
 
 
 def input_names(model: TeCaFN) -> list[str]:
@@ -64,8 +81,9 @@ def input_names(model: TeCaFN) -> list[str]:
 
 
 def example_batch(served: ModelContract, vocab: int, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Segments whose real lengths differ row by row (the first at the limits), padded by the
-    contract exactly as clients pad them, so that parity covers masking and padding."""
+    """Segments whose real lengths differ row by row (the first at the limits, and from the
+    second on some without one side or without any), padded by the contract exactly as clients
+    pad them, so that parity covers masking, padding and missing modalities."""
     rng = np.random.default_rng(seed)
     tokens = rng.integers(2, served.max_text_tokens + 1, batch)
     tokens[0] = served.max_text_tokens
@@ -74,6 +92,7 @@ def example_batch(served: ModelContract, vocab: int, batch: int, seed: int = 0) 
     for m, width in served.widths.items():
         lengths = rng.integers(1, served.max_frames + 1, batch)
         lengths[0] = served.max_frames
+        lengths[1:][rng.random(batch - 1) < 0.3] = 0  # segments without this side
         frames[m] = [rng.normal(size=(n, width)) for n in lengths]
     padded = served.batch(rng.integers(1, vocab, mask.shape) * mask, mask, frames)
     return served.check_request(padded)  # lengths as the graph takes them: [B]
@@ -84,10 +103,11 @@ def as_tensors(batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
 
 
 def export_onnx(model: TeCaFN, path: Path, served: ModelContract) -> None:
-    wrapper = TeCaFNInference(model)
-    small = ModelContract(served.widths, min(8, served.max_text_tokens), min(6, served.max_frames))
+    wrapper = TeCaFNInference(model, served.attribution)
+    small = replace(served, max_text_tokens=min(8, served.max_text_tokens), max_frames=min(6, served.max_frames))
     example = example_batch(small, model.text_encoder.config.vocab_size, 4)
-    dynamic = {name: {0: "batch", 1: "tokens"} for name in TEXT_INPUTS} | {SCORE: {0: "batch"}}
+    dynamic = {name: {0: "batch", 1: "tokens"} for name in TEXT_INPUTS}
+    dynamic |= {name: {0: "batch"} for name in (PRESENT, *served.outputs)}
     for m in served.widths:
         dynamic[m] = {0: "batch", 1: f"{m}_frames"}
         dynamic[lengths_name(m)] = {0: "batch"}
@@ -98,20 +118,22 @@ def export_onnx(model: TeCaFN, path: Path, served: ModelContract) -> None:
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, as_tensors(example), str(path), input_names=list(served.inputs),
-                          output_names=[SCORE], dynamic_axes=dynamic, opset_version=17, dynamo=False,
+                          output_names=list(served.outputs), dynamic_axes=dynamic, opset_version=17, dynamo=False,
                           verbose=False)
 
 
 def check_parity(model: TeCaFN, onnx_path: Path, served: ModelContract) -> float:
-    """Max |ONNX Runtime - PyTorch| over a batch of 16 padded segments of mixed lengths."""
+    """Max |ONNX Runtime - PyTorch| over every output, on a batch of 16 padded segments of mixed
+    lengths, some without a side."""
     import onnxruntime as ort
 
     batch = example_batch(served, model.text_encoder.config.vocab_size, 16, seed=1)
     with torch.no_grad():
-        expected = TeCaFNInference(model)(*as_tensors(batch)).numpy()
+        expected = TeCaFNInference(model, served.attribution)(*as_tensors(batch))
+    expected = expected if isinstance(expected, tuple) else (expected,)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run([SCORE], batch)[0]
-    return float(np.max(np.abs(got - expected)))
+    got = session.run(list(served.outputs), batch)
+    return max(float(np.max(np.abs(g - e.numpy()))) for g, e in zip(got, expected))
 
 
 def next_version(repo: Path) -> int:
@@ -120,8 +142,10 @@ def next_version(repo: Path) -> int:
 
 
 def export(checkpoint: Path, repo: Path, backend: str = "python", max_batch: int = 64,
-           tensorrt: bool = False, queue_delay_us: int = 2000, instances: int = 1) -> Path:
-    """Export `checkpoint` as the next version under repo/tecafn; return the version directory."""
+           tensorrt: bool = False, queue_delay_us: int = 2000, instances: int = 1, attribution: bool = True) -> Path:
+    """Export `checkpoint` as the next version under repo/tecafn; return the version directory.
+    With `attribution` (text-centred models), the graph returns the text-only score and each
+    side's contribution beside the score, from the same call."""
     if backend not in contract.BACKENDS:
         raise UserError(f"--backend must be one of {contract.BACKENDS}, not {backend!r}")
     if max_batch < 1:
@@ -138,7 +162,8 @@ def export(checkpoint: Path, repo: Path, backend: str = "python", max_batch: int
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        served = model_contract(model, ckpt["max_text_tokens"], ckpt["max_frames"] or 50)
+        served = model_contract(model, ckpt["max_text_tokens"], ckpt["max_frames"] or 50,
+                                attribution=attribution and model.config.center == "text")
         export_onnx(model, staging / contract.ONNX_FILE, served)
         diff = check_parity(model, staging / contract.ONNX_FILE, served)
         if not diff <= PARITY_TOLERANCE:
