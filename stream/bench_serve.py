@@ -115,9 +115,34 @@ def bench_serve(checkpoint: Path | None = None, seconds: float = 8.0, levels=(1,
                 raw = raw_throughput(version_dir / ONNX_FILE, contract, level, seconds / 2)
                 result["levels"][str(level)] = {"served": served, "raw": raw,
                                                 "ratio": served["segments_per_s"] / raw["segments_per_s"]}
+            result["attribution"] = attribution_cost(checkpoint, tmp / "repo", server, result["levels"][str(levels[-1])],
+                                                     levels[-1], seconds, progress)
         finally:
             server.stop()
     return result
+
+
+def attribution_cost(checkpoint: Path, repo: Path, server, with_attribution: dict, level: int, seconds: float,
+                     progress) -> dict:
+    """The same model exported without attribution, served as the next version on the same
+    server, at the same concurrency: what the text-only score and contributions cost."""
+    from trainer.export import export
+    progress(f"attribution off: the same model exported without it, served at concurrency {level}")
+    version_dir = export(checkpoint, repo, max_batch=level, attribution=False)
+    scorer = TritonScorer(server.grpc_url)
+    deadline = time.monotonic() + 120
+    while not scorer.client.is_model_ready("tecafn", version_dir.name):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"version {version_dir.name} did not load")
+        time.sleep(0.5)
+    time.sleep(3)  # the older version unloads; measure the new one alone
+    contract = scorer.contract()
+    scorer.close()
+    served = served_throughput(server.grpc_url, contract, level, seconds)
+    raw = raw_throughput(version_dir / ONNX_FILE, contract, level, seconds / 2)
+    return {"concurrency": level, "served_off": served, "raw_off": raw,
+            "served_ratio": with_attribution["served"]["segments_per_s"] / served["segments_per_s"],
+            "raw_ratio": with_attribution["raw"]["segments_per_s"] / raw["segments_per_s"]}
 
 
 def format_report(r: dict) -> str:
@@ -126,4 +151,9 @@ def format_report(r: dict) -> str:
         s, raw = v["served"], v["raw"]
         lines.append(f"{level:>5} {s['segments_per_s']:>13.1f} {s['p50_ms']:>8.1f} {s['p99_ms']:>8.1f} "
                      f"{raw['segments_per_s']:>10.1f} {v['ratio']:>6.2f}x")
+    a = r.get("attribution")
+    if a:
+        lines.append(f"attribution on vs off at concurrency {a['concurrency']}: served {a['served_ratio']:.2f}x "
+                     f"({a['served_off']['segments_per_s']:.1f} seg/s without it), raw ONNX Runtime "
+                     f"{a['raw_ratio']:.2f}x ({a['raw_off']['segments_per_s']:.1f} seg/s without it)")
     return "\n".join(lines)
