@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--loop", action="store_true",
                    help="repeat until Ctrl-C: each round of --segments, another stream shifts half-way")
+    p.add_argument("--missing", type=float, default=0.0, metavar="P",
+                   help="send this share of segments without vision and, independently, without audio "
+                        "(as live video has them: no face found, silence)")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("trends", help="per-stream totals and recent alerts from Redis")
@@ -245,7 +248,8 @@ def cmd_replay(args) -> int:
     report(replay(settings.broker_servers(), settings.topic_segments, widths, max_frames, args.streams, args.segments,
                   args.rate, args.data, args.shift, args.seed, args.manifest, progress=not args.no_progress,
                   prefix=args.prefix, score_shifts=args.score_shift,
-                  score_pool=lambda pool: served_scores(pool, settings), loop=args.loop, on_round=report))
+                  score_pool=lambda pool: served_scores(pool, settings), loop=args.loop, on_round=report,
+                  missing=args.missing))
     return 0
 
 

@@ -43,7 +43,7 @@ def demo_services(settings: Settings, streams: int, segments: int, rate: float, 
         Service("dashboard", [*CLI, "dashboard", "--port", str(dashboard_port)], run_dir, start_timeout=60,
                 health=lambda: http_ok(f"http://127.0.0.1:{dashboard_port}/_stcore/health")),
         Service("replay", [*CLI, "replay", "--loop", "--streams", str(streams), "--segments", str(segments),
-                           "--rate", str(rate), "--prefix", "demo", "--no-progress"], run_dir),
+                           "--rate", str(rate), "--prefix", "demo", "--no-progress", "--missing", "0.15"], run_dir),
     ]
 
 

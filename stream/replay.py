@@ -63,14 +63,21 @@ class UtterancePool:
             parts = []
             for s in splits:
                 array, lengths = getattr(s, m), getattr(s, f"{m}_lengths")
-                if array is None:  # the data lacks this modality: one neutral frame
-                    parts += [np.zeros((1, width), np.float32)] * len(s)
+                if array is None:  # the data lacks this modality: sent as absent
+                    parts += [np.zeros((0, width), np.float32)] * len(s)
                 elif array.shape[-1] != width:
                     raise UserError(f"{data}: {m} width {array.shape[-1]} but the model expects {width}")
                 else:
                     parts += [array[i, : min(lengths[i], max_frames)] for i in range(len(s))]
             self.frames[m] = parts
         self.rng = np.random.default_rng(seed)
+
+    def frame(self, modality: str, row: int, absent: bool = False) -> np.ndarray:
+        """A row's frames of one modality; none (zero frames) when `absent` or the model lacks it."""
+        frames = self.frames.get(modality)
+        if frames is None:
+            return np.zeros((0, 1), np.float32)
+        return frames[row][:0] if absent else frames[row]
 
     def draw(self, target: float) -> int:
         close = np.flatnonzero(np.abs(self.labels - target) <= 0.5)
@@ -80,11 +87,15 @@ class UtterancePool:
 
 
 def plan_segments(pool: UtterancePool, n_streams: int, n_segments: int, shifts: list[Shift], seed: int,
-                  spacing_s: float, t0: float, prefix: str = "stream", first: int = 0) -> list[dict]:
+                  spacing_s: float, t0: float, prefix: str = "stream", first: int = 0,
+                  missing: float = 0.0) -> list[dict]:
     """Every segment to send, interleaved across streams in send order. `first` numbers the
-    segments of a later round of a looping replay (ids and event times continue)."""
+    segments of a later round of a looping replay (ids and event times continue). With
+    `missing`, that share of the segments is sent without vision, and (independently) that
+    share without audio, as live video has them."""
     rng = np.random.default_rng(seed + 1)
     levels = rng.uniform(-1.0, 1.5, n_streams)
+    dropper = np.random.default_rng(seed + 2 + first)
     out = []
     for i in range(n_segments):
         for s in range(n_streams):
@@ -93,7 +104,8 @@ def plan_segments(pool: UtterancePool, n_streams: int, n_segments: int, shifts: 
             name = stream_name(s, prefix)
             n = first + i
             out.append({"stream_id": name, "segment_id": f"{name}/{n:06d}",
-                        "event_time": t0 + n * spacing_s + s * 1e-3, "row": row, "level": float(level)})
+                        "event_time": t0 + n * spacing_s + s * 1e-3, "row": row, "level": float(level),
+                        "drop": [m for m in ("audio", "visual") if dropper.random() < missing]})
     return out
 
 
@@ -122,10 +134,9 @@ async def send_all(servers: str, topic: str, planned: list[dict], pool: Utteranc
                 if delay > 0:
                     await asyncio.sleep(delay)
             row = seg["row"]
+            audio, visual = (pool.frame(m, row, absent=m in seg.get("drop", ())) for m in ("audio", "visual"))
             value = encode_segment(seg["stream_id"], seg["segment_id"], seg["event_time"], pool.texts[row],
-                                   pool.frames.get("audio", [np.zeros((1, 1), np.float32)] * (row + 1))[row],
-                                   pool.frames.get("visual", [np.zeros((1, 1), np.float32)] * (row + 1))[row],
-                                   {"label": float(pool.labels[row])})
+                                   audio, visual, {"label": float(pool.labels[row])})
             await producer.send(topic, value=value, key=seg["stream_id"].encode())
             if sink:
                 sink.write(json.dumps({"stream_id": seg["stream_id"], "segment_id": seg["segment_id"],
@@ -168,11 +179,13 @@ def shift_scores(planned: list[dict], scores: np.ndarray, shifts: list[Shift], p
 def replay(servers: str, topic: str, widths: dict[str, int], max_frames: int, streams: int, segments: int, rate: float,
            data: str = "synthetic", shifts: list[str] = (), seed: int = 0, manifest: Path | None = None,
            progress: bool = True, prefix: str = "stream", score_shifts: list[str] = (), score_pool=None,
-           loop: bool = False, on_round=None) -> dict:
+           loop: bool = False, on_round=None, missing: float = 0.0) -> dict:
     """Send `segments` per stream once, or with `loop` round after round until interrupted
     (a new shifted stream each round; `on_round(summary)` after each). Returns the (last) summary."""
     if streams < 1 or segments < 1:
         raise UserError("--streams and --segments must be >= 1")
+    if not 0 <= missing < 1:
+        raise UserError(f"--missing {missing}: a share in [0, 1)")
     if rate < 0:
         raise UserError("--rate must be >= 0 (0: as fast as possible)")
     if loop and (rate == 0 or manifest):
@@ -189,7 +202,8 @@ def replay(servers: str, topic: str, widths: dict[str, int], max_frames: int, st
     while True:
         if loop:
             parsed = [round_shift(round_no, streams, segments, seed)]
-        planned = plan_segments(pool, streams, segments, parsed, seed, spacing, t0, prefix, first=round_no * segments)
+        planned = plan_segments(pool, streams, segments, parsed, seed, spacing, t0, prefix, first=round_no * segments,
+                                missing=missing)
         if by_score:
             shift_scores(planned, pool_scores, by_score, prefix)
         summary = asyncio.run(send_all(servers, topic, planned, pool, rate, manifest, progress))

@@ -104,3 +104,16 @@ async def read_ids(servers: str, n: int) -> list[str]:
     finally:
         await consumer.stop()
     return ids
+
+
+def test_missing_sends_that_share_of_segments_without_each_side():
+    class Pool:
+        labels = np.zeros(10)
+
+        def draw(self, target):
+            return 0
+    planned = plan_segments(Pool(), 4, 500, [], seed=0, spacing_s=1, t0=0, missing=0.2)
+    for side in ("audio", "visual"):
+        share = np.mean([side in seg["drop"] for seg in planned])
+        assert 0.17 < share < 0.23
+    assert all(seg["drop"] == [] for seg in plan_segments(Pool(), 2, 50, [], seed=0, spacing_s=1, t0=0))
