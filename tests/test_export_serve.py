@@ -223,3 +223,16 @@ def test_a_second_export_is_served_without_a_restart(served, checkpoint):
     assert scorer.score(mixed_batch(), version="2").shape == (5,)
     assert server.process.pid == pid and server.process.poll() is None
     scorer.close()
+
+
+def test_feature_standardisation_travels_inside_the_exported_graph(checkpoint, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+    version = export(checkpoint, tmp_path)
+    model, _ = load_checkpoint(checkpoint)
+    constants = [numpy_helper.to_array(t) for t in onnx.load(str(version / "model.onnx")).graph.initializer]
+    for m in ("audio", "visual"):
+        for stat in ("mean", "std"):
+            value = getattr(model, f"{m}_{stat}").numpy()
+            assert not np.allclose(value, 0.0 if stat == "mean" else 1.0)  # the training split's, not the identity
+            assert any(c.shape == value.shape and np.allclose(c, value) for c in constants), f"{m}_{stat}"
