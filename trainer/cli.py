@@ -80,13 +80,17 @@ def register_export(sub) -> None:
     p.add_argument("--queue-delay-us", type=_positive(int), default=2000, help="dynamic batching queue delay bound")
     p.add_argument("--instances", type=_positive(int), default=1, help="model instances")
     p.add_argument("--tensorrt", action="store_true", help="TensorRT acceleration (onnxruntime backend)")
+    p.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="int8: serve ONNX Runtime's dynamic int8 quantization of the graph (checked against fp32)")
+    p.add_argument("--accuracy-data", help="with --quantize: report the test MAE change on this dataset "
+                                           "(e.g. ../shared/data/cmu-mosi)")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
     from trainer.export import export
     target = export(args.checkpoint, args.repo, args.backend, args.max_batch, args.tensorrt,
-                    args.queue_delay_us, args.instances)
+                    args.queue_delay_us, args.instances, args.quantize, args.accuracy_data)
     print(target)
     return 0
 
