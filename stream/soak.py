@@ -195,11 +195,7 @@ def run_soak(repo: Path, minutes: float, rate: float, streams: int, bad_share: f
         alive = worker.poll() is None
         dlq = asyncio.run(topic_size(settings.broker_servers(), settings.topic_dlq)) - dlq_before
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
+        stop_worker(worker)
         stack.down(services=tuple(reversed(started)))
     return {"minutes": minutes, "rate": rate, "streams": streams, "start": first, "end": last,
             "valid_sent": sum(sent.valid.values()), "recorded": sum(counts.values()),
@@ -209,11 +205,20 @@ def run_soak(repo: Path, minutes: float, rate: float, streams: int, bad_share: f
             "worker_alive": alive}
 
 
+def stop_worker(worker: subprocess.Popen) -> None:
+    """SIGTERM the worker's process group; SIGKILL it if it has not stopped within 30 s."""
+    os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+
+
 def wait_ready(worker: subprocess.Popen, log_path: Path, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while "Worker]: Ready" not in log_path.read_text(errors="replace"):
         if worker.poll() is not None or time.monotonic() > deadline:
-            raise UserError(f"the soak's worker did not start; see {log_path}")
+            raise UserError(f"the worker did not start; see {log_path}")
         time.sleep(0.5)
 
 
