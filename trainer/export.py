@@ -117,15 +117,20 @@ def check_parity(model: TeCaFN, onnx_path: Path, max_tokens: int, max_frames: in
 
 # ---- quantization ---------------------------------------------------------------------------
 QUANTIZATIONS = ("none", "int8")
-# int8 weights move a score (on [-3, 3]) by a few hundredths; a wrong graph moves it by tenths.
-QUANTIZED_TOLERANCE = 0.1
+# Max |int8 - fp32| over the parity batch, in score units on [-3, 3]. On a MOSI-trained MiniLM
+# TeCaFN the int8 graph below is 0.17 off there (real MOSI test segments: mean 0.06, max 0.47);
+# quantizing every op type instead is 0.52 off, and moves MOSI test MAE by 0.03.
+QUANTIZED_TOLERANCE = 0.25
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
-    """ONNX Runtime dynamic quantization: int8 weights for MatMul/Gemm/LSTM/attention, activations
-    quantized per batch at run time, so it needs no calibration data."""
+    """ONNX Runtime dynamic quantization, no calibration data: int8 weights, one scale per output
+    channel, for the MatMuls only (the text encoder's and the attention's: nearly all the
+    compute); activations are quantized per batch at run time. The LSTM, the convolutions and
+    the heads stay fp32: they cost little, and quantized they move the scores most."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                     per_channel=True)
 
 
 def ort_scores(onnx_path: Path, batches) -> np.ndarray:
