@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from stream.config import Settings
+from stream.config import Settings, environment_with
 from stream.contract import ONNX_FILE
 from stream.schema import encode_segment
 from stream.soak import stop_worker, wait_ready
@@ -50,14 +50,11 @@ def free_ports(n: int) -> list[int]:
 
 def scratch_env(root: Path, repo: Path, **settings) -> dict[str, str]:
     broker, redis, http, grpc, metrics, prom, worker_metrics = free_ports(7)
-    env = dict(os.environ, TECAFLOW_RUN_DIR=str(root / "run"), TECAFLOW_MODEL_REPO=str(repo),
-               TECAFLOW_BROKER_PORT=str(broker), TECAFLOW_REDIS_PORT=str(redis), TECAFLOW_TRITON_HTTP_PORT=str(http),
-               TECAFLOW_TRITON_GRPC_PORT=str(grpc), TECAFLOW_TRITON_METRICS_PORT=str(metrics),
-               TECAFLOW_PROMETHEUS_PORT=str(prom), TECAFLOW_METRICS_PORT=str(worker_metrics),
-               TECAFLOW_BROKER_URL=f"kafka://127.0.0.1:{broker}", TECAFLOW_REDIS_URL=f"redis://127.0.0.1:{redis}/0",
-               TECAFLOW_TRITON_URL=f"127.0.0.1:{grpc}", TECAFLOW_ALERT_WARMUP="1000000")
-    env.update({f"TECAFLOW_{k.upper()}": str(v) for k, v in settings.items()})
-    return env
+    return environment_with(
+        run_dir=root / "run", model_repo=repo, broker_port=broker, redis_port=redis, triton_http_port=http,
+        triton_grpc_port=grpc, triton_metrics_port=metrics, prometheus_port=prom, metrics_port=worker_metrics,
+        broker_url=f"kafka://127.0.0.1:{broker}", redis_url=f"redis://127.0.0.1:{redis}/0",
+        triton_url=f"127.0.0.1:{grpc}", alert_warmup=1000000, **settings)
 
 
 def segments(prefix: str, streams: int, per_stream: int, widths: dict[str, int], frames: int, seed: int = 0):
@@ -232,7 +229,7 @@ def bench_pipeline(checkpoint: Path | None = None, total: int = 3000, streams: i
             progress(f"producing a backlog of {total} segments over {streams} streams")
             asyncio.run(produce(settings, segments("bench", streams, total // streams, contract.widths, frames)))
             progress(f"naive consumer on the first {naive_count}")
-            naive_settings = Settings.from_env(dict(env, TECAFLOW_REDIS_URL=settings.redis_url[:-1] + "1"))
+            naive_settings = replace(settings, redis_url=settings.redis_url.removesuffix("/0") + "/1")  # its own db
             result["naive"] = asyncio.run(naive(naive_settings, naive_count))
             progress("worker draining the backlog")
             store = TrendStore(settings.redis_url)

@@ -284,5 +284,15 @@ class Settings:
         return text
 
 
+def environment_with(**values) -> dict[str, str]:
+    """This process's environment with the given settings (by field name) set: for a child process,
+    such as a benchmark's worker on scratch ports."""
+    declared = {f.name: f for f in fields(Settings)}
+    env = dict(os.environ)
+    for name, value in values.items():
+        env[env_name(declared[name])] = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return env
+
+
 if __name__ == "__main__":
     print(settings_table())
