@@ -184,7 +184,11 @@ def latencies(settings: Settings, store, streams: int, rate: float, seconds: flo
 def start_worker(env: dict, log: Path) -> subprocess.Popen:
     worker = subprocess.Popen([*CLI, "worker"], env=env, stdout=log.open("ab"),
                               stderr=subprocess.STDOUT, start_new_session=True)
-    wait_ready(worker, log)
+    try:
+        wait_ready(worker, log)
+    except BaseException:  # not ready: stopped here, it is nobody else's to stop
+        stop_worker(worker)
+        raise
     return worker
 
 
