@@ -4,9 +4,10 @@
                                                         |
                                                    Triton, Redis
 
-Per-stream order holds because producers key by stream_id and a partition is consumed by one
-worker at a time. A micro-batch's offsets are acked by the agent only after Redis holds its results
-and the broker holds its outcomes (at-least-once); Redis writes are idempotent per
+Per-stream order holds because producers key by stream_id, a partition is consumed by one
+worker at a time, and the batches a worker has in flight are recorded in the order they were
+taken (stream/in_flight.py). A micro-batch's offsets are acked only after Redis holds its results
+and the broker holds its outcomes (at-least-once), and in order; Redis writes are idempotent per
 segment_id, so a redelivered batch is never counted twice. The agent never lets an input error
 escape (faust-streaming#315): bad messages go to the dead-letter topic. Every outcome (DLQ
 record, score, alert) is delivered before the batch is acked (stream/publish.py).
@@ -23,6 +24,8 @@ import mode
 from stream import metrics
 from stream.alert_sender import AlertSender
 from stream.config import Settings
+from stream.in_flight import InFlight
+from stream.kafka_transport import SCHEME
 from stream.lag import LagTracker
 from stream.pipeline import BatchResult, Pipeline, Reject
 from stream.publish import Outgoing, deliver, outgoing
@@ -44,7 +47,8 @@ def broker_credentials(s: Settings):
 
 app = faust.App(
     "tecaflow",
-    broker=[f"kafka://{server}" for server in settings.broker_servers().split(",")],
+    # Faust's Kafka transport with the fetch wait as a setting (stream/kafka_transport.py)
+    broker=[f"{SCHEME}://{server}" for server in settings.broker_servers().split(",")],
     broker_credentials=broker_credentials(settings),
     broker_commit_interval=settings.commit_interval_s,
     # A new member waits up to the rebalance timeout for the group to settle; a dead member is
@@ -104,22 +108,45 @@ scoring = app.service(Scoring())
 async def score_segments(stream):
     # noack_take: a batch is acknowledged by us, after all its outcomes are delivered. take_events
     # would ack it in a `finally`, even when the agent is cancelled or fails half-way through.
-    async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
-        raws = [event.value for event in events]
-        scorer = await scoring.pipeline()  # waits for Triton and Redis; run() checked the rest
-        try:
-            result = await scorer.process(raws)
-        except Exception as e:  # a bug, not bad input: park the batch in the DLQ, keep running
-            log.exception("batch of %d failed; sent to %s as internal_error", len(raws), settings.topic_dlq)
-            result = BatchResult(rejects=[Reject("internal_error", f"{type(e).__name__}: {e}", raw) for raw in raws])
+    # A full batch is handed on at once; a partial one waits at most batch_wait_s. Up to
+    # batches_in_flight batches are in flight (stream/in_flight.py): while all are busy, the
+    # backlog grows in the consumer and the next batches leave full (adaptive batching).
+    in_flight = InFlight(settings.batches_in_flight, lambda events, scoring_call: finish(stream, events, scoring_call))
+    finisher = asyncio.ensure_future(in_flight.run())
+    try:
+        async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
+            if finisher.done():
+                finisher.result()  # the finisher never fails on input; if a bug stopped it, stop too
+            scorer = await scoring.pipeline()  # waits for Triton and Redis; run() checked the rest
+            metrics.IN_FLIGHT.inc(len(events))
+            await in_flight.submit(events, scorer.score_batch([event.value for event in events]))
+    finally:
+        finisher.cancel()
+        in_flight.cancel_pending()
+
+
+async def finish(stream, events, scoring_call) -> None:
+    """The oldest batch in flight: record, publish, then ack (stream/in_flight.py keeps the order)."""
+    raws = [event.value for event in events]
+    scorer = await scoring.pipeline()
+    try:
+        batch, outputs = await scoring_call
+        result = await scorer.record(batch, outputs)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # a bug, not bad input: park the batch in the DLQ, keep running
+        log.exception("batch of %d failed; sent to %s as internal_error", len(raws), settings.topic_dlq)
+        result = BatchResult(rejects=[Reject("internal_error", f"{type(e).__name__}: {e}", raw) for raw in raws])
+    with metrics.STAGE_SECONDS.labels("publish").time():
         await deliver(outgoing(result, settings.dlq_keep_bytes), send)
         await scorer.published(result)
-        if sender:
-            for alert in result.alerts:
-                sender.offer(alert)
-        for event in events:
-            await stream.ack(event)
-            lag.processed(event.message.tp, event.message.offset)
+    if sender:
+        for alert in result.alerts:
+            sender.offer(alert)
+    for event in events:
+        await stream.ack(event)
+        lag.processed(event.message.tp, event.message.offset)
+    metrics.IN_FLIGHT.dec(len(events))
 
 
 async def send(record: Outgoing):

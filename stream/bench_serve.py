@@ -26,9 +26,10 @@ def segment_inputs(contract, tokens: int = 32, frames: int = 50, batch: int = 1,
                           {m: list(rng.normal(size=(batch, frames, width))) for m, width in contract.widths.items()})
 
 
-def raw_throughput(onnx_path: Path, contract, batch: int, seconds: float) -> dict:
+def raw_throughput(onnx_path: Path, contract, batch: int, seconds: float, options=None) -> dict:
+    """ONNX Runtime in this process, with its default session options unless given others."""
     import onnxruntime as ort
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     feed = segment_inputs(contract, batch=batch)
     feed = contract.check_request(feed)  # lengths as the graph takes them: [B]
     session.run([SCORE], feed)

@@ -104,7 +104,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_dashboard)
     register_alerting(sub, bench_sub)
     register_soak(bench_sub)
+    register_bench_pipeline(bench_sub)
     return parser
+
+
+def register_bench_pipeline(bench_sub) -> None:
+    """`tecaflow bench pipeline`: Kafka to Redis against the model alone (issue 10)."""
+    p = bench_sub.add_parser("pipeline", help="end-to-end throughput and latency on the embedded stack vs raw ONNX "
+                                              "Runtime, Triton and a naive consumer, with time per stage")
+    p.add_argument("--checkpoint", type=Path, help="default: an untrained MiniLM-sized TeCaFN")
+    p.add_argument("--segments", type=int, default=3000, help="backlog drained by the worker")
+    p.add_argument("--streams", type=int, default=8)
+    p.add_argument("--batch", type=int, default=32, help="the worker's batch size")
+    p.add_argument("--quantize", choices=("none", "int8"), default="none", help="the export Triton serves")
+    p.add_argument("--instances", type=int, default=1, help="Triton model instances")
+    p.add_argument("--naive", type=int, default=300, help="messages the naive consumer handles")
+    p.add_argument("--seconds", type=float, default=15.0, help="latency phase; half of it for raw and served")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_pipeline)
+
+
+def cmd_bench_pipeline(args) -> int:
+    import json
+
+    from stream.bench_pipeline import bench_pipeline, format_report
+    result = bench_pipeline(args.checkpoint, args.segments, args.streams, args.batch, quantize=args.quantize,
+                            naive_count=args.naive, seconds=args.seconds, instances=args.instances,
+                            progress=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
 
 
 def register_alerting(sub, bench_sub) -> None:

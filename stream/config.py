@@ -180,7 +180,14 @@ class Settings:
     triton_model: str = setting("tecafn", "model name in the repository")
     # ---- the worker ----
     batch_size: int = setting(32, "most segments per Triton call", minimum=1)
-    batch_wait_s: float = setting(0.2, "longest wait to fill a batch", minimum=0.0)
+    batch_wait_s: float = setting(0.01, "longest wait to fill a partial batch (a full one leaves at once; while "
+                                  "every batch in flight is busy, the backlog fills the next)", minimum=0.0)
+    # ---- latency and overlap (issue 10) ----
+    fetch_wait_s: float = setting(0.02, "longest time the broker may hold a fetch when it has nothing new (Faust's "
+                                  "driver hard-codes 1.5 s; the embedded broker always waits this long)",
+                                  above=0.0, maximum=10.0)
+    batches_in_flight: int = setting(2, "micro-batches taken and not yet acknowledged: one is scored by Triton while "
+                                     "another is decoded, recorded and published (1: one at a time)", minimum=1)
     metrics_port: int = setting(9108, "worker's Prometheus /metrics port (0: off)", **PORT)
     metrics_host: str = setting("127.0.0.1", "address the metrics port binds (0.0.0.0 in containers)")
     max_text_chars: int = setting(2000, "longest transcript accepted", minimum=1)
@@ -304,6 +311,16 @@ class DetectorParams:
     def run_length(self) -> float:
         """Segments between false alarms, on average, that the user accepts."""
         return 10000.0 / self.false_alarms_per_10k
+
+
+def environment_with(**values) -> dict[str, str]:
+    """This process's environment with the given settings (by field name) set: for a child process,
+    such as a benchmark's worker on scratch ports."""
+    declared = {f.name: f for f in fields(Settings)}
+    env = dict(os.environ)
+    for name, value in values.items():
+        env[env_name(declared[name])] = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return env
 
 
 if __name__ == "__main__":

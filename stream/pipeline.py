@@ -64,6 +64,14 @@ class BatchResult:
     duplicates: int = 0
 
 
+@dataclass
+class Prepared:
+    """A batch between its stages: the outcomes so far, the valid segments and their model inputs."""
+    result: BatchResult
+    good: list[tuple[Segment, bytes]] = field(default_factory=list)
+    inputs: dict[str, np.ndarray] | None = None
+
+
 class Backoff:
     def __init__(self, first: float = 0.2, cap: float = 10.0):
         self.first, self.cap, self.delay = first, cap, first
@@ -134,27 +142,53 @@ class Pipeline:
                               text_only, moved) for seg, score, (text_only, moved) in zip(segments, scores, attributions)]
 
     async def process(self, raws: list[bytes]) -> BatchResult:
-        metrics.CONSUMED.inc(len(raws))
-        metrics.IN_FLIGHT.set(len(raws))
+        """One batch through every stage, start to end (the agent overlaps batches with the stages)."""
+        metrics.IN_FLIGHT.inc(len(raws))
         try:
-            return await self._process(raws)
+            return await self.record(*await self.score_batch(raws))
         finally:
-            metrics.IN_FLIGHT.set(0)
+            metrics.IN_FLIGHT.dec(len(raws))
 
-    async def _process(self, raws: list[bytes]) -> BatchResult:
-        result = BatchResult()
-        good = self.decode(raws, result)
+    async def score_batch(self, raws: list[bytes]) -> tuple["Prepared", dict[str, np.ndarray]]:
+        """The stages that may overlap other batches: prepare, then Triton. `record` must follow
+        in the order the batches were taken."""
+        batch = self.prepare(raws)
+        return batch, await self.infer(batch)
+
+    # ---- the stages of a batch: prepare (CPU), infer (Triton), record (Redis, detection) -------
+    def prepare(self, raws: list[bytes]) -> "Prepared":
+        """Decode, validate, tokenize and pad: CPU work on the event loop, no I/O."""
+        metrics.CONSUMED.inc(len(raws))
+        batch = Prepared(BatchResult())
+        with metrics.STAGE_SECONDS.labels("decode").time():
+            batch.good = self.decode(raws, batch.result)
+        if batch.good:
+            with metrics.STAGE_SECONDS.labels("tokenize").time():
+                batch.inputs = self.model_inputs([s for s, _ in batch.good])
+        return batch
+
+    async def infer(self, batch: "Prepared") -> dict[str, np.ndarray]:
+        """Triton's outputs for the batch's valid segments (the scores, and the attribution where
+        the model gives it), retried until it answers."""
+        if not batch.good:
+            return {}
+        metrics.BATCH_SIZE.observe(len(batch.good))
+        started = time.perf_counter()
+        outputs = await retry_forever(self.scorer.infer, "triton", batch.inputs, self.contract.outputs,
+                                      backoff=self.backoff)
+        metrics.TRITON_LATENCY.observe(time.perf_counter() - started)
+        metrics.STAGE_SECONDS.labels("triton").observe(time.perf_counter() - started)
+        return outputs
+
+    async def record(self, batch: "Prepared", outputs: dict[str, np.ndarray]) -> BatchResult:
+        """Record the scores in Redis (idempotent) and run detection on the streams they touched.
+        Batches must be recorded in the order they were taken: that keeps each stream's order."""
+        result, good = batch.result, batch.good
         if good:
-            segments = [s for s, _ in good]
-            inputs = self.model_inputs(segments)
-            metrics.BATCH_SIZE.observe(len(segments))
-            started = time.perf_counter()
-            outputs = await retry_forever(self.scorer.infer, "triton", inputs, self.contract.outputs,
-                                          backoff=self.backoff)
-            metrics.TRITON_LATENCY.observe(time.perf_counter() - started)
             scores = outputs[SCORE].reshape(-1).tolist()
-            items = self.scored(segments, scores, outputs, inputs)
-            outcomes = await retry_forever(self.store.record_many, "redis", items, backoff=self.backoff)
+            items = self.scored([seg for seg, _ in good], scores, outputs, batch.inputs)
+            with metrics.STAGE_SECONDS.labels("redis").time():
+                outcomes = await retry_forever(self.store.record_many, "redis", items, backoff=self.backoff)
             touched: dict[str, None] = {}
             for (segment, raw), score, outcome in zip(good, scores, outcomes):
                 touched[segment.stream_id] = None
@@ -173,10 +207,8 @@ class Pipeline:
                 # A repeat is published again: its first publication may be the one a crash lost.
                 result.scores.append({"stream_id": segment.stream_id, "segment_id": segment.segment_id,
                                       "event_time": segment.event_time, "score": score})
-            for stream in touched:  # redelivered batches too: the detector resumes where it stopped
-                await retry_forever(self.detect, "redis", stream, backoff=self.backoff)
-                # what it found now, and what it found before a crash that came before publishing
-                result.alerts += await retry_forever(self.store.unpublished_alerts, "redis", stream, backoff=self.backoff)
+            with metrics.STAGE_SECONDS.labels("detect").time():
+                result.alerts += await retry_forever(self.detect_streams, "redis", list(touched), backoff=self.backoff)
         metrics.DUPLICATES.inc(result.duplicates)
         for r in result.rejects:
             metrics.REJECTED.labels(r.reason).inc()
@@ -186,6 +218,16 @@ class Pipeline:
         """The agent has delivered every outcome of `result`: its alerts leave the outbox."""
         if result.alerts:
             await retry_forever(self.store.mark_published, "redis", result.alerts, backoff=self.backoff)
+
+    def detect_streams(self, streams: list[str]) -> list[dict]:
+        """Detection on each stream a batch touched, in one thread hop (not two per stream); a
+        retry after a failure half-way is safe: the detector resumes where it stopped."""
+        alerts = []
+        for stream in streams:  # redelivered batches too
+            self.detect(stream)
+            # what it found now, and what it found before a crash that came before publishing
+            alerts += self.store.unpublished_alerts(stream)
+        return alerts
 
     def detect(self, stream: str) -> list[dict]:
         totals = self.store.totals(stream)

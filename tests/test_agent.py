@@ -9,7 +9,7 @@ from stream.pipeline import BatchResult, Reject
 
 
 class Exploding:
-    async def process(self, raws):
+    async def score_batch(self, raws):
         raise RuntimeError("tokenizer fell over")
 
     async def published(self, result):
@@ -19,7 +19,10 @@ class Fixed:
     def __init__(self, result):
         self.result = result
 
-    async def process(self, raws):
+    async def score_batch(self, raws):
+        return None, {}
+
+    async def record(self, batch, outputs):
         return self.result
 
     async def published(self, result):
@@ -45,7 +48,11 @@ def run_agent(pipeline, values):
             async with app_module.score_segments.test_context() as agent:
                 for v in values:
                     await agent.put(v)
-                await asyncio.sleep(app_module.settings.batch_wait_s * 3)
+                for _ in range(100):  # until the batch is published, or 5 s
+                    if any(sent.values()):
+                        break
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.1)  # what else it publishes (the other topics)
     asyncio.run(go())
     return sent
 

@@ -1,0 +1,264 @@
+"""`tecaflow bench pipeline`: what users get, Kafka to Redis, against the model alone, in one run.
+
+On the embedded stack (free ports, a scratch run directory) with one exported model:
+    raw       ONNX Runtime in-process on the exported graph, batches of the worker's batch size
+    served    Triton, batches of the worker's batch size from two client threads (as the worker
+              keeps two batches in flight)
+    naive     one message at a time: read it, decode, tokenize, one Triton call, one Redis write
+    e2e       a `tecaflow worker` draining a pre-produced backlog: from the first segment it
+              consumed to the last one recorded in Redis
+    latency   event time -> Redis at half the e2e rate: each segment's event time is when it is
+              sent; the bench polls Redis every few milliseconds for it (so the figures include
+              up to one poll interval)
+    stages    where a batch's time goes in the worker (its tecaflow_stage_seconds histogram)
+The ratios e2e/raw, e2e/naive and served/raw are from this one run. raw runs with the session
+options the served model uses (stream/triton_model.py), and again with ONNX Runtime's defaults.
+With --quantize int8 the stack serves the int8 export, and raw is measured on both graphs.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import tempfile
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from stream.config import Settings, environment_with
+from stream.contract import ONNX_FILE
+from stream.schema import encode_segment
+
+STAGES = ("decode", "tokenize", "triton", "redis", "detect", "publish")
+WORDS = ("the", "movie", "was", "really", "good", "but", "the", "ending", "felt", "rushed", "and", "a", "bit", "flat")
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+    from contextlib import ExitStack
+    with ExitStack() as held:  # all bound at once, so that no two are the same
+        servers = [held.enter_context(socket.create_server(("127.0.0.1", 0))) for _ in range(n)]
+        return [server.getsockname()[1] for server in servers]
+
+
+def scratch_env(root: Path, repo: Path, **settings) -> dict[str, str]:
+    broker, redis, http, grpc, metrics, prom, worker_metrics = free_ports(7)
+    return environment_with(
+        run_dir=root / "run", model_repo=repo, triton_http_port=http,
+        triton_metrics_port=metrics, prometheus_port=prom, metrics_port=worker_metrics,
+        broker_url=f"kafka://127.0.0.1:{broker}", redis_url=f"redis://127.0.0.1:{redis}/0",
+        triton_url=f"127.0.0.1:{grpc}", alert_warmup=1000000, **settings)
+
+
+def segments(prefix: str, streams: int, per_stream: int, widths: dict[str, int], frames: int, seed: int = 0):
+    """(key, message) for per_stream segments of each stream, interleaved, ~32 tokens of text each."""
+    rng = np.random.default_rng(seed)
+    for i in range(per_stream):
+        for s in range(streams):
+            stream = f"{prefix}-{s:03d}"
+            text = " ".join(rng.choice(WORDS, 28))
+            yield stream.encode(), lambda t, stream=stream, i=i, text=text: encode_segment(
+                stream, f"{stream}/{i}", t, text, rng.normal(size=(frames, widths["audio"])),
+                rng.normal(size=(frames, widths["visual"])))
+
+
+async def produce(settings: Settings, messages, rate: float = 0.0) -> int:
+    """Send every message (event time = when it is sent), at `rate` per second (0: at once)."""
+    from aiokafka import AIOKafkaProducer
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker_servers(), linger_ms=0 if rate else 20)
+    await producer.start()
+    n, started = 0, time.monotonic()
+    try:
+        for key, make in messages:
+            if rate:
+                await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+            await producer.send(settings.topic_segments, key=key, value=make(time.time()))
+            n += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return n
+
+
+def metric(port: int, name: str) -> dict[str, float]:
+    """Every sample of `name` on the worker's /metrics, by its label text."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {labels or "": float(v) for labels, v in re.findall(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", text, re.M)}
+
+
+def served_batches(url: str, contract, batch: int, seconds: float, clients: int = 2) -> float:
+    import threading
+
+    from stream.bench_serve import segment_inputs
+    from stream.triton_client import TritonScorer
+    feed = segment_inputs(contract, batch=batch)
+    done = [0] * clients
+    stop_at = time.perf_counter() + seconds
+
+    def client(k: int) -> None:
+        scorer = TritonScorer(url)
+        scorer.score(feed)
+        while time.perf_counter() < stop_at:
+            scorer.score(feed)
+            done[k] += batch
+        scorer.close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    begin = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.perf_counter() - begin)
+
+
+async def naive(settings: Settings, count: int) -> float:
+    """A consumer that reads one message and does all of its work before the next: segments/s."""
+    from aiokafka import AIOKafkaConsumer
+
+    from stream.worker import build_pipeline
+    pipeline = await build_pipeline(settings)
+    consumer = AIOKafkaConsumer(settings.topic_segments, bootstrap_servers=settings.broker_servers(),
+                                auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=20)
+    await consumer.start()
+    try:
+        n, started = 0, None
+        while n < count:
+            message = await consumer.getone()
+            started = started or time.perf_counter()
+            await pipeline.process([message.value])
+            n += 1
+        return (n - 1) / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+        await pipeline.scorer.close()
+
+
+def wait_recorded(store, streams: list[str], total: int, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(t["count"] for t in store.totals_many(streams).values() if t) >= total:
+            return time.perf_counter()
+        time.sleep(0.01)
+    raise RuntimeError(f"the worker did not record {total} segments in {timeout:.0f}s")
+
+
+def drain(port: int, store, streams: list[str], total: int, timeout: float = 600) -> float:
+    """Seconds from the worker's first consumed segment to the last recorded in Redis."""
+    deadline = time.monotonic() + timeout
+    while not metric(port, "tecaflow_segments_consumed_total").get(""):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the worker consumed nothing")
+        time.sleep(0.005)
+    first = time.perf_counter()
+    return wait_recorded(store, streams, total, timeout) - first
+
+
+def latencies(settings: Settings, store, streams: int, rate: float, seconds: float, widths, frames) -> list[float]:
+    """Event time -> seen in Redis, for every segment sent at `rate` for `seconds`."""
+    import threading
+    per_stream = max(1, int(rate * seconds / streams))
+    names = [f"lat-{s:03d}" for s in range(streams)]
+    sender = threading.Thread(target=lambda: asyncio.run(produce(
+        settings, segments("lat", streams, per_stream, widths, frames, seed=2), rate)))
+    sender.start()
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + seconds + 60
+    while len(seen) < streams * per_stream and time.monotonic() < deadline:
+        for name in names:
+            now = time.time()
+            for r in store.recent(name, 20):
+                seen.setdefault(r["segment_id"], now - r["event_time"])
+        time.sleep(0.005)
+    sender.join()
+    return list(seen.values())
+
+
+
+
+def bench_pipeline(checkpoint: Path | None = None, total: int = 3000, streams: int = 8, batch: int = 32,
+                   frames: int = 50, quantize: str = "none", naive_count: int = 300, seconds: float = 15.0,
+                   instances: int = 1, progress=print) -> dict:
+    from stream.bench_serve import raw_throughput, untrained_checkpoint
+    from stream.stack import Stack, worker_service
+    from stream.store import TrendStore
+    from stream.triton_client import TritonScorer
+    from stream.triton_model import session_options
+    from trainer.export import export
+
+    with tempfile.TemporaryDirectory(prefix="tecaflow-bench-pipeline-") as tmp:
+        tmp = Path(tmp)
+        if checkpoint is None:
+            progress("building an untrained minilm TeCaFN for the benchmark")
+            checkpoint = untrained_checkpoint(tmp / "ckpt")
+        fp32 = export(checkpoint, tmp / "fp32", max_batch=64)
+        served_dir = export(checkpoint, tmp / "repo", max_batch=64, quantize=quantize, instances=instances)
+        quantized = quantize != "none"
+        env = scratch_env(tmp, tmp / "repo", batch_size=batch)
+        settings = Settings.from_env(env)
+        stack = Stack(settings)
+        started = stack.up(services=("broker", "redis", "triton"))
+        worker = None
+        try:
+            scorer = TritonScorer(settings.triton_url)
+            contract = scorer.contract()
+            scorer.close()
+            result = {"segments": total, "streams": streams, "batch": batch, "frames": frames, "instances": instances,
+                      "served_model": quantize if quantized else "fp32"}
+            progress(f"raw ONNX Runtime at batch {batch}: the served session options, then ONNX Runtime's defaults")
+            graphs = {"fp32": fp32 / ONNX_FILE, **({quantize: served_dir / ONNX_FILE} if quantized else {})}
+            for name, graph in graphs.items():
+                result[f"raw_{name}"] = raw_throughput(graph, contract, batch, seconds / 2,
+                                                       session_options(instances))["segments_per_s"]
+                result[f"raw_{name}_ort_defaults"] = raw_throughput(graph, contract, batch,
+                                                                    seconds / 2)["segments_per_s"]
+            progress(f"Triton at batch {batch}")
+            result["served"] = served_batches(settings.triton_url, contract, batch, seconds / 2)
+            progress(f"producing a backlog of {total} segments over {streams} streams")
+            asyncio.run(produce(settings, segments("bench", streams, total // streams, contract.widths, frames)))
+            progress(f"naive consumer on the first {naive_count}")
+            naive_settings = replace(settings, redis_url=settings.redis_url.removesuffix("/0") + "/1")  # its own db
+            result["naive"] = asyncio.run(naive(naive_settings, naive_count))
+            progress("worker draining the backlog")
+            store = TrendStore(settings.redis_url)
+            worker = worker_service(tmp, env=env).start()
+            names = [f"bench-{s:03d}" for s in range(streams)]
+            elapsed = drain(settings.metrics_port, store, names, streams * (total // streams))
+            result["e2e"] = streams * (total // streams) / elapsed
+            sums = metric(settings.metrics_port, "tecaflow_stage_seconds_sum")
+            counts = metric(settings.metrics_port, "tecaflow_stage_seconds_count")
+            result["stages_ms_per_batch"] = {s: 1e3 * sums.get(f'{{stage="{s}"}}', 0.0)
+                                             / max(1.0, counts.get(f'{{stage="{s}"}}', 0.0)) for s in STAGES}
+            rate = result["e2e"] / 2
+            progress(f"event time -> Redis at {rate:.0f} segments/s for {seconds:.0f}s")
+            lat = latencies(settings, store, streams, rate, seconds, contract.widths, frames)
+            result["latency_rate"] = rate
+            result["latency_ms"] = {"p50": 1e3 * float(np.percentile(lat, 50)),
+                                    "p99": 1e3 * float(np.percentile(lat, 99)), "n": len(lat)}
+        finally:
+            if worker is not None:
+                worker.stop()
+            stack.down(services=tuple(reversed(started)))
+    result["ratios"] = {"e2e/raw_fp32": result["e2e"] / result["raw_fp32"], "e2e/naive": result["e2e"] / result["naive"],
+                        "served/raw_fp32": result["served"] / result["raw_fp32"]}
+    if quantize != "none":
+        result["ratios"][f"served/raw_{quantize}"] = result["served"] / result[f"raw_{quantize}"]
+    return result
+
+
+def format_report(r: dict) -> str:
+    rows = [f"{r['segments']} segments over {r['streams']} streams, batch {r['batch']}, {r['frames']} frames, "
+            f"served model {r['served_model']}, {r['instances']} Triton instance(s)"]
+    for key in ("raw_fp32", "raw_fp32_ort_defaults", "raw_int8", "raw_int8_ort_defaults", "served", "naive", "e2e"):
+        if key in r:
+            rows.append(f"{key:>22} {r[key]:8.1f} segments/s")
+    rows += [f"{k:>16} {v:6.2f}x" for k, v in r["ratios"].items()]
+    lat = r["latency_ms"]
+    rows.append(f"event time -> Redis at {r['latency_rate']:.0f}/s: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms "
+                f"({lat['n']} segments)")
+    total = sum(r["stages_ms_per_batch"].values()) or 1.0
+    rows.append("per batch: " + ", ".join(f"{s} {ms:.1f} ms ({100 * ms / total:.0f} %)"
+                                          for s, ms in r["stages_ms_per_batch"].items()))
+    return "\n".join(rows)

@@ -1,0 +1,44 @@
+"""Micro-batches in flight, finished strictly in the order they were taken, with no Faust in it.
+
+    agent:     take a batch -> prepare it (decode, tokenize) -> start its Triton call -> submit
+    finisher:  the oldest batch -> wait for its scores -> record in Redis -> publish -> ack
+
+Triton scores the next batch while the worker decodes, records and publishes others, so the
+worker's CPU work and the network hop overlap inference. Everything that has an order runs in
+the finisher, one batch at a time and in submission order: Redis sees each stream's segments in
+the order Kafka gave them, outcomes are published before their batch is acked, and offsets are
+acked in order (an ack never jumps over an earlier batch still in flight). `submit` waits while
+`depth` batches are in flight, so the consumer never runs ahead by more than that.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable
+
+
+class InFlight:
+    def __init__(self, depth: int, finish: Callable[[Any, asyncio.Future], Awaitable[None]]):
+        """`finish(item, work)` is awaited for each submitted item in order; `work` is the item's
+        future (its Triton call), already running. `finish` must handle the work's failure."""
+        self.slots = asyncio.Semaphore(depth)
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.finish = finish
+
+    async def submit(self, item: Any, work: Awaitable) -> None:
+        await self.slots.acquire()
+        self.queue.put_nowait((item, asyncio.ensure_future(work)))
+
+    async def run(self) -> None:
+        """The finisher: runs until cancelled. A batch it has not finished is not acked and comes
+        back from Kafka after a restart; its Triton call is cancelled with it."""
+        while True:
+            item, work = await self.queue.get()
+            try:
+                await self.finish(item, work)
+            finally:
+                self.slots.release()
+
+    def cancel_pending(self) -> None:
+        while not self.queue.empty():
+            _, work = self.queue.get_nowait()
+            work.cancel()

@@ -1,0 +1,21 @@
+"""`tecaflow bench pipeline` on a tiny model and a tiny backlog: every phase runs against the real
+embedded stack and reports its figures (the benchmark itself is a command, not a test)."""
+import pytest
+
+from stream.bench_pipeline import STAGES, bench_pipeline, format_report
+from stream.bench_serve import untrained_checkpoint
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_a_tiny_bench_pipeline_runs_every_phase(tmp_path):
+    checkpoint = untrained_checkpoint(tmp_path / "ckpt", text_encoder="tiny")
+    r = bench_pipeline(checkpoint, total=96, streams=3, batch=8, frames=6, quantize="int8", naive_count=12,
+                       seconds=2.0, progress=lambda m: None)
+    for key in ("raw_fp32", "raw_int8", "served", "naive", "e2e"):
+        assert r[key] > 0, key
+    assert r["latency_ms"]["n"] >= 3 and r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
+    assert set(r["stages_ms_per_batch"]) == set(STAGES)
+    assert all(r["stages_ms_per_batch"][s] > 0 for s in ("decode", "tokenize", "triton", "redis", "publish"))
+    assert r["ratios"]["e2e/raw_fp32"] == pytest.approx(r["e2e"] / r["raw_fp32"])
+    assert "e2e/naive" in format_report(r)

@@ -1,0 +1,72 @@
+"""Batches in flight: finished in the order they were submitted, however long each one's Triton
+call takes, and never more than `depth` at once."""
+import asyncio
+
+import aiokafka
+from faust.transport import by_url
+
+from stream.in_flight import InFlight
+from stream.kafka_transport import SCHEME, Transport, set_fetch_wait
+
+
+def test_a_slow_batch_holds_back_the_ones_behind_it_and_order_is_kept():
+    finished, running, most = [], 0, 0
+
+    async def call(name, seconds):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(seconds)
+        running -= 1
+        return name
+
+    async def finish(item, work):
+        finished.append((item, await work))
+
+    async def go():
+        in_flight = InFlight(2, finish)
+        finisher = asyncio.ensure_future(in_flight.run())
+        for i, seconds in enumerate([0.2, 0.0, 0.0, 0.05, 0.0]):  # the first call is the slow one
+            await in_flight.submit(i, call(i, seconds))
+        while len(finished) < 5:
+            await asyncio.sleep(0.01)
+        finisher.cancel()
+
+    asyncio.run(go())
+    assert finished == [(i, i) for i in range(5)]
+    assert most == 2  # two calls overlapped, and no more than the depth
+
+
+def test_one_batch_at_a_time_when_the_depth_is_one():
+    order = []
+
+    async def finish(item, work):
+        order.append(("finish", item, await work))
+
+    async def work(i):
+        order.append(("start", i))
+        return i
+
+    async def go():
+        in_flight = InFlight(1, finish)
+        finisher = asyncio.ensure_future(in_flight.run())
+        for i in range(3):
+            await in_flight.submit(i, work(i))
+        while len(order) < 6:
+            await asyncio.sleep(0.01)
+        finisher.cancel()
+
+    asyncio.run(go())
+    assert order == [("start", 0), ("finish", 0, 0), ("start", 1), ("finish", 1, 1), ("start", 2), ("finish", 2, 2)]
+
+
+def test_the_worker_broker_scheme_resolves_to_the_transport_with_a_fetch_wait():
+    assert by_url(f"{SCHEME}://127.0.0.1:9092") is Transport  # the faust.transports entry point
+
+
+def test_the_fetch_wait_reaches_the_consumer():
+    async def go():
+        consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+        return set_fetch_wait(consumer, 0.02)._fetch_max_wait_ms
+
+    assert asyncio.run(go()) == 20
