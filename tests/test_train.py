@@ -126,18 +126,19 @@ def test_standardisation_statistics_round_trip_through_the_checkpoint(quick_run)
 def test_the_exported_graph_carries_the_standardisation(quick_run, tmp_path):
     import onnxruntime as ort
 
-    from trainer.export import TeCaFNInference, example_batch, export_onnx, input_names
+    from trainer.export import TeCaFNInference, as_tensors, example_batch, export_onnx, model_contract
     _, out, _ = quick_run
     model, _ = load_checkpoint(out / "checkpoint.pt")
-    export_onnx(model, tmp_path / "m.onnx", 16, 8)
-    batch = example_batch(model, 5, 16, 8, seed=2)
-    batch["audio"] = batch["audio"] * 4.0 + 5.0  # raw features, as the worker sends them
+    served = model_contract(model, 16, 8)
+    export_onnx(model, tmp_path / "m.onnx", served)
+    batch = example_batch(served, model.text_encoder.config.vocab_size, 5, seed=2)
+    batch["audio"] = (batch["audio"] * 4.0 + 5.0).astype(np.float32)  # raw features, as the worker sends them
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    got = session.run(["score"], {n: batch[n].numpy() for n in input_names(model)})[0]
+    got = session.run(["score"], batch)[0]
     with torch.no_grad():
-        expected = TeCaFNInference(model)(*(batch[n] for n in input_names(model))).numpy()
+        expected = TeCaFNInference(model, attribution=False)(*as_tensors(batch)).numpy()
         model.set_feature_stats({"audio": (torch.zeros(5), torch.ones(5))})
-        unstandardised = TeCaFNInference(model)(*(batch[n] for n in input_names(model))).numpy()
+        unstandardised = TeCaFNInference(model, attribution=False)(*as_tensors(batch)).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4)
     assert np.abs(got - unstandardised).max() > 1e-3  # the statistics are in the graph, and they matter
 

@@ -230,7 +230,7 @@ def cmd_evaluate(args) -> int:
 def cmd_ablate(args) -> int:
     from trainer.ablate import plan, plan_changes, run_ablations
     if args.changes and (args.rows or args.sweep):
-        raise ValueError("--changes runs its own rows; leave out --rows and --sweep")
+        raise UserError("--changes runs its own rows; leave out --rows and --sweep")
     runs = plan_changes(args.modality_dropout) if args.changes else plan(args.rows, args.sweep)
     print(run_ablations(_dataset(args), _options(args), runs))
     return 0
