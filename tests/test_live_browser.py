@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,24 +40,17 @@ def browser():
 @contextmanager
 def running_dashboard(env: dict, workdir: Path):
     """`tecaflow dashboard` on a free port until the block ends; yields its URL."""
+    from stream.service import Service as Process
+    from stream.service import http_ok
     port = free_ports(1)[0]
-    log = workdir / "dashboard.log"
-    proc = subprocess.Popen([*CLI, "dashboard", "--port", str(port)], env=dict(env, TECAFLOW_DASHBOARD_REFRESH_S="1"),
-                            cwd=workdir, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.5)
+    dashboard = Process("dashboard", [*CLI, "dashboard", "--port", str(port)], workdir, cwd=workdir,
+                        env=dict(env, TECAFLOW_DASHBOARD_REFRESH_S="1"), start_timeout=60,
+                        health=lambda: http_ok(url + "/_stcore/health")).start()
     try:
         yield url
     finally:
-        proc.terminate()
-        proc.wait(20)
+        dashboard.stop()
 
 
 def wait_for(browser, condition, what: str, timeout: float = 90):
