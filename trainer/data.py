@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stream.contract import pad_and_stack
 from stream.errors import UserError
 from trainer.defaults import DEFAULT_MAX_FRAMES  # noqa: F401 - part of the readers' API
 
@@ -136,11 +137,9 @@ def pad_sequences(seqs: list[np.ndarray], max_frames: int | None = None, what: s
     if max_frames is not None:
         _log_cut(full, max_frames, what)
     lengths = np.maximum(np.minimum(full, max_frames or max(1, int(full.max()))), 1)
-    d = seqs[0].shape[-1]
-    out = np.zeros((len(seqs), int(lengths.max()), d), dtype=np.float32)
-    for i, s in enumerate(seqs):
-        out[i, : min(len(s), lengths[i])] = s[: lengths[i]]
-    return out, lengths
+    d = next((np.shape(s)[-1] for s in seqs if np.ndim(s) == 2), 1)
+    kept = [np.asarray(s, np.float32).reshape(-1, d)[:n][None] for s, n in zip(seqs, lengths)]
+    return pad_and_stack(kept, minimum=int(lengths.max())), lengths
 
 
 # --------------------------------------------------------------------------------------------
