@@ -112,17 +112,16 @@ async def score_segments(stream):
     # batches_in_flight batches are in flight (stream/in_flight.py): while all are busy, the
     # backlog grows in the consumer and the next batches leave full (adaptive batching).
     in_flight = InFlight(settings.batches_in_flight, lambda events, scoring_call: finish(stream, events, scoring_call))
-    finisher = asyncio.ensure_future(in_flight.run())
+    finisher = in_flight.start()
     try:
         async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
-            if finisher.done():
-                finisher.result()  # the finisher never fails on input; if a bug stopped it, stop too
             scorer = await scoring.pipeline()  # waits for Triton and Redis; run() checked the rest
             metrics.IN_FLIGHT.inc(len(events))
             await in_flight.submit(events, scorer.score_batch([event.value for event in events]))
     finally:
         finisher.cancel()
         in_flight.cancel_pending()
+        metrics.IN_FLIGHT.set(0)  # what was in flight is dropped unacked, and comes back from Kafka
 
 
 async def finish(stream, events, scoring_call) -> None:

@@ -30,17 +30,10 @@ import numpy as np
 from stream.config import Settings, environment_with
 from stream.contract import ONNX_FILE
 from stream.schema import encode_segment
+from stream.service import free_ports
 
 STAGES = ("decode", "tokenize", "triton", "redis", "detect", "publish")
 WORDS = ("the", "movie", "was", "really", "good", "but", "the", "ending", "felt", "rushed", "and", "a", "bit", "flat")
-
-
-def free_ports(n: int) -> list[int]:
-    import socket
-    from contextlib import ExitStack
-    with ExitStack() as held:  # all bound at once, so that no two are the same
-        servers = [held.enter_context(socket.create_server(("127.0.0.1", 0))) for _ in range(n)]
-        return [server.getsockname()[1] for server in servers]
 
 
 def scratch_env(root: Path, repo: Path, **settings) -> dict[str, str]:

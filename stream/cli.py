@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--loop", action="store_true",
                    help="repeat until Ctrl-C: each round of --segments, another stream shifts half-way")
-    p.add_argument("--missing", type=float, default=0.0, metavar="P",
+    p.add_argument("--missing", type=trainer_cli.probability, default=0.0, metavar="P",
                    help="send this share of segments without vision and, independently, without audio "
                         "(as live video has them: no face found, silence)")
     p.set_defaults(func=cmd_replay)

@@ -23,10 +23,30 @@ class InFlight:
         self.slots = asyncio.Semaphore(depth)
         self.queue: asyncio.Queue = asyncio.Queue()
         self.finish = finish
+        self.finisher: asyncio.Future | None = None
+
+    def start(self) -> asyncio.Future:
+        """Start the finisher (run) as a task and return it."""
+        self.finisher = asyncio.ensure_future(self.run())
+        return self.finisher
 
     async def submit(self, item: Any, work: Awaitable) -> None:
-        await self.slots.acquire()
+        """Queue `item` once a slot is free. If the finisher has stopped (a bug: `finish` handles
+        every failure of the work), raise what stopped it: no one would free a slot again, and a
+        worker waiting for one forever would look alive while doing nothing."""
+        self._raise_if_stopped()
+        slot = asyncio.ensure_future(self.slots.acquire())
+        waits = {slot} if self.finisher is None else {slot, self.finisher}
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if slot not in done:
+            slot.cancel()
+            self._raise_if_stopped()
         self.queue.put_nowait((item, asyncio.ensure_future(work)))
+
+    def _raise_if_stopped(self) -> None:
+        if self.finisher is not None and self.finisher.done():
+            self.finisher.result()  # raises the finisher's error
+            raise RuntimeError("the finisher stopped")
 
     async def run(self) -> None:
         """The finisher: runs until cancelled. A batch it has not finished is not acked and comes

@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
+from stream.service import free_ports  # noqa: F401 - tests import it from here
 from trainer.model import TeCaFN, TeCaFNConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -63,15 +64,6 @@ def batch():
     return random_batch()
 
 
-def free_ports(n: int) -> list[int]:
-    import socket
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="session")

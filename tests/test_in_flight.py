@@ -3,6 +3,7 @@ call takes, and never more than `depth` at once."""
 import asyncio
 
 import aiokafka
+import pytest
 from faust.transport import by_url
 
 from stream.in_flight import InFlight
@@ -70,3 +71,17 @@ def test_the_fetch_wait_reaches_the_consumer():
         return set_fetch_wait(consumer, 0.02)._fetch_max_wait_ms
 
     assert asyncio.run(go()) == 20
+
+
+def test_a_finisher_that_stops_makes_submit_fail_instead_of_hanging():
+    async def finish(item, work):
+        await work
+        raise RuntimeError("a bug in finish")
+
+    async def go():
+        in_flight = InFlight(1, finish)
+        in_flight.start()
+        with pytest.raises(RuntimeError, match="a bug in finish"):
+            for item in "abc":  # the finisher fails on "a": a later submit says so, none waits forever
+                await asyncio.wait_for(in_flight.submit(item, asyncio.sleep(0)), 5)
+    asyncio.run(go())

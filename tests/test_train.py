@@ -126,7 +126,13 @@ def test_standardisation_statistics_round_trip_through_the_checkpoint(quick_run)
 def test_the_exported_graph_carries_the_standardisation(quick_run, tmp_path):
     import onnxruntime as ort
 
-    from trainer.export import TeCaFNInference, as_tensors, example_batch, export_onnx, model_contract
+    from trainer.export import (
+        TeCaFNInference,
+        as_tensors,
+        example_batch,
+        export_onnx,
+        model_contract,
+    )
     _, out, _ = quick_run
     model, _ = load_checkpoint(out / "checkpoint.pt")
     served = model_contract(model, 16, 8)

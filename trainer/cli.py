@@ -40,7 +40,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=_frames, default=DEFAULT_MAX_FRAMES,
                    help=f"audio/visual frames kept per segment (default {DEFAULT_MAX_FRAMES}, at most {MAX_FRAMES}); "
                         "longer sequences are cut and the log says how many")
-    p.add_argument("--modality-dropout", type=_probability, default=DEFAULT_MODALITY_DROPOUT, metavar="P",
+    p.add_argument("--modality-dropout", type=probability, default=DEFAULT_MODALITY_DROPOUT, metavar="P",
                    help="per sample and side, hide audio / vision with probability P while training, so the "
                         f"model scores segments that lack one (default {DEFAULT_MODALITY_DROPOUT}; 0 turns it off)")
     p.add_argument("--seeds", type=_positive(int), default=1, metavar="N",
@@ -148,7 +148,7 @@ def _positive(kind):
     return parse
 
 
-def _probability(text):
+def probability(text):
     try:
         value = float(text)
     except ValueError:
