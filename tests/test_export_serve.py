@@ -13,6 +13,7 @@ from stream.triton_client import TritonScorer
 from stream.tritonserver import EmbeddedTriton, TritonError
 from tests.conftest import free_ports
 from trainer import export as export_module
+from trainer import model as model_module
 from trainer.data import load_dataset
 from trainer.export import TeCaFNInference, export, input_names
 from trainer.train import TrainOptions, load_checkpoint, train
@@ -236,3 +237,18 @@ def test_feature_standardisation_travels_inside_the_exported_graph(checkpoint, t
             value = getattr(model, f"{m}_{stat}").numpy()
             assert not np.allclose(value, 0.0 if stat == "mean" else 1.0)  # the training split's, not the identity
             assert any(c.shape == value.shape and np.allclose(c, value) for c in constants), f"{m}_{stat}"
+
+
+def test_every_attention_is_exported_as_onnx_runtimes_fused_kernel(checkpoint, tmp_path):
+    """Self-attention in the audio and vision encoders and CoAt's cross attention each become one
+    com.microsoft MultiHeadAttention node; the export's parity check has already compared them
+    with PyTorch. (The text encoder's BERT attention is ONNX Runtime's to fuse at load time.)"""
+    import onnx
+    version = export(checkpoint, tmp_path, quantize="none")
+    nodes = onnx.load(str(version / "model.onnx")).graph.node
+    fused = [n for n in nodes if n.op_type == "MultiHeadAttention"]
+    model, _ = load_checkpoint(checkpoint)
+    expected = sum(isinstance(m, model_module.MultiHeadAttention) for m in model.modules())
+    assert expected > 0 and len(fused) == expected
+    assert all(n.domain == "com.microsoft" for n in fused)
+    assert not any(n.op_type == "Softmax" and not n.name.startswith("/text_encoder") for n in nodes)

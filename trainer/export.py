@@ -114,7 +114,7 @@ def export_onnx(model: TeCaFN, path: Path, served: ModelContract) -> None:
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, as_tensors(example), str(path), input_names=list(served.inputs),
                           output_names=list(served.outputs), dynamic_axes=dynamic, opset_version=17, dynamo=False,
-                          verbose=False)
+                          custom_opsets={"com.microsoft": 1}, verbose=False)
 
 
 def check_parity(model: TeCaFN, onnx_path: Path, served: ModelContract) -> float:
