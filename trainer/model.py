@@ -314,6 +314,10 @@ class PreLNBlock(nn.Module):
 
     def forward(self, x, context, context_mask):
         x = x + self.drop(self.attn(self.norm_q(x), self.norm_kv(context), context_mask))
+        return self.feed_forward(x)
+
+    def feed_forward(self, x):
+        """The block with nothing to attend to: attention over an empty context is exactly zero."""
         return x + self.drop(self.ff(self.norm_ff(x)))
 
 
@@ -380,6 +384,12 @@ class CoAt(nn.Module):
     def forward(self, x, side, side_mask):
         for layer in self.layers:
             x = layer(x, side, side_mask)
+        return self.norm(x)
+
+    def without_side(self, x):
+        """forward() with an empty side mask, without computing attention that comes out zero."""
+        for layer in self.layers:
+            x = layer.feed_forward(x)
         return self.norm(x)
 
 
@@ -614,7 +624,7 @@ class TeCaFN(nn.Module):
         """Score, text-only score and each side's contribution, in one pass.
 
         The encoders run once; each side's CoAt runs on two variants (with the side as given, and
-        without it) and the head on the four presence variants (as given, without audio, without
+        without it, which needs no attention) and the head on the four presence variants (as given, without audio, without
         vision, with neither), stacked along the batch axis, so an exported graph computes it all
         in a single call."""
         return self.attribution_from_features(*self.encode(batch), self.presence(batch))
@@ -637,7 +647,8 @@ class TeCaFN(nn.Module):
         fusions = []
         for side in c.sides:
             # A side's CoAt output depends only on whether the side is used, so CoAt runs twice
-            # per side (with it as given, and without it), not once per variant: half the work.
+            # per side (with it as given, and without it, where attention is skipped), not once
+            # per variant.
             with_side, without_side = self._coat_with_and_without(side, center, center_mask, feats[side], given[side])
             used = given[side].any(-1)
             column = PRESENCE.index(side)
@@ -652,10 +663,10 @@ class TeCaFN(nn.Module):
         return Attribution(score, text_only, contribution, interaction)
 
     def _coat_with_and_without(self, side: str, center, center_mask, side_feat, side_mask):
-        """Pooled CoAt output [B, d] with the side as masked, and with it absent, in one call."""
-        both = self.coat[side](center.repeat(2, 1, 1), side_feat.repeat(2, 1, 1),
-                               torch.cat([side_mask, torch.zeros_like(side_mask)]))
-        return masked_mean(both, center_mask.repeat(2, 1)).chunk(2)
+        """Pooled CoAt output [B, d] with the side as masked, and with it absent."""
+        coat = self.coat[side]
+        return (masked_mean(coat(center, side_feat, side_mask), center_mask),
+                masked_mean(coat.without_side(center), center_mask))
 
     # ----------------------------------------------------------------------------------------
 
