@@ -109,9 +109,11 @@ async def score_segments(stream):
     # noack_take: a batch is acknowledged by us, after all its outcomes are delivered. take_events
     # would ack it in a `finally`, even when the agent is cancelled or fails half-way through.
     # A full batch is handed on at once; a partial one waits at most batch_wait_s. Up to
-    # batches_in_flight batches are in flight (stream/in_flight.py): while all are busy, the
-    # backlog grows in the consumer and the next batches leave full (adaptive batching).
-    in_flight = InFlight(settings.batches_in_flight, lambda events, scoring_call: finish(stream, events, scoring_call))
+    # batches_in_flight batches are in flight and triton_calls of them in Triton (stream/in_flight.py):
+    # while all calls are busy, the backlog grows in the consumer and the next batches leave full
+    # (adaptive batching).
+    in_flight = InFlight(settings.batches_in_flight, lambda events, scoring_call: finish(stream, events, scoring_call),
+                         calls=settings.triton_calls)
     finisher = in_flight.start()
     try:
         async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):

@@ -11,8 +11,10 @@ On the embedded stack (free ports, a scratch run directory) with one exported mo
               sent; the bench polls Redis every few milliseconds for it (so the figures include
               up to one poll interval)
     stages    where a batch's time goes in the worker (its tecaflow_stage_seconds histogram)
-The ratios e2e/raw, e2e/naive and served/raw are from this one run. raw runs with the session
-options the served model uses (stream/triton_model.py), and again with ONNX Runtime's defaults.
+The ratios e2e/raw, e2e/naive and served/raw are from this one run. raw is one session with
+every core, with tecaflow's session options (stream/triton_model.py) and with ONNX Runtime's
+defaults, at the start and again at the end; the baseline is the best of the four rates, since the
+shared machine's load drifts within a run and a baseline caught in a slow moment flatters e2e.
 With --quantize int8 the stack serves the int8 export, and raw is measured on both graphs.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from stream.config import Settings, environment_with
-from stream.contract import ONNX_FILE
+from stream.contract import DEFAULT_INSTANCES, ONNX_FILE
 from stream.schema import encode_segment
 from stream.service import free_ports
 
@@ -173,12 +175,11 @@ def latencies(settings: Settings, store, streams: int, rate: float, seconds: flo
 
 def bench_pipeline(checkpoint: Path | None = None, total: int = 3000, streams: int = 8, batch: int = 32,
                    frames: int = 50, quantize: str = "none", naive_count: int = 300, seconds: float = 15.0,
-                   instances: int = 1, progress=print) -> dict:
-    from stream.bench_serve import raw_throughput, untrained_checkpoint
+                   instances: int = DEFAULT_INSTANCES, progress=print) -> dict:
+    from stream.bench_serve import untrained_checkpoint
     from stream.stack import Stack, worker_service
     from stream.store import TrendStore
     from stream.triton_client import TritonScorer
-    from stream.triton_model import session_options
     from trainer.export import export
 
     with tempfile.TemporaryDirectory(prefix="tecaflow-bench-pipeline-") as tmp:
@@ -200,13 +201,10 @@ def bench_pipeline(checkpoint: Path | None = None, total: int = 3000, streams: i
             scorer.close()
             result = {"segments": total, "streams": streams, "batch": batch, "frames": frames, "instances": instances,
                       "served_model": quantize if quantized else "fp32"}
-            progress(f"raw ONNX Runtime at batch {batch}: the served session options, then ONNX Runtime's defaults")
+            progress(f"raw ONNX Runtime at batch {batch}: one session with every core, tecaflow's options and "
+                     "ONNX Runtime's defaults")
             graphs = {"fp32": fp32 / ONNX_FILE, **({quantize: served_dir / ONNX_FILE} if quantized else {})}
-            for name, graph in graphs.items():
-                result[f"raw_{name}"] = raw_throughput(graph, contract, batch, seconds / 2,
-                                                       session_options(instances))["segments_per_s"]
-                result[f"raw_{name}_ort_defaults"] = raw_throughput(graph, contract, batch,
-                                                                    seconds / 2)["segments_per_s"]
+            measure_raw(result, graphs, contract, batch, seconds / 4)
             progress(f"Triton at batch {batch}")
             result["served"] = served_batches(settings.triton_url, contract, batch, seconds / 2)
             progress(f"producing a backlog of {total} segments over {streams} streams")
@@ -230,6 +228,8 @@ def bench_pipeline(checkpoint: Path | None = None, total: int = 3000, streams: i
             result["latency_rate"] = rate
             result["latency_ms"] = {"p50": 1e3 * float(np.percentile(lat, 50)),
                                     "p99": 1e3 * float(np.percentile(lat, 99)), "n": len(lat)}
+            progress("raw ONNX Runtime again (the machine's load drifts; the baseline is the best of both rounds)")
+            measure_raw(result, graphs, contract, batch, seconds / 4)
         finally:
             if worker is not None:
                 worker.stop()
@@ -241,10 +241,25 @@ def bench_pipeline(checkpoint: Path | None = None, total: int = 3000, streams: i
     return result
 
 
+def measure_raw(result: dict, graphs: dict, contract, batch: int, seconds: float) -> None:
+    """raw_<graph> is the best in-process rate seen for that graph: one session with every core,
+    with tecaflow's options or ONNX Runtime's defaults, whichever was faster, over every round.
+    The baseline is the hardest one to beat, whatever the served model's instance count."""
+    from stream.bench_serve import raw_throughput
+    from stream.triton_model import session_options
+    for name, graph in graphs.items():
+        for variant, options in (("options", session_options(1)), ("ort_defaults", None)):
+            rate = raw_throughput(graph, contract, batch, seconds, options)["segments_per_s"]
+            key = f"raw_{name}_{variant}"
+            result[key] = max(result.get(key, 0.0), rate)
+        result[f"raw_{name}"] = max(result[f"raw_{name}_options"], result[f"raw_{name}_ort_defaults"])
+
+
 def format_report(r: dict) -> str:
     rows = [f"{r['segments']} segments over {r['streams']} streams, batch {r['batch']}, {r['frames']} frames, "
             f"served model {r['served_model']}, {r['instances']} Triton instance(s)"]
-    for key in ("raw_fp32", "raw_fp32_ort_defaults", "raw_int8", "raw_int8_ort_defaults", "served", "naive", "e2e"):
+    for key in ("raw_fp32", "raw_fp32_options", "raw_fp32_ort_defaults", "raw_int8", "raw_int8_options",
+                "raw_int8_ort_defaults", "served", "naive", "e2e"):
         if key in r:
             rows.append(f"{key:>22} {r[key]:8.1f} segments/s")
     rows += [f"{k:>16} {v:6.2f}x" for k, v in r["ratios"].items()]

@@ -117,9 +117,10 @@ def register_bench_pipeline(bench_sub) -> None:
     p.add_argument("--streams", type=int, default=8)
     p.add_argument("--batch", type=int, default=32, help="the worker's batch size")
     p.add_argument("--quantize", choices=("none", "int8"), default="none", help="the export Triton serves")
-    p.add_argument("--instances", type=int, default=1, help="Triton model instances")
+    p.add_argument("--instances", type=int, help="Triton model instances (default: the export's, 2)")
     p.add_argument("--naive", type=int, default=300, help="messages the naive consumer handles")
-    p.add_argument("--seconds", type=float, default=15.0, help="latency phase; half of it for raw and served")
+    p.add_argument("--seconds", type=float, default=15.0,
+                   help="latency phase; half of it for served, a quarter for each raw measurement")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_pipeline)
 
@@ -128,8 +129,9 @@ def cmd_bench_pipeline(args) -> int:
     import json
 
     from stream.bench_pipeline import bench_pipeline, format_report
+    from stream.contract import DEFAULT_INSTANCES
     result = bench_pipeline(args.checkpoint, args.segments, args.streams, args.batch, quantize=args.quantize,
-                            naive_count=args.naive, seconds=args.seconds, instances=args.instances,
+                            naive_count=args.naive, seconds=args.seconds, instances=args.instances or DEFAULT_INSTANCES,
                             progress=lambda m: print(m, file=sys.stderr))
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0

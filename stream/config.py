@@ -186,8 +186,10 @@ class Settings:
     fetch_wait_s: float = setting(0.02, "longest time the broker may hold a fetch when it has nothing new (Faust's "
                                   "driver hard-codes 1.5 s; the embedded broker always waits this long)",
                                   above=0.0, maximum=10.0)
-    batches_in_flight: int = setting(2, "micro-batches taken and not yet acknowledged: one is scored by Triton while "
-                                     "another is decoded, recorded and published (1: one at a time)", minimum=1)
+    batches_in_flight: int = setting(4, "micro-batches taken and not yet acknowledged: some are scored by Triton while "
+                                     "others are decoded, recorded and published (1: one at a time)", minimum=1)
+    triton_calls: int = setting(2, "Triton calls a worker keeps running at once: one per model instance (exports "
+                                "have 2); at most TECAFLOW_BATCHES_IN_FLIGHT", minimum=1)
     metrics_port: int = setting(9108, "worker's Prometheus /metrics port (0: off)", **PORT)
     metrics_host: str = setting("127.0.0.1", "address the metrics port binds (0.0.0.0 in containers)")
     max_text_chars: int = setting(2000, "longest transcript accepted", minimum=1)
@@ -241,6 +243,9 @@ class Settings:
     def __post_init__(self):
         for f in fields(self):
             check(f, getattr(self, f.name))
+        if self.triton_calls > self.batches_in_flight:
+            raise ConfigError(f"TECAFLOW_TRITON_CALLS={self.triton_calls} must be at most "
+                              f"TECAFLOW_BATCHES_IN_FLIGHT={self.batches_in_flight}: a call is made for a batch in flight")
 
     @property
     def detector(self) -> DetectorParams:

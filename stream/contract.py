@@ -34,6 +34,11 @@ TEXT_INPUTS = ("input_ids", "attention_mask")
 PRESENT = "present"  # bool [B, len(PRESENCE)]: which sides each segment has
 PRESENCE = ("audio", "visual")  # the columns of `present` and `contribution`, whatever the model has
 BACKENDS = ("python", "onnxruntime")
+# Model instances per export: one per batch the worker keeps in flight, each with its share of the
+# cores. On 2 CPU cores ONNX Runtime keeps 1.6 of them busy with one session of two threads (many
+# of the graph's nodes are too small to split), and two one-thread sessions side by side do 1.4x
+# as much (`tecaflow bench pipeline --instances 1|2`, README).
+DEFAULT_INSTANCES = 2
 
 METADATA_FILE = "tecafn.json"
 ONNX_FILE = "model.onnx"
@@ -92,7 +97,7 @@ class ModelContract:
                    attribution=bool(meta.get("attribution")))
 
     # ---- config.pbtxt ------------------------------------------------------------------------
-    def model_config(self, backend: str = "python", max_batch: int = 64, instances: int = 1,
+    def model_config(self, backend: str = "python", max_batch: int = 64, instances: int = DEFAULT_INSTANCES,
                      queue_delay_us: int = 2000, tensorrt: bool = False):
         """Triton's ModelConfig for this contract. The Python backend takes ragged batches (it
         pads across requests itself); ONNX Runtime batches only requests of equal shapes, so its

@@ -8,7 +8,11 @@ worker's CPU work and the network hop overlap inference. Everything that has an 
 the finisher, one batch at a time and in submission order: Redis sees each stream's segments in
 the order Kafka gave them, outcomes are published before their batch is acked, and offsets are
 acked in order (an ack never jumps over an earlier batch still in flight). `submit` waits while
-`depth` batches are in flight, so the consumer never runs ahead by more than that.
+`depth` batches are in flight, so the consumer never runs ahead by more than that, and while
+`calls` Triton calls are running: a batch's call ends before its turn to be finished comes, and
+the next one should start then, not after the finisher is done (with one call per model instance
+and depth = calls, an instance waited for the finisher, and e2e was 0.7x Triton alone on 2 cores).
+While all calls are busy the backlog grows in the consumer and the next batch leaves full.
 """
 from __future__ import annotations
 
@@ -17,10 +21,14 @@ from typing import Any, Awaitable, Callable
 
 
 class InFlight:
-    def __init__(self, depth: int, finish: Callable[[Any, asyncio.Future], Awaitable[None]]):
+    def __init__(self, depth: int, finish: Callable[[Any, asyncio.Future], Awaitable[None]], calls: int | None = None):
         """`finish(item, work)` is awaited for each submitted item in order; `work` is the item's
-        future (its Triton call), already running. `finish` must handle the work's failure."""
+        future (its Triton call), already running. `finish` must handle the work's failure.
+        At most `calls` works run at once (default: depth)."""
+        if calls is not None and not 1 <= calls <= depth:
+            raise ValueError(f"calls must be between 1 and depth ({depth}), got {calls}")
         self.slots = asyncio.Semaphore(depth)
+        self.calls = asyncio.Semaphore(calls or depth)
         self.queue: asyncio.Queue = asyncio.Queue()
         self.finish = finish
         self.finisher: asyncio.Future | None = None
@@ -31,17 +39,28 @@ class InFlight:
         return self.finisher
 
     async def submit(self, item: Any, work: Awaitable) -> None:
-        """Queue `item` once a slot is free. If the finisher has stopped (a bug: `finish` handles
-        every failure of the work), raise what stopped it: no one would free a slot again, and a
-        worker waiting for one forever would look alive while doing nothing."""
+        """Start `work` and queue `item` once a slot and a call are free. If the finisher has
+        stopped (a bug: `finish` handles every failure of the work), raise what stopped it: no one
+        would free a slot again, and a worker waiting for one forever would look alive while doing
+        nothing."""
         self._raise_if_stopped()
-        slot = asyncio.ensure_future(self.slots.acquire())
-        waits = {slot} if self.finisher is None else {slot, self.finisher}
+        await self._acquire(self.slots)
+        try:
+            await self._acquire(self.calls)
+        except BaseException:
+            self.slots.release()
+            raise
+        running = asyncio.ensure_future(work)
+        running.add_done_callback(lambda _: self.calls.release())
+        self.queue.put_nowait((item, running))
+
+    async def _acquire(self, semaphore: asyncio.Semaphore) -> None:
+        acquired = asyncio.ensure_future(semaphore.acquire())
+        waits = {acquired} if self.finisher is None else {acquired, self.finisher}
         done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        if slot not in done:
-            slot.cancel()
+        if acquired not in done:
+            acquired.cancel()
             self._raise_if_stopped()
-        self.queue.put_nowait((item, asyncio.ensure_future(work)))
 
     def _raise_if_stopped(self) -> None:
         if self.finisher is not None and self.finisher.done():

@@ -32,8 +32,12 @@ def session_options(instances: int = 1) -> "ort.SessionOptions":
     - every graph optimisation (constant folding, attention/GELU/LayerNorm fusions): the same
       scores to 1e-6, fewer kernels;
     - the cores split between the model's instances (a second instance with as many threads
-      as cores only fights the first); TECAFN_ORT_THREADS, in Triton's environment, overrides;
-    - one graph node at a time (the graph is a chain), the threads working inside each node;
+      as cores only fights the first); TECAFN_ORT_THREADS, in Triton's environment, overrides.
+      Exports have two instances (stream/contract.py DEFAULT_INSTANCES): one session with two
+      threads keeps only 1.6 of 2 cores busy, two one-thread sessions keep both;
+    - one graph node at a time, the threads working inside each node: running the independent
+      encoders side by side (ORT_PARALLEL) was slower, 200 against 285 segments/s (int8, batch 32,
+      2 idle cores);
     - no spinning: idle ONNX Runtime threads otherwise busy-wait for the next node, and the next
       request, taking the CPU the worker (and the other instance) need. Measured on 2 shared
       cores, MiniLM-sized graph, batch 32: fp32 49-53 seg/s spinning, 83-95 not; int8 82-85

@@ -38,6 +38,41 @@ def test_a_slow_batch_holds_back_the_ones_behind_it_and_order_is_kept():
     assert most == 2  # two calls overlapped, and no more than the depth
 
 
+def test_calls_start_while_the_finisher_is_busy_but_never_more_than_calls_at_once():
+    events, running, most = [], 0, 0
+
+    async def call(i):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        events.append(("start", i))
+        await asyncio.sleep(0.02)
+        running -= 1
+        return i
+
+    async def finish(item, work):
+        await work
+        await asyncio.sleep(0.1)  # recording and publishing take longer than a call here
+        events.append(("finish", item))
+
+    async def go():
+        in_flight = InFlight(4, finish, calls=2)
+        finisher = in_flight.start()
+        for i in range(6):
+            await in_flight.submit(i, call(i))
+        while sum(e[0] == "finish" for e in events) < 6:
+            await asyncio.sleep(0.01)
+        finisher.cancel()
+
+    asyncio.run(go())
+    assert [e[1] for e in events if e[0] == "finish"] == list(range(6))
+    assert most == 2
+    # while the first batch was being finished, the next calls ran: up to the depth of 4 taken
+    assert events.index(("finish", 0)) >= 4 and ("start", 3) in events[:events.index(("finish", 0))]
+    with pytest.raises(ValueError, match="calls"):
+        InFlight(2, finish, calls=3)
+
+
 def test_one_batch_at_a_time_when_the_depth_is_one():
     order = []
 

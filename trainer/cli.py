@@ -9,7 +9,7 @@ import json
 import logging
 from pathlib import Path
 
-from stream.contract import BACKENDS
+from stream.contract import BACKENDS, DEFAULT_INSTANCES
 from stream.errors import UserError
 from trainer.defaults import DEFAULT_MAX_FRAMES, DEFAULT_MODALITY_DROPOUT, MAX_FRAMES
 
@@ -89,7 +89,8 @@ def register_export(sub) -> None:
                         "onnxruntime: Triton's native ONNX Runtime backend on GPU (NVIDIA's container)")
     p.add_argument("--max-batch", type=_positive(int), default=64)
     p.add_argument("--queue-delay-us", type=_positive(int), default=2000, help="dynamic batching queue delay bound")
-    p.add_argument("--instances", type=_positive(int), default=1, help="model instances")
+    p.add_argument("--instances", type=_positive(int), default=DEFAULT_INSTANCES,
+                   help="model instances, each with its share of the cores")
     p.add_argument("--tensorrt", action="store_true", help="TensorRT acceleration (onnxruntime backend)")
     p.add_argument("--no-attribution", dest="attribution", action="store_false",
                    help="serve the score alone, without the text-only score and each side's contribution "

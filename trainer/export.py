@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from stream import contract
-from stream.contract import MODEL_NAME, PRESENT, SCORE, TEXT_INPUTS, ModelContract, lengths_name
+from stream.contract import DEFAULT_INSTANCES, MODEL_NAME, PRESENT, SCORE, TEXT_INPUTS, ModelContract, lengths_name
 from stream.errors import UserError
 from trainer.model import TeCaFN
 from trainer.train import load_checkpoint, tokenizer_for
@@ -213,7 +213,7 @@ def next_version(repo: Path) -> int:
 
 
 def export(checkpoint: Path, repo: Path, backend: str = "python", max_batch: int = 64,
-           tensorrt: bool = False, queue_delay_us: int = 2000, instances: int = 1, quantize: str = "none",
+           tensorrt: bool = False, queue_delay_us: int = 2000, instances: int = DEFAULT_INSTANCES, quantize: str = "none",
            accuracy_data: str | None = None, attribution: bool = True) -> Path:
     """Export `checkpoint` as the next version under repo/tecafn; return the version directory.
     With `attribution` (text-centred models), the graph returns the text-only score and each
