@@ -7,8 +7,11 @@ finds, for any of them, the threshold that gives a false-alarm rate on steady st
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from stream import cusum_threshold, noise
 from stream.detector import CLIP, DUPLICATE_TOL
 
 
@@ -89,6 +92,21 @@ def oracle_cusum(x: np.ndarray, times: np.ndarray, threshold: float, level: np.n
         alarms[:, t], direction[:, t] = fire, np.where(fire_up, 1, np.where(fire_down, -1, 0))
         up[fire], down[fire] = 0.0, 0.0
     return alarms, direction
+
+
+def oracle_fit(sd: float, rho: float, shift: float):
+    """A `fit` for stream/detector.step told what the issue's oracle is told: the stream's true noise
+    sd, autocorrelation and shift size, but not its level. The level is estimated from the reference
+    the detector builds (same warm-up, same exclusion of open runs); the allowance is half the true
+    shift in innovation units, as in oracle_cusum; the threshold pays for the level's error alone.
+    Between the detector and oracle_cusum: what is left of the gap once only the level is unknown."""
+    k = shift * (1 - rho) / (sd * math.sqrt(1 - rho * rho)) / 2
+
+    def fit(reference: list[float], params) -> list:
+        n = len(reference)
+        b = cusum_threshold.threshold(k, n, rho, params.run_length, CLIP, spread_known=True)
+        return [noise.estimate(reference).mean, sd, rho, n, b, k]
+    return fit
 
 
 def calibrate(run, per_10k: float, lo: float, hi: float, iterations: int = 14) -> float:

@@ -27,6 +27,9 @@ detector that attains Lorden's bound on detection delay, made to survive real sc
 - reset: after an alert the reference restarts empty; the stream is watched again once it holds
   TECAFLOW_ALERT_WARMUP new segments, with a threshold that accounts for how few that is.
 
+The fit (level, sd, rho, n, b, k) comes from fit_reference; `tecaflow bench detect` runs this same
+code with its oracle's fit, told the true noise, in its place.
+
 The state is a JSON-able dict the caller stores (in Redis): `evaluated` counts the segments of the
 stream already looked at, so a redelivered batch re-runs nothing and loses nothing.
 """
@@ -58,14 +61,20 @@ def initial_state() -> dict:
             "down_from": None, "last": None, "lag": None, "fit": None, "unfitted": 0, "duplicates": 0, "alerts": 0}
 
 
-def _refit(state: dict, params: DetectorParams) -> None:
+def fit_reference(reference: list[float], params: DetectorParams) -> list:
+    """[mean, sd, rho, n, b, k] from the reference: the noise estimated robustly, the allowance k
+    for a shift ALLOWANCE_FACTOR times min_shift, and the threshold b that pays for the estimate."""
+    est = noise.estimate(reference)
+    k = ALLOWANCE_FACTOR * params.min_shift / est.sd * math.sqrt((1 - est.rho) / (1 + est.rho)) / 2
+    b = cusum_threshold.threshold(k, est.n, est.rho, params.run_length, CLIP)
+    return [est.mean, est.sd, est.rho, est.n, b, k]
+
+
+def _refit(state: dict, params: DetectorParams, fit) -> None:
     """Re-estimate the noise from the reference and derive k and b from it."""
     ref = state["reference"]
     del ref[:-REFERENCE_KEPT]
-    est = noise.estimate(ref)
-    k = ALLOWANCE_FACTOR * params.min_shift / est.sd * math.sqrt((1 - est.rho) / (1 + est.rho)) / 2
-    b = cusum_threshold.threshold(k, est.n, est.rho, params.run_length, CLIP)
-    state["fit"] = [est.mean, est.sd, est.rho, est.n, b, k]
+    state["fit"] = fit(ref, params)
     state["unfitted"] = 0
 
 
@@ -130,14 +139,17 @@ def _reset_after_alert(state: dict) -> None:
                  alerts=state["alerts"] + 1)
 
 
-def _arm(state: dict, params: DetectorParams) -> None:
-    _refit(state, params)
+def _arm(state: dict, params: DetectorParams, fit) -> None:
+    _refit(state, params, fit)
     mean, sd = state["fit"][0], state["fit"][1]
     state["lag"] = min(max(state["lag"], mean - CLIP * sd), mean + CLIP * sd)
 
 
-def step(state: dict, t: float, x: float, params: DetectorParams, stream: str = "") -> dict | None:
-    """Look at one more score (event time t); returns an alert or None. Changes `state` in place."""
+def step(state: dict, t: float, x: float, params: DetectorParams, stream: str = "", fit=fit_reference
+         ) -> dict | None:
+    """Look at one more score (event time t); returns an alert or None. Changes `state` in place.
+    `fit` turns the reference into [mean, sd, rho, n, b, k]; the worker always uses fit_reference
+    (`tecaflow bench detect` passes its oracle's, which is told the true noise)."""
     last = state["last"]
     if last is not None and abs(x - last) <= DUPLICATE_TOL:
         state["duplicates"] += 1
@@ -147,7 +159,7 @@ def step(state: dict, t: float, x: float, params: DetectorParams, stream: str = 
         state["reference"].append(x)
         state["lag"] = x
         if len(state["reference"]) >= params.warmup:
-            _arm(state, params)
+            _arm(state, params, fit)
         return None
     mean, sd, rho, _, b, k = state["fit"]
     innovation_sd = sd * math.sqrt(1 - rho * rho)
@@ -169,7 +181,7 @@ def step(state: dict, t: float, x: float, params: DetectorParams, stream: str = 
         return alert
     _confirm_steady(state)
     if state["unfitted"] >= REFIT_EVERY:
-        _refit(state, params)
+        _refit(state, params, fit)
     return None
 
 
