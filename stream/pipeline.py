@@ -220,30 +220,32 @@ class Pipeline:
             await retry_forever(self.store.mark_published, "redis", result.alerts, backoff=self.backoff)
 
     def detect_streams(self, streams: list[str]) -> list[dict]:
-        """Detection on each stream a batch touched, in one thread hop (not two per stream); a
-        retry after a failure half-way is safe: the detector resumes where it stopped."""
-        alerts = []
-        for stream in streams:  # redelivered batches too
-            self.detect(stream)
-            # what it found now, and what it found before a crash that came before publishing
-            alerts += self.store.unpublished_alerts(stream)
+        """Detection on each stream a batch touched, in one thread hop, one round trip to read and
+        one to save (a stream that raised alerts saves with them); a retry after a failure half-way
+        is safe: the detector resumes where it stopped. Returns the alerts to publish: those found
+        now, and those found before a crash that came before publishing."""
+        alerts, steady = [], {}
+        for stream, seen in self.store.detection_inputs(streams).items():  # redelivered batches too
+            alerts += seen.unpublished
+            if not seen.totals or seen.state.get("evaluated", 0) >= seen.totals["count"]:
+                continue
+            found, state = detector.scan(stream, seen.window, seen.totals["count"], seen.state, self.detector_params)
+            if found:
+                alerts += self.record_alerts(stream, found, state)
+            else:
+                steady[stream] = state
+        self.store.save_detector_states(steady)
         return alerts
 
-    def detect(self, stream: str) -> list[dict]:
-        totals = self.store.totals(stream)
-        state = self.store.detector_state(stream)
-        if not totals or state.get("evaluated", 0) >= totals["count"]:
-            return []
-        alerts, state = detector.scan(stream, self.store.window(stream), totals["count"], state,
-                                      self.detector_params)
-        if not alerts:
-            self.store.save_detector_state(stream, state)
-            return []
-        self.store.record_alerts(stream, alerts, state)  # together: a crash leaves both or neither
+    def record_alerts(self, stream: str, alerts: list[dict], state: dict) -> list[dict]:
+        """Record a stream's new alerts with the state that follows them (together: a crash leaves
+        both or neither); returns them as the outbox holds them, with their ids."""
+        ids = self.store.record_alerts(stream, alerts, state)
         for alert in alerts:
             metrics.ALERTS.labels(alert["direction"]).inc()
             log.warning("shift alert: stream %s %s by %.2f [%.2f, %.2f] since %s (z=%.1f)", stream,
                         alert["direction"], alert["magnitude"], *alert["interval"],
                         alert["change_point"]["event_time"], alert["z"])
-        return alerts
+        # as JSON gives them back, so that a new alert and one read from the outbox look alike
+        return [{"id": entry_id, **json.loads(json.dumps(alert))} for entry_id, alert in zip(ids, alerts)]
 

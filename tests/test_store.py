@@ -93,6 +93,21 @@ def test_an_alert_stays_in_the_outbox_until_it_is_marked_published(store):
     assert [a["direction"] for a in store.unpublished_alerts("a")] == ["up"]
 
 
+def test_detection_reads_every_touched_stream_in_one_round_trip_as_one_by_one_reads_would(store):
+    for stream in ("a", "b", "c"):  # on a cluster, these hash to different nodes' slots
+        store.record_many([(stream, f"{stream}/{i}", "d", 1000.0 + i, 0.1 * i, "") for i in range(3)])
+    store.record_alert("b", {"stream_id": "b", "direction": "up", "magnitude": 1.0}, {"evaluated": 2})
+    store.save_detector_states({"a": {"evaluated": 1}, "c": {"evaluated": 3, "fit": [0.1, 0.2]}})
+    seen = store.detection_inputs(["a", "b", "c", "never"])
+    for stream in ("a", "b", "c", "never"):
+        assert seen[stream].totals == store.totals(stream)
+        assert seen[stream].state == store.detector_state(stream)
+        assert seen[stream].window == store.window(stream)
+        assert seen[stream].unpublished == store.unpublished_alerts(stream)
+    assert seen["c"].state == {"evaluated": 3, "fit": [0.1, 0.2]} and [a["direction"] for a in seen["b"].unpublished] == ["up"]
+    assert len(seen["a"].window) == 3 and seen["never"].totals == {}
+
+
 def test_modalities_and_attribution_are_kept_per_segment_and_summed_per_bucket(store):
     store.record("m", "m/1", "d1", 1000.0, 1.0, "full", contributions={"audio": 0.5, "visual": -0.25}, text_only=0.75)
     store.record("m", "m/2", "d2", 1001.0, 0.2, "no face", missing=("visual",), contributions={"audio": 0.1},
