@@ -181,7 +181,7 @@ class Settings:
     # ---- the worker ----
     batch_size: int = setting(32, "most segments per Triton call", minimum=1)
     batch_wait_s: float = setting(0.01, "longest wait to fill a partial batch (a full one leaves at once; while "
-                                  "every batch in flight is busy, the backlog fills the next)", minimum=0.0)
+                                  "every Triton call is busy, the backlog fills the next)", minimum=0.0)
     # ---- latency and overlap (issue 10) ----
     fetch_wait_s: float = setting(0.02, "longest time the broker may hold a fetch when it has nothing new (Faust's "
                                   "driver hard-codes 1.5 s; the embedded broker always waits this long)",
