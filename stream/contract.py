@@ -241,8 +241,14 @@ def pad_and_stack(arrays: Iterable[np.ndarray], minimum: int = 0) -> np.ndarray:
     concatenated on axis 0. The model masks padding, so how much there is never changes a score."""
     arrays = list(arrays)
     longest = max([minimum, *(a.shape[1] for a in arrays)])
-    return np.concatenate([np.pad(a, [(0, 0), (0, longest - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
-                           for a in arrays])
+    # one zero array filled by slices: np.pad per array cost the worker ~2 ms a batch
+    out = np.zeros((sum(a.shape[0] for a in arrays), longest, *arrays[0].shape[2:]),
+                   dtype=np.result_type(*arrays))
+    row = 0
+    for a in arrays:
+        out[row:row + a.shape[0], :a.shape[1]] = a
+        row += a.shape[0]
+    return out
 
 
 # ---- the model repository ------------------------------------------------------------------

@@ -152,7 +152,9 @@ class Pipeline:
     async def score_batch(self, raws: list[bytes]) -> tuple["Prepared", dict[str, np.ndarray]]:
         """The stages that may overlap other batches: prepare, then Triton. `record` must follow
         in the order the batches were taken."""
-        batch = self.prepare(raws)
+        return await self.score_prepared(self.prepare(raws))
+
+    async def score_prepared(self, batch: "Prepared") -> tuple["Prepared", dict[str, np.ndarray]]:
         return batch, await self.infer(batch)
 
     # ---- the stages of a batch: prepare (CPU), infer (Triton), record (Redis, detection) -------

@@ -9,7 +9,7 @@ from stream.pipeline import BatchResult, Reject
 
 
 class Exploding:
-    async def score_batch(self, raws):
+    def prepare(self, raws):  # a bug while preparing, before the batch waits for a Triton call
         raise RuntimeError("tokenizer fell over")
 
     async def published(self, result):
@@ -19,8 +19,11 @@ class Fixed:
     def __init__(self, result):
         self.result = result
 
-    async def score_batch(self, raws):
-        return None, {}
+    def prepare(self, raws):
+        return None
+
+    async def score_prepared(self, batch):
+        return batch, {}
 
     async def record(self, batch, outputs):
         return self.result
