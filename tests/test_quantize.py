@@ -11,6 +11,7 @@ from tests.test_export_serve import checkpoint  # noqa: F401 - its tiny trained 
 from trainer import export as export_module
 from trainer.data import load_dataset
 from trainer.export import QUANTIZED_TOLERANCE, export, ort_scores
+from trainer.train import evaluate_checkpoint
 
 
 def test_the_int8_export_serves_a_quantized_graph_within_tolerance_of_fp32(checkpoint, tmp_path):
@@ -28,6 +29,10 @@ def test_the_int8_export_serves_a_quantized_graph_within_tolerance_of_fp32(check
     accuracy = meta["int8_accuracy"]
     assert accuracy["test_segments"] == len(split)
     assert accuracy["mae_change"] == pytest.approx(accuracy["mae_int8"] - accuracy["mae_fp32"])
+    # the fp32 graph's MAE is the checkpoint's own test MAE (scores paired with their labels: a
+    # length-bucketed batch order once paired them with other segments' labels)
+    own = evaluate_checkpoint(checkpoint, load_dataset("synthetic"), splits=("test",))["test"]
+    assert accuracy["mae_fp32"] == pytest.approx(own["mae"], abs=1e-4)
 
     # and, independently of the export's own check, the graphs agree on other inputs
     model = export_module.load_checkpoint(checkpoint)[0]

@@ -177,8 +177,9 @@ def quantized_accuracy(checkpoint: Path, ckpt: dict, fp32_path: Path, int8_path:
     from trainer.data import Batcher, load_dataset
     split = load_dataset(data).split("test")
     batcher = Batcher(split, tokenizer_for(checkpoint), ckpt["max_text_tokens"], ckpt["max_frames"])
-    labels = split.labels.reshape(-1)
-    feeds = [graph_feed(b) for b in batcher.batches(64)]
+    batches = list(batcher.batches(64))  # length-bucketed: the labels must come in the same order
+    labels = np.concatenate([b["labels"].numpy().reshape(-1) for b in batches])
+    feeds = [graph_feed(b) for b in batches]
     mae = {name: float(np.mean(np.abs(ort_scores(path, feeds) - labels)))
            for name, path in (("fp32", fp32_path), ("int8", int8_path))}
     return {"data": str(data), "test_segments": len(labels), "mae_fp32": mae["fp32"], "mae_int8": mae["int8"],
