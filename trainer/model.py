@@ -259,36 +259,36 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
         """Attention over an empty context (a row with no real position) is zero, exactly: the
         row attends to its first position only to stay finite, and the result is multiplied out."""
-        b = x.shape[0]
         has_context = context_mask.any(-1)  # [B]
         safe_mask = torch.cat([context_mask[:, :1] | ~has_context[:, None], context_mask[:, 1:]], dim=1)
+        q, (k, v) = self.q(x), self.kv(context).chunk(2, dim=-1)
         if torch.onnx.is_in_onnx_export():
-            k, v = self.kv(context).chunk(2, dim=-1)
-            out = FusedAttention.apply(self.q(x), k, v, safe_mask, self.h, self.h * self.d_head)
-            return self.out(out) * has_context[:, None, None].to(out.dtype)
-        q = self.q(x).view(b, -1, self.h, self.d_head).transpose(1, 2)  # [B, h, Tq, dh]
-        k, v = self.kv(context).view(b, -1, 2, self.h, self.d_head).permute(2, 0, 3, 1, 4)
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_head)  # [B, h, Tq, Tk]
-        scores = scores.masked_fill(~safe_mask[:, None, None, :], float("-inf"))
-        attn = self.drop(scores.softmax(-1))
-        out = self.out((attn @ v).transpose(1, 2).reshape(b, -1, self.h * self.d_head))
-        return out * has_context[:, None, None].to(out.dtype)
+            out = FusedAttention.apply(q, k, v, safe_mask, self.h, self.h * self.d_head)
+        else:
+            out = attend(q, k, v, safe_mask, self.h, self.drop)
+        return self.out(out) * has_context[:, None, None].to(out.dtype)
+
+
+def attend(q, k, v, keep, h: int, drop=None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(dh), masked) v over h heads: q [B, Tq, d], k and v [B, Tk, d], keep bool
+    [B, Tk]; `drop` (dropout) on the attention weights while training."""
+    b, d = q.shape[0], q.shape[-1]
+    q, k, v = (t.view(b, -1, h, d // h).transpose(1, 2) for t in (q, k, v))  # [B, h, T, dh]
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(d // h)  # [B, h, Tq, Tk]
+    attn = scores.masked_fill(~keep[:, None, None, :], float("-inf")).softmax(-1)
+    return ((drop(attn) if drop is not None else attn) @ v).transpose(1, 2).reshape(b, -1, d)
 
 
 class FusedAttention(torch.autograd.Function):
-    """softmax(q k^T / sqrt(dh) masked) v over h heads, exported as ONNX Runtime's fused
-    MultiHeadAttention (com.microsoft). The decomposed graph (transposes, MatMul, Where, Softmax
-    per layer) was a third of the served graph's time on 2 CPU cores; the fused kernel gives the
-    same scores (the export's parity check compares it with PyTorch) 7-15 % faster overall.
-    Used only while exporting: training and PyTorch inference take the plain path."""
+    """attend(), exported as ONNX Runtime's fused MultiHeadAttention (com.microsoft). The
+    decomposed graph (transposes, MatMul, Where, Softmax per layer) was a third of the served
+    graph's time on 2 CPU cores; the fused kernel gives the same scores (the export's parity check
+    compares it with PyTorch) 7-15 % faster overall. Used only while exporting: training and
+    PyTorch inference call attend() directly."""
 
     @staticmethod
-    def forward(ctx, q, k, v, keep, h: int, d: int):  # q [B, Tq, d], k and v [B, Tk, d], keep bool [B, Tk]
-        b = q.shape[0]
-        heads = [t.view(b, -1, h, d // h).transpose(1, 2) for t in (q, k, v)]
-        scores = (heads[0] @ heads[1].transpose(-1, -2)) / math.sqrt(d // h)
-        attn = scores.masked_fill(~keep[:, None, None, :], float("-inf")).softmax(-1)
-        return (attn @ heads[2]).transpose(1, 2).reshape(b, -1, d)
+    def forward(ctx, q, k, v, keep, h: int, d: int):
+        return attend(q, k, v, keep, h)
 
     @staticmethod
     def symbolic(g, q, k, v, keep, h, d):
