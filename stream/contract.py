@@ -34,8 +34,8 @@ TEXT_INPUTS = ("input_ids", "attention_mask")
 PRESENT = "present"  # bool [B, len(PRESENCE)]: which sides each segment has
 PRESENCE = ("audio", "visual")  # the columns of `present` and `contribution`, whatever the model has
 BACKENDS = ("python", "onnxruntime")
-# Model instances per export: one per batch the worker keeps in flight, each with its share of the
-# cores. On 2 CPU cores ONNX Runtime keeps 1.6 of them busy with one session of two threads (many
+# Model instances per export: one per Triton call a worker keeps running (TECAFLOW_TRITON_CALLS),
+# each with its share of the cores. On 2 CPU cores ONNX Runtime keeps 1.6 of them busy with one session of two threads (many
 # of the graph's nodes are too small to split), and two one-thread sessions side by side do 1.4x
 # as much (`tecaflow bench pipeline --instances 1|2`, README).
 DEFAULT_INSTANCES = 2

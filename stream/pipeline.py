@@ -248,6 +248,5 @@ class Pipeline:
             log.warning("shift alert: stream %s %s by %.2f [%.2f, %.2f] since %s (z=%.1f)", stream,
                         alert["direction"], alert["magnitude"], *alert["interval"],
                         alert["change_point"]["event_time"], alert["z"])
-        # as JSON gives them back, so that a new alert and one read from the outbox look alike
-        return [{"id": entry_id, **json.loads(json.dumps(alert))} for entry_id, alert in zip(ids, alerts)]
+        return [{"id": entry_id, **alert} for entry_id, alert in zip(ids, alerts)]
 

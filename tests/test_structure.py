@@ -67,6 +67,18 @@ def test_a_missing_file_the_user_named_is_one_line(capsys):
     assert capsys.readouterr().err.startswith("tecaflow backtest: error: /nonexistent/scores.csv:")
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "pipeline", "--instances", "0"], "--instances: must be > 0, got 0"),
+    (["bench", "pipeline", "--segments", "-5"], "--segments: must be > 0, got -5"),
+    (["demo", "--streams", "x"], "--streams: 'x' is not a valid int"),
+    (["bench", "detect", "--steady", "0"], "--steady: must be > 0"),
+])
+def test_counts_on_the_command_line_must_be_positive_before_anything_starts(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_the_readme_settings_table_is_the_declared_one():
     readme = (ROOT / "README.md").read_text()
     assert settings_table() in readme, "README's settings table is stale: paste `tecaflow settings --markdown`"

@@ -23,30 +23,30 @@ DATA_HELP = ("'synthetic' (the seeded generator), a folder with utterances.csv (
 def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--out", required=True, type=Path, help="run directory (created)")
-    p.add_argument("--epochs", type=_positive(int), default=40)
-    p.add_argument("--batch-size", type=_positive(int), default=32)
-    p.add_argument("--lr", type=_positive(float), default=1e-3, help="learning rate, all but the text encoder")
-    p.add_argument("--lr-encoder", type=_positive(float), default=None,
+    p.add_argument("--epochs", type=positive(int), default=40)
+    p.add_argument("--batch-size", type=positive(int), default=32)
+    p.add_argument("--lr", type=positive(float), default=1e-3, help="learning rate, all but the text encoder")
+    p.add_argument("--lr-encoder", type=positive(float), default=None,
                    help="text encoder learning rate (default 5e-5; the main rate for 'tiny')")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--freeze-encoder", action="store_true", help="keep the text encoder's weights fixed")
-    p.add_argument("--clip", type=_positive(float), default=1.0, help="gradient norm clip")
-    p.add_argument("--patience", type=_positive(int), default=10, help="early-stopping patience in epochs")
+    p.add_argument("--clip", type=positive(float), default=1.0, help="gradient norm clip")
+    p.add_argument("--patience", type=positive(int), default=10, help="early-stopping patience in epochs")
     p.add_argument("--seed", type=int, default=1111)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--text-encoder", default="minilm",
                    help="minilm (offline all-MiniLM-L6-v2), tiny (small random BERT), or a local BERT-family path")
-    p.add_argument("--max-text-tokens", type=_positive(int), default=50)
+    p.add_argument("--max-text-tokens", type=positive(int), default=50)
     p.add_argument("--max-frames", type=_frames, default=DEFAULT_MAX_FRAMES,
                    help=f"audio/visual frames kept per segment (default {DEFAULT_MAX_FRAMES}, at most {MAX_FRAMES}); "
                         "longer sequences are cut and the log says how many")
     p.add_argument("--modality-dropout", type=probability, default=DEFAULT_MODALITY_DROPOUT, metavar="P",
                    help="per sample and side, hide audio / vision with probability P while training, so the "
                         f"model scores segments that lack one (default {DEFAULT_MODALITY_DROPOUT}; 0 turns it off)")
-    p.add_argument("--seeds", type=_positive(int), default=1, metavar="N",
+    p.add_argument("--seeds", type=positive(int), default=1, metavar="N",
                    help="train N times (seeds --seed, --seed + 1, ...) and report each metric as mean ± sd")
-    p.add_argument("--log-every", type=_positive(int), default=10, help="loss trace period K in steps")
-    p.add_argument("--synthetic-size", type=_positive(int), default=1200, help="utterances for --data synthetic")
+    p.add_argument("--log-every", type=positive(int), default=10, help="loss trace period K in steps")
+    p.add_argument("--synthetic-size", type=positive(int), default=1200, help="utterances for --data synthetic")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a TeCaFNConfig field, e.g. --set p=0.4 --set cross_layers=2 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -66,7 +66,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--split", action="append", choices=("train", "valid", "test"),
                    help="splits to evaluate (default valid and test)")
-    p.add_argument("--synthetic-size", type=_positive(int), default=1200)
+    p.add_argument("--synthetic-size", type=positive(int), default=1200)
     p.add_argument("--seed", type=int, default=1111)
     p.set_defaults(func=cmd_evaluate)
 
@@ -87,9 +87,9 @@ def register_export(sub) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="python",
                    help="python: ONNX Runtime inside Triton's Python backend (what the embedded Triton runs); "
                         "onnxruntime: Triton's native ONNX Runtime backend on GPU (NVIDIA's container)")
-    p.add_argument("--max-batch", type=_positive(int), default=64)
-    p.add_argument("--queue-delay-us", type=_positive(int), default=2000, help="dynamic batching queue delay bound")
-    p.add_argument("--instances", type=_positive(int), default=DEFAULT_INSTANCES,
+    p.add_argument("--max-batch", type=positive(int), default=64)
+    p.add_argument("--queue-delay-us", type=positive(int), default=2000, help="dynamic batching queue delay bound")
+    p.add_argument("--instances", type=positive(int), default=DEFAULT_INSTANCES,
                    help="model instances, each with its share of the cores")
     p.add_argument("--tensorrt", action="store_true", help="TensorRT acceleration (onnxruntime backend)")
     p.add_argument("--no-attribution", dest="attribution", action="store_false",
@@ -120,28 +120,28 @@ def cmd_export(args) -> int:
 def register_bench(bench_sub) -> None:
     p = bench_sub.add_parser("gate", help="vectorised mining + gate vs a per-sample loop; step overhead")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--repeat", type=_positive(int), default=20)
+    p.add_argument("--repeat", type=positive(int), default=20)
     p.set_defaults(func=cmd_bench_gate)
 
     p = bench_sub.add_parser("train", help="training samples/s with plain batches vs length-bucketed batches")
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--text-encoder", default="minilm")
-    p.add_argument("--batch-size", type=_positive(int), default=32)
-    p.add_argument("--steps", type=_positive(int), default=20, help="timed training steps per setting")
+    p.add_argument("--batch-size", type=positive(int), default=32)
+    p.add_argument("--steps", type=positive(int), default=20, help="timed training steps per setting")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--max-text-tokens", type=_positive(int), default=50)
-    p.add_argument("--synthetic-size", type=_positive(int), default=1200)
+    p.add_argument("--max-text-tokens", type=positive(int), default=50)
+    p.add_argument("--synthetic-size", type=positive(int), default=1200)
     p.add_argument("--seed", type=int, default=1111)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_train)
 
 
-def _positive(kind):
+def positive(kind):
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
@@ -160,7 +160,7 @@ def probability(text):
 
 
 def _frames(text):
-    value = _positive(int)(text)
+    value = positive(int)(text)
     if value > MAX_FRAMES:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_FRAMES} (the positional table's length), got {text}")
     return value
