@@ -255,6 +255,23 @@ def measure_raw(result: dict, graphs: dict, contract, batch: int, seconds: float
         result[f"raw_{name}"] = max(result[f"raw_{name}_options"], result[f"raw_{name}_ort_defaults"])
 
 
+def summarize_runs(runs: list[dict]) -> dict:
+    """Median, lowest and highest of each ratio and of the p99 over repeated runs: on a shared
+    machine one run's ratio can land anywhere in a wide band, so a claim rests on the median."""
+    def spread(values: list[float]) -> dict:
+        return {"median": float(np.median(values)), "min": min(values), "max": max(values)}
+    summary = {name: spread([r["ratios"][name] for r in runs]) for name in runs[0]["ratios"]}
+    summary["p99_ms"] = spread([r["latency_ms"]["p99"] for r in runs])
+    return {"runs": len(runs), **summary}
+
+
+def format_summary(summary: dict) -> str:
+    rows = [f"over {summary['runs']} runs: median (lowest-highest)"]
+    rows += [f"{name:>16} {v['median']:6.2f} ({v['min']:.2f}-{v['max']:.2f})"
+             for name, v in summary.items() if name != "runs"]
+    return "\n".join(rows)
+
+
 def format_report(r: dict) -> str:
     rows = [f"{r['segments']} segments over {r['streams']} streams, batch {r['batch']}, {r['frames']} frames, "
             f"served model {r['served_model']}, {r['instances']} Triton instance(s)"]

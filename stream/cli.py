@@ -121,6 +121,8 @@ def register_bench_pipeline(bench_sub) -> None:
     p.add_argument("--naive", type=trainer_cli.positive(int), default=300, help="messages the naive consumer handles")
     p.add_argument("--seconds", type=trainer_cli.positive(float), default=15.0,
                    help="latency phase; half of it for served, a quarter for each raw measurement")
+    p.add_argument("--repeat", type=trainer_cli.positive(int), default=1,
+                   help="whole runs, each on a fresh stack; with more than one, the ratios' medians are printed too")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_pipeline)
 
@@ -128,12 +130,28 @@ def register_bench_pipeline(bench_sub) -> None:
 def cmd_bench_pipeline(args) -> int:
     import json
 
-    from stream.bench_pipeline import bench_pipeline, format_report
+    from stream.bench_pipeline import (
+        bench_pipeline,
+        format_report,
+        format_summary,
+        summarize_runs,
+    )
     from stream.contract import DEFAULT_INSTANCES
-    result = bench_pipeline(args.checkpoint, args.segments, args.streams, args.batch, quantize=args.quantize,
-                            naive_count=args.naive, seconds=args.seconds, instances=args.instances or DEFAULT_INSTANCES,
-                            progress=lambda m: print(m, file=sys.stderr))
-    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    runs = []
+    for k in range(args.repeat):
+        if args.repeat > 1:
+            print(f"run {k + 1} of {args.repeat}", file=sys.stderr)
+        runs.append(bench_pipeline(args.checkpoint, args.segments, args.streams, args.batch, quantize=args.quantize,
+                                   naive_count=args.naive, seconds=args.seconds,
+                                   instances=args.instances or DEFAULT_INSTANCES,
+                                   progress=lambda m: print(m, file=sys.stderr)))
+        if not args.json:
+            print(format_report(runs[-1]), flush=True)
+    summary = summarize_runs(runs) if len(runs) > 1 else None
+    if args.json:
+        print(json.dumps({"runs": runs, "summary": summary} if summary else runs[0], indent=2))
+    elif summary:
+        print(format_summary(summary))
     return 0
 
 

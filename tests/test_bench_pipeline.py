@@ -2,12 +2,33 @@
 embedded stack and reports its figures (the benchmark itself is a command, not a test)."""
 import pytest
 
-from stream.bench_pipeline import STAGES, bench_pipeline, format_report
+from stream.bench_pipeline import (
+    STAGES,
+    bench_pipeline,
+    format_report,
+    format_summary,
+    summarize_runs,
+)
 from stream.bench_serve import untrained_checkpoint
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+def run_with(e2e_over_raw: float, p99: float) -> dict:
+    return {"ratios": {"e2e/raw_fp32": e2e_over_raw, "e2e/naive": 5 * e2e_over_raw},
+            "latency_ms": {"p50": p99 / 2, "p99": p99, "n": 100}}
 
 
+def test_repeated_runs_are_summarised_by_median_and_range():
+    runs = [run_with(0.91, 150.0), run_with(1.02, 130.0), run_with(0.96, 400.0), run_with(0.97, 140.0)]
+    s = summarize_runs(runs)
+    assert s["runs"] == 4
+    assert s["e2e/raw_fp32"] == {"median": pytest.approx(0.965), "min": 0.91, "max": 1.02}
+    assert s["e2e/naive"]["median"] == pytest.approx(4.825)
+    assert s["p99_ms"] == {"median": pytest.approx(145.0), "min": 130.0, "max": 400.0}
+    assert "0.96 (0.91-1.02)" in format_summary(s)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_tiny_bench_pipeline_runs_every_phase(tmp_path):
     checkpoint = untrained_checkpoint(tmp_path / "ckpt", text_encoder="tiny")
     r = bench_pipeline(checkpoint, total=96, streams=3, batch=8, frames=6, quantize="int8", naive_count=12,

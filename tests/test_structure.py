@@ -70,6 +70,7 @@ def test_a_missing_file_the_user_named_is_one_line(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["bench", "pipeline", "--instances", "0"], "--instances: must be > 0, got 0"),
     (["bench", "pipeline", "--segments", "-5"], "--segments: must be > 0, got -5"),
+    (["bench", "pipeline", "--repeat", "0"], "--repeat: must be > 0, got 0"),
     (["demo", "--streams", "x"], "--streams: 'x' is not a valid int"),
     (["bench", "detect", "--steady", "0"], "--steady: must be > 0"),
 ])
