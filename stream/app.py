@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from typing import Awaitable
 
 import faust
@@ -37,10 +36,8 @@ settings = Settings.from_env()
 
 
 def broker_credentials(s: Settings):
-    context = None
-    if s.broker_security in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=s.ca_file or None)
-    if s.broker_security.startswith("SASL"):
+    context = s.broker_ssl_context()
+    if s.broker_uses_sasl():
         return faust.SASLCredentials(username=s.sasl_username, password=s.sasl_password,
                                      mechanism=s.sasl_mechanism, ssl_context=context)
     return faust.SSLCredentials(context) if context else None

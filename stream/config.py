@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit, urlunsplit
 
@@ -246,6 +247,9 @@ class Settings:
         if self.triton_calls > self.batches_in_flight:
             raise ConfigError(f"TECAFLOW_TRITON_CALLS={self.triton_calls} must be at most "
                               f"TECAFLOW_BATCHES_IN_FLIGHT={self.batches_in_flight}: a call is made for a batch in flight")
+        if self.ca_file and self.broker_security not in ("SSL", "SASL_SSL"):
+            raise ConfigError(f"TECAFLOW_BROKER_CA_FILE is set but TECAFLOW_BROKER_SECURITY={self.broker_security}: "
+                              "the CA bundle is used only with SSL or SASL_SSL")
 
     @property
     def detector(self) -> DetectorParams:
@@ -277,6 +281,19 @@ class Settings:
 
     def broker_servers(self) -> str:
         return ",".join(s.strip().removeprefix("kafka://") for s in self.broker_url.split(","))
+
+    def broker_ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of every broker client (Faust's and the start-up checks'), or None."""
+        if self.broker_security not in ("SSL", "SASL_SSL"):
+            return None
+        try:
+            return ssl.create_default_context(cafile=self.ca_file or None)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"TECAFLOW_BROKER_CA_FILE={self.ca_file}: not a readable CA bundle "
+                              f"({getattr(e, 'strerror', None) or e})") from None
+
+    def broker_uses_sasl(self) -> bool:
+        return self.broker_security.startswith("SASL")
 
     def describe(self) -> str:
         """Every setting, for the log: passwords hidden, URLs through redact_url."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 
 import redis
 from aiokafka import errors as kafka_errors
@@ -84,9 +83,10 @@ async def check_broker(settings: Settings, timeout: float = 10.0) -> None:
 
 def _client_options(settings: Settings, timeout: float) -> dict:
     options = {"security_protocol": settings.broker_security, "request_timeout_ms": int(timeout * 1000)}
-    if settings.broker_security in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = ssl.create_default_context(cafile=settings.ca_file or None)
-    if settings.broker_security.startswith("SASL"):
+    context = settings.broker_ssl_context()
+    if context is not None:
+        options["ssl_context"] = context
+    if settings.broker_uses_sasl():
         options.update(sasl_mechanism=settings.sasl_mechanism, sasl_plain_username=settings.sasl_username,
                        sasl_plain_password=settings.sasl_password)
     return options

@@ -65,6 +65,9 @@ async def build_pipeline(settings: Settings, backoff=Backoff) -> Pipeline:
 def check_dependencies(settings: Settings) -> None:
     """Refused credentials or permissions stop the worker now (DependencyRefused: one line, exit 2);
     an unreachable Redis or broker is only logged here and waited for once running."""
+    if (settings.sasl_username or settings.sasl_password) and not settings.broker_uses_sasl():
+        log.warning("TECAFLOW_BROKER_SASL_USERNAME/PASSWORD are set but TECAFLOW_BROKER_SECURITY=%s: they are not "
+                    "used (SASL_PLAINTEXT or SASL_SSL would use them)", settings.broker_security)
     load_tokenizer(settings, 1)  # fail now, with a clear message, rather than on the first batch
     check_redis(lambda: store_for(settings), settings.redis_url)
     loop = asyncio.new_event_loop()  # not the current loop: Faust sets up its own

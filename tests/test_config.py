@@ -92,3 +92,30 @@ def test_a_bad_redis_url_is_named_without_its_password(monkeypatch):
     with pytest.raises(ConfigError) as caught:
         Settings.from_env()
     assert "s3cret" not in str(caught.value) and "redis+cluster://" in str(caught.value)
+
+
+def test_every_broker_client_gets_its_tls_context_from_the_settings(tmp_path):
+    import certifi
+
+    from stream.dependencies import _client_options
+    assert Settings(broker_security="PLAINTEXT").broker_ssl_context() is None
+    assert "ssl_context" not in _client_options(Settings(broker_security="SASL_PLAINTEXT"), 5)
+    bundle = Settings(broker_security="SSL", ca_file=certifi.where()).broker_ssl_context()
+    assert bundle.cert_store_stats()["x509_ca"] > 0
+    options = _client_options(Settings(broker_security="SASL_SSL", ca_file=certifi.where(), sasl_username="u"), 5)
+    assert options["ssl_context"].cert_store_stats() == bundle.cert_store_stats()
+    assert options["sasl_plain_username"] == "u"
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate"])
+def test_a_ca_bundle_that_cannot_be_read_is_named(tmp_path, content):
+    path = tmp_path / "ca.pem"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=f"TECAFLOW_BROKER_CA_FILE={path}: not a readable CA bundle"):
+        Settings(broker_security="SSL", ca_file=str(path)).broker_ssl_context()
+
+
+def test_a_ca_bundle_without_tls_is_refused_rather_than_ignored():
+    with pytest.raises(ConfigError, match="TECAFLOW_BROKER_CA_FILE is set but TECAFLOW_BROKER_SECURITY=PLAINTEXT"):
+        Settings(broker_security="PLAINTEXT", ca_file="/etc/ssl/ca.pem")
