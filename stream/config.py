@@ -125,6 +125,41 @@ def _redis_scheme(url: str) -> str | None:
     return f"must start with {', '.join(REDIS_SCHEMES[:-1])} or {REDIS_SCHEMES[-1]}"
 
 
+HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
+
+
+def _is_host_port(text: str) -> bool:
+    m = HOST_PORT.fullmatch(text.strip())
+    return m is not None and 0 < int(m.group(2)) < 65536
+
+
+def _host_port(value: str) -> str | None:
+    return None if _is_host_port(value) else "must be host:port, e.g. 10.0.0.5:8001"
+
+
+def _host_ports(value: str) -> str | None:
+    if all(_is_host_port(s.strip().removeprefix("kafka://")) for s in value.split(",")):
+        return None
+    return "must be host:port, comma-separated for several (e.g. 10.0.0.5:9092,10.0.0.6:9092)"
+
+
+def _optional_host_ports(value: str) -> str | None:
+    return _host_ports(value) if value else None
+
+
+def _topic(name: str) -> str | None:
+    # Kafka's own rule for topic names
+    if re.fullmatch(r"[A-Za-z0-9._-]{1,249}", name) and name not in (".", ".."):
+        return None
+    return "is not a Kafka topic name (1-249 of letters, digits, '.', '_' and '-')"
+
+
+def _webhook(url: str) -> str | None:
+    if not url or (url.startswith(("http://", "https://")) and urlsplit(url).hostname):
+        return None
+    return "must be an http:// or https:// URL"
+
+
 def _timezone(name: str) -> str | None:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
     try:
@@ -156,7 +191,8 @@ class Settings:
                              shown="(newest version's)")
     # ---- the broker ----
     broker_url: str = setting("kafka://127.0.0.1:9092",
-                              "Kafka bootstrap servers (comma-separated host:port, `kafka://` optional)", secret="url")
+                              "Kafka bootstrap servers (comma-separated host:port, `kafka://` optional)", check=_host_ports,
+                              secret="url")
     broker_security: str = setting("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
                                    choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
     sasl_mechanism: str = setting("PLAIN", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", env="TECAFLOW_BROKER_SASL_MECHANISM",
@@ -165,10 +201,11 @@ class Settings:
     sasl_password: str = setting("", "SASL password (a secret: never printed)", env="TECAFLOW_BROKER_SASL_PASSWORD",
                                  secret="hide")
     ca_file: str = setting("", "CA bundle for SSL", env="TECAFLOW_BROKER_CA_FILE")
-    topic_segments: str = setting("segments", "topic of incoming segments")
-    topic_scores: str = setting("scores", "topic of scored segments")
-    topic_alerts: str = setting("alerts", "topic of shift alerts")
-    topic_dlq: str = setting("segments-dlq", "dead-letter topic: rejected messages with their reason")
+    topic_segments: str = setting("segments", "topic of incoming segments", check=_topic)
+    topic_scores: str = setting("scores", "topic of scored segments", check=_topic)
+    topic_alerts: str = setting("alerts", "topic of shift alerts", check=_topic)
+    topic_dlq: str = setting("segments-dlq", "dead-letter topic: rejected messages with their reason",
+                               check=_topic)
     partitions: int = setting(4, "partitions of the topics tecaflow creates", minimum=1)
     commit_interval_s: float = setting(1.0, "how often offsets are committed", minimum=0.0)
     session_timeout_s: float = setting(10.0, "consumer-group session and rebalance timeout", minimum=1.0)
@@ -177,7 +214,7 @@ class Settings:
                              "Redis URL (redis://:password@host:port/db, rediss:// for TLS, redis+cluster://:password@"
                              "host:port for a Redis Cluster, any node); the password is never printed",
                              check=_redis_scheme, secret="url")
-    triton_url: str = setting("127.0.0.1:8001", "Triton gRPC address")
+    triton_url: str = setting("127.0.0.1:8001", "Triton gRPC address", check=_host_port)
     triton_model: str = setting("tecafn", "model name in the repository")
     # ---- the worker ----
     batch_size: int = setting(32, "most segments per Triton call", minimum=1)
@@ -212,7 +249,7 @@ class Settings:
     alert_warmup: int = setting(100, "segments a stream needs (at start, and after each alert) before it is watched "
                                 "(the noise level is estimated from them)", minimum=10)
     webhook_url: str = setting("", "Slack-compatible webhook for alerts (its token is never printed)",
-                              secret="url")
+                              check=_webhook, secret="url")
     webhook_queue: int = setting(1000, "alerts waiting for the webhook at most; beyond it the oldest are dropped "
                                  "(counted)", minimum=1)
     # ---- the dashboard ----
@@ -227,7 +264,7 @@ class Settings:
     triton_metrics_port: int = setting(8002, "metrics port of the embedded Triton", **PORT)
     prometheus_port: int = setting(9090, "port of the embedded Prometheus", **PORT)
     prometheus_targets: str = setting("", "worker metrics endpoints the embedded Prometheus scrapes (host:port,...)",
-                                      shown="127.0.0.1:9108,127.0.0.1:9109")
+                                      check=_optional_host_ports, shown="127.0.0.1:9108,127.0.0.1:9109")
     demo_seconds: float = setting(0.0, "`tecaflow demo` stops after this long (0: at Ctrl-C)", minimum=0.0)
     debug: bool = setting(False, "show the traceback of user errors too (1 or true)")
 
@@ -247,6 +284,11 @@ class Settings:
         if self.triton_calls > self.batches_in_flight:
             raise ConfigError(f"TECAFLOW_TRITON_CALLS={self.triton_calls} must be at most "
                               f"TECAFLOW_BATCHES_IN_FLIGHT={self.batches_in_flight}: a call is made for a batch in flight")
+        topics = {"TECAFLOW_TOPIC_SEGMENTS": self.topic_segments, "TECAFLOW_TOPIC_SCORES": self.topic_scores,
+                  "TECAFLOW_TOPIC_ALERTS": self.topic_alerts, "TECAFLOW_TOPIC_DLQ": self.topic_dlq}
+        if len(set(topics.values())) < len(topics):
+            raise ConfigError("the topics must differ (a rejected message sent to the topic it came from would "
+                              f"come back forever): {', '.join(f'{k}={v}' for k, v in topics.items())}")
         if self.ca_file and self.broker_security not in ("SSL", "SASL_SSL"):
             raise ConfigError(f"TECAFLOW_BROKER_CA_FILE is set but TECAFLOW_BROKER_SECURITY={self.broker_security}: "
                               "the CA bundle is used only with SSL or SASL_SSL")

@@ -45,6 +45,15 @@ def test_every_variable_is_read(monkeypatch):
     ("TECAFLOW_ALERT_FALSE_ALARMS_PER_10K", "0", r"must be in \(0, 10000\)"),
     ("TECAFLOW_ALERT_WARMUP", "3", "must be >= 10"),
     ("TECAFLOW_WEBHOOK_QUEUE", "0", "must be >= 1"),
+    ("TECAFLOW_BROKER_URL", "http://broker:9092", "TECAFLOW_BROKER_URL='http://broker:9092' must be host:port"),
+    ("TECAFLOW_BROKER_URL", "kafka://a:9092,kafka://b", "must be host:port, comma-separated"),
+    ("TECAFLOW_BROKER_URL", "kafka://a:0", "must be host:port"),
+    ("TECAFLOW_TRITON_URL", "triton", "TECAFLOW_TRITON_URL='triton' must be host:port"),
+    ("TECAFLOW_PROMETHEUS_TARGETS", "worker", "must be host:port"),
+    ("TECAFLOW_WEBHOOK_URL", "hooks.slack.com/services/T/B/tok3n", "must be an http:// or https:// URL"),
+    ("TECAFLOW_TOPIC_SEGMENTS", "", "is not a Kafka topic name"),
+    ("TECAFLOW_TOPIC_DLQ", "dead letters", "is not a Kafka topic name"),
+    ("TECAFLOW_TOPIC_DLQ", "segments", "the topics must differ"),
 ])
 def test_bad_settings_say_which_variable(monkeypatch, var, value, message):
     monkeypatch.setenv(var, value)
@@ -119,3 +128,20 @@ def test_a_ca_bundle_that_cannot_be_read_is_named(tmp_path, content):
 def test_a_ca_bundle_without_tls_is_refused_rather_than_ignored():
     with pytest.raises(ConfigError, match="TECAFLOW_BROKER_CA_FILE is set but TECAFLOW_BROKER_SECURITY=PLAINTEXT"):
         Settings(broker_security="PLAINTEXT", ca_file="/etc/ssl/ca.pem")
+
+
+def test_well_formed_addresses_pass(monkeypatch):
+    monkeypatch.setenv("TECAFLOW_BROKER_URL", "kafka://kafka-0.kafka:9092, kafka://[::1]:9093,10.0.0.7:9094")
+    monkeypatch.setenv("TECAFLOW_TRITON_URL", "triton:8001")
+    monkeypatch.setenv("TECAFLOW_PROMETHEUS_TARGETS", "worker-1:9108,worker-2:9108")
+    monkeypatch.setenv("TECAFLOW_WEBHOOK_URL", "https://hooks.slack.com/services/T0/B0/x")
+    monkeypatch.setenv("TECAFLOW_TOPIC_DLQ", "tecaflow.segments_dlq-v2")
+    s = Settings.from_env()
+    assert s.broker_servers() == "kafka-0.kafka:9092,[::1]:9093,10.0.0.7:9094"
+
+
+def test_a_rejected_webhook_url_keeps_its_token_hidden(monkeypatch):
+    monkeypatch.setenv("TECAFLOW_WEBHOOK_URL", "ftp://hooks.example.com/services/T0/B0/tok3n")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env()
+    assert "tok3n" not in str(caught.value)
