@@ -17,6 +17,8 @@ END_TO_END = Histogram("tecaflow_end_to_end_latency_seconds", "From a segment's 
 RETRIES = Counter("tecaflow_retries_total", "Retried calls to a dependency", ["target"])
 DEPENDENCY_UP = Gauge("tecaflow_dependency_up", "1 when the last call to the dependency succeeded", ["target"])
 ALERTS = Counter("tecaflow_alerts_total", "Sentiment shift alerts raised", ["direction"])
+DETECTION_FAILURES = Counter("tecaflow_detection_failures_total",
+                             "Streams whose shift detection failed on a batch (a bug: scoring went on; see the log)")
 IN_FLIGHT = Gauge("tecaflow_in_flight_segments", "Segments taken from Kafka and not yet recorded")
 STAGE_SECONDS = Histogram("tecaflow_stage_seconds", "Time a micro-batch spends in each stage of the worker "
                           "(decode, tokenize, triton, redis, detect, publish)", ["stage"],

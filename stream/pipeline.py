@@ -231,7 +231,14 @@ class Pipeline:
             alerts += seen.unpublished
             if not seen.totals or seen.state.get("evaluated", 0) >= seen.totals["count"]:
                 continue
-            found, state = detector.scan(stream, seen.window, seen.totals["count"], seen.state, self.detector_params)
+            try:
+                found, state = detector.scan(stream, seen.window, seen.totals["count"], seen.state,
+                                             self.detector_params)
+            except Exception:  # noqa: BLE001 - a detector bug must not stall scoring (retry_forever would)
+                metrics.DETECTION_FAILURES.inc()
+                log.exception("shift detection failed on stream %s; its state is kept and the next batch "
+                              "tries again", stream)
+                continue
             if found:
                 alerts += self.record_alerts(stream, found, state)
             else:

@@ -170,3 +170,26 @@ def test_a_segment_without_a_face_or_a_voice_is_scored_and_flagged(pipeline):
     assert pipeline.store.totals("mm")["missing"] == {"audio": 1, "visual": 1}
     after = {side: metrics.MISSING_MODALITY.labels(side)._value.get() for side in ("audio", "visual")}
     assert after == {"audio": before["audio"] + 1, "visual": before["visual"] + 1}
+
+
+def test_a_detector_failure_on_one_stream_neither_stalls_scoring_nor_loses_its_segments(pipeline, monkeypatch):
+    """Detection runs inside the Redis retry loop: an exception from the detector itself used to be
+    retried forever, stalling every partition of the worker. Now the stream's detection is skipped
+    for that batch (counted, logged), its state is kept, and the next batch catches up."""
+    from stream import detector
+    real_scan = detector.scan
+
+    def scan_failing_on_bad(stream, *args):
+        if stream == "bad":
+            raise OverflowError("math range error")
+        return real_scan(stream, *args)
+    monkeypatch.setattr(detector, "scan", scan_failing_on_bad)
+    failures = metrics.DETECTION_FAILURES._value.get()
+    batch = [scored(s, i, 0.1 * (i % 3)) for i in range(30) for s in ("bad", "good")]
+    result = asyncio.run(pipeline.process(batch))
+    assert len(result.scores) == 60 and metrics.DETECTION_FAILURES._value.get() == failures + 1
+    assert pipeline.store.detector_state("bad").get("evaluated", 0) == 0
+    assert pipeline.store.detector_state("good")["evaluated"] == 30
+    monkeypatch.setattr(detector, "scan", real_scan)
+    asyncio.run(pipeline.process([scored("bad", 30, 0.2)]))
+    assert pipeline.store.detector_state("bad")["evaluated"] == 31
