@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from stream import cusum_threshold, noise
+from stream import detector, noise
 from stream.detector import CLIP, DUPLICATE_TOL
 
 
@@ -104,7 +104,8 @@ def oracle_fit(sd: float, rho: float, shift: float):
 
     def fit(reference: list[float], params) -> list:
         n = len(reference)
-        b = cusum_threshold.threshold(k, n, rho, params.run_length, CLIP, spread_known=True)
+        clip = detector.clip_for(detector.min_shift_in_innovation_sd(params.min_shift, sd, rho))
+        b = detector.threshold_for(k, n, rho, params.run_length, clip, spread_known=True)
         return [noise.estimate(reference).mean, sd, rho, n, b, k]
     return fit
 

@@ -53,15 +53,25 @@ def _normal_cdf(x: float) -> float:
 
 
 def _log_mgf_clipped(t: float, clip: float) -> float:
-    """log E[exp(t Y)] for Y a standard normal clipped to [-clip, clip]."""
-    inside = math.exp(t * t / 2) * (_normal_cdf(clip - t) - _normal_cdf(-clip - t))
-    return math.log(inside + (1.0 - _normal_cdf(clip)) * (math.exp(t * clip) + math.exp(-t * clip)))
+    """log E[exp(t Y)] for Y a standard normal clipped to [-clip, clip], in logs throughout (t and
+    clip reach 20 and more for quiet streams, where exp(t^2 / 2) alone would overflow)."""
+    logs = [math.log(0.5 * math.erfc(clip / math.sqrt(2.0))) + t * clip,   # the clipped tails
+            math.log(0.5 * math.erfc(clip / math.sqrt(2.0))) - t * clip]
+    inside = _normal_cdf(clip - t) - _normal_cdf(-clip - t)  # mass that stays unclipped, tilted
+    if inside > 0:
+        logs.append(t * t / 2 + math.log(inside))
+    top = max(logs)
+    return top + math.log(sum(math.exp(v - top) for v in logs))
 
 
 @lru_cache(maxsize=4096)
 def _tilt_gain(k_milli: int, clip_centi: int) -> float:
     k, clip = k_milli / 1000.0, clip_centi / 100.0
+    if k >= clip:
+        raise ValueError(f"allowance {k} at or above the clip {clip}: increments could never be positive")
     lo, hi = 2.0 * k, 4.0 * k  # clipping only thins the tails: the root lies above the Gaussian 2k
+    while _log_mgf_clipped(hi, clip) - hi * k < 0:  # near the clip the root lies further out
+        lo, hi = hi, 2.0 * hi
     for _ in range(60):
         mid = (lo + hi) / 2
         if _log_mgf_clipped(mid, clip) - mid * k < 0:

@@ -14,7 +14,11 @@ detector that attains Lorden's bound on detection delay, made to survive real sc
 
 - autocorrelation: whitening with rho keeps correlated noise from looking like evidence;
 - outliers: an innovation counts at most CLIP sd, and the lag carries the clipped value, so one
-  wild score moves the statistic by a bounded amount, once;
+  wild score moves the statistic by a bounded amount, once; and no single segment, however far
+  out, raises an alert on its own (threshold_for);
+- quiet streams: where the smallest shift worth an alert is many noise sds, the noise level is
+  taken as at least min_shift / MAX_SHIFT_IN_SD (a shift that large is caught within a segment or
+  two anyway) and the clip widens with the allowance, so the CUSUM can still rise;
 - near-duplicate bursts: a score within DUPLICATE_TOL of the previous kept one (a repost, a
   repeated chant) is the same observation again and is skipped, so ten copies weigh as one;
 - no silent absorption: a segment joins the reference only once neither side's current run
@@ -52,6 +56,12 @@ CLIP = 2.5  # innovation sd units; beyond this a score is treated as an outlier,
 # near 1.1) and lowest near 1.2 at 100. A factor in the upper part of that range catches larger
 # shifts, whose size the detector cannot know, sooner.
 ALLOWANCE_FACTOR = 1.15
+# A quiet stream (a saturated or quantised model) can have a noise sd of a few hundredths: a 0.5
+# shift is then 25 sd, the allowance would exceed the clip and the CUSUM could never rise. The sd
+# the detector uses is at least min_shift / MAX_SHIFT_IN_SD: such a stream's threshold errs on
+# the safe side, and a min_shift change still adds about 3 sd per segment.
+MAX_SHIFT_IN_SD = 6.0
+CLIP_ABOVE_SHIFT = 1.5  # innovation sd units: the clip is never below the smallest shift plus this
 REFERENCE_KEPT = 500  # steady segments the noise estimate is drawn from
 REFIT_EVERY = 16  # steady segments between re-estimates of the noise
 
@@ -61,13 +71,35 @@ def initial_state() -> dict:
             "down_from": None, "last": None, "lag": None, "fit": None, "unfitted": 0, "duplicates": 0, "alerts": 0}
 
 
+def min_shift_in_innovation_sd(min_shift: float, sd: float, rho: float) -> float:
+    """The smallest shift worth an alert as the innovations see it: a level shift d moves each
+    whitened innovation by d (1 - rho) / (sd sqrt(1 - rho^2))."""
+    return min_shift / sd * math.sqrt((1 - rho) / (1 + rho))
+
+
+def clip_for(min_shift_innovation: float) -> float:
+    """The clip of innovations: CLIP, widened where the smallest shift worth an alert comes near
+    it (quiet streams), since an allowance near the clip would leave the CUSUM unable to rise."""
+    return max(CLIP, min_shift_innovation + CLIP_ABOVE_SHIFT)
+
+
+def threshold_for(k: float, n: int, rho: float, run_length: float, clip: float, spread_known: bool = False
+                  ) -> float:
+    """The threshold for the asked false-alarm rate (stream/cusum_threshold.py), and never one a
+    single clipped innovation can reach: one segment is an outlier until the next confirms it."""
+    b = cusum_threshold.threshold(k, n, rho, run_length, clip, spread_known)
+    return max(b, clip - k + cusum_threshold.THRESHOLD_PRECISION)
+
+
 def fit_reference(reference: list[float], params: DetectorParams) -> list:
-    """[mean, sd, rho, n, b, k] from the reference: the noise estimated robustly, the allowance k
-    for a shift ALLOWANCE_FACTOR times min_shift, and the threshold b that pays for the estimate."""
+    """[mean, sd, rho, n, b, k] from the reference: the noise estimated robustly (its sd at least
+    min_shift / MAX_SHIFT_IN_SD), the allowance k for a shift ALLOWANCE_FACTOR times min_shift,
+    and the threshold b that pays for the estimate."""
     est = noise.estimate(reference)
-    k = ALLOWANCE_FACTOR * params.min_shift / est.sd * math.sqrt((1 - est.rho) / (1 + est.rho)) / 2
-    b = cusum_threshold.threshold(k, est.n, est.rho, params.run_length, CLIP)
-    return [est.mean, est.sd, est.rho, est.n, b, k]
+    sd = max(est.sd, params.min_shift / MAX_SHIFT_IN_SD)
+    shift = min_shift_in_innovation_sd(params.min_shift, sd, est.rho)
+    k = ALLOWANCE_FACTOR * shift / 2
+    return [est.mean, sd, est.rho, est.n, threshold_for(k, est.n, est.rho, params.run_length, clip_for(shift)), k]
 
 
 def _refit(state: dict, params: DetectorParams, fit) -> None:
@@ -114,7 +146,9 @@ def _confirm_steady(state: dict) -> None:
 def _alert(state: dict, stream: str, t: float, side: str) -> dict:
     mean, sd, rho, n, b, k = state["fit"]
     post = state["pending"][state[f"{side}_from"]:]
-    level = sum(c for _, _, c in post) / len(post)
+    # the scores themselves: their clipped values are measured from the old level and would
+    # understate a large shift
+    level = sum(x for _, x, _ in post) / len(post)
     magnitude = level - mean
     se = sd * math.sqrt((1 + rho) / (1 - rho)) * math.sqrt(1 / len(post) + 1 / n)
     statistic = state[side]
@@ -139,10 +173,15 @@ def _reset_after_alert(state: dict) -> None:
                  alerts=state["alerts"] + 1)
 
 
+def _clip(state: dict, params: DetectorParams) -> float:
+    _, sd, rho, _, _, _ = state["fit"]
+    return clip_for(min_shift_in_innovation_sd(params.min_shift, sd, rho))
+
+
 def _arm(state: dict, params: DetectorParams, fit) -> None:
     _refit(state, params, fit)
-    mean, sd = state["fit"][0], state["fit"][1]
-    state["lag"] = min(max(state["lag"], mean - CLIP * sd), mean + CLIP * sd)
+    mean, sd, clip = state["fit"][0], state["fit"][1], _clip(state, params)
+    state["lag"] = min(max(state["lag"], mean - clip * sd), mean + clip * sd)
 
 
 def step(state: dict, t: float, x: float, params: DetectorParams, stream: str = "", fit=fit_reference
@@ -164,7 +203,8 @@ def step(state: dict, t: float, x: float, params: DetectorParams, stream: str = 
     mean, sd, rho, _, b, k = state["fit"]
     innovation_sd = sd * math.sqrt(1 - rho * rho)
     predicted = mean + rho * (state["lag"] - mean)
-    z = min(max((x - predicted) / innovation_sd, -CLIP), CLIP)
+    clip = _clip(state, params)
+    z = min(max((x - predicted) / innovation_sd, -clip), clip)
     state["lag"] = predicted + z * innovation_sd
     pending = state["pending"]
     pending.append([t, x, state["lag"]])

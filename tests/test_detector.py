@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from stream import cusum_threshold, noise
+from stream import cusum_threshold, detector, noise
 from stream.config import DetectorParams
 from stream.detector import ALLOWANCE_FACTOR, CLIP, initial_state, scan, step
 from stream.score_series import generate
@@ -196,6 +196,55 @@ def test_clipping_tilt_solves_walds_equation():
         assert theta > 2 * k  # clipped tails: fewer false alarms at a given threshold than a Gaussian's
     assert cusum_threshold.tilt_gain(0.35, 8.0) == pytest.approx(1.0, abs=1e-4)  # no clipping to speak of
     assert cusum_threshold.tilt_gain(0.35, None) == 1.0
+
+
+@pytest.mark.parametrize("k, clip", [(2.0, 3.2), (4.0, 8.5), (9.5, 18.0), (14.0, 25.8)])
+def test_the_tilt_is_found_for_the_large_allowances_of_quiet_streams(k, clip):
+    """Quiet streams have allowances of several sd and a clip widened to match; the root then lies
+    beyond 4k for allowances near the clip, and exp(t^2 / 2) overflows past t = 37."""
+    z = np.linspace(-40, 40, 800001)
+    log_density = -z * z / 2 - 0.5 * math.log(2 * math.pi)
+    theta = 2 * k * cusum_threshold.tilt_gain(k, clip)
+    assert np.trapz(np.exp(theta * (np.clip(z, -clip, clip) - k) + log_density), z) == pytest.approx(1.0, abs=2e-3)
+    assert theta > 2 * k
+
+
+def test_a_quiet_stream_is_watched_and_its_shift_caught_at_once():
+    """A stream whose scores barely move (sd 0.025: a saturated model) makes the smallest shift worth
+    an alert 20 sd. The detector used to overflow computing its threshold (and stalled the worker),
+    or, a little less quiet, to raise many false alarms or none at all."""
+    rng = np.random.default_rng(3)
+    for sd in (0.025, 0.12, 0.2):
+        steady = 2.5 + sd * rng.standard_normal(5000)
+        alerts, state = feed(steady)
+        assert alerts == [] and state["fit"] is not None
+        mean, used_sd, rho, n, b, k = state["fit"]
+        assert used_sd >= P.min_shift / detector.MAX_SHIFT_IN_SD and k < detector.clip_for(
+            detector.min_shift_in_innovation_sd(P.min_shift, used_sd, rho))
+        alerts, _ = feed(2.5 - 0.5 + sd * rng.standard_normal(40), state=state, t0=9000.0)
+        (at, alert), = alerts
+        assert at <= 3 and alert["direction"] == "down"
+        assert alert["interval"][0] < alert["magnitude"] < alert["interval"][1] < 0
+
+
+def test_one_outlier_on_a_quiet_stream_is_no_alert():
+    """Where one segment's innovation could exceed a small threshold, the threshold is raised above
+    what one clipped innovation adds: a shift needs a second segment to confirm it."""
+    rng = np.random.default_rng(4)
+    _, state = feed(1.0 + 0.05 * rng.standard_normal(400))
+    alerts, state = feed([3.0] + list(1.0 + 0.05 * rng.standard_normal(50)), state=state, t0=5000.0)
+    assert alerts == []
+    _, _, _, _, b, k = state["fit"]
+    assert b > detector.clip_for(detector.min_shift_in_innovation_sd(P.min_shift, state["fit"][1], state["fit"][2])) - k
+
+
+def test_the_magnitude_of_a_large_shift_is_measured_on_the_scores_not_their_clipped_innovations():
+    rng = np.random.default_rng(1)
+    _, state = feed(0.5 + 0.3 * rng.standard_normal(400))
+    alerts, _ = feed(2.5 + 0.3 * rng.standard_normal(40), state=state, t0=5000.0)
+    (_, alert), = alerts
+    lo, hi = alert["interval"]
+    assert lo < 2.0 < hi and alert["magnitude"] > 1.5
 
 
 def test_clipped_threshold_gives_the_asked_run_length():
