@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -182,6 +183,18 @@ class Pipeline:
         metrics.STAGE_SECONDS.labels("triton").observe(time.perf_counter() - started)
         return outputs
 
+    @staticmethod
+    def finite_only(good: list, scores: list[float], items: list[ScoredSegment], result: BatchResult):
+        """The segments the model gave finite outputs for; the others go to the DLQ. A NaN would
+        fail the store's script half-way (Redis keeps what a failed script wrote before) and make
+        every later aggregate of its stream NaN."""
+        keep = [i for i, item in enumerate(items) if all(math.isfinite(v) for v in item.numbers())]
+        for i in sorted(set(range(len(items))) - set(keep)):
+            segment, raw = good[i]
+            result.rejects.append(Reject("non_finite_score", f"the model returned NaN or Inf for segment "
+                                         f"{segment.segment_id} (features far outside what it was trained on?)", raw))
+        return [good[i] for i in keep], [scores[i] for i in keep], [items[i] for i in keep]
+
     async def record(self, batch: "Prepared", outputs: dict[str, np.ndarray]) -> BatchResult:
         """Record the scores in Redis (idempotent) and run detection on the streams they touched.
         Batches must be recorded in the order they were taken: that keeps each stream's order."""
@@ -189,6 +202,8 @@ class Pipeline:
         if good:
             scores = outputs[SCORE].reshape(-1).tolist()
             items = self.scored([seg for seg, _ in good], scores, outputs, batch.inputs)
+            good, scores, items = self.finite_only(good, scores, items, result)
+        if good:
             with metrics.STAGE_SECONDS.labels("redis").time():
                 outcomes = await retry_forever(self.store.record_many, "redis", items, backoff=self.backoff)
             touched: dict[str, None] = {}

@@ -46,6 +46,9 @@ SIDES = ("audio", "visual")  # the modalities beside text, each of which a segme
 MAX_META_BYTES = 4096
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 16  # a valid message nests 3 levels; meta gets the rest
+# Acoustic and visual features are standardised inside the model; a raw value this large is a unit
+# or encoding mistake, and far enough out it turns the model's arithmetic into Inf and NaN
+MAX_FEATURE_ABS = 1e6
 EARLIEST_EVENT_TIME = 946684800.0  # 2000-01-01: anything older is a unit mistake (ms, or 0)
 
 
@@ -277,4 +280,7 @@ def _frames(value, modality: str, limits: Limits) -> np.ndarray:
     array = np.frombuffer(buf, dtype="<f4").reshape(frames, width).astype(np.float32)
     if not np.all(np.isfinite(array)):
         raise Rejected("non_finite", f"{modality} holds NaN or Inf")
+    if array.size and float(np.abs(array).max()) > MAX_FEATURE_ABS:
+        raise Rejected("out_of_range", f"{modality} holds {float(np.abs(array).max()):.3g}, beyond "
+                       f"+-{MAX_FEATURE_ABS:g}")
     return array

@@ -161,6 +161,11 @@ class ScoredSegment:
     def modalities(self) -> tuple[str, ...]:
         return ("text", *(m for m in SIDES if m not in self.missing))
 
+    def numbers(self) -> list[float]:
+        """Every number the model gave for it (the score, the text-only score, the contributions)."""
+        return [self.score, *([] if self.text_only is None else [self.text_only]),
+                *(self.contributions or {}).values()]
+
 
 def _key(stream: str) -> str:
     return "tf:{" + stream + "}"

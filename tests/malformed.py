@@ -87,6 +87,8 @@ def catalogue(max_frames: int = MAX_FRAMES) -> list[tuple[str, bytes, str]]:
         ("NaN in audio", _with("na", audio=_frames((3, 5), base64.b64encode(nan.tobytes()).decode())), "non_finite"),
         ("Inf in visual", _with("iv", visual=_frames((3, 20), base64.b64encode(inf.tobytes()).decode())),
          "non_finite"),
+        ("audio value 3e38", _with("ab", audio=_frames((3, 5), base64.b64encode(
+            np.full((3, 5), 3e38, "<f4").tobytes()).decode())), "out_of_range"),
         ("meta list", _with("ml", meta=[1, 2]), "wrong_type"),
         ("meta too large", _with("mt", meta={"blob": "x" * 5000}), "meta_too_large"),
     ] + hostile(max_frames)

@@ -193,3 +193,19 @@ def test_a_detector_failure_on_one_stream_neither_stalls_scoring_nor_loses_its_s
     monkeypatch.setattr(detector, "scan", real_scan)
     asyncio.run(pipeline.process([scored("bad", 30, 0.2)]))
     assert pipeline.store.detector_state("bad")["evaluated"] == 31
+
+
+def test_a_segment_the_model_scores_nan_goes_to_the_dlq_and_its_stream_stays_clean(pipeline):
+    """A NaN score used to fail the store's script half-way (the segment marked seen, its sums not
+    added), then come back as a duplicate: lost, with the stream's totals left broken."""
+    class NanOnSevens(FlakyScorer):
+        async def score(self, inputs):
+            scores = await super().score(inputs)
+            return np.where(np.isclose(scores, 0.7), np.nan, scores).astype(np.float32)
+    pipeline.scorer = NanOnSevens()
+    batch = [scored("n", i, v) for i, v in enumerate([0.1, 0.7, 0.3])]
+    result = asyncio.run(pipeline.process(batch))
+    assert [s["segment_id"] for s in result.scores] == ["n/00000", "n/00002"]
+    assert [(r.reason, r.raw) for r in result.rejects] == [("non_finite_score", batch[1])]
+    totals = pipeline.store.totals("n")
+    assert totals["count"] == 2 and totals["mean"] == pytest.approx(0.2)
