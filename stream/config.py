@@ -170,10 +170,15 @@ def _timezone(name: str) -> str | None:
 
 
 def _positive_seconds(values: tuple[int, ...]) -> str | None:
-    return None if values and min(values) >= 1 else "must hold positive seconds"
+    if not values or min(values) < 1:
+        return "must hold positive seconds"
+    if len(set(values)) < len(values):
+        return "names a bucket size twice (each would count every segment again)"
+    return None
 
 
 PORT = dict(minimum=0, maximum=65535)
+MIN_SHIFT_RANGE = (0.05, 6.0)  # score units: below, thresholds and run histories grow without use; above, past the scale
 
 
 def _port(address: str, default: int) -> int:
@@ -208,7 +213,8 @@ class Settings:
                                check=_topic)
     partitions: int = setting(4, "partitions of the topics tecaflow creates", minimum=1)
     commit_interval_s: float = setting(1.0, "how often offsets are committed", minimum=0.0)
-    session_timeout_s: float = setting(10.0, "consumer-group session and rebalance timeout", minimum=1.0)
+    session_timeout_s: float = setting(10.0, "consumer-group session and rebalance timeout",
+                                       minimum=6.0)  # Kafka brokers refuse less by default
     # ---- Redis and Triton ----
     redis_url: str = setting("redis://127.0.0.1:6379/0",
                              "Redis URL (redis://:password@host:port/db, rediss:// for TLS, redis+cluster://:password@"
@@ -219,7 +225,8 @@ class Settings:
     # ---- the worker ----
     batch_size: int = setting(32, "most segments per Triton call", minimum=1)
     batch_wait_s: float = setting(0.01, "longest wait to fill a partial batch (a full one leaves at once; while "
-                                  "every Triton call is busy, the backlog fills the next)", minimum=0.0)
+                                  "every Triton call is busy, the backlog fills the next)", minimum=0.0,
+                                  maximum=10.0)
     # ---- latency and overlap (issue 10) ----
     fetch_wait_s: float = setting(0.02, "longest time the broker may hold a fetch when it has nothing new (Faust's "
                                   "driver hard-codes 1.5 s; the embedded broker always waits this long)",
@@ -234,7 +241,8 @@ class Settings:
     max_future_s: float = setting(300.0, "how far in the future an event time may lie", minimum=0.0)
     dlq_keep_bytes: int = setting(65536, "bytes of an oversized original kept in its DLQ record (with its length and "
                                   "sha256); keep it well below the broker's message size limit (1 MB producer "
-                                  "requests, and base64 adds a third)", minimum=0)
+                                  "requests, and base64 adds a third)", minimum=0,
+                                  maximum=700_000)
     # ---- trends ----
     recent_segments: int = setting(50, "scored segments kept per stream", minimum=1)
     resolutions: tuple[int, ...] = setting((10, 60, 600), "trend bucket sizes in seconds", check=_positive_seconds)
@@ -243,7 +251,7 @@ class Settings:
     dedup_ttl_s: int = setting(604800, "how long a segment_id is remembered", minimum=1)
     # ---- alerts ----
     alert_min_shift: float = setting(0.5, "smallest change of a stream's mean score worth an alert (score units)",
-                                     above=0)
+                                     minimum=MIN_SHIFT_RANGE[0], maximum=MIN_SHIFT_RANGE[1])
     alert_false_alarms_per_10k: float = setting(
         1.0, "false alarms accepted per 10,000 steady segments of a stream; sets the threshold", above=0, below=10000)
     alert_warmup: int = setting(100, "segments a stream needs (at start, and after each alert) before it is watched "
@@ -362,8 +370,9 @@ class DetectorParams:
 
     def __post_init__(self):
         # Named both ways: these come from TECAFLOW_ALERT_* or from `tecaflow backtest` flags.
-        if not self.min_shift > 0:
-            raise ConfigError(f"min shift (TECAFLOW_ALERT_MIN_SHIFT / --min-shift) {self.min_shift} must be > 0")
+        if not MIN_SHIFT_RANGE[0] <= self.min_shift <= MIN_SHIFT_RANGE[1]:
+            raise ConfigError(f"min shift (TECAFLOW_ALERT_MIN_SHIFT / --min-shift) {self.min_shift} must be in "
+                              f"[{MIN_SHIFT_RANGE[0]}, {MIN_SHIFT_RANGE[1]}] score units (scores lie in [-3, 3])")
         if not 0 < self.false_alarms_per_10k < 10000:
             raise ConfigError(f"false alarms per 10k (TECAFLOW_ALERT_FALSE_ALARMS_PER_10K / --false-alarms-per-10k) "
                               f"{self.false_alarms_per_10k} must be in (0, 10000)")
