@@ -34,13 +34,18 @@ def load_tokenizer(settings: Settings, max_tokens: int) -> contract.Tokenizer:
         raise ConfigError(str(e)) from None
 
 
-async def served_contract(scorer: AsyncTritonScorer) -> contract.ModelContract:
-    """The model's contract from Triton. A model that is not a tecaflow export is the user's to fix
-    (TECAFLOW_TRITON_MODEL), not a failure to wait out."""
+async def served_contract(scorer: AsyncTritonScorer, batch_size: int) -> contract.ModelContract:
+    """The model's contract from Triton. A model that is not a tecaflow export, or one that takes
+    smaller batches than the worker sends, is the user's to fix, not a failure to wait out (Triton
+    would refuse every full batch, and the worker retry it forever)."""
     try:
-        return await scorer.contract()
+        served = await scorer.contract()
     except contract.ContractError as e:
         raise ConfigError(f"TECAFLOW_TRITON_MODEL: {e}") from None
+    if 0 < served.max_batch < batch_size:
+        raise ConfigError(f"TECAFLOW_BATCH_SIZE={batch_size} is larger than the {served.max_batch} segments the "
+                          f"served model takes at once: lower it, or export with --max-batch {batch_size}")
+    return served
 
 
 def store_for(settings: Settings) -> TrendStore:
@@ -52,7 +57,7 @@ def store_for(settings: Settings) -> TrendStore:
 async def build_pipeline(settings: Settings, backoff=Backoff) -> Pipeline:
     """Wait for Triton (the model's contract decides what is valid) and Redis, then join them."""
     scorer = AsyncTritonScorer(settings.triton_url, settings.triton_model)
-    served = await retry_forever(served_contract, "triton", scorer, backoff=backoff)
+    served = await retry_forever(served_contract, "triton", scorer, settings.batch_size, backoff=backoff)
     log.info("model %s: widths %s, <= %d frames, <= %d tokens", settings.triton_model, served.widths,
              served.max_frames, served.max_text_tokens)
     store = await retry_forever(store_for, "redis", settings, backoff=backoff)  # a cluster client connects when made
@@ -82,7 +87,7 @@ async def check_model(settings: Settings) -> None:
     """A model that is not a tecaflow export stops the worker; Triton away is waited for later."""
     scorer = AsyncTritonScorer(settings.triton_url, settings.triton_model, timeout=5)
     try:
-        await served_contract(scorer)
+        await served_contract(scorer, settings.batch_size)
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - away or still loading: the pipeline waits for it

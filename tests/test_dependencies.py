@@ -95,3 +95,25 @@ def test_a_broker_refusal_stops_and_absence_waits(monkeypatch, error, stops):
 def test_a_redis_cluster_that_is_away_is_not_a_refusal():
     url = f"redis+cluster://127.0.0.1:{free_ports(1)[0]}"
     check_redis(lambda: TrendStore(url), url)  # the client fails as it is made: still only logged
+
+
+def test_a_worker_batch_larger_than_the_served_model_takes_stops_the_worker_at_start():
+    """Triton refuses a batch above the model's max_batch_size on every full batch, and the
+    worker used to retry that forever; now it does not start, and says what to change."""
+    import asyncio
+
+    from stream.config import ConfigError
+    from stream.contract import ModelContract
+    from stream.worker import served_contract
+
+    class Serving:
+        def __init__(self, max_batch):
+            self.max_batch = max_batch
+
+        async def contract(self):
+            return ModelContract(widths={"audio": 5, "visual": 20}, max_text_tokens=16, max_frames=50,
+                                 max_batch=self.max_batch)
+    with pytest.raises(ConfigError, match="TECAFLOW_BATCH_SIZE=32 is larger than the 16 segments"):
+        asyncio.run(served_contract(Serving(16), 32))
+    assert asyncio.run(served_contract(Serving(64), 32)).max_batch == 64
+    assert asyncio.run(served_contract(Serving(0), 32)).max_batch == 0  # a model without batching limits
