@@ -15,13 +15,15 @@ from zoneinfo import ZoneInfo
 
 import redis
 import streamlit as st
+from redis.exceptions import RedisClusterException
 
 from dashboard import data, views
 from stream.config import Settings, redact_url
 from stream.store import TrendStore
 
 VIEWS = ("Overview", "Stream", "Alerts")
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError, redis.ResponseError)
+# RedisClusterException is not a RedisError: a cluster client raises it when no node answers
+REDIS_ERRORS = (redis.RedisError, RedisClusterException)
 
 
 @st.cache_resource
@@ -63,15 +65,21 @@ def stream_ids(store: TrendStore) -> list[str] | None:
     reloads the whole page once Redis answers (this part is not inside a refreshing fragment)."""
     ids = guarded(lambda: [s for s, _ in store.streams()])
     if ids is None:
-        @st.fragment(run_every=every())
-        def reload_when_redis_is_back():
-            try:
-                store.ping()
-            except REDIS_ERRORS:
-                return
-            st.rerun()
-        reload_when_redis_is_back()
+        reload_when_redis_answers(store.ping)
     return ids
+
+
+def reload_when_redis_answers(probe) -> None:
+    """A fragment that reloads the whole page once `probe()` stops failing (the page's other live
+    parts need Redis to be drawn at all)."""
+    @st.fragment(run_every=every())
+    def reload_when_redis_is_back():
+        try:
+            probe()
+        except REDIS_ERRORS:
+            return
+        st.rerun()
+    reload_when_redis_is_back()
 
 
 def live() -> bool:
@@ -167,7 +175,10 @@ def main() -> None:
     st.set_page_config(page_title="tecaflow", page_icon="📈", layout="wide")
     s = settings()
     tz = ZoneInfo(s.timezone)
-    store = trend_store(s)
+    store = guarded(lambda: trend_store(s))  # a cluster client connects when made
+    if store is None:
+        reload_when_redis_answers(lambda: trend_store(s))
+        return
     apply_pending_navigation()
     with st.sidebar:
         st.title("tecaflow")

@@ -168,13 +168,16 @@ def test_empty_store_says_what_to_run(store, redis_url, monkeypatch):
     assert "make demo" in at.info[0].value and "tecaflow replay" in at.info[0].value
 
 
-def test_redis_down_shows_a_banner_without_the_password(monkeypatch):
+@pytest.mark.parametrize("scheme, db", [("redis", "/0"), ("redis+cluster", "")])
+def test_redis_down_shows_a_banner_without_the_password(monkeypatch, scheme, db):
+    """A Redis Cluster client fails in its constructor, with an exception outside redis-py's
+    usual ones: the page used to die with a traceback there instead of retrying."""
     port = free_ports(1)[0]
     for view in ("Overview", "Stream", "Alerts"):
-        at = page(monkeypatch, f"redis://:hunter2@127.0.0.1:{port}/0", view=view)
+        at = page(monkeypatch, f"{scheme}://:hunter2@127.0.0.1:{port}{db}", view=view)
         assert not at.exception
         banner = at.error[0].value
-        assert f"redis://:***@127.0.0.1:{port}/0" in banner and "retrying every" in banner
+        assert f"{scheme}://:***@127.0.0.1:{port}{db}" in banner and "retrying every" in banner
         assert "hunter2" not in banner and all("hunter2" not in c.value for c in at.sidebar.caption)
 
 
