@@ -241,10 +241,11 @@ class Pipeline:
         one to save (a stream that raised alerts saves with them); a retry after a failure half-way
         is safe: the detector resumes where it stopped. Returns the alerts to publish: those found
         now, and those found before a crash that came before publishing."""
-        alerts, steady = [], {}
+        alerts, steady, started_from = [], {}, {}
         for stream, seen in self.store.detection_inputs(streams).items():  # redelivered batches too
             alerts += seen.unpublished
-            if not seen.totals or seen.state.get("evaluated", 0) >= seen.totals["count"]:
+            started_from[stream] = seen.state.get("evaluated", 0)
+            if not seen.totals or started_from[stream] >= seen.totals["count"]:
                 continue
             try:
                 found, state = detector.scan(stream, seen.window, seen.totals["count"], seen.state,
@@ -255,16 +256,23 @@ class Pipeline:
                               "tries again", stream)
                 continue
             if found:
-                alerts += self.record_alerts(stream, found, state)
+                alerts += self.record_alerts(stream, found, state, started_from[stream])
             else:
                 steady[stream] = state
-        self.store.save_detector_states(steady)
+        moved_on = self.store.save_detector_states(steady, started_from)
+        if moved_on:
+            log.info("detection on %d stream(s) was done meanwhile by another worker (a rebalance); its "
+                     "state is kept", len(moved_on))
         return alerts
 
-    def record_alerts(self, stream: str, alerts: list[dict], state: dict) -> list[dict]:
+    def record_alerts(self, stream: str, alerts: list[dict], state: dict, started_from: int) -> list[dict]:
         """Record a stream's new alerts with the state that follows them (together: a crash leaves
-        both or neither); returns them as the outbox holds them, with their ids."""
-        ids = self.store.record_alerts(stream, alerts, state)
+        both or neither), unless another worker moved the stream's state on since detection read
+        it; returns them as the outbox holds them, with their ids."""
+        ids = self.store.record_alerts(stream, alerts, state, over_evaluated=started_from)
+        if not ids:
+            log.info("stream %s: its alerts were raised meanwhile by another worker (a rebalance)", stream)
+            return []
         for alert in alerts:
             metrics.ALERTS.labels(alert["direction"]).inc()
             log.warning("shift alert: stream %s %s by %.2f [%.2f, %.2f] since %s (z=%.1f)", stream,

@@ -114,7 +114,14 @@ return outcomes
 
 # KEYS[1] = tf:{s}:alerts, KEYS[2] = tf:{s}:detector, KEYS[3] = tf:{s}:outbox. ARGV[1] = maxlen, ARGV[2] = alert JSON,
 # ARGV[3] = recorded-at, ARGV[4] = detector state as a flat JSON object of JSON strings.
+# The detector state and the alerts it raised are written only over the state they were computed
+# from (its `evaluated`, ARGV[5]; "" writes unconditionally): during a rebalance the old owner of a
+# partition may still finish a batch while the new owner runs detection on the same streams, and
+# without this the later writer would record the same alerts again, or roll the state back.
 ALERT = """
+if ARGV[5] ~= '' and tonumber(redis.call('HGET', KEYS[2], 'evaluated') or '0') ~= tonumber(ARGV[5]) then
+  return {}
+end
 local ids = {}
 for _, alert in ipairs(cjson.decode(ARGV[2])) do
   local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'json', alert, 't', ARGV[3])
@@ -123,6 +130,14 @@ for _, alert in ipairs(cjson.decode(ARGV[2])) do
 end
 for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HSET', KEYS[2], k, v) end
 return ids
+"""
+
+SAVE_STATE = """
+if ARGV[1] ~= '' and tonumber(redis.call('HGET', KEYS[1], 'evaluated') or '0') ~= tonumber(ARGV[1]) then
+  return 0
+end
+for k, v in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[1], k, v) end
+return 1
 """
 
 
@@ -167,6 +182,14 @@ class ScoredSegment:
                 *(self.contributions or {}).values()]
 
 
+def _state_json(state: dict) -> str:
+    return json.dumps({k: json.dumps(v) for k, v in state.items()})
+
+
+def _expected(evaluated: int | None) -> str:
+    return "" if evaluated is None else str(int(evaluated))
+
+
 def _key(stream: str) -> str:
     return "tf:{" + stream + "}"
 
@@ -192,6 +215,7 @@ class TrendStore:
         self.settings = settings
         self._record = self.redis.register_script(RECORD)
         self._alert = self.redis.register_script(ALERT)
+        self._save_state = self.redis.register_script(SAVE_STATE)
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
@@ -255,15 +279,18 @@ class TrendStore:
                 outcomes[i] = outcome
         return outcomes
 
-    def record_alerts(self, stream: str, alerts: list[dict], detector_state: dict) -> list[str]:
+    def record_alerts(self, stream: str, alerts: list[dict], detector_state: dict,
+                      over_evaluated: int | None = None) -> list[str]:
         """Append the alerts to the stream's alerts and its outbox and save the detector state that
         follows them, in one script on the stream's hash slot: after a crash either all of them
         are recorded with the state, or none and the old state, so a redelivered batch raises each
-        alert exactly once."""
+        alert exactly once. With `over_evaluated`, only over the state that had evaluated that many
+        segments (the one detection started from); otherwise nothing is written and no ids return."""
         ids = self._alert(keys=[_key(stream) + ":alerts", _key(stream) + ":detector", _key(stream) + ":outbox"],
                           args=[self.settings.alerts_kept, json.dumps([json.dumps(a) for a in alerts]),
-                                repr(time.time()), json.dumps({k: json.dumps(v) for k, v in detector_state.items()})])
-        self.redis.zadd("tf:streams", {stream: time.time()}, gt=True)
+                                repr(time.time()), _state_json(detector_state), _expected(over_evaluated)])
+        if ids:
+            self.redis.zadd("tf:streams", {stream: time.time()}, gt=True)
         return list(ids)
 
     def record_alert(self, stream: str, alert: dict, detector_state: dict) -> str:
@@ -298,16 +325,26 @@ class TrendStore:
             self.redis.hdel(_key(stream) + ":outbox", *ids)
 
     def save_detector_state(self, stream: str, state: dict) -> None:
-        self.save_detector_states({stream: state})
+        """Overwrite a stream's detector state (tools and tests; the worker saves over what it read)."""
+        self.save_detector_states({stream: state}, {stream: None})
 
-    def save_detector_states(self, states: dict[str, dict]) -> None:
-        """Many streams' detector states in one pipelined round trip."""
+    def save_detector_states(self, states: dict[str, dict], over_evaluated: dict[str, int | None]) -> list[str]:
+        """Many streams' detector states, in one pipelined round trip (one per stream on a cluster),
+        each only over the state that had evaluated `over_evaluated[stream]` segments (None:
+        unconditionally). Returns the streams whose state had moved on meanwhile, left as they were."""
         if not states:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for stream, state in states.items():
-            pipe.hset(_key(stream) + ":detector", mapping={k: json.dumps(v) for k, v in state.items()})
-        pipe.execute()
+            return []
+        calls = [(stream, dict(keys=[_key(stream) + ":detector"],
+                               args=[_expected(over_evaluated[stream]), _state_json(state)]))
+                 for stream, state in states.items()]
+        if self.cluster:  # a cluster pipeline cannot run scripts (EVALSHA)
+            saved = [self._save_state(**call) for _, call in calls]
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for _, call in calls:
+                self._save_state(**call, client=pipe)
+            saved = pipe.execute()
+        return [stream for (stream, _), ok in zip(calls, saved) if not ok]
 
     # ---- reads ----------------------------------------------------------------------------
     def detector_state(self, stream: str) -> dict:

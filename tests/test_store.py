@@ -97,7 +97,7 @@ def test_detection_reads_every_touched_stream_in_one_round_trip_as_one_by_one_re
     for stream in ("a", "b", "c"):  # on a cluster, these hash to different nodes' slots
         store.record_many([(stream, f"{stream}/{i}", "d", 1000.0 + i, 0.1 * i, "") for i in range(3)])
     store.record_alert("b", {"stream_id": "b", "direction": "up", "magnitude": 1.0}, {"evaluated": 2})
-    store.save_detector_states({"a": {"evaluated": 1}, "c": {"evaluated": 3, "fit": [0.1, 0.2]}})
+    store.save_detector_states({"a": {"evaluated": 1}, "c": {"evaluated": 3, "fit": [0.1, 0.2]}}, {"a": 0, "c": 0})
     seen = store.detection_inputs(["a", "b", "c", "never"])
     for stream in ("a", "b", "c", "never"):
         assert seen[stream].totals == store.totals(stream)
@@ -125,3 +125,26 @@ def test_modalities_and_attribution_are_kept_per_segment_and_summed_per_bucket(s
     store.record("m", "m/2", "d2", 1001.0, 0.2, "no face", missing=("visual",), contributions={"audio": 0.1},
                  text_only=0.1)
     assert store.totals("m")["missing"] == {"audio": 1, "visual": 2}
+
+
+def test_detector_state_and_alerts_are_written_only_over_the_state_detection_read(store):
+    """Two workers detecting on one stream during a rebalance: the second to write finds the state
+    moved on and writes nothing, so no alert is recorded twice and no state is rolled back."""
+    for stream in ("a", "b"):  # different slots on a cluster
+        store.save_detector_state(stream, {"evaluated": 10, "up": 0.0})
+    assert store.save_detector_states({"a": {"evaluated": 20, "up": 1.0}, "b": {"evaluated": 15, "up": 2.0}},
+                                      {"a": 10, "b": 10}) == []
+    # worker 2 started from evaluated 10 too, and is later than worker 1
+    assert store.save_detector_states({"a": {"evaluated": 25, "up": 9.0}, "b": {"evaluated": 30, "up": 9.0}},
+                                      {"a": 10, "b": 15}) == ["a"]
+    assert store.detector_state("a") == {"evaluated": 20, "up": 1.0}
+    assert store.detector_state("b") == {"evaluated": 30, "up": 9.0}
+    alert = {"stream_id": "a", "direction": "up", "magnitude": 1.0}
+    assert store.record_alerts("a", [alert], {"evaluated": 28}, over_evaluated=10) == []
+    assert store.alerts(stream="a") == [] and store.unpublished_alerts("a") == []
+    assert store.detector_state("a")["evaluated"] == 20
+    (entry,) = store.record_alerts("a", [alert], {"evaluated": 28}, over_evaluated=20)
+    assert [a["id"] for a in store.unpublished_alerts("a")] == [entry]
+    assert store.detector_state("a")["evaluated"] == 28
+    # a stream detection has never saved a state for starts from 0
+    assert store.save_detector_states({"new": {"evaluated": 5}}, {"new": 0}) == []
