@@ -248,7 +248,8 @@ class Settings:
     resolutions: tuple[int, ...] = setting((10, 60, 600), "trend bucket sizes in seconds", check=_positive_seconds)
     buckets_kept: int = setting(360, "buckets kept per stream and resolution", minimum=1)
     ewma_alpha: float = setting(0.1, "weight of the newest score in the EWMA", above=0, maximum=1)
-    dedup_ttl_s: int = setting(604800, "how long a segment_id is remembered", minimum=1)
+    dedup_ttl_s: int = setting(604800, "how long a segment_id is remembered; keep it at least the segments topic's "
+                                "retention (a message redelivered after it is counted again)", minimum=1)
     # ---- alerts ----
     alert_min_shift: float = setting(0.5, "smallest change of a stream's mean score worth an alert (score units)",
                                      minimum=MIN_SHIFT_RANGE[0], maximum=MIN_SHIFT_RANGE[1])
