@@ -193,7 +193,7 @@ class Settings:
     run_dir: str = setting("run", "logs, pid files, data of the embedded stack")
     model_repo: str = setting("model_repo", "where `stack up` serves models from, and the worker finds the tokenizer")
     tokenizer: str = setting("", "tokenizer directory, when the model repository is not on this host",
-                             shown="(newest version's)")
+                             shown="(served version's)")
     # ---- the broker ----
     broker_url: str = setting("kafka://127.0.0.1:9092",
                               "Kafka bootstrap servers (comma-separated host:port, `kafka://` optional)", check=_host_ports,

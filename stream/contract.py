@@ -258,9 +258,15 @@ def versions(repo: Path | str, model: str = MODEL_NAME) -> list[Path]:
                   key=lambda p: int(p.name))
 
 
-def tokenizer_dir(repo: Path | str, model: str = MODEL_NAME) -> Path:
-    """The tokenizer exported beside the newest version of `model`."""
+def tokenizer_dir(repo: Path | str, model: str = MODEL_NAME, version: str | None = None) -> Path:
+    """The tokenizer exported beside `version` of `model` (the one Triton serves), or beside the
+    newest version on disk when that is not known."""
     found = versions(repo, model)
+    if version is not None:
+        if not (Path(repo) / model / version / TOKENIZER_DIR).is_dir():
+            raise ContractError(f"Triton serves version {version} of {model}, and {Path(repo) / model / version} "
+                                f"holds no {TOKENIZER_DIR}/")
+        return Path(repo) / model / version / TOKENIZER_DIR
     if not found:
         raise ContractError(f"{Path(repo) / model} has no exported version")
     return found[-1] / TOKENIZER_DIR

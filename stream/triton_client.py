@@ -70,6 +70,12 @@ class AsyncTritonScorer:
         config = await self.client.get_model_config(self.model, as_json=True)
         return ModelContract.from_model_config(config["config"])
 
+    async def served_version(self) -> str | None:
+        """The newest version of the model Triton has ready (None if it names none)."""
+        metadata = await self.client.get_model_metadata(self.model, as_json=True)
+        ready = [v for v in metadata.get("versions", []) if str(v).isdigit()]
+        return max(ready, key=int) if ready else None
+
     async def infer(self, inputs: dict[str, np.ndarray], outputs=(SCORE,)) -> dict[str, np.ndarray]:
         """Every named output of one call (the score, and the attribution where the model has it)."""
         result = await self.client.infer(self.model, infer_inputs(self._aio, inputs), client_timeout=self.timeout,

@@ -17,19 +17,21 @@ from stream.triton_client import AsyncTritonScorer
 log = logging.getLogger("tecaflow.worker")
 
 
-def tokenizer_location(settings: Settings) -> Path:
-    """TECAFLOW_TOKENIZER, else the tokenizer exported beside the newest model version."""
+def tokenizer_location(settings: Settings, version: str | None = None) -> Path:
+    """TECAFLOW_TOKENIZER, else the tokenizer exported beside the model version Triton serves (the
+    newest on disk before Triton is asked: a newer export that failed to load, or is not loaded
+    yet, may have another tokenizer than the graph being served)."""
     if settings.tokenizer:
         return Path(settings.tokenizer)
     try:
-        return contract.tokenizer_dir(settings.model_repo, settings.triton_model)
+        return contract.tokenizer_dir(settings.model_repo, settings.triton_model, version)
     except contract.ContractError as e:
         raise ConfigError(f"no tokenizer: {e}; set TECAFLOW_TOKENIZER or TECAFLOW_MODEL_REPO") from None
 
 
-def load_tokenizer(settings: Settings, max_tokens: int) -> contract.Tokenizer:
+def load_tokenizer(settings: Settings, max_tokens: int, version: str | None = None) -> contract.Tokenizer:
     try:
-        return contract.Tokenizer(tokenizer_location(settings), max_tokens)
+        return contract.Tokenizer(tokenizer_location(settings, version), max_tokens)
     except contract.ContractError as e:
         raise ConfigError(str(e)) from None
 
@@ -62,7 +64,9 @@ async def build_pipeline(settings: Settings, backoff=Backoff) -> Pipeline:
              served.max_frames, served.max_text_tokens)
     store = await retry_forever(store_for, "redis", settings, backoff=backoff)  # a cluster client connects when made
     await retry_forever(store.ping, "redis", backoff=backoff)
-    tokenizer = load_tokenizer(settings, served.max_text_tokens)
+    version = await retry_forever(scorer.served_version, "triton", backoff=backoff)
+    tokenizer = load_tokenizer(settings, served.max_text_tokens, version)
+    log.info("tokenizer %s (Triton serves version %s)", tokenizer_location(settings, version), version)
     return Pipeline(scorer, store, tokenizer, served, settings.detector, settings.max_text_chars,
                     settings.max_future_s, backoff=backoff)
 

@@ -117,3 +117,14 @@ def test_attributions_name_only_the_sides_a_segment_had():
     present = np.array([[True, False], [False, False]])
     assert PARTIAL.attributions(outputs, present) == [(0.25, {"audio": 0.75}), (0.5, {})]
     assert CONTRACT.attributions(outputs) is None
+
+
+def test_the_tokenizer_is_the_served_versions(tmp_path):
+    from stream.contract import ContractError, tokenizer_dir
+    for version in ("1", "2", "10"):
+        (tmp_path / "tecafn" / version / "tokenizer").mkdir(parents=True)
+    (tmp_path / "tecafn" / "11").mkdir()  # an export that left no tokenizer
+    assert tokenizer_dir(tmp_path, "tecafn", "2") == tmp_path / "tecafn" / "2" / "tokenizer"
+    assert tokenizer_dir(tmp_path, "tecafn") == tmp_path / "tecafn" / "11" / "tokenizer"  # newest on disk
+    with pytest.raises(ContractError, match="Triton serves version 11 of tecafn"):
+        tokenizer_dir(tmp_path, "tecafn", "11")

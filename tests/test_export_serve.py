@@ -1,4 +1,5 @@
 """Export to a Triton repository and serve it from the real embedded tritonserver."""
+import asyncio
 import re
 import time
 import urllib.request
@@ -9,8 +10,10 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from stream.triton_client import TritonScorer
+from stream.config import Settings
+from stream.triton_client import AsyncTritonScorer, TritonScorer
 from stream.tritonserver import EmbeddedTriton, TritonError
+from stream.worker import tokenizer_location
 from tests.conftest import free_ports
 from trainer import export as export_module
 from trainer import model as model_module
@@ -212,15 +215,32 @@ def test_triton_metrics_count_inferences(served):
 
 
 @pytest.mark.integration
+def served_version(url: str) -> str | None:
+    async def ask():
+        scorer = AsyncTritonScorer(url)
+        try:
+            return await scorer.served_version()
+        finally:
+            await scorer.close()
+    return asyncio.run(ask())
+
+
 def test_a_second_export_is_served_without_a_restart(served, checkpoint):
+    """...and a worker started meanwhile takes the tokenizer of the version Triton serves, not of
+    the newest on disk (which may not be loaded yet, or may have failed to load)."""
     server, repo = served
     pid = server.process.pid
+    assert served_version(server.grpc_url) == "1"
     export(checkpoint, repo, max_batch=16)
+    settings = Settings(model_repo=str(repo))
+    assert tokenizer_location(settings, "1") == repo / "tecafn" / "1" / "tokenizer"
+    assert tokenizer_location(settings) == repo / "tecafn" / "2" / "tokenizer"  # before Triton is asked
     scorer = TritonScorer(server.grpc_url)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not scorer.client.is_model_ready("tecafn", "2"):
         time.sleep(0.5)
     assert scorer.client.is_model_ready("tecafn", "2")
+    assert served_version(server.grpc_url) == "2"
     assert scorer.score(mixed_batch(), version="2").shape == (5,)
     assert server.process.pid == pid and server.process.poll() is None
     scorer.close()
