@@ -8,6 +8,11 @@
 Triton and Redis failures are retried with capped exponential backoff for as long as it takes:
 the agent stays inside this call, so it pulls no new work and commits no offsets meanwhile, and
 the process stays up. Input problems never raise.
+
+The worker calls the model version it took its contract and tokenizer from. When Triton serves
+another (a new export, loaded while the worker runs), the call to the old one fails; the worker
+then takes the new version's contract and tokenizer, prepares the batch again for it (segments
+it no longer accepts go to the DLQ) and calls it: never a graph with another's tokenizer.
 """
 from __future__ import annotations
 
@@ -65,10 +70,22 @@ class BatchResult:
     duplicates: int = 0
 
 
+@dataclass(frozen=True)
+class Served:
+    """The model version a batch is prepared for: its contract, its tokenizer, and the limits
+    messages are validated against (None: whatever Triton serves)."""
+    version: str | None
+    contract: ModelContract
+    tokenizer: Tokenizer
+    limits: Limits
+
+
 @dataclass
 class Prepared:
-    """A batch between its stages: the outcomes so far, the valid segments and their model inputs."""
+    """A batch between its stages: the outcomes so far, the valid segments and their model inputs
+    for the served model they were prepared for."""
     result: BatchResult
+    served: Served
     good: list[tuple[Segment, bytes]] = field(default_factory=list)
     inputs: dict[str, np.ndarray] | None = None
 
@@ -111,12 +128,47 @@ async def retry_forever(call, target: str, *args, backoff: Callable[[], Backoff]
 
 class Pipeline:
     def __init__(self, scorer, store, tokenizer: Tokenizer, contract: ModelContract, detector_params: DetectorParams,
-                 max_text_chars: int = 2000, max_future_s: float = 300.0, backoff: Callable[[], Backoff] = Backoff):
-        self.scorer, self.store, self.tokenizer, self.contract = scorer, store, tokenizer, contract
+                 max_text_chars: int = 2000, max_future_s: float = 300.0, backoff: Callable[[], Backoff] = Backoff,
+                 version: str | None = None, model_for: Callable | None = None):
+        """`version`: the model version `contract` and `tokenizer` are for; `model_for(version)`
+        returns (contract, tokenizer) of another one Triton serves (None: the worker never
+        follows a new version)."""
+        self.scorer, self.store = scorer, store
         self.backoff = backoff
         self.detector_params = detector_params
-        self.limits = Limits(widths=dict(contract.widths), max_frames=contract.max_frames,
-                             max_text_chars=max_text_chars, max_future_s=max_future_s)
+        self.max_text_chars, self.max_future_s = max_text_chars, max_future_s
+        self.model_for = model_for
+        self.served = self.serving(version, contract, tokenizer)
+
+    def serving(self, version: str | None, contract: ModelContract, tokenizer: Tokenizer) -> Served:
+        return Served(version, contract, tokenizer, Limits(widths=dict(contract.widths), max_frames=contract.max_frames,
+                                                           max_text_chars=self.max_text_chars,
+                                                           max_future_s=self.max_future_s))
+
+    @property
+    def contract(self) -> ModelContract:
+        return self.served.contract
+
+    async def follow_served_model(self) -> bool:
+        """After a failed call: if Triton now serves another version, take its contract and
+        tokenizer (batches prepared for the old one are prepared again before their next call)."""
+        if self.model_for is None:
+            return False
+        try:
+            version = await self.scorer.served_version()
+        except Exception:  # noqa: BLE001 - Triton away: the call is retried, and this asked again
+            return False
+        if version is None or version == self.served.version:
+            return False
+        try:
+            contract, tokenizer = await self.model_for(version)
+        except UserError as e:  # waiting is all the worker can do: an operator must fix the export
+            log.error("Triton now serves version %s, which this worker cannot use: %s", version, e)
+            return False
+        old, self.served = self.served, self.serving(version, contract, tokenizer)
+        log.warning("Triton now serves version %s of the model (was %s): taking its contract%s and tokenizer",
+                    version, old.version, "" if contract == old.contract else " (changed)")
+        return True
 
     def decode(self, raws: list[bytes], result: BatchResult) -> list[tuple[Segment, bytes]]:
         """Valid segments; rejects go to `result` (decode_segment raises nothing but Rejected, so
@@ -125,20 +177,22 @@ class Pipeline:
         good = []
         for raw in raws:
             try:
-                good.append((decode_segment(raw, self.limits), raw))
+                good.append((decode_segment(raw, self.served.limits), raw))
             except Rejected as e:
                 result.rejects.append(Reject(e.reason, e.detail, raw if isinstance(raw, bytes) else b""))
         return good
 
-    def model_inputs(self, segments: list[Segment]) -> dict[str, np.ndarray]:
-        input_ids, attention_mask = self.tokenizer([s.text for s in segments])
-        frames = {m: [s.frames(m) for s in segments] for m in self.contract.widths}
-        return self.contract.batch(input_ids, attention_mask, frames)
+    def model_inputs(self, segments: list[Segment], served: Served | None = None) -> dict[str, np.ndarray]:
+        served = served or self.served
+        input_ids, attention_mask = served.tokenizer([s.text for s in segments])
+        frames = {m: [s.frames(m) for s in segments] for m in served.contract.widths}
+        return served.contract.batch(input_ids, attention_mask, frames)
 
-    def scored(self, segments: list[Segment], scores: list[float], outputs: dict, inputs: dict) -> list[ScoredSegment]:
+    def scored(self, segments: list[Segment], scores: list[float], outputs: dict, inputs: dict,
+               contract: ModelContract) -> list[ScoredSegment]:
         """What the store records of each segment: its score, the sides it lacked, and what each
         side it had moved the score, where the model says."""
-        attributions = self.contract.attributions(outputs, inputs.get(PRESENT)) or [(None, None)] * len(segments)
+        attributions = contract.attributions(outputs, inputs.get(PRESENT)) or [(None, None)] * len(segments)
         return [ScoredSegment(seg.stream_id, seg.segment_id, seg.digest, seg.event_time, score, seg.text, seg.missing,
                               text_only, moved) for seg, score, (text_only, moved) in zip(segments, scores, attributions)]
 
@@ -162,23 +216,40 @@ class Pipeline:
     def prepare(self, raws: list[bytes]) -> "Prepared":
         """Decode, validate, tokenize and pad: CPU work on the event loop, no I/O."""
         metrics.CONSUMED.inc(len(raws))
-        batch = Prepared(BatchResult())
+        batch = Prepared(BatchResult(), self.served)
         with metrics.STAGE_SECONDS.labels("decode").time():
             batch.good = self.decode(raws, batch.result)
         if batch.good:
             with metrics.STAGE_SECONDS.labels("tokenize").time():
-                batch.inputs = self.model_inputs([s for s, _ in batch.good])
+                batch.inputs = self.model_inputs([s for s, _ in batch.good], batch.served)
         return batch
+
+    def prepare_again(self, batch: "Prepared") -> None:
+        """The batch's valid segments prepared for the model now served; those it no longer
+        accepts join the batch's rejects."""
+        batch.served = self.served
+        batch.good = self.decode([raw for _, raw in batch.good], batch.result)
+        batch.inputs = self.model_inputs([s for s, _ in batch.good], batch.served) if batch.good else None
 
     async def infer(self, batch: "Prepared") -> dict[str, np.ndarray]:
         """Triton's outputs for the batch's valid segments (the scores, and the attribution where
-        the model gives it), retried until it answers."""
+        the model gives it), from the version it was prepared for, retried until it answers."""
         if not batch.good:
             return {}
         metrics.BATCH_SIZE.observe(len(batch.good))
         started = time.perf_counter()
-        outputs = await retry_forever(self.scorer.infer, "triton", batch.inputs, self.contract.outputs,
-                                      backoff=self.backoff)
+
+        async def call() -> dict[str, np.ndarray]:
+            if batch.served is not self.served:
+                self.prepare_again(batch)
+            if not batch.good:
+                return {}
+            try:
+                return await self.scorer.infer(batch.inputs, batch.served.contract.outputs, batch.served.version)
+            except Exception:
+                await self.follow_served_model()
+                raise
+        outputs = await retry_forever(call, "triton", backoff=self.backoff)
         metrics.TRITON_LATENCY.observe(time.perf_counter() - started)
         metrics.STAGE_SECONDS.labels("triton").observe(time.perf_counter() - started)
         return outputs
@@ -201,7 +272,7 @@ class Pipeline:
         result, good = batch.result, batch.good
         if good:
             scores = outputs[SCORE].reshape(-1).tolist()
-            items = self.scored([seg for seg, _ in good], scores, outputs, batch.inputs)
+            items = self.scored([seg for seg, _ in good], scores, outputs, batch.inputs, batch.served.contract)
             good, scores, items = self.finite_only(good, scores, items, result)
         if good:
             with metrics.STAGE_SECONDS.labels("redis").time():

@@ -76,9 +76,12 @@ class AsyncTritonScorer:
         ready = [v for v in metadata.get("versions", []) if str(v).isdigit()]
         return max(ready, key=int) if ready else None
 
-    async def infer(self, inputs: dict[str, np.ndarray], outputs=(SCORE,)) -> dict[str, np.ndarray]:
-        """Every named output of one call (the score, and the attribution where the model has it)."""
-        result = await self.client.infer(self.model, infer_inputs(self._aio, inputs), client_timeout=self.timeout,
+    async def infer(self, inputs: dict[str, np.ndarray], outputs=(SCORE,), version: str | None = None
+                    ) -> dict[str, np.ndarray]:
+        """Every named output of one call (the score, and the attribution where the model has it),
+        from `version` (None: the one Triton picks)."""
+        result = await self.client.infer(self.model, infer_inputs(self._aio, inputs), model_version=version or "",
+                                         client_timeout=self.timeout,
                                          outputs=[self._aio.InferRequestedOutput(name) for name in outputs])
         return {name: result.as_numpy(name) for name in outputs}
 

@@ -67,8 +67,12 @@ async def build_pipeline(settings: Settings, backoff=Backoff) -> Pipeline:
     version = await retry_forever(scorer.served_version, "triton", backoff=backoff)
     tokenizer = load_tokenizer(settings, served.max_text_tokens, version)
     log.info("tokenizer %s (Triton serves version %s)", tokenizer_location(settings, version), version)
+
+    async def model_for(new_version: str) -> tuple[contract.ModelContract, contract.Tokenizer]:
+        new = await served_contract(scorer, settings.batch_size)
+        return new, load_tokenizer(settings, new.max_text_tokens, new_version)
     return Pipeline(scorer, store, tokenizer, served, settings.detector, settings.max_text_chars,
-                    settings.max_future_s, backoff=backoff)
+                    settings.max_future_s, backoff=backoff, version=version, model_for=model_for)
 
 
 def check_dependencies(settings: Settings) -> None:

@@ -272,3 +272,36 @@ def test_every_attention_is_exported_as_onnx_runtimes_fused_kernel(checkpoint, t
     assert expected > 0 and len(fused) == expected
     assert all(n.domain == "com.microsoft" for n in fused)
     assert not any(n.op_type == "Softmax" and not n.name.startswith("/text_encoder") for n in nodes)
+
+
+@pytest.mark.integration
+def test_a_running_worker_follows_an_export_that_changes_the_contract(checkpoint, tmp_path, redis_url):
+    """Re-exporting without attribution while a worker runs changes the outputs the model has. The
+    worker used to keep asking for the old ones, and Triton refused every batch forever."""
+    from stream.pipeline import Pipeline
+    from stream.worker import build_pipeline
+    from tests.malformed import valid_bytes
+    repo = tmp_path / "repo"
+    export(checkpoint, repo, max_batch=16)
+    server = EmbeddedTriton(repo, tmp_path / "triton", *free_ports(3), poll_seconds=1)
+    server.start(timeout=120)
+    try:
+        settings = Settings(model_repo=str(repo), triton_url=server.grpc_url, redis_url=redis_url, batch_size=8)
+
+        async def run() -> tuple[Pipeline, list, list]:
+            pipeline = await build_pipeline(settings)
+            first = await pipeline.process([valid_bytes(stream="w", segment=f"w/{i}") for i in range(4)])
+            export(checkpoint, repo, max_batch=16, attribution=False)
+            while await pipeline.scorer.served_version() != "2":
+                await asyncio.sleep(0.5)
+            second = await asyncio.wait_for(
+                pipeline.process([valid_bytes(stream="w", segment=f"w/{i}") for i in range(4, 8)]), 60)
+            await pipeline.scorer.close()
+            return pipeline, first, second
+        pipeline, first, second = asyncio.run(run())
+        assert len(first.scores) == 4 and len(second.scores) == 4 and not second.rejects
+        assert pipeline.served.version == "2" and not pipeline.contract.attribution
+        recent = pipeline.store.recent("w", 8)
+        assert sum(1 for r in recent if r.get("text_only") is not None) == 4  # attributed by version 1 only
+    finally:
+        server.stop()

@@ -37,7 +37,7 @@ class FlakyScorer:
         lengths = inputs["audio_lengths"].reshape(-1)
         return np.array([inputs["audio"][i, : lengths[i], 0].mean() for i in range(len(lengths))], np.float32)
 
-    async def infer(self, inputs, outputs):
+    async def infer(self, inputs, outputs, version=None):
         return {"score": await self.score(inputs)}
 
 
@@ -140,7 +140,7 @@ def test_hostile_messages_reject_only_themselves(pipeline):
 
 
 def test_the_in_flight_gauge_is_reset_when_a_batch_fails(pipeline, monkeypatch):
-    monkeypatch.setattr(pipeline, "model_inputs", lambda segments: 1 / 0)
+    monkeypatch.setattr(pipeline, "model_inputs", lambda segments, served=None: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         asyncio.run(pipeline.process([valid_bytes(stream="f", segment="f/1")]))
     assert metrics.IN_FLIGHT._value.get() == 0
@@ -209,3 +209,40 @@ def test_a_segment_the_model_scores_nan_goes_to_the_dlq_and_its_stream_stays_cle
     assert [(r.reason, r.raw) for r in result.rejects] == [("non_finite_score", batch[1])]
     totals = pipeline.store.totals("n")
     assert totals["count"] == 2 and totals["mean"] == pytest.approx(0.2)
+
+
+def test_a_new_model_version_is_followed_with_its_own_contract_and_tokenizer(pipeline):
+    """A new export loaded while the worker runs: the call to the version the batch was prepared
+    for fails; the worker takes the new version's contract and tokenizer, prepares the batch
+    again (a segment the new contract refuses goes to the DLQ) and calls the new version."""
+    from dataclasses import replace
+
+    class Swapping(FlakyScorer):
+        serving, versions_called = "1", []
+
+        async def served_version(self):
+            return self.serving
+
+        async def infer(self, inputs, outputs, version=None):
+            self.versions_called.append(version)
+            if version != self.serving:
+                raise RuntimeError(f"Request for unknown model: 'tecafn' version {version} is not found")
+            return await super().infer(inputs, outputs, version)
+    smaller = replace(CONTRACT, max_frames=3)
+
+    async def model_for(version):
+        assert version == "2"
+        return smaller, pipeline.served.tokenizer
+    scorer = Swapping()
+    pipeline.scorer, pipeline.model_for = scorer, model_for
+    pipeline.served = pipeline.serving("1", CONTRACT, pipeline.served.tokenizer)
+    short = [valid_bytes(stream="v", segment=f"v/{i}", frames=2) for i in range(3)]
+    long = valid_bytes(stream="v", segment="v/long", frames=5)
+    batch = pipeline.prepare(short + [long])
+    assert len(batch.good) == 4 and batch.served.version == "1"
+    scorer.serving = "2"  # Triton loads version 2 and unloads 1
+    result = asyncio.run(pipeline.record(batch, asyncio.run(pipeline.infer(batch))))
+    assert scorer.versions_called == ["1", "2"]
+    assert pipeline.served.version == "2" and pipeline.contract == smaller
+    assert sorted(s["segment_id"] for s in result.scores) == ["v/0", "v/1", "v/2"]
+    assert [(r.reason, r.raw) for r in result.rejects] == [("too_many_frames", long)]
