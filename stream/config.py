@@ -241,8 +241,7 @@ class Settings:
     max_future_s: float = setting(300.0, "how far in the future an event time may lie", minimum=0.0)
     dlq_keep_bytes: int = setting(65536, "bytes of an oversized original kept in its DLQ record (with its length and "
                                   "sha256); keep it well below the broker's message size limit (1 MB producer "
-                                  "requests, and base64 adds a third)", minimum=0,
-                                  maximum=700_000)
+                                  "requests, and base64 adds a third)", minimum=0)
     # ---- trends ----
     recent_segments: int = setting(50, "scored segments kept per stream", minimum=1)
     resolutions: tuple[int, ...] = setting((10, 60, 600), "trend bucket sizes in seconds", check=_positive_seconds)

@@ -44,7 +44,6 @@ def test_every_variable_is_read(monkeypatch):
     ("TECAFLOW_ALERT_MIN_SHIFT", "0", r"TECAFLOW_ALERT_MIN_SHIFT=0.0 must be in \[0.05, 6.0\]"),
     ("TECAFLOW_ALERT_MIN_SHIFT", "7", r"must be in \[0.05, 6.0\]"),
     ("TECAFLOW_RESOLUTIONS", "10,60,10", "names a bucket size twice"),
-    ("TECAFLOW_DLQ_KEEP_BYTES", "50000000", r"must be in \[0, 700000\]"),
     ("TECAFLOW_BATCH_WAIT_S", "inf", r"must be in \[0.0, 10.0\]"),
     ("TECAFLOW_SESSION_TIMEOUT_S", "1", "must be >= 6.0"),
     ("TECAFLOW_ALERT_FALSE_ALARMS_PER_10K", "0", r"must be in \(0, 10000\)"),
