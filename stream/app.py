@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Awaitable
 
 import faust
@@ -29,7 +30,7 @@ from stream.kafka_transport import SCHEME
 from stream.lag import LagTracker
 from stream.pipeline import BatchResult, Pipeline, Reject
 from stream.publish import Outgoing, deliver, outgoing
-from stream.worker import build_pipeline, check_dependencies
+from stream.worker import build_pipeline, check_dependencies, wait_for_broker
 
 log = logging.getLogger("tecaflow.worker")
 settings = Settings.from_env()
@@ -189,8 +190,11 @@ def run(loglevel: str = "info") -> int:
     from prometheus_client import start_http_server
 
     log.info("worker settings: %s", settings.describe())
-    check_dependencies(settings)
+    broker_up = check_dependencies(settings)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+    if not broker_up:
+        wait_for_broker(settings)
+    Path(app.conf.datadir).mkdir(parents=True, exist_ok=True)  # Faust makes only the last directory
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()  # exits the process when the worker stops

@@ -69,16 +69,19 @@ def warn_unless_durable(store, where: str) -> None:
                     where, config.get("appendonly"), config.get("appendfsync"))
 
 
-async def check_broker(settings: Settings, timeout: float = 10.0) -> None:
-    """Connect once with the worker's credentials, then list topics: refusals stop the worker."""
+async def check_broker(settings: Settings, timeout: float = 10.0) -> bool:
+    """Connect once with the worker's credentials, then list topics: refusals stop the worker.
+    Returns whether the broker answered."""
     where = f"the broker at {redact_url(settings.broker_url)}"
     try:
         await asyncio.wait_for(_connect_and_list(settings, timeout), timeout)
+        return True
     except Exception as e:  # noqa: BLE001 - sorted into refused (fatal) and away (waited for)
         if refused(e):
             raise DependencyRefused(describe(e, f"{where} refused this worker (check TECAFLOW_BROKER_SECURITY "
                                                 f"and the SASL settings)")) from None
         log.warning("%s is not reachable yet (%s); the worker will wait for it", where, describe(e, "broker"))
+        return False
 
 
 def _client_options(settings: Settings, timeout: float) -> dict:

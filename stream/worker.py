@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
-from stream import contract
+from stream import contract, metrics
 from stream.config import ConfigError, Settings
 from stream.dependencies import check_broker, check_redis
 from stream.pipeline import Backoff, Pipeline, retry_forever
@@ -75,9 +76,10 @@ async def build_pipeline(settings: Settings, backoff=Backoff) -> Pipeline:
                     settings.max_future_s, backoff=backoff, version=version, model_for=model_for)
 
 
-def check_dependencies(settings: Settings) -> None:
+def check_dependencies(settings: Settings) -> bool:
     """Refused credentials or permissions stop the worker now (DependencyRefused: one line, exit 2);
-    an unreachable Redis or broker is only logged here and waited for once running."""
+    an unreachable Redis or broker is only logged here and waited for once running (Redis) or
+    before Faust starts (the broker: wait_for_broker). Returns whether the broker answered."""
     if (settings.sasl_username or settings.sasl_password) and not settings.broker_uses_sasl():
         log.warning("TECAFLOW_BROKER_SASL_USERNAME/PASSWORD are set but TECAFLOW_BROKER_SECURITY=%s: they are not "
                     "used (SASL_PLAINTEXT or SASL_SSL would use them)", settings.broker_security)
@@ -85,8 +87,29 @@ def check_dependencies(settings: Settings) -> None:
     check_redis(lambda: store_for(settings), settings.redis_url)
     loop = asyncio.new_event_loop()  # not the current loop: Faust sets up its own
     try:
-        loop.run_until_complete(check_broker(settings))
+        broker_up = loop.run_until_complete(check_broker(settings))
         loop.run_until_complete(check_model(settings))
+    finally:
+        loop.close()
+    return broker_up
+
+
+def wait_for_broker(settings: Settings, first_s: float = 1.0, cap_s: float = 10.0) -> None:
+    """Until the broker answers (refusals stop the worker): Faust's producer gives up on a broker
+    that does not answer at start-up, and the worker would exit with a traceback."""
+    loop = asyncio.new_event_loop()
+    delay, attempt = first_s, 0
+    try:
+        while True:
+            metrics.DEPENDENCY_UP.labels("kafka").set(0)
+            time.sleep(delay)
+            attempt += 1
+            metrics.RETRIES.labels("kafka").inc()
+            if loop.run_until_complete(check_broker(settings)):
+                metrics.DEPENDENCY_UP.labels("kafka").set(1)
+                log.info("the broker is back after %d retries", attempt)
+                return
+            delay = min(cap_s, 2 * delay)
     finally:
         loop.close()
 

@@ -117,3 +117,37 @@ def test_a_worker_batch_larger_than_the_served_model_takes_stops_the_worker_at_s
         asyncio.run(served_contract(Serving(16), 32))
     assert asyncio.run(served_contract(Serving(64), 32)).max_batch == 64
     assert asyncio.run(served_contract(Serving(0), 32)).max_batch == 0  # a model without batching limits
+
+
+@pytest.mark.integration
+def test_a_worker_waits_for_a_broker_that_is_away_and_starts_once_it_answers(tmp_path):
+    """Faust's producer gives up on a broker that does not answer at start-up: the worker used to
+    say it would wait, then exit with a KafkaConnectionError traceback. Its run directory may not
+    exist yet either (Faust creates only the last level of its data directory)."""
+    import time
+
+    from stream.config import Settings, environment_with
+    from stream.stack import WORKER_READY, Stack, worker_service
+    from trainer.text_encoder import minilm_dir
+    broker, redis_port, triton, metrics_port = free_ports(4)
+    env = environment_with(run_dir=tmp_path / "not" / "made" / "yet", tokenizer=str(minilm_dir()),
+                           broker_url=f"kafka://127.0.0.1:{broker}", redis_url=f"redis://127.0.0.1:{redis_port}/0",
+                           triton_url=f"127.0.0.1:{triton}", metrics_port=metrics_port)
+    worker = worker_service(tmp_path, env=env).start(wait=False)
+    stack = Stack(Settings.from_env(env))
+    started = ()
+    try:
+        deadline = time.monotonic() + 60
+        while worker.log_text().count("the broker at") < 3 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert worker.log_text().count("is not reachable yet") >= 3 and worker.process.poll() is None
+        started = stack.up(services=("broker",))
+        deadline = time.monotonic() + 120
+        while WORKER_READY not in worker.log_text() and time.monotonic() < deadline:
+            assert worker.process.poll() is None, worker.log_text()[-2000:]
+            time.sleep(0.5)
+        assert WORKER_READY in worker.log_text() and "Traceback" not in worker.log_text()
+        assert "the broker is back after" in worker.log_text()
+    finally:
+        worker.stop()
+        stack.down(services=tuple(reversed(started)))
