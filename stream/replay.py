@@ -86,13 +86,20 @@ class UtterancePool:
         return int(self.rng.choice(close))
 
 
+def run_tag(t0: float) -> str:
+    """Part of every segment id of one replay run (its start time, hex seconds): a stream replayed
+    again into the same Redis gets new segments, not ids it has already recorded with other
+    content (those are conflicting duplicates: a second `make demo` scored nothing)."""
+    return f"{int(t0):x}"
+
+
 def plan_segments(pool: UtterancePool, n_streams: int, n_segments: int, shifts: list[Shift], seed: int,
                   spacing_s: float, t0: float, prefix: str = "stream", first: int = 0,
                   missing: float = 0.0) -> list[dict]:
-    """Every segment to send, interleaved across streams in send order. `first` numbers the
-    segments of a later round of a looping replay (ids and event times continue). With
-    `missing`, that share of the segments is sent without vision, and (independently) that
-    share without audio, as live video has them."""
+    """Every segment to send, interleaved across streams in send order; a segment's id is
+    STREAM/RUN.INDEX (run_tag). `first` numbers the segments of a later round of a looping
+    replay (indices and event times continue). With `missing`, that share of the segments is
+    sent without vision, and (independently) that share without audio, as live video has them."""
     rng = np.random.default_rng(seed + 1)
     levels = rng.uniform(-1.0, 1.5, n_streams)
     dropper = np.random.default_rng(seed + 2 + first)
@@ -103,7 +110,7 @@ def plan_segments(pool: UtterancePool, n_streams: int, n_segments: int, shifts: 
             row = pool.draw(float(np.clip(level, -3, 3)))
             name = stream_name(s, prefix)
             n = first + i
-            out.append({"stream_id": name, "segment_id": f"{name}/{n:06d}",
+            out.append({"stream_id": name, "segment_id": f"{name}/{run_tag(t0)}.{n:06d}", "index": n,
                         "event_time": t0 + n * spacing_s + s * 1e-3, "row": row, "level": float(level),
                         "drop": [m for m in ("audio", "visual") if dropper.random() < missing]})
     return out
@@ -168,8 +175,8 @@ def shift_scores(planned: list[dict], scores: np.ndarray, shifts: list[Shift], p
     order = np.argsort(scores)
     ranked = scores[order]
     for seg in planned:
-        index = int(seg["segment_id"].rsplit("/", 1)[1])
-        delta = sum(sh.delta for sh in shifts if stream_name(sh.stream, prefix) == seg["stream_id"] and index >= sh.at)
+        delta = sum(sh.delta for sh in shifts
+                    if stream_name(sh.stream, prefix) == seg["stream_id"] and seg["index"] >= sh.at)
         if delta:
             j = int(np.clip(np.searchsorted(ranked, scores[seg["row"]] + delta), 1, len(ranked) - 1))
             seg["row"] = int(order[j if abs(ranked[j] - scores[seg["row"]] - delta) <

@@ -29,7 +29,11 @@ class Pool:
 def test_a_later_round_continues_ids_and_event_times():
     first = plan_segments(Pool(), 2, 3, [], seed=0, spacing_s=0.5, t0=100.0, prefix="p")
     later = plan_segments(Pool(), 2, 3, [], seed=0, spacing_s=0.5, t0=100.0, prefix="p", first=3)
-    assert [s["segment_id"] for s in first + later if s["stream_id"] == "p-001"] == [f"p-001/{i:06d}" for i in range(6)]
+    assert [s["segment_id"] for s in first + later if s["stream_id"] == "p-001"] == [f"p-001/64.{i:06d}"
+                                                                                      for i in range(6)]
+    # another run (another start time) never reuses an id: its segments are new, not conflicting duplicates
+    again = plan_segments(Pool(), 2, 3, [], seed=0, spacing_s=0.5, t0=160.0, prefix="p")
+    assert not {s["segment_id"] for s in again} & {s["segment_id"] for s in first}
     times = [s["event_time"] for s in first + later if s["stream_id"] == "p-000"]
     assert times == [100.0 + 0.5 * i for i in range(6)]
 
@@ -86,7 +90,8 @@ def test_the_looping_replay_keeps_sending_on_a_real_broker(tmp_path):
                                                  for r, e in enumerate(expected)]
         assert [r["segments"] for r in rounds] == [12, 12]
         ids = asyncio.run(read_ids(f"127.0.0.1:{port}", 24))
-        assert sorted(ids) == sorted(f"loop-00{s}/{i:06d}" for s in range(2) for i in range(12))
+        (run,) = {i.split("/")[1].split(".")[0] for i in ids}  # one run: one tag
+        assert sorted(ids) == sorted(f"loop-00{s}/{run}.{i:06d}" for s in range(2) for i in range(12))
     finally:
         broker.stop()
 
