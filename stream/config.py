@@ -272,7 +272,7 @@ class Settings:
     triton_metrics_port: int = setting(8002, "metrics port of the embedded Triton", **PORT)
     prometheus_port: int = setting(9090, "port of the embedded Prometheus", **PORT)
     prometheus_targets: str = setting("", "worker metrics endpoints the embedded Prometheus scrapes (host:port,...)",
-                                      check=_optional_host_ports, shown="127.0.0.1:9108,127.0.0.1:9109")
+                                      check=_optional_host_ports, shown="this host's TECAFLOW_METRICS_PORT and the next (two workers)")
     demo_seconds: float = setting(0.0, "`tecaflow demo` stops after this long (0: at Ctrl-C)", minimum=0.0)
     debug: bool = setting(False, "show the traceback of user errors too (1 or true)")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from stream.config import Settings
@@ -35,6 +36,12 @@ def ensure_model(repo: Path, runs: Path) -> None:
     subprocess.run([*CLI, "export", "--checkpoint", str(out / "checkpoint.pt"), "--repo", str(repo)], check=True)
 
 
+def demo_settings(settings: Settings) -> Settings:
+    """The demo runs one worker: Prometheus scrapes only its port (unless told otherwise), else
+    TecaflowWorkerDown fires for a second worker that was never meant to run."""
+    return replace(settings, prometheus_targets=settings.prometheus_targets or f"127.0.0.1:{settings.metrics_port}")
+
+
 def demo_services(settings: Settings, streams: int, segments: int, rate: float, dashboard_port: int) -> list[Service]:
     """The worker, the dashboard and a looping replay, each a Service logging under the run dir."""
     run_dir = Path(settings.run_dir)
@@ -51,7 +58,7 @@ def run_demo(settings: Settings, repo: Path, streams: int, segments: int, rate: 
              dashboard_port: int = 8501) -> int:
     print(f"tecaflow demo: the dashboard will be at http://127.0.0.1:{dashboard_port} once the stack is up", flush=True)
     ensure_model(repo, Path("runs"))
-    stack = Stack(settings, repo)
+    stack = Stack(demo_settings(settings), repo)
     started = stack.up()
     children = demo_services(settings, streams, segments, rate, dashboard_port)
     run_dir = Path(settings.run_dir)

@@ -61,3 +61,18 @@ def test_compose_prometheus_loads_the_rules():
     mounted = {c["target"]: compose["configs"][c["source"]] for c in compose["services"]["prometheus"]["configs"]}
     assert config["rule_files"] == ["/etc/prometheus/rules.yml"]
     assert (ROOT / mounted["/etc/prometheus/rules.yml"]["file"]).resolve() == ALERT_RULES
+
+
+def test_the_demo_has_prometheus_scrape_its_one_worker_only(tmp_path, monkeypatch):
+    """The default targets are a worker's port and the next (two workers); the demo runs one, and
+    TecaflowWorkerDown fired for the other in every demo."""
+    from stream.demo import demo_settings
+    monkeypatch.setenv("TECAFLOW_RUN_DIR", str(tmp_path))
+    monkeypatch.setenv("TECAFLOW_METRICS_PORT", "9300")
+    config = yaml.safe_load(Stack(demo_settings(Settings.from_env()), tmp_path).prometheus_config().read_text())
+    targets = [t for job in config["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]]
+    assert "127.0.0.1:9300" in targets and "127.0.0.1:9301" not in targets
+    monkeypatch.setenv("TECAFLOW_PROMETHEUS_TARGETS", "10.0.0.1:9108,10.0.0.2:9108")  # as told, when told
+    config = yaml.safe_load(Stack(demo_settings(Settings.from_env()), tmp_path).prometheus_config().read_text())
+    assert {"10.0.0.1:9108", "10.0.0.2:9108"} <= {t for job in config["scrape_configs"]
+                                                  for sc in job.get("static_configs", []) for t in sc["targets"]}
