@@ -482,6 +482,10 @@ def failed_dependency(error: BaseException) -> str | None:
     checks = []
     try:
         import redis.exceptions as r
+
+        from stream.dependencies import wrong_database
+        if wrong_database(error):
+            return "Redis"
         checks.append(("Redis", (r.ConnectionError, r.TimeoutError, r.AuthenticationError, r.AuthorizationError,
                                  r.NoPermissionError, r.ClusterDownError, r.RedisClusterException)))
     except ImportError:

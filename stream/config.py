@@ -119,10 +119,23 @@ def settings_table() -> str:
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 
 
-def _redis_scheme(url: str) -> str | None:
-    if url.startswith(REDIS_SCHEMES):
+def _redis_url(url: str) -> str | None:
+    if not url.startswith(REDIS_SCHEMES):
+        return f"must start with {', '.join(REDIS_SCHEMES[:-1])} or {REDIS_SCHEMES[-1]}"
+    if url.startswith("unix://"):
         return None
-    return f"must start with {', '.join(REDIS_SCHEMES[:-1])} or {REDIS_SCHEMES[-1]}"
+    parts = urlsplit(url)
+    try:
+        parts.port
+    except ValueError:
+        return "has a port that is not a number in 1-65535"
+    if not parts.hostname:
+        return "names no host"
+    if not re.fullmatch(r"/?\d*", parts.path):
+        return "must end in a database number (/0), if anything"
+    if "+cluster" in parts.scheme and parts.path.strip("/") not in ("", "0"):
+        return "names a database: a Redis Cluster has only database 0"
+    return None
 
 
 HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
@@ -219,7 +232,7 @@ class Settings:
     redis_url: str = setting("redis://127.0.0.1:6379/0",
                              "Redis URL (redis://:password@host:port/db, rediss:// for TLS, redis+cluster://:password@"
                              "host:port for a Redis Cluster, any node); the password is never printed",
-                             check=_redis_scheme, secret="url")
+                             check=_redis_url, secret="url")
     triton_url: str = setting("127.0.0.1:8001", "Triton gRPC address", check=_host_port)
     triton_model: str = setting("tecafn", "model name in the repository")
     # ---- the worker ----

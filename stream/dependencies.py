@@ -32,8 +32,13 @@ class DependencyRefused(UserError, RuntimeError):
     """A dependency refused our credentials or permissions: stop, one line, exit 2."""
 
 
+def wrong_database(error: BaseException) -> bool:
+    """Redis has no database of the number TECAFLOW_REDIS_URL names: waiting will not add it."""
+    return isinstance(error, redis.exceptions.ResponseError) and "DB index is out of range" in str(error)
+
+
 def refused(error: BaseException) -> bool:
-    return isinstance(error, REDIS_REFUSALS + BROKER_REFUSALS)
+    return isinstance(error, REDIS_REFUSALS + BROKER_REFUSALS) or wrong_database(error)
 
 
 def describe(error: BaseException, what: str) -> str:
@@ -49,6 +54,9 @@ def check_redis(connect, url: str) -> None:
         store = connect()
         store.check_access()
     except Exception as e:  # noqa: BLE001 - sorted into refused (fatal) and away (waited for)
+        if wrong_database(e):
+            raise DependencyRefused(describe(e, f"{where} has no such database (the number at the end of "
+                                                f"TECAFLOW_REDIS_URL)")) from None
         if refused(e):
             raise DependencyRefused(describe(e, f"{where} refused this worker (check the password or ACL in "
                                                 f"TECAFLOW_REDIS_URL)")) from None

@@ -151,3 +151,15 @@ def test_a_worker_waits_for_a_broker_that_is_away_and_starts_once_it_answers(tmp
     finally:
         worker.stop()
         stack.down(services=tuple(reversed(started)))
+
+
+def test_a_database_redis_does_not_have_stops_the_worker_and_the_cli_in_one_line(redis_url, capsys, monkeypatch):
+    """Redis answers "DB index is out of range": the worker took it for 'away' and waited forever,
+    `tecaflow trends` printed a traceback."""
+    from stream import cli
+    missing_db = redis_url.rsplit("/", 1)[0] + "/99"
+    with pytest.raises(DependencyRefused, match="has no such database"):
+        check_redis(lambda: TrendStore(missing_db), missing_db)
+    monkeypatch.setenv("TECAFLOW_REDIS_URL", missing_db)
+    assert cli.main(["trends"]) == 2
+    assert "DB index is out of range" in capsys.readouterr().err
