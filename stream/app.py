@@ -190,6 +190,8 @@ def run(loglevel: str = "info") -> int:
     from prometheus_client import start_http_server
 
     log.info("worker settings: %s", settings.describe())
+    for name in Settings.unknown_variables():
+        log.warning("%s is set but no setting reads it", name)
     broker_up = check_dependencies(settings)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)

@@ -378,8 +378,13 @@ def cmd_demo(args) -> int:
 
 
 def cmd_settings(args) -> int:
-    from stream.config import settings_table
-    print(settings_table() if args.markdown else settings().describe().replace(", ", "\n"))
+    from stream.config import Settings, settings_table
+    if args.markdown:
+        print(settings_table())
+        return 0
+    print("\n".join(settings().variables()))
+    for name in Settings.unknown_variables():
+        print(f"warning: {name} is set but no setting reads it", file=sys.stderr)
     return 0
 
 

@@ -358,6 +358,20 @@ class Settings:
     def broker_uses_sasl(self) -> bool:
         return self.broker_security.startswith("SASL")
 
+    def variables(self) -> list[str]:
+        """Every setting as its variable, VARIABLE=value (secrets hidden as describe hides them)."""
+        return [f"{env_name(f)}={shown(f, getattr(self, f.name))}" for f in fields(self)]
+
+    @staticmethod
+    def unknown_variables(environ=None) -> list[str]:
+        """TECAFLOW_* variables set in the environment that no setting reads (a typo is otherwise
+        silently ignored), each with the nearest known name."""
+        import difflib
+        environ = os.environ if environ is None else environ
+        known = [env_name(f) for f in fields(Settings)]
+        unknown = sorted(k for k in environ if k.startswith("TECAFLOW_") and k not in known)
+        return [k + "".join(f" (did you mean {m}?)" for m in difflib.get_close_matches(k, known, n=1, cutoff=0.85)) for k in unknown]
+
     def describe(self) -> str:
         """Every setting, for the log: passwords hidden, URLs through redact_url."""
         return ", ".join(f"{f.name}={shown(f, getattr(self, f.name))}" for f in fields(self))

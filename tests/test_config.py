@@ -153,3 +153,16 @@ def test_a_rejected_webhook_url_keeps_its_token_hidden(monkeypatch):
     with pytest.raises(ConfigError) as caught:
         Settings.from_env()
     assert "tok3n" not in str(caught.value)
+
+
+def test_a_misspelled_variable_is_named_with_the_nearest_setting():
+    unknown = Settings.unknown_variables({"TECAFLOW_BATCH_SIZ": "5", "TECAFLOW_BATCH_SIZE": "8", "HOME": "/root",
+                                          "TECAFLOW_NOTHING_LIKE_IT": "1"})
+    assert unknown == ["TECAFLOW_BATCH_SIZ (did you mean TECAFLOW_BATCH_SIZE?)", "TECAFLOW_NOTHING_LIKE_IT"]
+
+
+def test_settings_print_as_the_variables_that_set_them(monkeypatch):
+    monkeypatch.setenv("TECAFLOW_REDIS_URL", "redis://:s3cret@10.0.0.1:6379/0")
+    lines = Settings.from_env().variables()
+    assert "TECAFLOW_REDIS_URL=redis://:***@10.0.0.1:6379/0" in lines and "TECAFLOW_BATCH_SIZE=32" in lines
+    assert not any("s3cret" in line for line in lines)
