@@ -56,6 +56,17 @@ def prepare_backends(target: Path) -> Path:
     return target
 
 
+def check_config(path: Path) -> None:
+    """A model config Triton cannot read fails here, with the parser's words: Triton itself only
+    logs it and keeps polling, and a wait for the model would time out with no reason given."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as pb
+    try:
+        text_format.Parse(path.read_text(), pb.ModelConfig())
+    except (text_format.ParseError, UnicodeDecodeError) as e:
+        raise TritonError(f"{path} is not a Triton model config: {e}") from None
+
+
 @dataclass
 class EmbeddedTriton:
     repo: Path
@@ -116,6 +127,8 @@ class EmbeddedTriton:
             raise TritonError(f"model repository {self.repo} does not exist (run `tecaflow export` first)")
         if self.model and not (self.repo / self.model / CONFIG_FILE).is_file():
             raise TritonError(f"no model {self.model!r} in {self.repo} (run `tecaflow export --repo {self.repo}`)")
+        if self.model:
+            check_config(self.repo / self.model / CONFIG_FILE)
         return Service("triton", self.command(), self.run_dir, health=self.ready, env=self.environment(),
                        start_timeout=timeout, failed=self.load_failure)
 
@@ -135,9 +148,14 @@ class EmbeddedTriton:
         return http_status(f"http://{self.http_url}{path}") == 200
 
     def load_failure(self) -> str | None:
-        """Triton's reason when every version of the model is UNAVAILABLE after a load attempt."""
+        """Triton's reason when every version of the model is UNAVAILABLE after a load attempt, or
+        when it could not read the model's directory at all (then only its log says so)."""
         if not self.model:
             return None
+        marker = f"Poll failed for model directory '{self.model}': "
+        polled = [line.split(marker, 1)[1].rstrip('"') for line in self.log_tail(200).splitlines() if marker in line]
+        if polled:
+            return f"model {self.model!r} failed to load: {polled[-1]}"
         request = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST")
         try:
             with urllib.request.urlopen(request, timeout=2) as r:

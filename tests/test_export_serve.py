@@ -113,6 +113,25 @@ def test_missing_model_is_a_clear_error(tmp_path):
         EmbeddedTriton(tmp_path, tmp_path / "run", *free_ports(3)).start(timeout=5)
 
 
+def test_a_model_config_triton_cannot_read_is_reported_before_it_starts(tmp_path):
+    (tmp_path / "tecafn" / "1").mkdir(parents=True)
+    (tmp_path / "tecafn" / "config.pbtxt").write_text("this is { not a proto")
+    with pytest.raises(TritonError, match='config.pbtxt is not a Triton model config: .*no field named "this"'):
+        EmbeddedTriton(tmp_path, tmp_path / "run", *free_ports(3)).start(timeout=5)
+
+
+@pytest.mark.integration
+def test_a_model_directory_triton_refuses_to_poll_is_reported_with_its_reason(tmp_path):
+    """Triton only logs a directory it cannot poll and keeps running: `stack up` used to wait its
+    whole timeout and then quote Triton's shutdown line."""
+    (tmp_path / "tecafn" / "1").mkdir(parents=True)
+    (tmp_path / "tecafn" / "config.pbtxt").write_text('name: "other"\nbackend: "python"\nmax_batch_size: 8\n')
+    started = time.monotonic()
+    with pytest.raises(TritonError, match="directory name must equal model name"):
+        EmbeddedTriton(tmp_path, tmp_path / "run", *free_ports(3)).start(timeout=120)
+    assert time.monotonic() - started < 60
+
+
 @pytest.mark.integration
 def test_a_model_that_fails_to_load_is_reported_with_tritons_reason(checkpoint, tmp_path):
     version = export(checkpoint, tmp_path / "repo")
