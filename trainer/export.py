@@ -145,8 +145,16 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     compute); activations are quantized per batch at run time. The LSTM, the convolutions and
     the heads stay fp32: they cost little, and quantized they move the scores most."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                     per_channel=True)
+    root = logging.getLogger()
+    level = root.level
+    # the quantizer logs a line per tensor on the root logger, and advice to pre-process the graph
+    # (measured here: no gain), as a warning
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                         per_channel=True)
+    finally:
+        root.setLevel(level)
 
 
 def ort_scores(onnx_path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
