@@ -35,13 +35,15 @@ class Shift:
     delta: float
 
     @classmethod
-    def parse(cls, text: str, n_streams: int) -> "Shift":
+    def parse(cls, text: str, n_streams: int, n_segments: int | None = None, flag: str = "--shift") -> "Shift":
         m = re.fullmatch(r"(?:[A-Za-z0-9_.]+-)?(\d+)@(\d+):([+-]?\d+(?:\.\d+)?)", text)
         if not m:
-            raise UserError(f"--shift {text!r}: expected STREAM@T:DELTA, e.g. 2@40:-2.5")
+            raise UserError(f"{flag} {text!r}: expected STREAM@T:DELTA, e.g. 2@40:-2.5")
         shift = cls(int(m.group(1)), int(m.group(2)), float(m.group(3)))
         if shift.stream >= n_streams:
-            raise UserError(f"--shift {text!r}: stream {shift.stream} does not exist (streams 0..{n_streams - 1})")
+            raise UserError(f"{flag} {text!r}: stream {shift.stream} does not exist (streams 0..{n_streams - 1})")
+        if n_segments is not None and shift.at >= n_segments:
+            raise UserError(f"{flag} {text!r}: segment {shift.at} is never sent (segments 0..{n_segments - 1})")
         return shift
 
 
@@ -131,7 +133,11 @@ async def send_all(servers: str, topic: str, planned: list[dict], pool: Utteranc
     from tqdm import tqdm
 
     producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
-    await producer.start()
+    try:
+        await producer.start()
+    except Exception:
+        await producer.stop()  # else its half-open connections are reported as unclosed at exit
+        raise
     sink = manifest.open("w") if manifest else None
     started = time.monotonic()
     try:
@@ -197,13 +203,13 @@ def replay(servers: str, topic: str, widths: dict[str, int], max_frames: int, st
         raise UserError("--rate must be >= 0 (0: as fast as possible)")
     if loop and (rate == 0 or manifest):
         raise UserError("--loop needs a --rate above 0 and no --manifest (it never ends)")
-    parsed = [Shift.parse(s, streams) for s in shifts]
+    parsed = [Shift.parse(s, streams, segments) for s in shifts]
     if not re.fullmatch(r"[A-Za-z0-9_.]+", prefix):
         raise UserError(f"--prefix {prefix!r}: letters, digits, '_' and '.' only")
     pool = UtterancePool(data, widths, seed, max_frames)
     spacing = streams / rate if rate > 0 else 1.0
     t0 = time.time() if rate > 0 else time.time() - segments * spacing
-    by_score = [Shift.parse(s, streams) for s in score_shifts]
+    by_score = [Shift.parse(s, streams, segments, "--score-shift") for s in score_shifts]
     pool_scores = score_pool(pool) if by_score else None
     round_no = 0
     while True:

@@ -65,6 +65,11 @@ def test_shift_parse_names_the_problem():
     assert Shift.parse("demo-002@40:-2.5", 3) == Shift(2, 40, -2.5)
     with pytest.raises(UserError, match="does not exist"):
         Shift.parse("7@1:1", 3)
+    # a shift after the last segment never happens: the summary used to report it all the same
+    with pytest.raises(UserError, match=r"--shift '0@99:-1': segment 99 is never sent \(segments 0..4\)"):
+        Shift.parse("0@99:-1", 3, 5)
+    with pytest.raises(UserError, match="--score-shift '0@x'"):  # named as the flag it came from
+        Shift.parse("0@x", 3, 5, "--score-shift")
 
 
 @pytest.mark.integration
