@@ -158,13 +158,17 @@ class Pipeline:
             version = await self.scorer.served_version()
         except Exception:  # noqa: BLE001 - Triton away: the call is retried, and this asked again
             return False
-        if version is None or version == self.served.version:
+        if version is None:
             return False
         try:
             contract, tokenizer = await self.model_for(version)
         except UserError as e:  # waiting is all the worker can do: an operator must fix the export
             log.error("Triton now serves version %s, which this worker cannot use: %s", version, e)
             return False
+        except Exception:  # noqa: BLE001 - Triton went away meanwhile: as above
+            return False
+        if version == self.served.version and contract == self.served.contract:
+            return False  # the same model: the call failed for another reason, and is retried
         old, self.served = self.served, self.serving(version, contract, tokenizer)
         log.warning("Triton now serves version %s of the model (was %s): taking its contract%s and tokenizer",
                     version, old.version, "" if contract == old.contract else " (changed)")
