@@ -1,5 +1,7 @@
 """The seams: a light CLI, user errors in one line, settings declared once, no import cycles."""
+import argparse
 import ast
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +148,23 @@ def test_a_missing_optional_package_names_its_extra(capsys, monkeypatch):
     parser._subparsers._group_actions[0].choices["trends"].set_defaults(func=needs_torch)
     assert cli.main(["trends"]) == 2
     assert "pip install 'tecaflow[train]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [
+    pytest.param(b"hello\n", id="text"),
+    pytest.param(b"step,epoch,L_task\n10,0,0.5\n", id="losses.csv"),
+    # a pickle of more than weights: PyTorch's message advises weights_only=False, which would run it
+    pytest.param(pickle.dumps(argparse.Namespace(a=1), protocol=2), id="pickle"),
+])
+@pytest.mark.parametrize("command, extra", [
+    ("evaluate", ["--data", "synthetic", "--synthetic-size", "60"]),
+    ("export", ["--repo", "repo"]),
+])
+def test_a_file_that_is_not_a_checkpoint_is_one_line(command, extra, content, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "losses.csv").write_bytes(content)
+    assert cli.main([command, "--checkpoint", "losses.csv", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tecaflow {command}: error: losses.csv: not a tecaflow checkpoint (")
+    assert err.count("\n") == 1 and "weights_only" not in err
+    assert not (tmp_path / "repo").exists()

@@ -355,16 +355,32 @@ def load_checkpoint(path: Path, device="cpu") -> tuple[TeCaFN, dict]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = read_checkpoint_file(path, device)
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         if str(ckpt.get("format", "")).startswith("tecaflow-tecafn-"):
             raise UserError(f"{path}: checkpoint format {ckpt['format']} is older than {CHECKPOINT_FORMAT} "
                              f"(no feature standardisation); retrain it")
-        raise UserError(f"{path}: not a tecaflow TeCaFN checkpoint")
+        raise UserError(f"{path}: not a tecaflow checkpoint (no {CHECKPOINT_FORMAT} format mark)")
     model = TeCaFN(TeCaFNConfig.from_dict(ckpt["config"]), rebuild_text_encoder(ckpt["encoder_config"]))
     model.load_state_dict(ckpt["state_dict"])
     model.to(device).eval()
     return model, ckpt
+
+
+def read_checkpoint_file(path: Path, device) -> dict:
+    """The saved dict, or a UserError for a file that is not one: any other file (a text file,
+    losses.csv, a truncated save) fails inside torch.load with a traceback that says nothing the
+    user can act on, and PyTorch's advice for pickles (weights_only=False) would run their code."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except OSError:
+        raise  # unreadable: the CLI names the file and the reason
+    except Exception as e:
+        raise UserError(f"{path}: not a tecaflow checkpoint (torch.load cannot read it as weights: "
+                        f"{type(e).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path}: not a tecaflow checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
+    return ckpt
 
 
 def tokenizer_for(checkpoint: Path):
