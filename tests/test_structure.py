@@ -168,3 +168,20 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line(command, extra, content, tm
     assert err.startswith(f"tecaflow {command}: error: losses.csv: not a tecaflow checkpoint (")
     assert err.count("\n") == 1 and "weights_only" not in err
     assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("d_model=0", "d_model must be an integer >= 1, got 0"),
+    ("dropout=2", "dropout must be in [0, 1), got 2.0"),
+    ("conv_kernel=0", "conv_kernel must be an odd integer >= 1"),
+    ("conv_kernel=4", "conv_kernel must be an odd integer >= 1"),
+    ("tau=0", "tau must be a finite number > 0, got 0.0"),
+    ("tau=nan", "tau must be a finite number > 0, got nan"),
+    ("gamma2=-1", "gamma2 must be a finite number >= 0"),
+])
+def test_a_model_option_out_of_range_is_one_line_before_the_data_loads(setting, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", "/no/such/data", "--out", str(out), "--set", setting]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tecaflow train: error: --set {setting!r}: {message}")
+    assert err.count("\n") == 1 and not out.exists()
