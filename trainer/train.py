@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import random
 import resource
 import time
@@ -208,11 +209,11 @@ def train_once(dataset: Dataset, opts: TrainOptions) -> dict:
     """Train, keep the best checkpoint on valid MAE (or accuracy), write the run directory."""
     device = resolve_device(opts.device)
     seed_everything(opts.seed)
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
     model, encoder_config = build_model(dataset, opts)
     model.to(device)
     tokenizer = load_tokenizer(opts.text_encoder)
+    out = Path(opts.out)  # made only now: a model that cannot be built leaves no empty run directory
+    out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out / "tokenizer")
     batchers = {s: Batcher(dataset.split(s), tokenizer, opts.max_text_tokens, opts.max_frames, name=s)
                 for s in ("train", "valid", "test")}
@@ -235,6 +236,7 @@ def train_once(dataset: Dataset, opts: TrainOptions) -> dict:
                                                bucket=opts.bucket):
             losses = train_step(model, optimizer, batch, opts, generator)
             step += 1
+            check_finite(losses, step, epoch)
             seen += len(batch["labels"])
             if step % opts.log_every == 0:
                 trace.add(step, epoch, losses)
@@ -289,6 +291,16 @@ def train_step(model: TeCaFN, optimizer, batch: dict, opts: TrainOptions, genera
     torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip)
     optimizer.step()
     return losses
+
+
+def check_finite(losses: dict[str, torch.Tensor], step: int, epoch: int) -> None:
+    """Stop at the first NaN or infinite loss: the weights are NaN from the next step on, and
+    every later checkpoint would be a model that scores NaN."""
+    total = losses["total"].item()
+    if not math.isfinite(total):
+        parts = ", ".join(f"{k}={losses[k].item():.4g}" for k in LOSS_COLUMNS[:-1])
+        raise UserError(f"training diverged at step {step} (epoch {epoch}): loss {total} ({parts}); "
+                        f"lower --lr or --clip, or check the --set values")
 
 
 def _fmt(m: dict) -> str:
