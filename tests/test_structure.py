@@ -185,3 +185,13 @@ def test_a_model_option_out_of_range_is_one_line_before_the_data_loads(setting, 
     err = capsys.readouterr().err
     assert err.startswith(f"tecaflow train: error: --set {setting!r}: {message}")
     assert err.count("\n") == 1 and not out.exists()
+
+
+def test_accuracy_data_that_does_not_exist_is_refused_before_the_checkpoint_is_read(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a checkpoint either")
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "notes.txt"), "--repo", str(tmp_path / "repo"),
+                     "--accuracy-data", "/nonexistent"]) == 2
+    assert capsys.readouterr().err == "tecaflow export: error: --accuracy-data /nonexistent: no such file or directory\n"
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "notes.txt"), "--quantize", "none",
+                     "--accuracy-data", "synthetic"]) == 2
+    assert "--accuracy-data measures the int8 graph: it needs --quantize int8" in capsys.readouterr().err
