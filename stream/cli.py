@@ -166,7 +166,8 @@ def register_alerting(sub, bench_sub) -> None:
 
     p = sub.add_parser("backtest", help="run the shift detector over recorded scores against known shifts")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--csv", type=Path, help="scores as CSV rows stream,event_time,score")
+    source.add_argument("--csv", type=Path, help="scores as UTF-8 CSV rows stream,event_time,score (a header line "
+                                                 "is optional; scores in [-3, 3])")
     source.add_argument("--redis", action="store_true", help="each stream's last segments in Redis")
     source.add_argument("--topic", action="store_true", help="the scores topic, from the beginning")
     p.add_argument("--shifts", type=Path, help="known shifts as CSV rows stream,event_time (when each began)")
@@ -177,7 +178,7 @@ def register_alerting(sub, bench_sub) -> None:
     p.add_argument("--sweep", help="comma-separated false-alarm settings to compare, e.g. 0.1,0.3,1,3,10")
     p.add_argument("--horizon", type=trainer_cli.positive(int), default=200, help="segments within which an alert catches a shift")
     p.add_argument("--plot", metavar="STREAM", help="draw this stream's scores and alerts")
-    p.add_argument("--out", type=Path, default=Path("backtest.png"), help="where --plot writes its PNG")
+    p.add_argument("--out", type=Path, help="where --plot writes its PNG (default: backtest.png)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_backtest)
 
@@ -199,6 +200,9 @@ def cmd_backtest(args) -> int:
 
     from stream import backtest as bt
     from stream.config import DetectorParams, Settings
+    if args.out and not args.plot:
+        raise UserError("--out needs --plot STREAM (it names the plot's PNG)")
+    sweep = parse_sweep(args.sweep)
     settings = Settings.from_env()
     if args.csv:
         scores = bt.scores_from_csv(args.csv)
@@ -218,16 +222,25 @@ def cmd_backtest(args) -> int:
                                 ("warmup", args.warmup)) if v is not None}
     params = DetectorParams(**{**dataclasses.asdict(settings.detector), **chosen})
     try:
-        sweep = [float(v) for v in args.sweep.split(",")] if args.sweep else []
         sweep = [dataclasses.replace(params, false_alarms_per_10k=v).false_alarms_per_10k for v in sweep]
     except ValueError as e:
         raise UserError(f"--sweep {args.sweep!r}: {e}") from None
     result = bt.backtest(scores, shifts, params, args.horizon, sweep)
     if args.plot:
         alerts = [a for a in result["runs"][0]["alert_list"]]
-        print(f"plot: {bt.plot(scores, shifts, alerts, args.plot, args.out)}", file=sys.stderr)
+        print(f"plot: {bt.plot(scores, shifts, alerts, args.plot, args.out or Path('backtest.png'))}", file=sys.stderr)
     print(json.dumps(result, indent=2) if args.json else bt.format_report(result))
     return 0
+
+
+def parse_sweep(text: str | None) -> list[float]:
+    """--sweep's false-alarm settings; none given: [] (the one setting in force)."""
+    if text is None:
+        return []
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"--sweep {text!r}: expected comma-separated numbers, e.g. 0.1,0.3,1,3,10") from None
 
 
 def register_soak(bench_sub) -> None:
