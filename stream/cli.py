@@ -10,8 +10,10 @@ other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -372,12 +374,32 @@ def dashboard_command(port: int, address: str) -> list[str]:
             "--server.fileWatcherType", "none", "--theme.base", "light", "--client.toolbarMode", "viewer"]
 
 
+def check_bindable(address: str, port: int) -> None:
+    """A UserError unless a server can listen on address:port now. Streamlit finds out only
+    after `tecaflow` has printed the URL, and says so in a traceback (an address that does not
+    resolve) or in a line of its own with exit code 1 (a port in use)."""
+    try:
+        family, kind, proto, _, bound = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise UserError(f"--address {address}: cannot resolve it ({e.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        # as Streamlit's server binds: a port held only by closed connections is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(bound)
+        except OSError as e:
+            raise UserError(f"cannot listen on {address}:{port} ({e.strerror}); "
+                            f"{'choose another --port' if e.errno == errno.EADDRINUSE else 'check --address'}"
+                            ) from None
+
+
 def cmd_dashboard(args) -> int:
     import importlib.util
     settings()  # a bad setting fails here in one line, not inside the page
     if importlib.util.find_spec("streamlit") is None:
         raise ModuleNotFoundError("No module named 'streamlit'", name="streamlit")
     command = dashboard_command(args.port, args.address)
+    check_bindable(args.address, args.port)
     print(f"tecaflow dashboard on http://{args.address}:{args.port}  (Ctrl-C stops)", flush=True)
     os.execv(command[0], command)
 

@@ -2,6 +2,7 @@
 import argparse
 import ast
 import pickle
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -185,6 +186,34 @@ def test_a_model_option_out_of_range_is_one_line_before_the_data_loads(setting, 
     err = capsys.readouterr().err
     assert err.startswith(f"tecaflow train: error: --set {setting!r}: {message}")
     assert err.count("\n") == 1 and not out.exists()
+
+
+def never_exec(*command):
+    raise AssertionError(f"the dashboard would have started: {command}")
+
+
+def test_an_address_that_does_not_resolve_is_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(cli.os, "execv", never_exec)
+    assert cli.main(["dashboard", "--address", "999.1.1.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tecaflow dashboard: error: --address 999.1.1.1: cannot resolve it") and err.count("\n") == 1
+
+
+def test_a_port_in_use_is_one_line_before_the_dashboard_says_its_url(capsys, monkeypatch):
+    monkeypatch.setattr(cli.os, "execv", never_exec)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["dashboard", "--port", str(port)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no "tecaflow dashboard on http://..." for a dashboard that never starts
+    assert captured.err == (f"tecaflow dashboard: error: cannot listen on 127.0.0.1:{port} (Address already in use); "
+                            f"choose another --port\n")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    cli.check_bindable("127.0.0.1", port)  # free again: no error
 
 
 def test_accuracy_data_that_does_not_exist_is_refused_before_the_checkpoint_is_read(tmp_path, capsys):
