@@ -29,19 +29,32 @@ from stream.config import DetectorParams
 from stream.errors import UserError
 
 Scores = dict[str, list[tuple[float, float]]]  # stream -> (event_time, score), oldest first
+# The model's scores are 3 * tanh(.): a value outside is not a score (another scale, a column
+# mix-up), and the detector's thresholds would mean nothing on it.
+SCORE_RANGE = 3.0
 
 
 def _rows(path: Path, columns: int, what: str):
-    with Path(path).open(newline="") as f:
-        for number, row in enumerate(csv.reader(f), 1):
-            if not row or (number == 1 and not _is_number(row[1] if len(row) > 1 else "")):
-                continue  # blank line or header
-            if len(row) != columns:
-                raise UserError(f"{path}:{number}: expected {what}, got {len(row)} fields")
-            try:
-                yield row[0], *(float(v) for v in row[1:])
-            except ValueError:
-                raise UserError(f"{path}:{number}: expected {what}, got {row!r}") from None
+    """(line number, stream, *numbers) for each row; a UserError naming the line for a bad one."""
+    number = 0
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as f:
+            for number, row in enumerate(csv.reader(f), 1):
+                if not row or (number == 1 and not _is_number(row[1] if len(row) > 1 else "")):
+                    continue  # blank line or header
+                if len(row) != columns:
+                    raise UserError(f"{path}:{number}: expected {what}, got {len(row)} fields")
+                if not row[0].strip():
+                    raise UserError(f"{path}:{number}: empty stream id")
+                try:
+                    yield number, row[0], *(float(v) for v in row[1:])
+                except ValueError:
+                    raise UserError(f"{path}:{number}: expected {what}, got {row!r}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (invalid byte {e.object[e.start]:#04x}); "
+                        f"expected CSV rows {what}") from None
+    except csv.Error as e:
+        raise UserError(f"{path}:{number + 1}: not CSV ({e}); expected rows {what}") from None
 
 
 def _is_number(text: str) -> bool:
@@ -58,9 +71,11 @@ def _sorted(scores: dict) -> Scores:
 
 def scores_from_csv(path: Path) -> Scores:
     out = defaultdict(list)
-    for stream, t, score in _rows(path, 3, "stream,event_time,score"):
-        if not (math.isfinite(t) and math.isfinite(score)):
-            raise UserError(f"{path}: non-finite value for stream {stream}")
+    for number, stream, t, score in _rows(path, 3, "stream,event_time,score"):
+        if not math.isfinite(t):
+            raise UserError(f"{path}:{number}: event time {t} is not finite")
+        if not -SCORE_RANGE <= score <= SCORE_RANGE:
+            raise UserError(f"{path}:{number}: score {score} is outside [-{SCORE_RANGE:g}, {SCORE_RANGE:g}]")
         out[stream].append((t, score))
     if not out:
         raise UserError(f"{path}: no scores")
@@ -109,7 +124,9 @@ def scores_from_topic(servers: str, topic: str, timeout_s: float = 10.0) -> Scor
 
 def shifts_from_csv(path: Path) -> dict[str, list[float]]:
     out = defaultdict(list)
-    for stream, t in _rows(path, 2, "stream,event_time"):
+    for number, stream, t in _rows(path, 2, "stream,event_time"):
+        if not math.isfinite(t):
+            raise UserError(f"{path}:{number}: event time {t} is not finite")
         out[stream].append(t)
     return {s: sorted(v) for s, v in out.items()}
 
@@ -121,8 +138,10 @@ def parse_shift(text: str) -> tuple[str, float]:
     return stream, float(t)
 
 
-def detect(scores: Scores, params: DetectorParams) -> dict[str, list[dict]]:
-    alerts = {}
+def detect(scores: Scores, params: DetectorParams) -> tuple[dict[str, list[dict]], list[str]]:
+    """Each stream's alerts, and the streams the detector never armed on (fewer segments than
+    the warm-up, repeats not counted): it could not have alerted there, so they are not evaluated."""
+    alerts, unarmed = {}, []
     for stream, series in scores.items():
         state, found = detector.initial_state(), []
         for t, x in series:
@@ -130,7 +149,9 @@ def detect(scores: Scores, params: DetectorParams) -> dict[str, list[dict]]:
             if alert:
                 found.append(alert)
         alerts[stream] = found
-    return alerts
+        if state["fit"] is None:
+            unarmed.append(stream)
+    return alerts, unarmed
 
 
 def evaluate(scores: Scores, shifts: dict[str, list[float]], alerts: dict[str, list[dict]], horizon: int) -> dict:
@@ -172,10 +193,11 @@ def backtest(scores: Scores, shifts: dict[str, list[float]], params: DetectorPar
     runs = []
     for rate in sweep or [params.false_alarms_per_10k]:
         p = replace(params, false_alarms_per_10k=rate)
-        alerts = detect(scores, p)
+        alerts, unarmed = detect(scores, p)  # the warm-up is the same for every rate
         runs.append({"false_alarms_per_10k_setting": rate, **evaluate(scores, shifts, alerts, horizon),
                      "alert_list": [a for s in alerts.values() for a in s]})
-    return {"min_shift": params.min_shift, "warmup": params.warmup, "horizon": horizon, "runs": runs}
+    return {"min_shift": params.min_shift, "warmup": params.warmup, "horizon": horizon, "runs": runs,
+            "not_evaluated": sorted(unarmed)}
 
 
 def format_report(result: dict) -> str:
@@ -190,6 +212,9 @@ def format_report(result: dict) -> str:
                      f"{fmt(r['median_delay_segments'], 'g')}, {fmt(r['median_delay_s'], '.0f')} | "
                      f"{r['false_alarms']} | {r['false_alarms_per_10k']:.2f} |")
     lines.append(f"\n{result['runs'][0]['segments']} segments on {result['runs'][0]['streams']} streams")
+    if result["not_evaluated"]:
+        lines.append(f"not evaluated, fewer segments than the warm-up of {result['warmup']} (repeats not counted; "
+                     f"a known shift there counts as missed): {', '.join(result['not_evaluated'])}")
     return "\n".join(lines)
 
 

@@ -10,8 +10,10 @@ other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -166,7 +168,8 @@ def register_alerting(sub, bench_sub) -> None:
 
     p = sub.add_parser("backtest", help="run the shift detector over recorded scores against known shifts")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--csv", type=Path, help="scores as CSV rows stream,event_time,score")
+    source.add_argument("--csv", type=Path, help="scores as UTF-8 CSV rows stream,event_time,score (a header line "
+                                                 "is optional; scores in [-3, 3])")
     source.add_argument("--redis", action="store_true", help="each stream's last segments in Redis")
     source.add_argument("--topic", action="store_true", help="the scores topic, from the beginning")
     p.add_argument("--shifts", type=Path, help="known shifts as CSV rows stream,event_time (when each began)")
@@ -177,7 +180,7 @@ def register_alerting(sub, bench_sub) -> None:
     p.add_argument("--sweep", help="comma-separated false-alarm settings to compare, e.g. 0.1,0.3,1,3,10")
     p.add_argument("--horizon", type=trainer_cli.positive(int), default=200, help="segments within which an alert catches a shift")
     p.add_argument("--plot", metavar="STREAM", help="draw this stream's scores and alerts")
-    p.add_argument("--out", type=Path, default=Path("backtest.png"), help="where --plot writes its PNG")
+    p.add_argument("--out", type=Path, help="where --plot writes its PNG (default: backtest.png)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_backtest)
 
@@ -199,6 +202,9 @@ def cmd_backtest(args) -> int:
 
     from stream import backtest as bt
     from stream.config import DetectorParams, Settings
+    if args.out and not args.plot:
+        raise UserError("--out needs --plot STREAM (it names the plot's PNG)")
+    sweep = parse_sweep(args.sweep)
     settings = Settings.from_env()
     if args.csv:
         scores = bt.scores_from_csv(args.csv)
@@ -218,16 +224,25 @@ def cmd_backtest(args) -> int:
                                 ("warmup", args.warmup)) if v is not None}
     params = DetectorParams(**{**dataclasses.asdict(settings.detector), **chosen})
     try:
-        sweep = [float(v) for v in args.sweep.split(",")] if args.sweep else []
         sweep = [dataclasses.replace(params, false_alarms_per_10k=v).false_alarms_per_10k for v in sweep]
     except ValueError as e:
         raise UserError(f"--sweep {args.sweep!r}: {e}") from None
     result = bt.backtest(scores, shifts, params, args.horizon, sweep)
     if args.plot:
         alerts = [a for a in result["runs"][0]["alert_list"]]
-        print(f"plot: {bt.plot(scores, shifts, alerts, args.plot, args.out)}", file=sys.stderr)
+        print(f"plot: {bt.plot(scores, shifts, alerts, args.plot, args.out or Path('backtest.png'))}", file=sys.stderr)
     print(json.dumps(result, indent=2) if args.json else bt.format_report(result))
     return 0
+
+
+def parse_sweep(text: str | None) -> list[float]:
+    """--sweep's false-alarm settings; none given: [] (the one setting in force)."""
+    if text is None:
+        return []
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"--sweep {text!r}: expected comma-separated numbers, e.g. 0.1,0.3,1,3,10") from None
 
 
 def register_soak(bench_sub) -> None:
@@ -359,12 +374,32 @@ def dashboard_command(port: int, address: str) -> list[str]:
             "--server.fileWatcherType", "none", "--theme.base", "light", "--client.toolbarMode", "viewer"]
 
 
+def check_bindable(address: str, port: int) -> None:
+    """A UserError unless a server can listen on address:port now. Streamlit finds out only
+    after `tecaflow` has printed the URL, and says so in a traceback (an address that does not
+    resolve) or in a line of its own with exit code 1 (a port in use)."""
+    try:
+        family, kind, proto, _, bound = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise UserError(f"--address {address}: cannot resolve it ({e.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        # as Streamlit's server binds: a port held only by closed connections is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(bound)
+        except OSError as e:
+            raise UserError(f"cannot listen on {address}:{port} ({e.strerror}); "
+                            f"{'choose another --port' if e.errno == errno.EADDRINUSE else 'check --address'}"
+                            ) from None
+
+
 def cmd_dashboard(args) -> int:
     import importlib.util
     settings()  # a bad setting fails here in one line, not inside the page
     if importlib.util.find_spec("streamlit") is None:
         raise ModuleNotFoundError("No module named 'streamlit'", name="streamlit")
     command = dashboard_command(args.port, args.address)
+    check_bindable(args.address, args.port)
     print(f"tecaflow dashboard on http://{args.address}:{args.port}  (Ctrl-C stops)", flush=True)
     os.execv(command[0], command)
 

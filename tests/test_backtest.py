@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from stream import backtest
+from stream import cli as stream_cli
 from stream.config import DetectorParams
+from stream.errors import UserError
 
 T0 = 1764000000.0
 
@@ -27,7 +29,7 @@ def history(tmp_path_factory):
         for name, delta in steps.items():
             x = rng.normal(0.3, 0.6, 500)
             x[300:] += delta
-            for i, v in enumerate(x):
+            for i, v in enumerate(np.clip(x, -3, 3)):  # scores are 3 * tanh(.)
                 w.writerow([name, T0 + 2 * i, round(float(v), 5)])
     (d / "shifts.csv").write_text(f"stream,event_time\ncaught,{T0 + 600}\nphantom,{T0 + 600}\n")
     return d
@@ -72,3 +74,47 @@ def test_bad_input_is_one_line_and_exit_2(history, tmp_path):
     assert out.returncode == 2 and "nosuch" in out.stderr
     out = cli("backtest", "--csv", str(history / "scores.csv"), "--sweep", "1,0", cwd=tmp_path)
     assert out.returncode == 2 and "FALSE_ALARMS" in out.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    pytest.param("stream,event_time,score\na,1,0.5\n,2,0.1\n".encode(), "rows.csv:3: empty stream id", id="empty-id"),
+    pytest.param(b"a,1,0.5\na,2,4.2\n", "rows.csv:2: score 4.2 is outside [-3, 3]", id="out-of-range"),
+    pytest.param(b"a,1,0.5\na,2,nan\n", "rows.csv:2: score nan is outside [-3, 3]", id="nan"),
+    pytest.param(b"a,1,0.5\na,inf,0.1\n", "rows.csv:2: event time inf is not finite", id="inf-time"),
+    pytest.param("stream,event_time,score\nmarqu\u00e9,1,0.5\n".encode("latin-1"),
+                 "rows.csv: not UTF-8 text (invalid byte 0xe9)", id="latin-1"),
+])
+def test_a_bad_scores_csv_names_its_line(content, message, tmp_path):
+    (tmp_path / "rows.csv").write_bytes(content)
+    with pytest.raises(UserError) as error:
+        backtest.scores_from_csv(tmp_path / "rows.csv")
+    assert message in str(error.value)
+
+
+def test_a_known_shift_with_an_empty_stream_id_names_its_line(tmp_path):
+    (tmp_path / "shifts.csv").write_text("stream,event_time\na,1\n ,2\n")
+    with pytest.raises(UserError, match="shifts.csv:3: empty stream id"):
+        backtest.shifts_from_csv(tmp_path / "shifts.csv")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--out", "x.png"], "--out needs --plot STREAM"),
+    (["--sweep", ""], "--sweep '': expected comma-separated numbers"),
+    (["--sweep", "1,,3"], "--sweep '1,,3': expected comma-separated numbers"),
+])
+def test_flags_that_would_do_nothing_are_one_line(extra, message, history, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert stream_cli.main(["backtest", "--csv", str(history / "scores.csv"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tecaflow backtest: error: {message}") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stream_shorter_than_the_warm_up_is_reported_as_not_evaluated():
+    rng = np.random.default_rng(3)
+    scores = {name: [(T0 + i, float(v)) for i, v in enumerate(rng.normal(0, 0.5, n))]
+              for name, n in (("long", 300), ("short", 40))}
+    result = backtest.backtest(scores, {"short": [T0 + 20]}, DetectorParams(warmup=100))
+    assert result["not_evaluated"] == ["short"]
+    assert "fewer segments than the warm-up of 100" in backtest.format_report(result).splitlines()[-1]
+    assert "short" in backtest.format_report(result).splitlines()[-1]

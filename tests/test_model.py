@@ -200,6 +200,19 @@ def test_config_rejects_nonsense():
         TeCaFNConfig(d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="centre"):
         TeCaFNConfig(center="audio", modalities=("text",))
+    # each of these failed deep inside torch, or (tau=0) trained to NaN without a word
+    for field, value, allowed in (("d_model", 0, "an integer >= 1"), ("dropout", 1.0, "in \\[0, 1\\)"),
+                                  ("conv_kernel", 2, "an odd integer"), ("tau", 0.0, "a finite number > 0"),
+                                  ("tau", float("nan"), "a finite number > 0"), ("gamma1", -0.1, "a finite number >= 0")):
+        with pytest.raises(ValueError, match=f"{field} must be {allowed}"):
+            TeCaFNConfig(**{field: value})
+
+
+def test_config_accepts_the_edges_of_each_range():
+    edges = TeCaFNConfig(d_model=1, n_heads=1, encoder_layers=0, cross_layers=0, conv_kernel=1, dropout=0.0, p=1.0,
+                         gamma1=0.0, gamma2=0.0, num=1)
+    assert TeCaFNConfig.from_dict(edges.to_dict()) == edges
+    assert all(apply_ablation(TeCaFNConfig(), name) for name in ABLATIONS)
 
 
 def test_batch_of_one_trains_without_swapping():

@@ -1,5 +1,8 @@
 """The seams: a light CLI, user errors in one line, settings declared once, no import cycles."""
+import argparse
 import ast
+import pickle
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +149,78 @@ def test_a_missing_optional_package_names_its_extra(capsys, monkeypatch):
     parser._subparsers._group_actions[0].choices["trends"].set_defaults(func=needs_torch)
     assert cli.main(["trends"]) == 2
     assert "pip install 'tecaflow[train]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [
+    pytest.param(b"hello\n", id="text"),
+    pytest.param(b"step,epoch,L_task\n10,0,0.5\n", id="losses.csv"),
+    # a pickle of more than weights: PyTorch's message advises weights_only=False, which would run it
+    pytest.param(pickle.dumps(argparse.Namespace(a=1), protocol=2), id="pickle"),
+])
+@pytest.mark.parametrize("command, extra", [
+    ("evaluate", ["--data", "synthetic", "--synthetic-size", "60"]),
+    ("export", ["--repo", "repo"]),
+])
+def test_a_file_that_is_not_a_checkpoint_is_one_line(command, extra, content, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "losses.csv").write_bytes(content)
+    assert cli.main([command, "--checkpoint", "losses.csv", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tecaflow {command}: error: losses.csv: not a tecaflow checkpoint (")
+    assert err.count("\n") == 1 and "weights_only" not in err
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("d_model=0", "d_model must be an integer >= 1, got 0"),
+    ("dropout=2", "dropout must be in [0, 1), got 2.0"),
+    ("conv_kernel=0", "conv_kernel must be an odd integer >= 1"),
+    ("conv_kernel=4", "conv_kernel must be an odd integer >= 1"),
+    ("tau=0", "tau must be a finite number > 0, got 0.0"),
+    ("tau=nan", "tau must be a finite number > 0, got nan"),
+    ("gamma2=-1", "gamma2 must be a finite number >= 0"),
+])
+def test_a_model_option_out_of_range_is_one_line_before_the_data_loads(setting, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", "/no/such/data", "--out", str(out), "--set", setting]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tecaflow train: error: --set {setting!r}: {message}")
+    assert err.count("\n") == 1 and not out.exists()
+
+
+def never_exec(*command):
+    raise AssertionError(f"the dashboard would have started: {command}")
+
+
+def test_an_address_that_does_not_resolve_is_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(cli.os, "execv", never_exec)
+    assert cli.main(["dashboard", "--address", "999.1.1.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tecaflow dashboard: error: --address 999.1.1.1: cannot resolve it") and err.count("\n") == 1
+
+
+def test_a_port_in_use_is_one_line_before_the_dashboard_says_its_url(capsys, monkeypatch):
+    monkeypatch.setattr(cli.os, "execv", never_exec)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["dashboard", "--port", str(port)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no "tecaflow dashboard on http://..." for a dashboard that never starts
+    assert captured.err == (f"tecaflow dashboard: error: cannot listen on 127.0.0.1:{port} (Address already in use); "
+                            f"choose another --port\n")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    cli.check_bindable("127.0.0.1", port)  # free again: no error
+
+
+def test_accuracy_data_that_does_not_exist_is_refused_before_the_checkpoint_is_read(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a checkpoint either")
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "notes.txt"), "--repo", str(tmp_path / "repo"),
+                     "--accuracy-data", "/nonexistent"]) == 2
+    assert capsys.readouterr().err == "tecaflow export: error: --accuracy-data /nonexistent: no such file or directory\n"
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "notes.txt"), "--quantize", "none",
+                     "--accuracy-data", "synthetic"]) == 2
+    assert "--accuracy-data measures the int8 graph: it needs --quantize int8" in capsys.readouterr().err

@@ -184,3 +184,23 @@ def test_seeds_give_one_run_per_seed_and_mean_and_sd(tmp_path):
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["test"]["corr"]["n"] == 2
     assert (tmp_path / "seed_7" / "metrics.json").exists() and (tmp_path / "seed_8" / "metrics.json").exists()
+
+
+TINY = dict(encoder_layers=1, cross_layers=1, d_model=16, n_heads=2)
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_writes_no_checkpoint(tmp_path):
+    # tau passes the config's range check, yet InfoNCE's logits overflow at once: the loop's check catches it
+    ds = load_dataset("synthetic", n=40, max_frames=6)
+    with pytest.raises(UserError, match=r"training diverged at step 1 \(epoch 0\): loss nan .*L_uccon=nan"):
+        train(ds, TrainOptions(out=tmp_path, epochs=1, text_encoder="tiny", progress=False, max_frames=6,
+                               model_overrides={**TINY, "tau": 1e-45}))
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "metrics.json").exists()
+
+
+def test_a_model_that_cannot_be_built_leaves_no_run_directory(tmp_path):
+    ds = load_dataset("synthetic", n=40, max_frames=6)
+    with pytest.raises(UserError, match="not divisible by n_heads=3"):
+        train(ds, TrainOptions(out=tmp_path / "run", epochs=1, text_encoder="tiny", progress=False, max_frames=6,
+                               model_overrides={**TINY, "n_heads": 3}))
+    assert not (tmp_path / "run").exists()

@@ -169,7 +169,7 @@ def _frames(text):
 def parse_overrides(items: list[str]) -> dict:
     from dataclasses import fields
 
-    from trainer.model import TeCaFNConfig
+    from trainer.model import TeCaFNConfig, check_ranges
     types = {f.name: f.type for f in fields(TeCaFNConfig)}
     out = {}
     for item in items:
@@ -186,6 +186,10 @@ def parse_overrides(items: list[str]) -> dict:
                 out[name] = {"int": int, "float": float, "str": str}.get(str(kind), str)(value)
         except ValueError:
             raise UserError(f"--set {item!r}: {value!r} is not a valid {kind}") from None
+        try:  # the range now, before the data loads; how fields combine is checked with the model
+            check_ranges({name: out[name]})
+        except ValueError as e:
+            raise UserError(f"--set {item!r}: {e}") from None
     return out
 
 

@@ -216,6 +216,16 @@ def quantize_export(model: TeCaFN, ckpt: dict, checkpoint: Path, staging: Path, 
     return report
 
 
+def check_accuracy_data(data: str | None, quantize: str) -> None:
+    """Before the export, not after it: the accuracy report is its last step."""
+    if data is None:
+        return
+    if quantize != "int8":
+        raise UserError("--accuracy-data measures the int8 graph: it needs --quantize int8")
+    if data != "synthetic" and not Path(data).exists():
+        raise UserError(f"--accuracy-data {data}: no such file or directory")
+
+
 def next_version(repo: Path) -> int:
     found = contract.versions(repo)
     return int(found[-1].name) + 1 if found else 1
@@ -237,6 +247,7 @@ def export(checkpoint: Path, repo: Path, backend: str = "python", max_batch: int
         raise UserError(f"--max-batch must be >= 1, got {max_batch}")
     if tensorrt and backend != "onnxruntime":
         raise UserError("--tensorrt applies to the onnxruntime backend only")
+    check_accuracy_data(accuracy_data, quantize)
     model, ckpt = load_checkpoint(checkpoint, "cpu")
     if model.config.task != "regression":
         raise UserError("only regression (sentiment score) models are served; this checkpoint is binary")

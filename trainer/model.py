@@ -46,6 +46,34 @@ PRESENCE = ("audio", "visual")  # the columns of the `present` input, whatever t
 SHORT = {"text": "t", "audio": "a", "visual": "v"}
 
 
+# What each numeric field of TeCaFNConfig may be: (the allowed range in words, the check).
+# Outside them the model fails deep inside torch (d_model=0, an even conv_kernel) or trains to
+# NaN without a word (tau=0), so the config refuses them where they are set.
+_POSITIVE = ("an integer >= 1", lambda v: v >= 1)
+_LAYERS = ("an integer >= 0", lambda v: v >= 0)
+_WEIGHT = ("a finite number >= 0", lambda v: 0 <= v < math.inf)
+NUMERIC_RANGES = {
+    "d_text": _POSITIVE, "d_audio": _POSITIVE, "d_visual": _POSITIVE, "d_model": _POSITIVE,
+    "n_heads": _POSITIVE, "fusion_hidden": _POSITIVE, "num": _POSITIVE,
+    "encoder_layers": _LAYERS, "cross_layers": _LAYERS,
+    "conv_kernel": ("an odd integer >= 1 (padding keeps the length)", lambda v: v >= 1 and v % 2 == 1),
+    "dropout": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "p": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "tau": ("a finite number > 0", lambda v: 0 < v < math.inf),
+    "gamma1": _WEIGHT, "gamma2": _WEIGHT,
+    "label_range": ("a finite number > 0", lambda v: 0 < v < math.inf),
+}
+
+
+
+def check_ranges(values: dict) -> None:
+    """ValueError naming the first field of `values` outside its range in NUMERIC_RANGES."""
+    for name, value in values.items():
+        allowed, within = NUMERIC_RANGES.get(name, ("", lambda v: True))
+        if not within(value):  # every check is written so that NaN fails it
+            raise ValueError(f"{name} must be {allowed}, got {value}")
+
+
 @dataclass
 class TeCaFNConfig:
     """Every hyper-parameter of the model; the defaults are the paper's (MOSI setting)."""
@@ -86,10 +114,7 @@ class TeCaFNConfig:
             raise ValueError(f"centre modality {self.center!r} is not among {self.modalities}")
         if self.task not in ("regression", "binary"):
             raise ValueError(f"task must be 'regression' or 'binary', not {self.task!r}")
-        if not 0.0 <= self.p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {self.p}")
-        if self.num < 1:
-            raise ValueError(f"num must be >= 1, got {self.num}")
+        check_ranges(asdict(self))
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import random
 import resource
 import time
@@ -208,11 +209,11 @@ def train_once(dataset: Dataset, opts: TrainOptions) -> dict:
     """Train, keep the best checkpoint on valid MAE (or accuracy), write the run directory."""
     device = resolve_device(opts.device)
     seed_everything(opts.seed)
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
     model, encoder_config = build_model(dataset, opts)
     model.to(device)
     tokenizer = load_tokenizer(opts.text_encoder)
+    out = Path(opts.out)  # made only now: a model that cannot be built leaves no empty run directory
+    out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out / "tokenizer")
     batchers = {s: Batcher(dataset.split(s), tokenizer, opts.max_text_tokens, opts.max_frames, name=s)
                 for s in ("train", "valid", "test")}
@@ -235,6 +236,7 @@ def train_once(dataset: Dataset, opts: TrainOptions) -> dict:
                                                bucket=opts.bucket):
             losses = train_step(model, optimizer, batch, opts, generator)
             step += 1
+            check_finite(losses, step, epoch)
             seen += len(batch["labels"])
             if step % opts.log_every == 0:
                 trace.add(step, epoch, losses)
@@ -289,6 +291,16 @@ def train_step(model: TeCaFN, optimizer, batch: dict, opts: TrainOptions, genera
     torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip)
     optimizer.step()
     return losses
+
+
+def check_finite(losses: dict[str, torch.Tensor], step: int, epoch: int) -> None:
+    """Stop at the first NaN or infinite loss: the weights are NaN from the next step on, and
+    every later checkpoint would be a model that scores NaN."""
+    total = losses["total"].item()
+    if not math.isfinite(total):
+        parts = ", ".join(f"{k}={losses[k].item():.4g}" for k in LOSS_COLUMNS[:-1])
+        raise UserError(f"training diverged at step {step} (epoch {epoch}): loss {total} ({parts}); "
+                        f"lower --lr or --clip, or check the --set values")
 
 
 def _fmt(m: dict) -> str:
@@ -355,16 +367,32 @@ def load_checkpoint(path: Path, device="cpu") -> tuple[TeCaFN, dict]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = read_checkpoint_file(path, device)
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         if str(ckpt.get("format", "")).startswith("tecaflow-tecafn-"):
             raise UserError(f"{path}: checkpoint format {ckpt['format']} is older than {CHECKPOINT_FORMAT} "
                              f"(no feature standardisation); retrain it")
-        raise UserError(f"{path}: not a tecaflow TeCaFN checkpoint")
+        raise UserError(f"{path}: not a tecaflow checkpoint (no {CHECKPOINT_FORMAT} format mark)")
     model = TeCaFN(TeCaFNConfig.from_dict(ckpt["config"]), rebuild_text_encoder(ckpt["encoder_config"]))
     model.load_state_dict(ckpt["state_dict"])
     model.to(device).eval()
     return model, ckpt
+
+
+def read_checkpoint_file(path: Path, device) -> dict:
+    """The saved dict, or a UserError for a file that is not one: any other file (a text file,
+    losses.csv, a truncated save) fails inside torch.load with a traceback that says nothing the
+    user can act on, and PyTorch's advice for pickles (weights_only=False) would run their code."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except OSError:
+        raise  # unreadable: the CLI names the file and the reason
+    except Exception as e:
+        raise UserError(f"{path}: not a tecaflow checkpoint (torch.load cannot read it as weights: "
+                        f"{type(e).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path}: not a tecaflow checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
+    return ckpt
 
 
 def tokenizer_for(checkpoint: Path):
