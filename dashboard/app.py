@@ -4,7 +4,8 @@ It reads Redis through TrendStore's read API and nothing else: a Redis user allo
 commands is enough. Live parts reload in place (`st.fragment(run_every=...)`); when Redis is away
 a banner says so and the page keeps retrying.
 
-    Overview  every stream: EWMA, 10-minute mean and change, activity, a sparkline; totals
+    Overview  every stream: EWMA, recent mean and change (10 minutes, shorter for young
+              streams), activity, a sparkline; totals
     Stream    one stream's trend at each kept resolution, its alerts, its last segments
     Alerts    the alert feed, newest first; each opens its stream around its time
 """

@@ -44,6 +44,11 @@ def signed(x: float | None, digits: int = 2) -> str:
     return "—" if x is None else f"{x:+.{digits}f}"
 
 
+def duration(seconds: float) -> str:
+    """30 -> '30 s', 600 -> '10 min', 90 -> '1.5 min'."""
+    return f"{seconds:g} s" if seconds < 60 else f"{seconds / 60:g} min"
+
+
 # ---- states of the page ----------------------------------------------------------------------
 def redis_down(url: str, error: Exception, retry_s: float | None) -> None:
     again = f"retrying every {retry_s:g} s" if retry_s else "live updates are paused: resume them to retry"
@@ -62,8 +67,9 @@ def overview_totals(ov: Overview) -> None:
     stale = sum(r.stale for r in ov.rows)
     cols = st.columns(4)
     cols[0].metric("Streams", ov.total_streams)
-    cols[1].metric("Segments scored / min", f"{ov.segments_per_minute:.1f}",
-                   help="event time, last 5 complete minutes, all streams")
+    cols[1].metric(f"Segments scored / min, last {ov.rate_span_s} s", f"{ov.segments_per_minute:.1f}",
+                   help=f"all streams, by event time, over the complete {ov.rate_resolution} s buckets of the last "
+                        f"minute; when data began during that minute, over the buckets since it began")
     cols[2].metric("Alerts in the last hour", ov.alerts_last_hour)
     cols[3].metric("Stale on this page", stale, help="no update for longer than the stale limit")
 
@@ -72,41 +78,52 @@ def overview_frame(rows: list[StreamRow], now: float) -> pd.DataFrame:
     return pd.DataFrame({
         "stream": [printable(r.stream_id) for r in rows],
         "EWMA": [r.ewma for r in rows],
-        "mean 10 min": [float("nan") if r.mean_window is None else r.mean_window for r in rows],
+        "recent mean": [float("nan") if r.mean_window is None else r.mean_window for r in rows],
         "change": [float("nan") if r.change is None else r.change for r in rows],
+        "change over": [change_window(r) for r in rows],
         "segments": [r.count for r in rows],
         "updated": [("STALE " if r.stale else "") + age(now - r.last_update) for r in rows],
         "trend": [r.sparkline for r in rows],
     })
 
 
+def change_window(row: StreamRow) -> str:
+    """The windows a row's change compares: 'last 10 min vs 10 min before', or shorter ones for
+    a young stream."""
+    return f"last {duration(row.window_s)} vs {duration(row.before_s)} before"
+
+
 def moving_now(rows: list[StreamRow], n: int = 5) -> list[str]:
     """Plain-text lines (searchable, unlike the table's canvas): the streams on the page that
-    moved most in the last window, and those too new to have a window before it."""
+    moved most, each with the windows its change compares, and those with too little data to
+    compare two windows."""
     moved = sorted((r for r in rows if r.change is not None), key=lambda r: -abs(r.change))[:n]
-    lines = [f"{'▲' if r.change > 0 else '▼'} {printable(r.stream_id)}  {r.change:+.2f} in 10 min  "
+    lines = [f"{'▲' if r.change > 0 else '▼'} {printable(r.stream_id)}  {r.change:+.2f}, {change_window(r)}  "
              f"(now {r.mean_window:+.2f}, EWMA {r.ewma:+.2f})" for r in moved]
     new = [printable(r.stream_id) for r in rows if r.change is None]
     if new:
-        lines.append(f"No change yet (under 10 minutes of data): {', '.join(new[:20])}"
+        lines.append(f"No change yet (too little data to compare two windows): {', '.join(new[:20])}"
                      + (f" and {len(new) - 20} more" if len(new) > 20 else ""))
     return lines
 
 
 def overview_table(ov: Overview, now: float, key: str):
     """The page's streams; returns the selection event (a clicked row opens the stream)."""
-    st.caption(f"{ov.matching} of {ov.total_streams} streams match; figures from {ov.resolution} s buckets; "
-               "mean and change over the last 10 minutes of each stream's event time.")
+    st.caption(f"{ov.matching} of {ov.total_streams} streams match; figures from {ov.resolution} s buckets of "
+               f"each stream's event time. The change compares the mean of its last {duration(WINDOW_S)} with the "
+               f"{duration(WINDOW_S)} before; for a stream younger than {duration(2 * WINDOW_S)}, the newer half of "
+               "its data with the older half (“change over” says which).")
     lines = moving_now(ov.rows)
     if lines:
-        st.text("Largest 10-minute changes on this page:\n" + "\n".join(lines))
+        st.text("Largest changes on this page:\n" + "\n".join(lines))
     return st.dataframe(
         overview_frame(ov.rows, now), hide_index=True, use_container_width=True, key=key,
         on_select="rerun", selection_mode="single-row",
         column_config={
             "EWMA": st.column_config.NumberColumn(format="%+.2f"),
-            "mean 10 min": st.column_config.NumberColumn(format="%+.2f"),
-            "change": st.column_config.NumberColumn(format="%+.2f", help="vs the 10 minutes before"),
+            "recent mean": st.column_config.NumberColumn(format="%+.2f", help="mean of the newer window"),
+            "change": st.column_config.NumberColumn(format="%+.2f", help="recent mean minus the mean of the window "
+                                                                        "before it"),
             "trend": st.column_config.LineChartColumn(
                 f"last {2 * WINDOW_S // 60} min", help=f"mean of each {ov.resolution} s bucket, each row on its own scale"),
         })
