@@ -146,7 +146,7 @@ def stream_page(store: TrendStore, tz: ZoneInfo) -> None:
         if detail is None:
             return
         views.stream_header(detail, now, tz)
-        views.stream_trend(detail, tz)
+        views.stream_trend(detail, tz, finer=max((r for r in kept if r < resolution), default=None))
         views.recent_segments(detail.recent, tz)
         views.page_footer(now, tz, live())
     body()

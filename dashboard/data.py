@@ -17,6 +17,7 @@ RATE_SPAN_S = 60  # segments per minute are counted over the last minute of comp
 RATE_BUCKETS = 6  # ... of a resolution fine enough to give at least this many in that minute
 SORTS = {"recent activity": "recent", "largest change": "change", "most negative": "negative"}
 DIRECTIONS = ("up", "down")
+FOCUS_BUCKETS = 60  # an alert opens its stream on at most this many buckets around it
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,20 @@ def load_stream(store: TrendStore, stream: str, resolution: int, recent: int = 2
     return StreamDetail(stream_id=stream, totals=store.totals(stream), resolution=resolution,
                         buckets=with_ewma(store.buckets(stream, resolution), store.settings.ewma_alpha),
                         recent=store.recent(stream, recent), alerts=store.alerts(alerts, stream), focus=focus)
+
+
+def chart_span(detail: StreamDetail) -> tuple[float, float] | None:
+    """The event-time span the trend chart shows: from its first bucket's start to its last
+    bucket's end; opened from an alert, FOCUS_BUCKETS buckets centred on it, clipped to that
+    span (a young stream fills the chart instead of a sliver of it) but always showing the
+    alert. None without buckets."""
+    if not detail.buckets:
+        return None
+    lo, hi = detail.buckets[0]["start"], detail.buckets[-1]["start"] + detail.resolution
+    if detail.focus is None:
+        return lo, hi
+    half = FOCUS_BUCKETS // 2 * detail.resolution
+    return min(max(lo, detail.focus - half), detail.focus), max(min(hi, detail.focus + half), detail.focus)
 
 
 def load_alerts(store: TrendStore, stream: str = "", direction: str = "", count: int = 50) -> list[dict]:

@@ -6,16 +6,17 @@ Everything that comes from a stream (ids, transcripts, alert fields) is drawn as
 """
 from __future__ import annotations
 
+import math
 import re
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard.data import WINDOW_S, Overview, StreamDetail, StreamRow, alert_statistic
+from dashboard.data import WINDOW_S, Overview, StreamDetail, StreamRow, alert_statistic, chart_span
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
@@ -162,8 +163,9 @@ def modality_line(totals: dict) -> str:
 
 def trend_frame(detail: StreamDetail, tz: ZoneInfo) -> pd.DataFrame:
     b = detail.buckets
-    return pd.DataFrame({
-        "time": [naive_local(x["start"], tz) for x in b],
+    return pd.DataFrame({  # each bucket drawn at its middle: its figures are over all of it
+        "time": [naive_local(x["start"] + detail.resolution / 2, tz) for x in b],
+        "start": [naive_local(x["start"], tz) for x in b],
         "mean": [x["mean"] for x in b], "ewma": [x["ewma"] for x in b],
         "low": [x["mean"] - x["std"] for x in b], "high": [x["mean"] + x["std"] for x in b],
         "min": [x["min"] for x in b], "max": [x["max"] for x in b], "count": [x["count"] for x in b],
@@ -175,22 +177,51 @@ def naive_local(t: float, tz: ZoneInfo) -> datetime:
     return datetime.fromtimestamp(t, tz).replace(tzinfo=None)
 
 
+def vega_time(t: datetime) -> alt.DateTime:
+    """A naive wall-clock time as Vega-Lite takes it for a scale domain or a tick (local, as drawn)."""
+    return alt.DateTime(year=t.year, month=t.month, date=t.day, hours=t.hour, minutes=t.minute, seconds=t.second)
+
+
+TICK_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+MAX_TICKS = 8
+
+
+def time_ticks(lo: float, hi: float, resolution: int, tz: ZoneInfo) -> tuple[list[datetime], str]:
+    """Ticks for a time axis over [lo, hi] (unix times) and their label format: at most about
+    MAX_TICKS, never closer than one bucket, on round wall-clock times; seconds in the labels
+    only when ticks are under a minute apart, the date when the span crosses midnight. So no
+    two labels read the same, whatever the span."""
+    fitting = [s for s in TICK_STEPS_S if s >= resolution and (hi - lo) / s <= MAX_TICKS]
+    step = fitting[0] if fitting else max(resolution, 86400 * math.ceil((hi - lo) / 86400 / MAX_TICKS))
+    first, last = naive_local(lo, tz), naive_local(hi, tz)
+    midnight = first.replace(hour=0, minute=0, second=0, microsecond=0)
+    tick = midnight + timedelta(seconds=step * math.ceil((first - midnight).total_seconds() / step))
+    ticks = []
+    while tick <= last:
+        ticks.append(tick)
+        tick += timedelta(seconds=step)
+    fmt = "%H:%M:%S" if step % 60 else "%H:%M"
+    return ticks, (f"%b %d {fmt}" if first.date() != last.date() else fmt)
+
+
 def trend_chart(detail: StreamDetail, tz: ZoneInfo) -> alt.LayerChart:
-    """Mean per bucket with a ±1 sd band, min/max, the EWMA, and alerts as red rules."""
+    """Mean per bucket with a ±1 sd band, min/max, the EWMA, and alerts as red rules, over the
+    span where the stream has data (around the alert when opened from one)."""
     frame = trend_frame(detail, tz)
     zone = datetime.now(tz).strftime("%Z")
-    domain = None
-    if detail.focus is not None:  # opened from an alert: centre on it
-        half = 30 * detail.resolution
-        domain = [naive_local(detail.focus - half, tz).isoformat(), naive_local(detail.focus + half, tz).isoformat()]
-    x = alt.X("time:T", title=f"event time ({zone})", axis=alt.Axis(format="%H:%M" if detail.resolution >= 60 else "%H:%M:%S"), scale=alt.Scale(domain=domain) if domain else alt.Undefined)
+    lo, hi = chart_span(detail)
+    ticks, fmt = time_ticks(lo, hi, detail.resolution, tz)
+    x = alt.X("time:T", title=f"event time ({zone})",
+              axis=alt.Axis(values=[vega_time(t) for t in ticks], format=fmt, labelOverlap=True),
+              scale=alt.Scale(domain=[vega_time(naive_local(lo, tz)), vega_time(naive_local(hi, tz))], nice=False))
     y = alt.Scale(domain=[-3, 3])
+    when = alt.Tooltip("start:T", format="%Y-%m-%d %H:%M:%S", title="bucket from")
     base = alt.Chart(frame)
     layers = [
         base.mark_area(opacity=0.12, clip=True).encode(x=x, y=alt.Y("min:Q", scale=y, title="score"), y2="max:Q"),
         base.mark_area(opacity=0.3, clip=True).encode(x=x, y=alt.Y("low:Q", scale=y), y2="high:Q"),
         base.mark_line(point=len(frame) < 60, clip=True).encode(
-            x=x, y=alt.Y("mean:Q", scale=y), tooltip=["time:T", alt.Tooltip("mean:Q", format="+.3f"),
+            x=x, y=alt.Y("mean:Q", scale=y), tooltip=[when, alt.Tooltip("mean:Q", format="+.3f"),
                                                       alt.Tooltip("ewma:Q", format="+.3f"), "count:Q"]),
         base.mark_line(strokeDash=[5, 3], color="orange", clip=True).encode(x=x, y=alt.Y("ewma:Q", scale=y)),
     ]
@@ -198,17 +229,23 @@ def trend_chart(detail: StreamDetail, tz: ZoneInfo) -> alt.LayerChart:
         marks = pd.DataFrame({"time": [naive_local(a["event_time"], tz) for a in detail.alerts],
                               "alert": [f"{a.get('direction', '?')} {signed(a.get('magnitude'))}" for a in detail.alerts]})
         layers.append(alt.Chart(marks).mark_rule(color="red", strokeWidth=2, clip=True).encode(
-            x=x, tooltip=["time:T", "alert:N"]))
+            x=x, tooltip=[alt.Tooltip("time:T", format="%Y-%m-%d %H:%M:%S", title="alert at"), "alert:N"]))
     return alt.layer(*layers).properties(height=320)
 
 
-def stream_trend(detail: StreamDetail, tz: ZoneInfo) -> None:
+FEW_BUCKETS = 5  # fewer than this and the chart is hardly a trend: point to a finer resolution
+
+
+def stream_trend(detail: StreamDetail, tz: ZoneInfo, finer: int | None = None) -> None:
+    """`finer`: the next finer kept resolution, if any (suggested when there are few buckets)."""
     if not detail.buckets:
         st.info(f"No {detail.resolution} s buckets for this stream yet.")
         return
     st.altair_chart(trend_chart(detail, tz), use_container_width=True)
-    st.caption(f"{len(detail.buckets)} buckets of {detail.resolution} s: mean (line), ±1 sd (band), min–max "
+    st.caption(f"{len(detail.buckets)} buckets of {duration(detail.resolution)}: mean (line), ±1 sd (band), min–max "
                f"(light band), EWMA (dashed), alerts (red).")
+    if len(detail.buckets) < FEW_BUCKETS and finer:
+        st.caption(f"Only {len(detail.buckets)} buckets at this resolution so far: {duration(finer)} shows more.")
 
 
 def recent_frame(segments: list[dict], tz: ZoneInfo) -> pd.DataFrame:

@@ -275,6 +275,43 @@ def test_the_rate_is_over_the_buckets_that_have_data():
     assert data.rate_over_data([0] * 6, 10) == (0.0, 60)
 
 
+def detail_of(starts: list[int], resolution: int, focus: float | None = None) -> data.StreamDetail:
+    return data.StreamDetail("s", {}, resolution, [{"start": float(t)} for t in starts], [], [], focus=focus)
+
+
+def test_the_chart_spans_the_data_and_an_alert_opens_it_centred_but_clipped():
+    assert data.chart_span(detail_of([], 60)) is None
+    assert data.chart_span(detail_of([0, 60, 120], 60)) == (0, 180)
+    # 3 minutes of data: the alert's 60-minute view is clipped to them, not a sliver of it.
+    assert data.chart_span(detail_of([0, 60, 120], 60, focus=100.0)) == (0, 180)
+    # 100 minutes of data: 30 minutes either side of the alert.
+    assert data.chart_span(detail_of(list(range(0, 6000, 60)), 60, focus=3000.0)) == (1200.0, 4800.0)
+    assert data.chart_span(detail_of(list(range(0, 6000, 60)), 60, focus=5950.0)) == (4150.0, 6000)
+    # An alert older than the kept buckets of this resolution stays in view.
+    assert data.chart_span(detail_of([7200, 7260], 60, focus=100.0)) == (100.0, 1900.0)
+
+
+def test_time_axis_labels_are_distinct_at_every_span():
+    from zoneinfo import ZoneInfo
+    from dashboard.views import time_ticks
+    utc = ZoneInfo("UTC")  # NOW is 2025-11-24 16:00:00 UTC
+
+    def labels(lo, hi, resolution):
+        ticks, fmt = time_ticks(lo, hi, resolution, utc)
+        shown = [t.strftime(fmt) for t in ticks]
+        assert len(set(shown)) == len(shown), shown
+        return shown
+
+    # 1-minute buckets over 3 minutes: one label a minute (it repeated "16:00" a dozen times).
+    assert labels(NOW - 10, NOW + 170, 60) == ["16:00", "16:01", "16:02"]
+    assert labels(NOW, NOW + 720, 60) == ["16:00", "16:02", "16:04", "16:06", "16:08", "16:10", "16:12"]
+    # 10 s buckets over a minute: seconds shown.
+    assert labels(NOW + 5, NOW + 60, 10) == ["16:00:10", "16:00:20", "16:00:30", "16:00:40", "16:00:50", "16:01:00"]
+    # 10-minute buckets over 60 hours: every 12 hours, with the date.
+    assert labels(NOW, NOW + 60 * 3600, 600) == ["Nov 25 00:00", "Nov 25 12:00", "Nov 26 00:00", "Nov 26 12:00",
+                                                 "Nov 27 00:00"]
+
+
 def test_the_stream_header_says_what_audio_and_vision_did(redis_url):
     from dashboard.views import modality_line
     store = TrendStore(redis_url, StoreSettings())
@@ -286,6 +323,20 @@ def test_the_stream_header_says_what_audio_and_vision_did(redis_url):
     assert line == "Audio moved scores by +0.30 on average; vision moved scores by -0.20 on average; 50% had no vision"
     store.record("old", "old/1", "d1", NOW - 5, 1.0, "before attribution existed")
     assert modality_line(store.totals("old")) == ""
+
+
+def test_the_trend_chart_draws_the_span_with_distinct_ticks():
+    from zoneinfo import ZoneInfo
+    from dashboard.views import trend_chart
+    buckets = [{"start": NOW + 60 * k, "count": 5, "mean": 0.1 * k, "std": 0.2, "min": -1.0, "max": 1.0,
+                "ewma": 0.0} for k in range(3)]
+    detail = data.StreamDetail("s", {}, 60, buckets, [], [{"event_time": NOW + 100, "direction": "down",
+                                                            "magnitude": -1.0}], focus=NOW + 100)
+    x = trend_chart(detail, ZoneInfo("UTC")).to_dict()["layer"][0]["encoding"]["x"]
+    # Opened from its alert, a 3-minute stream fills the chart (16:00 to 16:03), one tick a minute.
+    assert x["scale"]["domain"] == [{"year": 2025, "month": 11, "date": 24, "hours": 16, "minutes": m, "seconds": 0}
+                                    for m in (0, 3)]
+    assert x["axis"]["format"] == "%H:%M" and [v["minutes"] for v in x["axis"]["values"]] == [0, 1, 2, 3]
 
 
 def test_the_overview_names_the_windows_it_compares(store, redis_url, monkeypatch):
