@@ -266,8 +266,17 @@ def recent_frame(segments: list[dict], tz: ZoneInfo) -> pd.DataFrame:
 def recent_segments(segments: list[dict], tz: ZoneInfo) -> None:
     st.text(f"Last {len(segments)} segments, newest first")
     if segments:
-        st.dataframe(recent_frame(segments, tz), hide_index=True, use_container_width=True,
-                     column_config={"score": st.column_config.NumberColumn(format="%+.3f")})
+        frame = recent_frame(segments, tz)
+        st.dataframe(frame, hide_index=True, use_container_width=True, column_config={
+            name: st.column_config.NumberColumn(format=SCORE_FORMAT) for name in score_columns(frame)})
+
+
+SCORE_FORMAT = "%+.3f"  # every score-valued column alike: signed, three decimals
+
+
+def score_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns holding scores or score differences."""
+    return [name for name in frame.columns if name == "score" or name.endswith(" moved it")]
 
 
 # ---- alerts --------------------------------------------------------------------------------

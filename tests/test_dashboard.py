@@ -2,6 +2,7 @@
 (dashboard.data) by hand-worked numbers, and the whole page with Streamlit's AppTest."""
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -337,6 +338,18 @@ def test_the_trend_chart_draws_the_span_with_distinct_ticks():
     assert x["scale"]["domain"] == [{"year": 2025, "month": 11, "date": 24, "hours": 16, "minutes": m, "seconds": 0}
                                     for m in (0, 3)]
     assert x["axis"]["format"] == "%H:%M" and [v["minutes"] for v in x["axis"]["values"]] == [0, 1, 2, 3]
+
+
+def test_score_columns_of_the_last_segments_share_one_format(store, redis_url, monkeypatch):
+    store.record("mv", "mv/1", "d1", NOW - 5, 1.0, "a", contributions={"audio": 0.4, "visual": -0.0015}, text_only=0.8)
+    store.record("mv", "mv/2", "d2", NOW - 4, -0.25, "b", contributions={"audio": -0.053}, missing=("visual",),
+                 text_only=-0.2)
+    at = page(monkeypatch, redis_url, view="Stream", stream="mv")
+    assert not at.exception
+    table = at.dataframe[0]
+    assert list(table.value["audio moved it"]) == [-0.053, 0.4]
+    formats = {name: c.get("type_config", {}).get("format") for name, c in json.loads(table.proto.columns).items()}
+    assert formats["score"] == formats["audio moved it"] == formats["visual moved it"] == "%+.3f"
 
 
 def test_the_overview_names_the_windows_it_compares(store, redis_url, monkeypatch):
