@@ -68,7 +68,7 @@ def overview_totals(ov: Overview) -> None:
     stale = sum(r.stale for r in ov.rows)
     cols = st.columns(4)
     cols[0].metric("Streams", ov.total_streams)
-    cols[1].metric(f"Segments scored / min, last {ov.rate_span_s} s", f"{ov.segments_per_minute:.1f}",
+    cols[1].metric(f"Segments / min, last {ov.rate_span_s} s", f"{ov.segments_per_minute:.1f}",
                    help=f"all streams, by event time, over the complete {ov.rate_resolution} s buckets of the last "
                         f"minute; when data began during that minute, over the buckets since it began")
     cols[2].metric("Alerts in the last hour", ov.alerts_last_hour)

@@ -363,4 +363,4 @@ def test_the_overview_names_the_windows_it_compares(store, redis_url, monkeypatc
     row = at.dataframe[0].value.set_index("stream").loc["young"]
     assert row["change"] < 0 and re.fullmatch(r"last [23] min vs 3 min before", row["change over"])
     assert f"▼ young  {row['change']:+.2f}, {row['change over']}" in all_text(at)
-    assert "Segments scored / min, last 60 s" in metrics(at)  # no data in the last minute: all of it
+    assert "Segments / min, last 60 s" in metrics(at)  # no data in the last minute: all of it
