@@ -4,7 +4,8 @@ It reads Redis through TrendStore's read API and nothing else: a Redis user allo
 commands is enough. Live parts reload in place (`st.fragment(run_every=...)`); when Redis is away
 a banner says so and the page keeps retrying.
 
-    Overview  every stream: EWMA, 10-minute mean and change, activity, a sparkline; totals
+    Overview  every stream: EWMA, recent mean and change (10 minutes, shorter for young
+              streams), activity, a sparkline; totals
     Stream    one stream's trend at each kept resolution, its alerts, its last segments
     Alerts    the alert feed, newest first; each opens its stream around its time
 """
@@ -145,7 +146,7 @@ def stream_page(store: TrendStore, tz: ZoneInfo) -> None:
         if detail is None:
             return
         views.stream_header(detail, now, tz)
-        views.stream_trend(detail, tz)
+        views.stream_trend(detail, tz, finer=max((r for r in kept if r < resolution), default=None))
         views.recent_segments(detail.recent, tz)
         views.page_footer(now, tz, live())
     body()

@@ -6,16 +6,17 @@ Everything that comes from a stream (ids, transcripts, alert fields) is drawn as
 """
 from __future__ import annotations
 
+import math
 import re
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard.data import WINDOW_S, Overview, StreamDetail, StreamRow, alert_statistic
+from dashboard.data import WINDOW_S, Overview, StreamDetail, StreamRow, alert_statistic, chart_span
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
@@ -44,6 +45,11 @@ def signed(x: float | None, digits: int = 2) -> str:
     return "—" if x is None else f"{x:+.{digits}f}"
 
 
+def duration(seconds: float) -> str:
+    """30 -> '30 s', 600 -> '10 min', 90 -> '1.5 min'."""
+    return f"{seconds:g} s" if seconds < 60 else f"{seconds / 60:g} min"
+
+
 # ---- states of the page ----------------------------------------------------------------------
 def redis_down(url: str, error: Exception, retry_s: float | None) -> None:
     again = f"retrying every {retry_s:g} s" if retry_s else "live updates are paused: resume them to retry"
@@ -62,8 +68,9 @@ def overview_totals(ov: Overview) -> None:
     stale = sum(r.stale for r in ov.rows)
     cols = st.columns(4)
     cols[0].metric("Streams", ov.total_streams)
-    cols[1].metric("Segments scored / min", f"{ov.segments_per_minute:.1f}",
-                   help="event time, last 5 complete minutes, all streams")
+    cols[1].metric(f"Segments / min, last {ov.rate_span_s} s", f"{ov.segments_per_minute:.1f}",
+                   help=f"all streams, by event time, over the complete {ov.rate_resolution} s buckets of the last "
+                        f"minute; when data began during that minute, over the buckets since it began")
     cols[2].metric("Alerts in the last hour", ov.alerts_last_hour)
     cols[3].metric("Stale on this page", stale, help="no update for longer than the stale limit")
 
@@ -72,41 +79,52 @@ def overview_frame(rows: list[StreamRow], now: float) -> pd.DataFrame:
     return pd.DataFrame({
         "stream": [printable(r.stream_id) for r in rows],
         "EWMA": [r.ewma for r in rows],
-        "mean 10 min": [float("nan") if r.mean_window is None else r.mean_window for r in rows],
+        "recent mean": [float("nan") if r.mean_window is None else r.mean_window for r in rows],
         "change": [float("nan") if r.change is None else r.change for r in rows],
+        "change over": [change_window(r) for r in rows],
         "segments": [r.count for r in rows],
         "updated": [("STALE " if r.stale else "") + age(now - r.last_update) for r in rows],
         "trend": [r.sparkline for r in rows],
     })
 
 
+def change_window(row: StreamRow) -> str:
+    """The windows a row's change compares: 'last 10 min vs 10 min before', or shorter ones for
+    a young stream."""
+    return f"last {duration(row.window_s)} vs {duration(row.before_s)} before"
+
+
 def moving_now(rows: list[StreamRow], n: int = 5) -> list[str]:
     """Plain-text lines (searchable, unlike the table's canvas): the streams on the page that
-    moved most in the last window, and those too new to have a window before it."""
+    moved most, each with the windows its change compares, and those with too little data to
+    compare two windows."""
     moved = sorted((r for r in rows if r.change is not None), key=lambda r: -abs(r.change))[:n]
-    lines = [f"{'▲' if r.change > 0 else '▼'} {printable(r.stream_id)}  {r.change:+.2f} in 10 min  "
+    lines = [f"{'▲' if r.change > 0 else '▼'} {printable(r.stream_id)}  {r.change:+.2f}, {change_window(r)}  "
              f"(now {r.mean_window:+.2f}, EWMA {r.ewma:+.2f})" for r in moved]
     new = [printable(r.stream_id) for r in rows if r.change is None]
     if new:
-        lines.append(f"No change yet (under 10 minutes of data): {', '.join(new[:20])}"
+        lines.append(f"No change yet (too little data to compare two windows): {', '.join(new[:20])}"
                      + (f" and {len(new) - 20} more" if len(new) > 20 else ""))
     return lines
 
 
 def overview_table(ov: Overview, now: float, key: str):
     """The page's streams; returns the selection event (a clicked row opens the stream)."""
-    st.caption(f"{ov.matching} of {ov.total_streams} streams match; figures from {ov.resolution} s buckets; "
-               "mean and change over the last 10 minutes of each stream's event time.")
+    st.caption(f"{ov.matching} of {ov.total_streams} streams match; figures from {ov.resolution} s buckets of "
+               f"each stream's event time. The change compares the mean of its last {duration(WINDOW_S)} with the "
+               f"{duration(WINDOW_S)} before; for a stream younger than {duration(2 * WINDOW_S)}, the newer half of "
+               "its data with the older half (“change over” says which).")
     lines = moving_now(ov.rows)
     if lines:
-        st.text("Largest 10-minute changes on this page:\n" + "\n".join(lines))
+        st.text("Largest changes on this page:\n" + "\n".join(lines))
     return st.dataframe(
         overview_frame(ov.rows, now), hide_index=True, use_container_width=True, key=key,
         on_select="rerun", selection_mode="single-row",
         column_config={
             "EWMA": st.column_config.NumberColumn(format="%+.2f"),
-            "mean 10 min": st.column_config.NumberColumn(format="%+.2f"),
-            "change": st.column_config.NumberColumn(format="%+.2f", help="vs the 10 minutes before"),
+            "recent mean": st.column_config.NumberColumn(format="%+.2f", help="mean of the newer window"),
+            "change": st.column_config.NumberColumn(format="%+.2f", help="recent mean minus the mean of the window "
+                                                                        "before it"),
             "trend": st.column_config.LineChartColumn(
                 f"last {2 * WINDOW_S // 60} min", help=f"mean of each {ov.resolution} s bucket, each row on its own scale"),
         })
@@ -145,8 +163,9 @@ def modality_line(totals: dict) -> str:
 
 def trend_frame(detail: StreamDetail, tz: ZoneInfo) -> pd.DataFrame:
     b = detail.buckets
-    return pd.DataFrame({
-        "time": [naive_local(x["start"], tz) for x in b],
+    return pd.DataFrame({  # each bucket drawn at its middle: its figures are over all of it
+        "time": [naive_local(x["start"] + detail.resolution / 2, tz) for x in b],
+        "start": [naive_local(x["start"], tz) for x in b],
         "mean": [x["mean"] for x in b], "ewma": [x["ewma"] for x in b],
         "low": [x["mean"] - x["std"] for x in b], "high": [x["mean"] + x["std"] for x in b],
         "min": [x["min"] for x in b], "max": [x["max"] for x in b], "count": [x["count"] for x in b],
@@ -158,22 +177,51 @@ def naive_local(t: float, tz: ZoneInfo) -> datetime:
     return datetime.fromtimestamp(t, tz).replace(tzinfo=None)
 
 
+def vega_time(t: datetime) -> alt.DateTime:
+    """A naive wall-clock time as Vega-Lite takes it for a scale domain or a tick (local, as drawn)."""
+    return alt.DateTime(year=t.year, month=t.month, date=t.day, hours=t.hour, minutes=t.minute, seconds=t.second)
+
+
+TICK_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+MAX_TICKS = 8
+
+
+def time_ticks(lo: float, hi: float, resolution: int, tz: ZoneInfo) -> tuple[list[datetime], str]:
+    """Ticks for a time axis over [lo, hi] (unix times) and their label format: at most about
+    MAX_TICKS, never closer than one bucket, on round wall-clock times; seconds in the labels
+    only when ticks are under a minute apart, the date when the span crosses midnight. So no
+    two labels read the same, whatever the span."""
+    fitting = [s for s in TICK_STEPS_S if s >= resolution and (hi - lo) / s <= MAX_TICKS]
+    step = fitting[0] if fitting else max(resolution, 86400 * math.ceil((hi - lo) / 86400 / MAX_TICKS))
+    first, last = naive_local(lo, tz), naive_local(hi, tz)
+    midnight = first.replace(hour=0, minute=0, second=0, microsecond=0)
+    tick = midnight + timedelta(seconds=step * math.ceil((first - midnight).total_seconds() / step))
+    ticks = []
+    while tick <= last:
+        ticks.append(tick)
+        tick += timedelta(seconds=step)
+    fmt = "%H:%M:%S" if step % 60 else "%H:%M"
+    return ticks, (f"%b %d {fmt}" if first.date() != last.date() else fmt)
+
+
 def trend_chart(detail: StreamDetail, tz: ZoneInfo) -> alt.LayerChart:
-    """Mean per bucket with a ±1 sd band, min/max, the EWMA, and alerts as red rules."""
+    """Mean per bucket with a ±1 sd band, min/max, the EWMA, and alerts as red rules, over the
+    span where the stream has data (around the alert when opened from one)."""
     frame = trend_frame(detail, tz)
     zone = datetime.now(tz).strftime("%Z")
-    domain = None
-    if detail.focus is not None:  # opened from an alert: centre on it
-        half = 30 * detail.resolution
-        domain = [naive_local(detail.focus - half, tz).isoformat(), naive_local(detail.focus + half, tz).isoformat()]
-    x = alt.X("time:T", title=f"event time ({zone})", axis=alt.Axis(format="%H:%M" if detail.resolution >= 60 else "%H:%M:%S"), scale=alt.Scale(domain=domain) if domain else alt.Undefined)
+    lo, hi = chart_span(detail)
+    ticks, fmt = time_ticks(lo, hi, detail.resolution, tz)
+    x = alt.X("time:T", title=f"event time ({zone})",
+              axis=alt.Axis(values=[vega_time(t) for t in ticks], format=fmt, labelOverlap=True),
+              scale=alt.Scale(domain=[vega_time(naive_local(lo, tz)), vega_time(naive_local(hi, tz))], nice=False))
     y = alt.Scale(domain=[-3, 3])
+    when = alt.Tooltip("start:T", format="%Y-%m-%d %H:%M:%S", title="bucket from")
     base = alt.Chart(frame)
     layers = [
         base.mark_area(opacity=0.12, clip=True).encode(x=x, y=alt.Y("min:Q", scale=y, title="score"), y2="max:Q"),
         base.mark_area(opacity=0.3, clip=True).encode(x=x, y=alt.Y("low:Q", scale=y), y2="high:Q"),
         base.mark_line(point=len(frame) < 60, clip=True).encode(
-            x=x, y=alt.Y("mean:Q", scale=y), tooltip=["time:T", alt.Tooltip("mean:Q", format="+.3f"),
+            x=x, y=alt.Y("mean:Q", scale=y), tooltip=[when, alt.Tooltip("mean:Q", format="+.3f"),
                                                       alt.Tooltip("ewma:Q", format="+.3f"), "count:Q"]),
         base.mark_line(strokeDash=[5, 3], color="orange", clip=True).encode(x=x, y=alt.Y("ewma:Q", scale=y)),
     ]
@@ -181,17 +229,23 @@ def trend_chart(detail: StreamDetail, tz: ZoneInfo) -> alt.LayerChart:
         marks = pd.DataFrame({"time": [naive_local(a["event_time"], tz) for a in detail.alerts],
                               "alert": [f"{a.get('direction', '?')} {signed(a.get('magnitude'))}" for a in detail.alerts]})
         layers.append(alt.Chart(marks).mark_rule(color="red", strokeWidth=2, clip=True).encode(
-            x=x, tooltip=["time:T", "alert:N"]))
+            x=x, tooltip=[alt.Tooltip("time:T", format="%Y-%m-%d %H:%M:%S", title="alert at"), "alert:N"]))
     return alt.layer(*layers).properties(height=320)
 
 
-def stream_trend(detail: StreamDetail, tz: ZoneInfo) -> None:
+FEW_BUCKETS = 5  # fewer than this and the chart is hardly a trend: point to a finer resolution
+
+
+def stream_trend(detail: StreamDetail, tz: ZoneInfo, finer: int | None = None) -> None:
+    """`finer`: the next finer kept resolution, if any (suggested when there are few buckets)."""
     if not detail.buckets:
         st.info(f"No {detail.resolution} s buckets for this stream yet.")
         return
     st.altair_chart(trend_chart(detail, tz), use_container_width=True)
-    st.caption(f"{len(detail.buckets)} buckets of {detail.resolution} s: mean (line), ±1 sd (band), min–max "
+    st.caption(f"{len(detail.buckets)} buckets of {duration(detail.resolution)}: mean (line), ±1 sd (band), min–max "
                f"(light band), EWMA (dashed), alerts (red).")
+    if len(detail.buckets) < FEW_BUCKETS and finer:
+        st.caption(f"Only {len(detail.buckets)} buckets at this resolution so far: {duration(finer)} shows more.")
 
 
 def recent_frame(segments: list[dict], tz: ZoneInfo) -> pd.DataFrame:
@@ -212,8 +266,17 @@ def recent_frame(segments: list[dict], tz: ZoneInfo) -> pd.DataFrame:
 def recent_segments(segments: list[dict], tz: ZoneInfo) -> None:
     st.text(f"Last {len(segments)} segments, newest first")
     if segments:
-        st.dataframe(recent_frame(segments, tz), hide_index=True, use_container_width=True,
-                     column_config={"score": st.column_config.NumberColumn(format="%+.3f")})
+        frame = recent_frame(segments, tz)
+        st.dataframe(frame, hide_index=True, use_container_width=True, column_config={
+            name: st.column_config.NumberColumn(format=SCORE_FORMAT) for name in score_columns(frame)})
+
+
+SCORE_FORMAT = "%+.3f"  # every score-valued column alike: signed, three decimals
+
+
+def score_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns holding scores or score differences."""
+    return [name for name in frame.columns if name == "score" or name.endswith(" moved it")]
 
 
 # ---- alerts --------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 (dashboard.data) by hand-worked numbers, and the whole page with Streamlit's AppTest."""
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -48,9 +50,28 @@ def test_overview_figures_are_the_stores(store):
     assert second.mean_window == pytest.approx(sum(scores[-10:]) / 10)
     assert second.change == pytest.approx(sum(scores[-10:]) / 10 - sum(scores[-20:-10]) / 10)
     assert second.sparkline == pytest.approx(scores[-20:])  # the two windows' buckets
-    # Last 5 complete minutes of event time [NOW-300, NOW): 5 segments per stream.
-    assert ov.segments_per_minute == pytest.approx(2.0)
+    assert (first.window_s, first.before_s) == (600, 600)  # older than two windows: 10 min against 10 min
+    # The complete 10 s buckets of the last minute [NOW-60, NOW): one segment per stream, at
+    # NOW-60, in its first bucket, so the whole minute counts.
+    assert (ov.segments_per_minute, ov.rate_span_s, ov.rate_resolution) == (pytest.approx(2.0), 60, 10)
     assert [r.stream_id for r in data.load_overview(store, NOW, sort="negative").rows] == ["falling", "calm"]
+
+
+def test_young_streams_have_a_rate_and_a_change_over_the_data_they_have(store):
+    # "fast": a segment every 2 s from NOW-45 to NOW-1. The complete 10 s buckets of the last
+    # minute hold 0, 3, 5, 5, 5, 5 segments; the one with 3 began mid-bucket, so the rate is over
+    # the 4 after it: 20 segments in 40 s.
+    fill(store, "fast", [0.0] * 23, NOW - 45, 2)
+    # "young": a segment every 30 s from NOW-600 to NOW-330, two in each of the minutes NOW-600 ...
+    # NOW-360: 5 buckets, all its data, so the newer 2 (4 scores of -1) against the older 3 (6 of 0.5).
+    fill(store, "young", [0.5] * 6 + [-1.0] * 4, NOW - 600, 30)
+    ov = data.load_overview(store, NOW, sort="change")
+    assert (ov.segments_per_minute, ov.rate_span_s) == (pytest.approx(30.0), 40)
+    young, fast = ov.rows
+    assert young.stream_id == "young" and (young.window_s, young.before_s) == (120, 180)
+    assert young.mean_window == pytest.approx(-1.0) and young.change == pytest.approx(-1.5)
+    # All of "fast" is in one minute: a mean, nothing to compare it with yet.
+    assert fast.mean_window == 0.0 and fast.change is None and fast.window_s == 60
 
 
 def test_search_sort_paging_and_staleness(store):
@@ -80,7 +101,7 @@ def test_overview_reads_in_a_fixed_number_of_round_trips(store):
         assert ov.total_streams == n_streams
         return counted.count
 
-    assert round_trips(3) == round_trips(300) == 4
+    assert round_trips(3) == round_trips(300) == 5
 
 
 def test_trend_ewma_follows_segment_level_ewma_for_equal_scores():
@@ -224,13 +245,72 @@ def test_the_cli_runs_streamlit_headless_on_loopback():
 
 
 def test_window_means_ignore_buckets_older_than_two_windows():
-    mean, before = data.window_means({0: (1, 100.0), 1200: (1, 1.0), 1800: (2, 6.0)}, 1830.0, 60)
-    assert (mean, before) == (3.0, 1.0)
-    assert data.window_means({}, 1830.0, 60) == (None, None)
+    sums = {0: (1, 100.0), 1200: (1, 1.0), 1800: (2, 6.0)}
+    # Data before the two windows (4 segments, 3 in them): the last 10 minutes against the 10 before.
+    assert data.window_means(sums, 1830.0, 60, count=4) == data.Windows(3.0, 1.0, 600, 600)
+    assert data.window_means({}, 1830.0, 60) == data.Windows(None, None, 600, 600)
     assert data.window_starts(1830.0, 60) == list(range(1800 - 19 * 60, 1801, 60))
-    assert data.rate_starts(1830.0, 60) == [1500, 1560, 1620, 1680, 1740]
     assert math.isclose(data.overview_resolution((10, 60, 600)), 60)
     assert data.overview_resolution((300, 3600)) == 300
+
+
+def test_a_young_streams_change_compares_the_halves_of_its_data():
+    # All 3 segments in the windows, in buckets 1200 ... 1800 (11 minutes): the newer 5 buckets
+    # (1560 ... 1800, mean 3) against the older 6 (1200 ... 1500, mean 1).
+    assert data.window_means({1200: (1, 1.0), 1800: (2, 6.0)}, 1830.0, 60, count=3) == data.Windows(3.0, 1.0, 300, 360)
+    # Two buckets: one against the other.
+    assert data.window_means({1740: (2, 2.0), 1800: (1, -1.0)}, 1830.0, 60, count=3) == data.Windows(-1.0, 1.0, 60, 60)
+    # One bucket: its mean, nothing to compare it with.
+    assert data.window_means({1800: (2, 6.0)}, 1830.0, 60, count=2) == data.Windows(3.0, None, 60, 60)
+    # Segments recorded between the totals read and the buckets read still count as young.
+    assert data.window_means({1740: (2, 2.0), 1800: (3, 0.0)}, 1830.0, 60, count=4) == data.Windows(0.0, 1.0, 60, 60)
+
+
+def test_the_rate_is_over_the_buckets_that_have_data():
+    assert data.rate_resolution((10, 60, 600)) == 10 and data.rate_resolution((60, 600)) == 60
+    assert data.rate_starts(1835.0, 10) == [1770, 1780, 1790, 1800, 1810, 1820]
+    assert len(data.rate_starts(1835.0, 60)) == data.RATE_BUCKETS  # a coarse finest resolution: 6 minutes
+    assert data.rate_over_data([4, 4, 4, 4, 4, 8], 10) == (pytest.approx(28.0), 60)  # data all along: 28 in 60 s
+    assert data.rate_over_data([0, 3, 5, 5, 5, 5], 10) == (pytest.approx(30.0), 40)  # began mid-bucket: 20 in 40 s
+    assert data.rate_over_data([0, 0, 0, 0, 0, 7], 10) == (pytest.approx(42.0), 10)  # one bucket yet: 7 in 10 s
+    assert data.rate_over_data([0] * 6, 10) == (0.0, 60)
+
+
+def detail_of(starts: list[int], resolution: int, focus: float | None = None) -> data.StreamDetail:
+    return data.StreamDetail("s", {}, resolution, [{"start": float(t)} for t in starts], [], [], focus=focus)
+
+
+def test_the_chart_spans_the_data_and_an_alert_opens_it_centred_but_clipped():
+    assert data.chart_span(detail_of([], 60)) is None
+    assert data.chart_span(detail_of([0, 60, 120], 60)) == (0, 180)
+    # 3 minutes of data: the alert's 60-minute view is clipped to them, not a sliver of it.
+    assert data.chart_span(detail_of([0, 60, 120], 60, focus=100.0)) == (0, 180)
+    # 100 minutes of data: 30 minutes either side of the alert.
+    assert data.chart_span(detail_of(list(range(0, 6000, 60)), 60, focus=3000.0)) == (1200.0, 4800.0)
+    assert data.chart_span(detail_of(list(range(0, 6000, 60)), 60, focus=5950.0)) == (4150.0, 6000)
+    # An alert older than the kept buckets of this resolution stays in view.
+    assert data.chart_span(detail_of([7200, 7260], 60, focus=100.0)) == (100.0, 1900.0)
+
+
+def test_time_axis_labels_are_distinct_at_every_span():
+    from zoneinfo import ZoneInfo
+    from dashboard.views import time_ticks
+    utc = ZoneInfo("UTC")  # NOW is 2025-11-24 16:00:00 UTC
+
+    def labels(lo, hi, resolution):
+        ticks, fmt = time_ticks(lo, hi, resolution, utc)
+        shown = [t.strftime(fmt) for t in ticks]
+        assert len(set(shown)) == len(shown), shown
+        return shown
+
+    # 1-minute buckets over 3 minutes: one label a minute (it repeated "16:00" a dozen times).
+    assert labels(NOW - 10, NOW + 170, 60) == ["16:00", "16:01", "16:02"]
+    assert labels(NOW, NOW + 720, 60) == ["16:00", "16:02", "16:04", "16:06", "16:08", "16:10", "16:12"]
+    # 10 s buckets over a minute: seconds shown.
+    assert labels(NOW + 5, NOW + 60, 10) == ["16:00:10", "16:00:20", "16:00:30", "16:00:40", "16:00:50", "16:01:00"]
+    # 10-minute buckets over 60 hours: every 12 hours, with the date.
+    assert labels(NOW, NOW + 60 * 3600, 600) == ["Nov 25 00:00", "Nov 25 12:00", "Nov 26 00:00", "Nov 26 12:00",
+                                                 "Nov 27 00:00"]
 
 
 def test_the_stream_header_says_what_audio_and_vision_did(redis_url):
@@ -244,3 +324,43 @@ def test_the_stream_header_says_what_audio_and_vision_did(redis_url):
     assert line == "Audio moved scores by +0.30 on average; vision moved scores by -0.20 on average; 50% had no vision"
     store.record("old", "old/1", "d1", NOW - 5, 1.0, "before attribution existed")
     assert modality_line(store.totals("old")) == ""
+
+
+def test_the_trend_chart_draws_the_span_with_distinct_ticks():
+    from zoneinfo import ZoneInfo
+    from dashboard.views import trend_chart
+    buckets = [{"start": NOW + 60 * k, "count": 5, "mean": 0.1 * k, "std": 0.2, "min": -1.0, "max": 1.0,
+                "ewma": 0.0} for k in range(3)]
+    detail = data.StreamDetail("s", {}, 60, buckets, [], [{"event_time": NOW + 100, "direction": "down",
+                                                            "magnitude": -1.0}], focus=NOW + 100)
+    x = trend_chart(detail, ZoneInfo("UTC")).to_dict()["layer"][0]["encoding"]["x"]
+    # Opened from its alert, a 3-minute stream fills the chart (16:00 to 16:03), one tick a minute.
+    assert x["scale"]["domain"] == [{"year": 2025, "month": 11, "date": 24, "hours": 16, "minutes": m, "seconds": 0}
+                                    for m in (0, 3)]
+    assert x["axis"]["format"] == "%H:%M" and [v["minutes"] for v in x["axis"]["values"]] == [0, 1, 2, 3]
+
+
+def test_score_columns_of_the_last_segments_share_one_format(store, redis_url, monkeypatch):
+    store.record("mv", "mv/1", "d1", NOW - 5, 1.0, "a", contributions={"audio": 0.4, "visual": -0.0015}, text_only=0.8)
+    store.record("mv", "mv/2", "d2", NOW - 4, -0.25, "b", contributions={"audio": -0.053}, missing=("visual",),
+                 text_only=-0.2)
+    at = page(monkeypatch, redis_url, view="Stream", stream="mv")
+    assert not at.exception
+    table = at.dataframe[0]
+    assert list(table.value["audio moved it"]) == [-0.053, 0.4]
+    formats = {name: c.get("type_config", {}).get("format") for name, c in json.loads(table.proto.columns).items()}
+    assert formats["score"] == formats["audio moved it"] == formats["visual moved it"] == "%+.3f"
+
+
+def test_the_overview_names_the_windows_it_compares(store, redis_url, monkeypatch):
+    import time
+    now = time.time()
+    # Scores that only fall, over 5 minutes: whatever the minute boundaries, the newer half of its
+    # buckets is lower than the older half.
+    fill(store, "young", [0.5] * 6 + [-1.0] * 4, now - 600, 30, now=now)
+    at = page(monkeypatch, redis_url)
+    assert not at.exception
+    row = at.dataframe[0].value.set_index("stream").loc["young"]
+    assert row["change"] < 0 and re.fullmatch(r"last [23] min vs 3 min before", row["change over"])
+    assert f"▼ young  {row['change']:+.2f}, {row['change over']}" in all_text(at)
+    assert "Segments / min, last 60 s" in metrics(at)  # no data in the last minute: all of it
