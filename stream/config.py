@@ -150,8 +150,13 @@ def _host_port(value: str) -> str | None:
     return None if _is_host_port(value) else "must be host:port, e.g. 10.0.0.5:8001"
 
 
+def _servers(value: str) -> list[str]:
+    """host:port of each server in a comma-separated list (`kafka://` optional)."""
+    return [s.strip().removeprefix("kafka://") for s in value.split(",")]
+
+
 def _host_ports(value: str) -> str | None:
-    if all(_is_host_port(s.strip().removeprefix("kafka://")) for s in value.split(",")):
+    if all(_is_host_port(s) for s in _servers(value)):
         return None
     return "must be host:port, comma-separated for several (e.g. 10.0.0.5:9092,10.0.0.6:9092)"
 
@@ -343,7 +348,7 @@ class Settings:
         return [f"127.0.0.1:{self.metrics_port}", f"127.0.0.1:{self.metrics_port + 1}"]
 
     def broker_servers(self) -> str:
-        return ",".join(s.strip().removeprefix("kafka://") for s in self.broker_url.split(","))
+        return ",".join(_servers(self.broker_url))
 
     def broker_ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context of every broker client (Faust's and the start-up checks'), or None."""

@@ -186,8 +186,7 @@ class Pipeline:
                 result.rejects.append(Reject(e.reason, e.detail, raw if isinstance(raw, bytes) else b""))
         return good
 
-    def model_inputs(self, segments: list[Segment], served: Served | None = None) -> dict[str, np.ndarray]:
-        served = served or self.served
+    def model_inputs(self, segments: list[Segment], served: Served) -> dict[str, np.ndarray]:
         input_ids, attention_mask = served.tokenizer([s.text for s in segments])
         frames = {m: [s.frames(m) for s in segments] for m in served.contract.widths}
         return served.contract.batch(input_ids, attention_mask, frames)
