@@ -280,6 +280,7 @@ class Pipeline:
         if good:
             with metrics.STAGE_SECONDS.labels("redis").time():
                 outcomes = await retry_forever(self.store.record_many, "redis", items, backoff=self.backoff)
+            scores = await self.published_scores(good, scores, outcomes)
             touched: dict[str, None] = {}
             for (segment, raw), score, outcome in zip(good, scores, outcomes):
                 touched[segment.stream_id] = None
@@ -295,7 +296,8 @@ class Pipeline:
                     for side in segment.missing:
                         metrics.MISSING_MODALITY.labels(side).inc()
                     metrics.END_TO_END.observe(max(0.0, time.time() - segment.event_time))
-                # A repeat is published again: its first publication may be the one a crash lost.
+                # A repeat is published again, with the score Redis holds: its first publication
+                # may be the one a crash lost.
                 result.scores.append({"stream_id": segment.stream_id, "segment_id": segment.segment_id,
                                       "event_time": segment.event_time, "score": score})
             with metrics.STAGE_SECONDS.labels("detect").time():
@@ -304,6 +306,22 @@ class Pipeline:
         for r in result.rejects:
             metrics.REJECTED.labels(r.reason).inc()
         return result
+
+    async def published_scores(self, good: list, scores: list[float], outcomes: list[str]) -> list[float]:
+        """The score each segment is published with: the one just computed for a new segment, the
+        one Redis recorded for a repeat (a different batch may have scored it a hair apart, and
+        every record of one segment must say the same)."""
+        repeats = [i for i, outcome in enumerate(outcomes) if outcome == "dup"]
+        if not repeats:
+            return scores
+        held = await retry_forever(self.store.held_scores, "redis",
+                                   [(good[i][0].stream_id, good[i][0].segment_id) for i in repeats],
+                                   backoff=self.backoff)
+        scores = list(scores)
+        for i, score in zip(repeats, held):
+            if score is not None:
+                scores[i] = score
+        return scores
 
     async def published(self, result: BatchResult) -> None:
         """The agent has delivered every outcome of `result`: its alerts leave the outbox."""

@@ -3,7 +3,8 @@
 
 Keys (every per-stream key carries the hash tag {stream_id}, so all of a stream's keys live in one
 Redis Cluster hash slot):
-    tf:{s}:seen:<segment_id>   content digest of a recorded segment (idempotency; TTL)
+    tf:{s}:seen:<segment_id>   "<content digest> <score>" of a recorded segment (idempotency; TTL): a
+                               repeat is compared by its digest and republishes that score
     tf:{s}:b<r>:<start>        bucket of r seconds from event time `start`: count, sum, sumsq, min, max,
                                missing_<side> (segments without audio / vision), attributed_<side>
                                (segments that had the side and attribution) and moved_<side> (the
@@ -60,9 +61,9 @@ for i, item in ipairs(cjson.decode(ARGV[4])) do
   local seen = p .. ':seen:' .. item[1]
   local prior = redis.call('GET', seen)
   if prior then
-    if prior == item[2] then outcomes[i] = 'dup' else outcomes[i] = 'conflict' end
+    if string.match(prior, '^%S+') == item[2] then outcomes[i] = 'dup' else outcomes[i] = 'conflict' end
   else
-    redis.call('SET', seen, item[2], 'EX', cfg.ttl)
+    redis.call('SET', seen, item[2] .. ' ' .. item[4], 'EX', cfg.ttl)
     local t = tonumber(item[3])
     local s = tonumber(item[4])
     local missing = cjson.decode(item[7])
@@ -278,6 +279,19 @@ class TrendStore:
             for i, outcome in zip(idx, result):
                 outcomes[i] = outcome
         return outcomes
+
+    def held_scores(self, segments: list[tuple[str, str]]) -> list[float | None]:
+        """The score recorded for each (stream_id, segment_id), as its idempotency key keeps it: what
+        a repeat of the segment republishes, so that every record of one segment says the same.
+        None where the key has expired (TECAFLOW_DEDUP_TTL_S) or holds no score."""
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, segment_id in segments:
+            pipe.get(f"{_key(stream)}:seen:{segment_id}")
+        held = []
+        for value in pipe.execute():
+            _, _, score = (value or "").partition(" ")
+            held.append(float(score) if score else None)
+        return held
 
     def record_alerts(self, stream: str, alerts: list[dict], detector_state: dict,
                       over_evaluated: int | None = None) -> list[str]:

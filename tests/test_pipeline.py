@@ -65,6 +65,25 @@ def test_good_bad_and_duplicate_messages_in_one_batch(pipeline):
     assert [s["segment_id"] for s in again.scores] == [f"p/{i}" for i in range(5)]
 
 
+def test_a_repeat_republishes_the_score_redis_holds_not_a_new_inference(pipeline, monkeypatch):
+    """Whatever the model says the second time (a new version, a batch that scores a hair apart),
+    every record of one segment carries the score its stream's trend counted."""
+    good = [valid_bytes(stream="p", segment=f"p/{i}", frames=2) for i in range(3)]
+    first = {s["segment_id"]: s["score"] for s in asyncio.run(pipeline.process(good)).scores}
+    honest = pipeline.scorer.score
+
+    async def drifted(inputs):
+        return await honest(inputs) + np.float32(0.25)
+    monkeypatch.setattr(pipeline.scorer, "score", drifted)
+    new = valid_bytes(stream="p", segment="p/new", frames=2)
+    again = {s["segment_id"]: s["score"] for s in asyncio.run(pipeline.process(good + [new])).scores}
+    assert {k: again[k] for k in first} == first
+    assert pipeline.store.held_scores([("p", "p/new")]) == [pytest.approx(again["p/new"])]
+    # a key written before it kept the score (or by another tool) republishes the fresh score
+    pipeline.store.redis.set("tf:{p}:seen:p/0", pipeline.store.redis.get("tf:{p}:seen:p/0").split()[0])
+    assert asyncio.run(pipeline.process(good[:1])).scores[0]["score"] == pytest.approx(first["p/0"] + 0.25)
+
+
 def test_conflicting_duplicate_goes_to_the_dlq(pipeline):
     first, second = conflicting_pair()
     assert len(asyncio.run(pipeline.process([first])).scores) == 1
