@@ -236,6 +236,30 @@ class ModelContract:
         return feed
 
 
+def never_one_row(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The feed with its row repeated when it has exactly one. ONNX Runtime computes a one-row
+    batch with other kernels (matrix-vector products) whose float rounding differs from the
+    batched kernels' by ~1e-7, and an int8 graph can turn such a difference into a whole
+    quantization step. From two rows on, a row's outputs do not depend on the other rows or on
+    the padding: every export checks it (trainer/export.py, batch_invariance)."""
+    if len(feed["input_ids"]) != 1:
+        return feed
+    return {k: np.concatenate([v, v]) for k, v in feed.items()}
+
+
+def each_row(feed: dict[str, np.ndarray], sides: Iterable[str]) -> list[dict[str, np.ndarray]]:
+    """A checked feed (lengths [n]) as one request per segment, each trimmed to its own lengths."""
+    rows = []
+    for i in range(len(feed["input_ids"])):
+        row = {k: v[i:i + 1] for k, v in feed.items()}
+        tokens = max(1, int(row["attention_mask"].sum()))
+        row["input_ids"], row["attention_mask"] = row["input_ids"][:, :tokens], row["attention_mask"][:, :tokens]
+        for m in sides:
+            row[m] = row[m][:, :max(1, int(row[lengths_name(m)][0]))]
+        rows.append(row)
+    return rows
+
+
 def pad_and_stack(arrays: Iterable[np.ndarray], minimum: int = 0) -> np.ndarray:
     """Arrays [n_i, T_i, ...] zero-padded on axis 1 to the longest T (at least `minimum`) and
     concatenated on axis 0. The model masks padding, so how much there is never changes a score."""

@@ -8,7 +8,8 @@ except in tests. It follows Triton's contract:
                 (CUDA execution provider where ONNX Runtime has it, else CPU)
     execute     one response per request; a bad request gets an error response and the others
                 in the same batch are still served. Requests are padded to a common length and
-                run as one ONNX Runtime call (the model is invariant to padding).
+                run as one ONNX Runtime call, never of one row: a segment's score is then the same
+                whatever its batch (the model is invariant to padding and to its batch mates).
 """
 import json
 import os
@@ -73,7 +74,7 @@ class TritonPythonModel:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
         if good:
             try:
-                feed = self.contract.concatenate([arrays for _, arrays in good])
+                feed = contract.never_one_row(self.contract.concatenate([arrays for _, arrays in good]))
                 names = self.contract.outputs
                 results = dict(zip(names, self.session.run(list(names), feed)))
                 start = 0

@@ -99,8 +99,12 @@ def register_export(sub) -> None:
     # +0.007 and -0.008 on two checkpoints (the bar was 0.01) and nearly doubles throughput on CPU
     # (README, Benchmarks). Not on the GPU backend: TensorRT and CUDA take fp32/fp16 graphs.
     p.add_argument("--quantize", choices=("none", "int8"),
-                   help="int8: serve ONNX Runtime's dynamic int8 quantization of the graph, checked against fp32; "
-                        "none: the fp32 graph (default: int8 for the python backend, none for onnxruntime)")
+                   help="int8: serve ONNX Runtime's static int8 quantization of the graph (scales calibrated on "
+                        "training segments), checked against fp32; none: the fp32 graph (default: int8 for the "
+                        "python backend, none for onnxruntime)")
+    p.add_argument("--calibration-data",
+                   help="with --quantize int8: calibrate on this dataset's training split instead of the sample "
+                        "the training run wrote beside the checkpoint (calibration.npz)")
     p.add_argument("--accuracy-data", help="with --quantize: report the test MAE change on this dataset "
                                            "(e.g. ../shared/data/cmu-mosi)")
     p.set_defaults(func=cmd_export)
@@ -112,7 +116,7 @@ def cmd_export(args) -> int:
     target = export(args.checkpoint, args.repo or Path(Settings.from_env().model_repo), args.backend, args.max_batch,
                     args.tensorrt, args.queue_delay_us, args.instances,
                     args.quantize or ("int8" if args.backend == "python" else "none"), args.accuracy_data,
-                    attribution=args.attribution)
+                    attribution=args.attribution, calibration_data=args.calibration_data)
     print(target)
     return 0
 

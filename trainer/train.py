@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from stream.errors import UserError
+from trainer import calibration
 from trainer.data import DEFAULT_MAX_FRAMES, Batcher, Dataset, feature_stats
 from trainer.metrics import compute_metrics, summarise
 from trainer.model import (
@@ -217,6 +218,7 @@ def train_once(dataset: Dataset, opts: TrainOptions) -> dict:
     tokenizer.save_pretrained(out / "tokenizer")
     batchers = {s: Batcher(dataset.split(s), tokenizer, opts.max_text_tokens, opts.max_frames, name=s)
                 for s in ("train", "valid", "test")}
+    calibration.save(out / calibration.CALIBRATION_FILE, batchers["train"], opts.seed)
     optimizer = make_optimizer(model, opts)
     generator = torch.Generator().manual_seed(opts.seed)
     n_params = sum(p.numel() for p in model.parameters())
