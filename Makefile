@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
-DEBS    := redis-server prometheus chromium chromium-driver
+# qemu-user runs the int8 graph on an emulated AVX2-only CPU (tests/test_quantize.py)
+DEBS    := redis-server prometheus chromium chromium-driver qemu-user
 STAMP   := .venv/.tecaflow-installed
 
 .PHONY: setup debs test test-fast demo bench clean
@@ -24,7 +25,7 @@ debs:
 	fi
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not integration"
