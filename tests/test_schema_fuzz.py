@@ -12,7 +12,7 @@ from stream.schema import Limits, Rejected, Segment, decode_segment
 from tests.malformed import MAX_FRAMES, WIDTHS, valid
 
 LIMITS = Limits(widths=WIDTHS, max_frames=MAX_FRAMES)
-README = Path(__file__).resolve().parents[1] / "README.md"
+MESSAGES = Path(__file__).resolve().parents[1] / "docs" / "messages.md"
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
 json_values = st.recursive(
@@ -22,8 +22,8 @@ json_values = st.recursive(
 
 
 def documented_reasons() -> set[str]:
-    """The reject reasons the README's message contract lists: the decoder may give no other."""
-    section = README.read_text().split("`tecaflow-reason`", 1)[1].split("Decoding is total", 1)[0]
+    """The reject reasons the segment contract (docs/messages.md) lists: the decoder may give no other."""
+    section = MESSAGES.read_text().split("`tecaflow-reason`", 1)[1].split("Decoding is total", 1)[0]
     return set(re.findall(r"`([a-z0-9_]+)`", section)) - {"reason", "detail"}
 
 
