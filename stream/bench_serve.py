@@ -2,7 +2,9 @@
 
 Clients send one segment per request over gRPC at concurrency 1, 4 and 16, so Triton's dynamic
 batcher has to form the batches; raw ONNX Runtime runs the same model file on batches of 1, 4
-and 16 in this process. Ratios are served / raw throughput at the same batch size.
+and 16 in this process. Ratios are served / raw throughput at the same batch size. With
+--quantize int8 the int8 export is served, and the fp32 graph of the same checkpoint is measured
+raw beside it: raw int8 / raw fp32 is the int8 speed-up.
 """
 from __future__ import annotations
 
@@ -80,20 +82,25 @@ def served_throughput(url: str, contract, concurrency: int, seconds: float) -> d
 
 def untrained_checkpoint(out: Path, text_encoder: str = "minilm") -> Path:
     """A MiniLM-sized TeCaFN with untrained heads: speed does not depend on the weights."""
-    from trainer.data import load_dataset
+    from trainer import calibration
+    from trainer.data import Batcher, load_dataset
     from trainer.text_encoder import load_tokenizer
     from trainer.train import TrainOptions, build_model, save_checkpoint
-    ds = load_dataset("synthetic", n=20)
+    ds = load_dataset("synthetic", n=64)
     opts = TrainOptions(out=out, text_encoder=text_encoder)
     model, encoder_config = build_model(ds, opts)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / "checkpoint.pt", model, encoder_config, opts, ds)
-    load_tokenizer(text_encoder).save_pretrained(out / "tokenizer")
+    tokenizer = load_tokenizer(text_encoder)
+    tokenizer.save_pretrained(out / "tokenizer")
+    calibration.save(out / calibration.CALIBRATION_FILE,  # for --quantize int8
+                     Batcher(ds.split("train"), tokenizer, opts.max_text_tokens, opts.max_frames))
     return out / "checkpoint.pt"
 
 
 def bench_serve(checkpoint: Path | None = None, seconds: float = 8.0, levels=(1, 4, 16),
-                ports=(18100, 18101, 18102), text_encoder: str = "minilm", progress=print) -> dict:
+                ports=(18100, 18101, 18102), text_encoder: str = "minilm", progress=print,
+                quantize: str = "none") -> dict:
     from stream.tritonserver import EmbeddedTriton
     from trainer.export import export
 
@@ -102,20 +109,26 @@ def bench_serve(checkpoint: Path | None = None, seconds: float = 8.0, levels=(1,
         if checkpoint is None:
             progress(f"building an untrained {text_encoder} TeCaFN for the benchmark")
             checkpoint = untrained_checkpoint(tmp / "ckpt", text_encoder)
-        version_dir = export(checkpoint, tmp / "repo", max_batch=max(levels))
+        version_dir = export(checkpoint, tmp / "repo", max_batch=max(levels), quantize=quantize)
+        # the fp32 graph beside an int8 one, measured raw in the same run: the int8 speed-up
+        fp32_dir = export(checkpoint, tmp / "fp32", max_batch=max(levels)) if quantize != "none" else None
         server = EmbeddedTriton(tmp / "repo", tmp / "triton", *ports)
         server.start(timeout=180)
         try:
             scorer = TritonScorer(server.grpc_url)
             contract = scorer.contract()
             scorer.close()
-            result = {"levels": {}, "seconds_per_level": seconds}
+            result = {"levels": {}, "seconds_per_level": seconds, "served_model": quantize if fp32_dir else "fp32"}
             for level in levels:
                 progress(f"concurrency {level}: served, then raw ONNX Runtime at batch {level}")
                 served = served_throughput(server.grpc_url, contract, level, seconds)
                 raw = raw_throughput(version_dir / ONNX_FILE, contract, level, seconds / 2)
                 result["levels"][str(level)] = {"served": served, "raw": raw,
                                                 "ratio": served["segments_per_s"] / raw["segments_per_s"]}
+                if fp32_dir:
+                    fp32 = raw_throughput(fp32_dir / ONNX_FILE, contract, level, seconds / 2)
+                    result["levels"][str(level)].update(raw_fp32=fp32, raw_speedup=raw["segments_per_s"]
+                                                        / fp32["segments_per_s"])
             result["attribution"] = attribution_cost(checkpoint, tmp / "repo", server, result["levels"][str(levels[-1])],
                                                      levels[-1], seconds, progress)
         finally:
@@ -129,7 +142,8 @@ def attribution_cost(checkpoint: Path, repo: Path, server, with_attribution: dic
     server, at the same concurrency: what the text-only score and contributions cost."""
     from trainer.export import export
     progress(f"attribution off: the same model exported without it, served at concurrency {level}")
-    version_dir = export(checkpoint, repo, max_batch=level, attribution=False)
+    quantize = "int8" if with_attribution.get("raw_fp32") else "none"
+    version_dir = export(checkpoint, repo, max_batch=level, attribution=False, quantize=quantize)
     scorer = TritonScorer(server.grpc_url)
     deadline = time.monotonic() + 120
     while not scorer.client.is_model_ready("tecafn", version_dir.name):
@@ -147,11 +161,15 @@ def attribution_cost(checkpoint: Path, repo: Path, server, with_attribution: dic
 
 
 def format_report(r: dict) -> str:
-    lines = [f"{'conc.':>5} {'served seg/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'raw seg/s':>10} {'ratio':>7}"]
+    int8 = r.get("served_model", "fp32") != "fp32"
+    lines = [f"served model: {r.get('served_model', 'fp32')}",
+             f"{'conc.':>5} {'served seg/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'raw seg/s':>10} {'ratio':>7}"
+             + (f" {'raw fp32':>9} {'int8/fp32':>9}" if int8 else "")]
     for level, v in r["levels"].items():
         s, raw = v["served"], v["raw"]
         lines.append(f"{level:>5} {s['segments_per_s']:>13.1f} {s['p50_ms']:>8.1f} {s['p99_ms']:>8.1f} "
-                     f"{raw['segments_per_s']:>10.1f} {v['ratio']:>6.2f}x")
+                     f"{raw['segments_per_s']:>10.1f} {v['ratio']:>6.2f}x"
+                     + (f" {v['raw_fp32']['segments_per_s']:>9.1f} {v['raw_speedup']:>8.2f}x" if int8 else ""))
     a = r.get("attribution")
     if a:
         lines.append(f"attribution on vs off at concurrency {a['concurrency']}: served {a['served_ratio']:.2f}x "

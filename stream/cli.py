@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_sub.add_parser("serve", help="served throughput and latency vs raw ONNX Runtime in-process")
     p.add_argument("--checkpoint", type=Path, help="default: an untrained MiniLM-sized TeCaFN")
     p.add_argument("--seconds", type=float, default=8.0, help="measuring time per concurrency level")
+    p.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="the export Triton serves; int8 also measures the fp32 graph raw (the int8 speed-up)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_serve)
     p = bench_sub.add_parser("dashboard", help="the dashboard's data-load time with many streams (scratch Redis)")
@@ -448,7 +450,8 @@ def cmd_bench_serve(args) -> int:
     import json
 
     from stream.bench_serve import bench_serve, format_report
-    result = bench_serve(args.checkpoint, args.seconds, progress=lambda m: print(m, file=sys.stderr))
+    result = bench_serve(args.checkpoint, args.seconds, progress=lambda m: print(m, file=sys.stderr),
+                         quantize=args.quantize)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 

@@ -42,3 +42,21 @@ def test_a_tiny_bench_pipeline_runs_every_phase(tmp_path):
     # the baseline is the faster of the two session setups, never the one that flatters e2e
     assert r["raw_fp32"] == max(r["raw_fp32_options"], r["raw_fp32_ort_defaults"])
     assert "e2e/naive" in format_report(r)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_tiny_bench_serve_of_int8_reports_the_speedup_over_fp32_raw(tmp_path):
+    from stream.bench_serve import bench_serve
+    from stream.bench_serve import format_report as format_serve
+    from tests.conftest import free_ports
+
+    checkpoint = untrained_checkpoint(tmp_path / "ckpt", text_encoder="tiny")
+    r = bench_serve(checkpoint, seconds=0.5, levels=(1, 4), ports=free_ports(3), quantize="int8",
+                    progress=lambda m: None)
+    assert r["served_model"] == "int8"
+    for level in r["levels"].values():
+        assert level["raw_speedup"] == pytest.approx(level["raw"]["segments_per_s"]
+                                                     / level["raw_fp32"]["segments_per_s"])
+        assert level["served"]["requests"] > 0
+    assert "int8/fp32" in format_serve(r) and r["attribution"]["served_off"]["requests"] > 0
