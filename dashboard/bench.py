@@ -21,8 +21,8 @@ from stream.store import StoreSettings, TrendStore
 
 def scratch_redis(directory: str):
     """A throw-away redis-server (no persistence) on a free loopback port, and its URL."""
-    from stream.service import free_ports
-    from stream.stack import redis_service
+    from stream.stack.service import free_ports
+    from stream.stack.embedded import redis_service
     port, = free_ports(1)
     return redis_service(Path(directory), port, durable=False).start(), f"redis://127.0.0.1:{port}/0"
 

@@ -23,14 +23,14 @@ import faust
 import mode
 
 from stream import metrics
-from stream.alert_sender import AlertSender
+from stream.alerts.webhook import AlertSender
 from stream.config import Settings
 from stream.in_flight import InFlight
 from stream.kafka_transport import SCHEME
 from stream.lag import LagTracker
 from stream.pipeline import BatchResult, Pipeline, Reject
 from stream.publish import Outgoing, deliver, outgoing
-from stream.worker import build_pipeline, check_dependencies, wait_for_broker
+from stream.startup import build_pipeline, check_dependencies, wait_for_broker
 
 log = logging.getLogger("tecaflow.worker")
 settings = Settings.from_env()

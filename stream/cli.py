@@ -132,7 +132,7 @@ def register_bench_pipeline(bench_sub) -> None:
 def cmd_bench_pipeline(args) -> int:
     import json
 
-    from stream.bench_pipeline import (
+    from stream.bench.pipeline import (
         bench_pipeline,
         format_report,
         format_summary,
@@ -188,7 +188,7 @@ def register_alerting(sub, bench_sub) -> None:
 def cmd_bench_detect(args) -> int:
     import json
 
-    from stream.bench_detect import bench_detect, format_report
+    from stream.alerts.bench import bench_detect, format_report
     if args.per_shift < 1 or args.steady < 1:
         raise UserError("--per-shift and --steady must be >= 1")
     result = bench_detect(args.seed, args.per_shift, args.steady, progress=lambda m: print(m, file=sys.stderr))
@@ -200,7 +200,7 @@ def cmd_backtest(args) -> int:
     import dataclasses
     import json
 
-    from stream import backtest as bt
+    from stream.alerts import backtest as bt
     from stream.config import DetectorParams, Settings
     if args.out and not args.plot:
         raise UserError("--out needs --plot STREAM (it names the plot's PNG)")
@@ -261,7 +261,7 @@ def register_soak(bench_sub) -> None:
 def cmd_bench_soak(args) -> int:
     import json
 
-    from stream.soak import format_report, run_soak
+    from stream.bench.soak import format_report, run_soak
     if args.minutes <= 0 or args.rate <= 0 or args.streams < 1 or not 0 <= args.bad_share < 0.5:
         raise UserError("--minutes, --rate must be > 0, --streams >= 1, --bad-share in [0, 0.5)")
     result = run_soak(args.repo or Path(settings().model_repo), args.minutes, args.rate, args.streams, args.bad_share, args.every)
@@ -272,7 +272,7 @@ def cmd_bench_soak(args) -> int:
 def cmd_stack(args) -> int:
     import json
 
-    from stream.stack import Stack
+    from stream.stack.embedded import Stack
     stack = Stack(settings(), args.repo)
     if args.action == "up":
         stack.up()
@@ -293,8 +293,7 @@ def cmd_replay(args) -> int:
     import json
 
     from stream.config import Settings
-    from stream.pool_scores import score_pool as served_scores
-    from stream.replay import replay
+    from stream.replay import replay, served_scores
     settings = Settings.from_env()
     widths, max_frames = model_shape(settings)
 
@@ -405,7 +404,7 @@ def cmd_dashboard(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from stream.demo import run_demo
+    from stream.stack.demo import run_demo
     s = settings()
     seconds = s.demo_seconds if args.seconds is None else args.seconds
     return run_demo(s, args.repo or Path(s.model_repo), args.streams, args.segments, args.rate, seconds,
@@ -428,7 +427,7 @@ def cmd_serve(args) -> int:
     status` and `stack down` see it too)."""
     import time
 
-    from stream.stack import Stack
+    from stream.stack.embedded import Stack
     s = settings()
     server = Stack(s, args.repo).triton()
     server.model_control = args.model_control
@@ -447,7 +446,7 @@ def cmd_serve(args) -> int:
 def cmd_bench_serve(args) -> int:
     import json
 
-    from stream.bench_serve import bench_serve, format_report
+    from stream.bench.serve import bench_serve, format_report
     result = bench_serve(args.checkpoint, args.seconds, progress=lambda m: print(m, file=sys.stderr))
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
@@ -523,7 +522,7 @@ def failed_dependency(error: BaseException) -> str | None:
     try:
         import redis.exceptions as r
 
-        from stream.dependencies import wrong_database
+        from stream.dependency_checks import wrong_database
         if wrong_database(error):
             return "Redis"
         checks.append(("Redis", (r.ConnectionError, r.TimeoutError, r.AuthenticationError, r.AuthorizationError,
@@ -533,7 +532,7 @@ def failed_dependency(error: BaseException) -> str | None:
     try:
         from aiokafka import errors as k
 
-        from stream.dependencies import BROKER_REFUSALS
+        from stream.dependency_checks import BROKER_REFUSALS
         checks.append(("the broker", (k.KafkaConnectionError, k.KafkaTimeoutError, *BROKER_REFUSALS)))
     except ImportError:
         pass

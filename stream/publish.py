@@ -13,7 +13,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from stream.pipeline import DLQ_KEEP_BYTES, Backoff, BatchResult, retry_forever
+from stream.pipeline import DLQ_KEEP_BYTES, BatchResult
+from stream.retry import Backoff, retry_forever
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from stream.service import free_ports  # noqa: F401 - tests import it from here
+from stream.stack.service import free_ports  # noqa: F401 - tests import it from here
 from trainer.model import TeCaFN, TeCaFNConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -69,7 +69,7 @@ def batch():
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     """A real redis-server on a free loopback port, for the whole session."""
-    from stream.stack import redis_service
+    from stream.stack.embedded import redis_service
     port = free_ports(1)[0]
     server = redis_service(tmp_path_factory.mktemp("redis"), port, durable=False).start()
     yield f"redis://127.0.0.1:{port}/0"
@@ -96,7 +96,7 @@ class Live:
 
     def start_worker(self, metrics_port: int, **extra_env) -> subprocess.Popen:
         """A worker process, ready once Faust says so (it has joined its consumer group)."""
-        from stream.stack import worker_service
+        from stream.stack.embedded import worker_service
         worker = worker_service(self.root, f"worker-{metrics_port}-{len(self.workers)}", cwd=self.root,
                                 env=dict(self.env, TECAFLOW_METRICS_PORT=str(metrics_port), **extra_env))
         self.services.append(worker)
@@ -192,7 +192,7 @@ def redis_cluster_url(tmp_path_factory):
     from redis.cluster import RedisCluster
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         pytest.fail("redis-server/redis-cli are not installed: run `make setup` (it installs the Debian package)")
-    from stream.service import Service, port_open
+    from stream.stack.service import Service, port_open
     ports = cluster_ports(3)
     nodes = []
     for port in ports:

@@ -5,7 +5,7 @@ import asyncio
 from aiohttp import web
 
 from stream import metrics
-from stream.alert_sender import AlertSender, slack_payload
+from stream.alerts.webhook import AlertSender, slack_payload
 
 ALERT = {"stream_id": "brand-7", "event_time": 1764000000.0, "direction": "down", "magnitude": -1.4,
          "interval": [-1.8, -1.0], "z": -7.1, "change_point": {"event_time": 1763999990.0, "segments_since": 12},

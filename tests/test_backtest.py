@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from stream import backtest
+from stream.alerts import backtest
 from stream import cli as stream_cli
 from stream.config import DetectorParams
 from stream.errors import UserError

@@ -1,4 +1,4 @@
-"""The shift detector (stream/detector.py) with its noise estimate and threshold, against
+"""The shift detector (stream/alerts/detector.py) with its noise estimate and threshold, against
 hand-worked sequences and seeded series."""
 import copy
 import math
@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from stream import cusum_threshold, detector, noise
+from stream.alerts import cusum_threshold, detector, noise
 from stream.config import DetectorParams
-from stream.detector import ALLOWANCE_FACTOR, CLIP, initial_state, scan, step
-from stream.score_series import generate
+from stream.alerts.detector import ALLOWANCE_FACTOR, CLIP, initial_state, scan, step
+from stream.alerts.synthetic_scores import generate
 
 P = DetectorParams(min_shift=0.5, false_alarms_per_10k=1.0, warmup=50)
 
@@ -310,7 +310,7 @@ def test_the_oracle_fit_estimates_the_level_and_keeps_the_noise_it_is_told():
     """The bench's level-estimating oracle runs the detector itself with a fit told sd, rho and the
     shift: its reference gives the level (as the detector's would), the rest is what it was told,
     and a step of the told size is caught with the told allowance."""
-    from stream.baselines import oracle_fit
+    from stream.alerts.baselines import oracle_fit
     rng = np.random.default_rng(14)
     values = np.concatenate([rng.normal(0.3, 0.75, 300), rng.normal(1.1, 0.75, 200)])
     fit = oracle_fit(0.75, 0.0, 0.8)

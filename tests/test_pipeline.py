@@ -8,7 +8,8 @@ import pytest
 from stream import metrics
 from stream.config import DetectorParams
 from stream.contract import ModelContract, Tokenizer
-from stream.pipeline import Backoff, Pipeline
+from stream.pipeline import Pipeline
+from stream.retry import Backoff
 from stream.schema import encode_segment
 from stream.store import TrendStore
 from tests.malformed import MAX_FRAMES, catalogue, conflicting_pair, valid_bytes
@@ -176,7 +177,7 @@ def test_a_detector_failure_on_one_stream_neither_stalls_scoring_nor_loses_its_s
     """Detection runs inside the Redis retry loop: an exception from the detector itself used to be
     retried forever, stalling every partition of the worker. Now the stream's detection is skipped
     for that batch (counted, logged), its state is kept, and the next batch catches up."""
-    from stream import detector
+    from stream.alerts import detector
     real_scan = detector.scan
 
     def scan_failing_on_bad(stream, *args):

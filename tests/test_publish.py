@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from stream.pipeline import Backoff, BatchResult, Reject
+from stream.pipeline import BatchResult, Reject
+from stream.retry import Backoff
 from stream.publish import deliver, outgoing
 
 PRODUCER_LIMIT = 1_000_000  # Faust's default producer_max_request_size

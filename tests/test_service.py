@@ -1,9 +1,9 @@
-"""stream/service.py: start, health, pid file, log, stop — with real processes."""
+"""stream/stack/service.py: start, health, pid file, log, stop — with real processes."""
 import sys
 
 import pytest
 
-from stream.service import Service, ServiceError, port_open
+from stream.stack.service import Service, ServiceError, port_open
 from tests.conftest import free_ports
 
 SERVE = [sys.executable, "-c", "import http.server, sys; print('serving', flush=True); "

@@ -1,6 +1,6 @@
 """Sentiment shift detection on one stream's scores: a two-sided CUSUM against a robust reference.
 
-Each segment's score x is compared with what the stream's steady noise predicts (stream/noise.py:
+Each segment's score x is compared with what the stream's steady noise predicts (stream/alerts/noise.py:
 level mu, spread sd, lag-1 autocorrelation rho, estimated from the stream's own steady segments):
 
     innovation z = (x - mu - rho (lag - mu)) / (sd sqrt(1 - rho^2)),   clipped to +-CLIP
@@ -9,7 +9,7 @@ level mu, spread sd, lag-1 autocorrelation rho, estimated from the stream's own 
 
 k is ALLOWANCE_FACTOR times half the smallest shift worth an alert (TECAFLOW_ALERT_MIN_SHIFT) in
 innovation units, and b comes from the false alarms the user accepts
-(TECAFLOW_ALERT_FALSE_ALARMS_PER_10K; see stream/cusum_threshold.py). This is Page's CUSUM, the
+(TECAFLOW_ALERT_FALSE_ALARMS_PER_10K; see stream/alerts/cusum_threshold.py). This is Page's CUSUM, the
 detector that attains Lorden's bound on detection delay, made to survive real score streams:
 
 - autocorrelation: whitening with rho keeps correlated noise from looking like evidence;
@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import math
 
-from stream import cusum_threshold, noise
+from stream.alerts import cusum_threshold, noise
 from stream.config import DetectorParams
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def clip_for(min_shift_innovation: float) -> float:
 
 def threshold_for(k: float, n: int, rho: float, run_length: float, clip: float, spread_known: bool = False
                   ) -> float:
-    """The threshold for the asked false-alarm rate (stream/cusum_threshold.py), and never one a
+    """The threshold for the asked false-alarm rate (stream/alerts/cusum_threshold.py), and never one a
     single clipped innovation can reach: one segment is an outlier until the next confirms it."""
     b = cusum_threshold.threshold(k, n, rho, run_length, clip, spread_known)
     return max(b, clip - k + cusum_threshold.THRESHOLD_PRECISION)

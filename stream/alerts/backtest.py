@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream import detector
+from stream.alerts import detector
 from stream.config import DetectorParams
 from stream.errors import UserError
 
