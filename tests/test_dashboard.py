@@ -236,7 +236,7 @@ def test_a_read_only_redis_user_is_enough(store, redis_url, monkeypatch):
 
 
 def test_the_cli_runs_streamlit_headless_on_loopback():
-    from stream.cli import dashboard_command
+    from dashboard.cli import dashboard_command
     cmd = dashboard_command(8765, "127.0.0.1")
     assert cmd[1:4] == ["-m", "streamlit", "run"] and Path(cmd[4]).name == "app.py" and Path(cmd[4]).exists()
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1" and cmd[cmd.index("--server.port") + 1] == "8765"

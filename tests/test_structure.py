@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from dashboard import cli as dashboard_cli
 from stream import cli
 from stream.config import settings_table
 from stream.errors import UserError
@@ -193,14 +194,14 @@ def never_exec(*command):
 
 
 def test_an_address_that_does_not_resolve_is_one_line(capsys, monkeypatch):
-    monkeypatch.setattr(cli.os, "execv", never_exec)
+    monkeypatch.setattr(dashboard_cli.os, "execv", never_exec)
     assert cli.main(["dashboard", "--address", "999.1.1.1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tecaflow dashboard: error: --address 999.1.1.1: cannot resolve it") and err.count("\n") == 1
 
 
 def test_a_port_in_use_is_one_line_before_the_dashboard_says_its_url(capsys, monkeypatch):
-    monkeypatch.setattr(cli.os, "execv", never_exec)
+    monkeypatch.setattr(dashboard_cli.os, "execv", never_exec)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -213,7 +214,7 @@ def test_a_port_in_use_is_one_line_before_the_dashboard_says_its_url(capsys, mon
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    cli.check_bindable("127.0.0.1", port)  # free again: no error
+    dashboard_cli.check_bindable("127.0.0.1", port)  # free again: no error
 
 
 def test_accuracy_data_that_does_not_exist_is_refused_before_the_checkpoint_is_read(tmp_path, capsys):

@@ -9,6 +9,7 @@ import json
 import logging
 from pathlib import Path
 
+from stream.arguments import REPO_HELP, positive, probability
 from stream.contract import BACKENDS, DEFAULT_INSTANCES
 from stream.errors import UserError
 from trainer.defaults import DEFAULT_MAX_FRAMES, DEFAULT_MODALITY_DROPOUT, MAX_FRAMES
@@ -79,11 +80,9 @@ def register(sub) -> None:
                         "time (length bucketing, standardisation, contrast mappers, modality dropout)")
     p.set_defaults(func=cmd_ablate)
 
-
-def register_export(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint as a new version in a Triton model repository")
     p.add_argument("--checkpoint", required=True, type=Path)
-    p.add_argument("--repo", type=Path, help="model repository (default: TECAFLOW_MODEL_REPO, model_repo)")
+    p.add_argument("--repo", type=Path, help=REPO_HELP)
     p.add_argument("--backend", choices=BACKENDS, default="python",
                    help="python: ONNX Runtime inside Triton's Python backend (what the embedded Triton runs); "
                         "onnxruntime: Triton's native ONNX Runtime backend on GPU (NVIDIA's container)")
@@ -134,29 +133,6 @@ def register_bench(bench_sub) -> None:
     p.add_argument("--seed", type=int, default=1111)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_train)
-
-
-def positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def probability(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
 
 
 def _frames(text):
