@@ -17,6 +17,23 @@ from transformers import BertConfig, BertModel
 from stream.stack.service import free_ports  # noqa: F401 - tests import it from here
 from trainer.model import TeCaFN, TeCaFNConfig
 
+# Fixtures that start a real server (Redis, a Redis Cluster, Triton, the live system) or need a
+# server's tool installed (promtool): a test that uses one is an integration test whatever its own
+# markers say, so that `make test-fast` (-m "not slow and not integration") starts no server.
+SERVER_FIXTURES = {"redis_url", "redis_cluster_url", "live", "served", "guarded_redis", "promtool"}
+# Fixtures that train a model for longer than a few seconds: a test that uses one is slow.
+TRAINING_FIXTURES = {"full_run"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if SERVER_FIXTURES & used:
+            item.add_marker(pytest.mark.integration)
+        if TRAINING_FIXTURES & used:
+            item.add_marker(pytest.mark.slow)
+
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MOSI_DIR = SHARED / "data" / "cmu-mosi"
 

@@ -4,6 +4,9 @@ import pytest
 
 from stream.store import StoreSettings, TrendStore
 
+# every test runs on a real Redis and a real Redis Cluster (the `store` fixture picks one per run)
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(params=["single", "cluster"])
 def store(request):

@@ -94,6 +94,30 @@ def python_files():
         yield from sorted((ROOT / package).rglob("*.py"))
 
 
+def stream_modules():
+    for path in sorted((ROOT / "stream").rglob("*.py")):
+        yield ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"), path
+
+
+# What may reach the trainer (and so torch) from stream/: the benches and the replay, which train,
+# export or read datasets; the CLI only registers the trainer's subcommands (trainer/cli.py loads
+# torch when one of them runs, never when it registers).
+MAY_IMPORT_TRAINER = ("stream.bench", "stream.replay", "stream.cli")
+
+
+def test_only_the_benches_and_the_replay_import_the_trainer():
+    importers = [module for module, path in stream_modules()
+                 if not module.startswith(MAY_IMPORT_TRAINER)
+                 and any(name.split(".")[0] == "trainer" for name in imports_of(path))]
+    assert importers == []
+
+
+def test_what_the_stream_extra_imports_never_loads_torch():
+    light = [module for module, _ in stream_modules() if not module.startswith(("stream.bench", "stream.replay"))]
+    assert len(light) > 20 and "stream.app" in light and "stream.alerts.detector" in light
+    assert heavy_modules_after("\n".join(f"import {module}" for module in light)) == []
+
+
 def test_only_the_settings_module_reads_tecaflow_settings_from_the_environment():
     # tritonserver.py hands the whole environment to its child; triton_model.py runs inside
     # Triton, where TECAFN_ORT_THREADS is Triton's setting, not tecaflow's.
