@@ -33,7 +33,7 @@ from stream.config import DetectorParams, Settings
 from stream.contract import PRESENT, SCORE, ModelContract, Tokenizer
 from stream.errors import UserError
 from stream.retry import Backoff, retry_forever
-from stream.schema import Limits, Rejected, Segment, decode_segment
+from stream.schema import Limits, Rejected, Score, Segment, decode_segment
 from stream.store import ScoredSegment
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class Reject:
 
 @dataclass
 class BatchResult:
-    scores: list[dict] = field(default_factory=list)  # for the `scores` topic
+    scores: list[Score] = field(default_factory=list)  # for the `scores` topic
     rejects: list[Reject] = field(default_factory=list)  # for the dead-letter topic
     alerts: list[dict] = field(default_factory=list)  # for the `alerts` topic and the webhook
     duplicates: int = 0
@@ -261,8 +261,7 @@ class Pipeline:
                         metrics.MISSING_MODALITY.labels(side).inc()
                     metrics.END_TO_END.observe(max(0.0, time.time() - segment.event_time))
                 # A repeat is published again: its first publication may be the one a crash lost.
-                result.scores.append({"stream_id": segment.stream_id, "segment_id": segment.segment_id,
-                                      "event_time": segment.event_time, "score": score})
+                result.scores.append(Score(segment.stream_id, segment.segment_id, segment.event_time, score))
             with metrics.STAGE_SECONDS.labels("detect").time():
                 result.alerts += await retry_forever(self.detect_streams, "redis", list(touched), backoff=self.backoff)
         metrics.DUPLICATES.inc(result.duplicates)

@@ -90,6 +90,29 @@ class Segment:
         return tuple(m for m in SIDES if not len(self.frames(m)))
 
 
+@dataclass(frozen=True)
+class Score:
+    """A scored segment, as the `scores` topic carries it (JSON, keyed by stream_id):
+
+        {"stream_id": "brand-42", "segment_id": "brand-42/000123", "event_time": 1764000000.5, "score": -0.42}
+
+    The topic is at-least-once (a redelivered segment is published again): consumers dedupe by
+    segment_id."""
+    stream_id: str
+    segment_id: str
+    event_time: float
+    score: float
+
+    def message(self) -> dict:
+        return {"stream_id": self.stream_id, "segment_id": self.segment_id, "event_time": self.event_time,
+                "score": self.score}
+
+    @classmethod
+    def from_message(cls, value: dict) -> "Score":
+        return cls(str(value["stream_id"]), str(value["segment_id"]), float(value["event_time"]),
+                   float(value["score"]))
+
+
 def encode_frames(array: np.ndarray) -> dict:
     a = np.ascontiguousarray(array, dtype="<f4")
     if a.ndim != 2:

@@ -63,7 +63,7 @@ def test_good_bad_and_duplicate_messages_in_one_batch(pipeline):
     # a redelivery of the whole batch records nothing twice
     again = asyncio.run(pipeline.process(good))
     assert again.duplicates == 5 and pipeline.store.totals("p")["count"] == 5
-    assert [s["segment_id"] for s in again.scores] == [f"p/{i}" for i in range(5)]
+    assert [s.segment_id for s in again.scores] == [f"p/{i}" for i in range(5)]
 
 
 def test_conflicting_duplicate_goes_to_the_dlq(pipeline):
@@ -135,7 +135,7 @@ def test_hostile_messages_reject_only_themselves(pipeline):
     hostile = hostile_cases()
     batch = [m for pair in zip(good, [raw for _, raw, _ in hostile]) for m in pair]
     result = asyncio.run(pipeline.process(batch))
-    assert sorted(s["segment_id"] for s in result.scores) == [f"h/{i}" for i in range(6)]
+    assert sorted(s.segment_id for s in result.scores) == [f"h/{i}" for i in range(6)]
     assert [r.reason for r in result.rejects] == [reason for _, _, reason in hostile[:6]]
     assert metrics.IN_FLIGHT._value.get() == 0
 
@@ -206,7 +206,7 @@ def test_a_segment_the_model_scores_nan_goes_to_the_dlq_and_its_stream_stays_cle
     pipeline.scorer = NanOnSevens()
     batch = [scored("n", i, v) for i, v in enumerate([0.1, 0.7, 0.3])]
     result = asyncio.run(pipeline.process(batch))
-    assert [s["segment_id"] for s in result.scores] == ["n/00000", "n/00002"]
+    assert [s.segment_id for s in result.scores] == ["n/00000", "n/00002"]
     assert [(r.reason, r.raw) for r in result.rejects] == [("non_finite_score", batch[1])]
     totals = pipeline.store.totals("n")
     assert totals["count"] == 2 and totals["mean"] == pytest.approx(0.2)
@@ -245,5 +245,5 @@ def test_a_new_model_version_is_followed_with_its_own_contract_and_tokenizer(pip
     result = asyncio.run(pipeline.record(batch, asyncio.run(pipeline.infer(batch))))
     assert scorer.versions_called == ["1", "2"]
     assert pipeline.served.version == "2" and pipeline.contract == smaller
-    assert sorted(s["segment_id"] for s in result.scores) == ["v/0", "v/1", "v/2"]
+    assert sorted(s.segment_id for s in result.scores) == ["v/0", "v/1", "v/2"]
     assert [(r.reason, r.raw) for r in result.rejects] == [("too_many_frames", long)]

@@ -44,3 +44,11 @@ def test_every_malformed_message_is_rejected_with_its_reason(name, raw, reason):
         decode_segment(raw, LIMITS)
     assert caught.value.reason == reason
     assert caught.value.detail  # a sentence for people, too
+
+
+def test_a_score_is_published_as_the_scores_topic_has_always_carried_it():
+    from stream.schema import Score
+    score = Score("brand-42", "brand-42/000123", 1764000000.5, -0.42)
+    assert json.dumps(score.message()) == ('{"stream_id": "brand-42", "segment_id": "brand-42/000123", '
+                                           '"event_time": 1764000000.5, "score": -0.42}')
+    assert Score.from_message(json.loads(json.dumps(score.message()))) == score

@@ -27,6 +27,7 @@ import numpy as np
 from stream.alerts import detector
 from stream.config import DetectorParams
 from stream.errors import UserError
+from stream.schema import Score
 
 Scores = dict[str, list[tuple[float, float]]]  # stream -> (event_time, score), oldest first
 # The model's scores are 3 * tanh(.): a value outside is not a score (another scale, a column
@@ -113,8 +114,8 @@ def scores_from_topic(servers: str, topic: str, timeout_s: float = 10.0) -> Scor
                 batch = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), timeout_s)
                 for records in batch.values():
                     for r in records:
-                        v = json.loads(r.value)
-                        out[v["stream_id"]].append((float(v["event_time"]), float(v["score"])))
+                        score = Score.from_message(json.loads(r.value))
+                        out[score.stream_id].append((score.event_time, score.score))
         finally:
             await consumer.stop()
         return _sorted(out)
