@@ -249,3 +249,17 @@ def test_accuracy_data_that_does_not_exist_is_refused_before_the_checkpoint_is_r
     assert cli.main(["export", "--checkpoint", str(tmp_path / "notes.txt"), "--quantize", "none",
                      "--accuracy-data", "synthetic"]) == 2
     assert "--accuracy-data measures the int8 graph: it needs --quantize int8" in capsys.readouterr().err
+
+
+def test_training_flags_are_the_training_options_declared_once():
+    from trainer.options import TrainOptions, flagged, options_from
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "--data", "synthetic", "--out", "run"])
+    assert options_from(args) == TrainOptions(out=Path("run"))  # every flag's default is the declared one
+    args = parser.parse_args(["train", "--data", "synthetic", "--out", "run", "--no-progress", "--freeze-encoder",
+                              "--lr-encoder", "2e-5", "--max-frames", "64", "--modality-dropout", "0", "--seeds", "3"])
+    chosen = options_from(args)
+    assert (chosen.progress, chosen.freeze_encoder, chosen.lr_encoder, chosen.max_frames, chosen.modality_dropout,
+            chosen.seeds) == (False, True, 2e-5, 64, 0.0, 3)
+    train_flags = {a.dest for a in parser._subparsers._group_actions[0].choices["train"]._actions}
+    assert {f.name for f in flagged()} <= train_flags and "ablation" in train_flags
