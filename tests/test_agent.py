@@ -5,18 +5,22 @@ import json
 from unittest import mock
 
 from stream import app as app_module
-from stream.pipeline import BatchResult, Reject
+from stream.pipeline import BatchResult, Pipeline, Reject
 from stream.schema import Score
 
 
-class Exploding:
+class Exploding(Pipeline):
+    """The pipeline's own order of stages (start, finish) over stages that fail or answer at once."""
+    def __init__(self):
+        pass
+
     def prepare(self, raws):  # a bug while preparing, before the batch waits for a Triton call
         raise RuntimeError("tokenizer fell over")
 
     async def published(self, result):
         self.acknowledged = result
 
-class Fixed:
+class Fixed(Pipeline):
     def __init__(self, result):
         self.result = result
 
