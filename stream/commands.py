@@ -101,7 +101,7 @@ def cmd_trends(args) -> int:
     rows = {s: store.totals(s) for s in streams}
     alerts = store.alerts(args.alerts, args.stream)
     if args.json:
-        print(json.dumps({"streams": rows, "alerts": alerts}, indent=2))
+        print(json.dumps({"streams": rows, "alerts": [a.message() for a in alerts]}, indent=2))
         return 0
     if not rows:
         print("no streams recorded yet")
@@ -115,10 +115,10 @@ def cmd_trends(args) -> int:
         print(f"{s:<24} n={t['count']:<6} mean={t['mean']:+.3f} ewma={t['ewma']:+.3f} "
               f"last={t['last_score']:+.3f} updated {age:.0f}s ago {moved} {missing}".rstrip())
     for a in alerts:
-        since = a.get("change_point", {}).get("event_time")
-        print(f"ALERT {a['stream_id']} {a['direction']} by {abs(a['magnitude']):.2f} "
-              f"({a['reference']['mean']:+.2f} -> {a['recent']['mean']:+.2f}, z={a['z']:.1f}) "
-              f"at {time.strftime('%H:%M:%S', time.localtime(a['event_time']))}"
+        since = a.change_point.get("event_time")
+        print(f"ALERT {a.stream_id} {a.direction} by {abs(a.magnitude):.2f} "
+              f"({a.reference['mean']:+.2f} -> {a.recent['mean']:+.2f}, z={a.z:.1f}) "
+              f"at {time.strftime('%H:%M:%S', time.localtime(a.event_time))}"
               + (f", began {time.strftime('%H:%M:%S', time.localtime(since))}" if since else ""))
     return 0
 

@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable
 
 import numpy as np
@@ -33,7 +33,7 @@ from stream.config import DetectorParams, Settings
 from stream.contract import PRESENT, SCORE, ModelContract, Tokenizer
 from stream.errors import UserError
 from stream.retry import Backoff, retry_forever
-from stream.schema import Limits, Rejected, Score, Segment, decode_segment
+from stream.schema import Alert, Limits, Rejected, Score, Segment, decode_segment
 from stream.store import ScoredSegment
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class Reject:
 class BatchResult:
     scores: list[Score] = field(default_factory=list)  # for the `scores` topic
     rejects: list[Reject] = field(default_factory=list)  # for the dead-letter topic
-    alerts: list[dict] = field(default_factory=list)  # for the `alerts` topic and the webhook
+    alerts: list[Alert] = field(default_factory=list)  # for the `alerts` topic and the webhook
     duplicates: int = 0
 
 
@@ -288,7 +288,7 @@ class Pipeline:
         if result.alerts:
             await retry_forever(self.store.mark_published, "redis", result.alerts, backoff=self.backoff)
 
-    def detect_streams(self, streams: list[str]) -> list[dict]:
+    def detect_streams(self, streams: list[str]) -> list[Alert]:
         """Detection on each stream a batch touched, in one thread hop, one round trip to read and
         one to save (a stream that raised alerts saves with them); a retry after a failure half-way
         is safe: the detector resumes where it stopped. Returns the alerts to publish: those found
@@ -317,7 +317,7 @@ class Pipeline:
                      "state is kept", len(moved_on))
         return alerts
 
-    def record_alerts(self, stream: str, alerts: list[dict], state: dict, started_from: int) -> list[dict]:
+    def record_alerts(self, stream: str, alerts: list[Alert], state: dict, started_from: int) -> list[Alert]:
         """Record a stream's new alerts with the state that follows them (together: a crash leaves
         both or neither), unless another worker moved the stream's state on since detection read
         it; returns them as the outbox holds them, with their ids."""
@@ -326,11 +326,10 @@ class Pipeline:
             log.info("stream %s: its alerts were raised meanwhile by another worker (a rebalance)", stream)
             return []
         for alert in alerts:
-            metrics.ALERTS.labels(alert["direction"]).inc()
+            metrics.ALERTS.labels(alert.direction).inc()
             log.warning("shift alert: stream %s %s by %.2f [%.2f, %.2f] since %s (z=%.1f)", stream,
-                        alert["direction"], alert["magnitude"], *alert["interval"],
-                        alert["change_point"]["event_time"], alert["z"])
-        return [{"id": entry_id, **alert} for entry_id, alert in zip(ids, alerts)]
+                        alert.direction, alert.magnitude, *alert.interval, alert.change_point["event_time"], alert.z)
+        return [replace(alert, id=entry_id) for entry_id, alert in zip(ids, alerts)]
 
 
 async def _raise(error: Exception):

@@ -29,7 +29,7 @@ class Outgoing:
 def outgoing(result: BatchResult, dlq_keep_bytes: int = DLQ_KEEP_BYTES) -> list[Outgoing]:
     return ([Outgoing("dlq", None, r.message(dlq_keep_bytes), r.headers()) for r in result.rejects]
             + [Outgoing("scores", s.stream_id, s.message()) for s in result.scores]
-            + [Outgoing("alerts", a["stream_id"], a) for a in result.alerts])
+            + [Outgoing("alerts", a.stream_id, a.message()) for a in result.alerts])
 
 
 Send = Callable[[Outgoing], Awaitable[Awaitable[Any]]]  # queues one record; its result resolves on delivery

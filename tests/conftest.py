@@ -8,12 +8,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import BertConfig, BertModel
 
+from stream.schema import Alert
 from stream.stack.service import free_ports  # noqa: F401 - tests import it from here
 from trainer.model import TeCaFN, TeCaFNConfig
 
@@ -35,6 +37,16 @@ def pytest_collection_modifyitems(items):
 
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def an_alert(stream: str, direction: str = "up", magnitude: float = 1.0, event_time: float = 1764000000.0,
+             **fields) -> Alert:
+    """A whole alert, as the detector raises one, for tests that look at a few of its fields."""
+    alert = Alert(stream, event_time, direction, magnitude, (magnitude - 0.3, magnitude + 0.3),
+                  5.0 if magnitude >= 0 else -5.0, change_point={"event_time": event_time - 60, "segments_since": 20},
+                  evidence={"statistic": 9.0, "threshold": 8.0}, reference={"mean": 0.0, "sd": 0.7, "n": 100},
+                  recent={"mean": magnitude, "n": 20})
+    return replace(alert, **fields)
 MOSI_DIR = SHARED / "data" / "cmu-mosi"
 
 

@@ -7,6 +7,7 @@ from unittest import mock
 from stream import app as app_module
 from stream.pipeline import BatchResult, Pipeline, Reject
 from stream.schema import Score
+from tests.conftest import an_alert
 
 
 class Exploding(Pipeline):
@@ -74,8 +75,8 @@ def test_an_unexpected_failure_parks_the_batch_in_the_dlq():
 def test_results_go_to_their_topics_keyed_by_stream():
     result = BatchResult(scores=[Score("s1", "s1/1", 1.0, 0.5)],
                          rejects=[Reject("wrong_width", "audio width 6", b"raw")],
-                         alerts=[{"stream_id": "s1", "direction": "down"}])
+                         alerts=[an_alert("s1", "down", -1.0, id="1-0")])
     sent = run_agent(Fixed(result), [b"x"])
     assert sent["scores"] == [{"key": "s1", "value": result.scores[0].message(), "headers": None}]
-    assert sent["alerts"] == [{"key": "s1", "value": result.alerts[0], "headers": None}]
+    assert sent["alerts"] == [{"key": "s1", "value": result.alerts[0].message(), "headers": None}]
     assert sent["dlq"][0]["headers"]["tecaflow-reason"] == b"wrong_width"

@@ -12,6 +12,7 @@ from stream.pipeline import Pipeline
 from stream.retry import Backoff
 from stream.schema import encode_segment
 from stream.store import TrendStore
+from tests.conftest import an_alert
 from tests.malformed import MAX_FRAMES, catalogue, conflicting_pair, valid_bytes
 from tests.malformed import hostile as hostile_cases
 from trainer.text_encoder import minilm_dir
@@ -113,9 +114,9 @@ def test_a_redelivered_batch_raises_no_duplicate_alert(pipeline):
         snapshots.append((store.detector_state("r"), store.redis.xlen("tf:{r}:alerts")))
         new = run(batch)
         alerts += [(len(snapshots) - 1, a) for a in new]
-    assert [a["direction"] for _, a in alerts] == ["up"] and store.redis.xlen("tf:{r}:alerts") == 1
+    assert [a.direction for _, a in alerts] == ["up"] and store.redis.xlen("tf:{r}:alerts") == 1
     k, alert = alerts[0]
-    assert alert["change_point"]["event_time"] >= 1764000000.0 + 190
+    assert alert.change_point["event_time"] >= 1764000000.0 + 190
 
     assert run(batches[k]) == []  # plain redelivery
     assert store.redis.xlen("tf:{r}:alerts") == 1
@@ -126,7 +127,7 @@ def test_a_redelivered_batch_raises_no_duplicate_alert(pipeline):
     store.save_detector_state("r", state)
     again = run(batches[k])
     def content(a):  # the Redis entry id is new: the alert was recorded anew
-        return {k: v for k, v in a.items() if k != "id"}
+        return a.fields()
     assert [content(a) for a in again] == [content(alert)] and store.redis.xlen("tf:{r}:alerts") == 1
     assert run(batches[k]) == [] and store.redis.xlen("tf:{r}:alerts") == 1
 def test_hostile_messages_reject_only_themselves(pipeline):
@@ -150,9 +151,9 @@ def test_the_in_flight_gauge_is_reset_when_a_batch_fails(pipeline, monkeypatch):
 def test_an_alert_recorded_before_a_crash_is_published_by_the_next_batch(pipeline):
     """The detector state and the alert were saved, the worker died before publishing: the
     redelivered batch finds no new alert, but publishes the one in the outbox."""
-    pipeline.store.record_alert("o", {"stream_id": "o", "direction": "down", "magnitude": -2.0}, {"evaluated": 1})
+    pipeline.store.record_alert("o", an_alert("o", "down", -2.0), {"evaluated": 1})
     result = asyncio.run(pipeline.process([valid_bytes(stream="o", segment="o/1")]))
-    assert [a["direction"] for a in result.alerts] == ["down"]
+    assert [a.direction for a in result.alerts] == ["down"]
     asyncio.run(pipeline.published(result))
     again = asyncio.run(pipeline.process([valid_bytes(stream="o", segment="o/1")]))
     assert again.alerts == []

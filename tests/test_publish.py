@@ -12,6 +12,7 @@ from stream.pipeline import BatchResult, Reject
 from stream.publish import deliver, outgoing
 from stream.retry import Backoff
 from stream.schema import Score
+from tests.conftest import an_alert
 
 PRODUCER_LIMIT = 1_000_000  # Faust's default producer_max_request_size
 
@@ -55,7 +56,7 @@ class FlakyBroker:
 def test_a_failed_publish_is_retried_until_delivered_and_nothing_is_sent_twice(at_send):
     result = BatchResult(rejects=[Reject("bad_id", "x", b"one")],
                          scores=[Score("s", f"s/{i}", 1.0, i) for i in range(3)],
-                         alerts=[{"stream_id": "s", "direction": "up"}])
+                         alerts=[an_alert("s", "up", 1.0, id="1-0")])
     records = outgoing(result)
     broker = FlakyBroker(refused=result.scores[1].message(), failures=3, at_send=at_send)
     asyncio.run(deliver(records, broker.send, backoff=lambda: Backoff(first=0.001, cap=0.001)))

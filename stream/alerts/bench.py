@@ -63,7 +63,7 @@ def cusum_alarms(series, params: DetectorParams, fit_for=lambda s: detector.fit_
         for t, (when, x) in enumerate(zip(s.times.tolist(), s.scores.tolist())):
             alert = detector.step(state, when, x, params, fit=fit)
             if alert:
-                alarms[i, t], direction[i, t] = True, 1 if alert["direction"] == "up" else -1
+                alarms[i, t], direction[i, t] = True, 1 if alert.direction == "up" else -1
     return alarms, direction
 
 

@@ -51,6 +51,7 @@ def cmd_backtest(args) -> int:
 
     from stream.alerts import backtest as bt
     from stream.config import DetectorParams, Settings
+    from stream.schema import Alert
     if args.out and not args.plot:
         raise UserError("--out needs --plot STREAM (it names the plot's PNG)")
     sweep = parse_sweep(args.sweep)
@@ -78,9 +79,9 @@ def cmd_backtest(args) -> int:
         raise UserError(f"--sweep {args.sweep!r}: {e}") from None
     result = bt.backtest(scores, shifts, params, args.horizon, sweep)
     if args.plot:
-        alerts = [a for a in result["runs"][0]["alert_list"]]
+        alerts = result["runs"][0]["alert_list"]
         print(f"plot: {bt.plot(scores, shifts, alerts, args.plot, args.out or Path('backtest.png'))}", file=sys.stderr)
-    print(json.dumps(result, indent=2) if args.json else bt.format_report(result))
+    print(json.dumps(result, indent=2, default=Alert.message) if args.json else bt.format_report(result))
     return 0
 
 
