@@ -24,9 +24,11 @@ debs:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# The whole suite, and the 15 slowest tests (where the time goes).
 test: setup
 	$(PY) -m pytest -q --durations=15
 
+# No server and no long training: the checks to run before a commit.
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not integration"
 

@@ -16,13 +16,14 @@ import redis
 
 from dashboard import data
 from stream.errors import UserError
+from stream.schema import Alert
 from stream.store import StoreSettings, TrendStore
 
 
 def scratch_redis(directory: str):
     """A throw-away redis-server (no persistence) on a free loopback port, and its URL."""
-    from stream.service import free_ports
-    from stream.stack import redis_service
+    from stream.stack.service import free_ports
+    from stream.stack.embedded import redis_service
     port, = free_ports(1)
     return redis_service(Path(directory), port, durable=False).start(), f"redis://127.0.0.1:{port}/0"
 
@@ -36,9 +37,10 @@ def fill(store: TrendStore, streams: int, segments: int, now: float, progress=No
                             max(-3.0, min(3.0, rng.gauss(level, 0.75))), "a transcript of ordinary length " * 3)
                            for i in range(segments)])
         if s % 50 == 0:
-            store.record_alert(name, {"stream_id": name, "event_time": now - 600, "direction": "down",
-                                      "magnitude": -0.8, "z": -5.0, "reference": {"mean": level},
-                                      "recent": {"mean": level - 0.8}}, {"armed": False})
+            store.record_alert(name, Alert(name, now - 600, "down", -0.8, (-1.1, -0.5), -5.0,
+                                           change_point={"event_time": now - 660, "segments_since": 20},
+                                           evidence={}, reference={"mean": level}, recent={"mean": level - 0.8}),
+                               {"armed": False})
         if progress and s % 100 == 99:
             progress(f"filled {s + 1}/{streams} streams")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from stream.schema import Alert
 from stream.store import TrendStore
 
 WINDOW_S = 600  # "the last 10 minutes", and the window before it for the change
@@ -59,7 +60,7 @@ class StreamDetail:
     resolution: int
     buckets: list[dict]  # oldest first, each with "ewma" added
     recent: list[dict]
-    alerts: list[dict]
+    alerts: list[Alert]
     focus: float | None = None  # an event time to centre on (an alert's)
 
 
@@ -234,19 +235,9 @@ def chart_span(detail: StreamDetail) -> tuple[float, float] | None:
     return min(max(lo, detail.focus - half), detail.focus), max(min(hi, detail.focus + half), detail.focus)
 
 
-def load_alerts(store: TrendStore, stream: str = "", direction: str = "", count: int = 50) -> list[dict]:
+def load_alerts(store: TrendStore, stream: str = "", direction: str = "", count: int = 50) -> list[Alert]:
     """Newest first; `stream` is an exact stream id, `direction` 'up' or 'down' (empty: all)."""
     if direction and direction not in DIRECTIONS:
         raise ValueError(f"direction {direction!r}: use up or down")
     alerts = store.alerts(count if not direction else 4 * count, stream or None)
-    return [a for a in alerts if not direction or a.get("direction") == direction][:count]
-
-
-def alert_statistic(alert: dict) -> tuple[str, float | None]:
-    """(name, value) of the evidence an alert carries, whatever detector wrote it."""
-    if "statistic" in alert and isinstance(alert["statistic"], dict):
-        return alert["statistic"].get("name", "statistic"), alert["statistic"].get("value")
-    for name in ("statistic", "z", "llr", "cusum"):
-        if isinstance(alert.get(name), (int, float)):
-            return name, float(alert[name])
-    return "statistic", None
+    return [a for a in alerts if not direction or a.direction == direction][:count]

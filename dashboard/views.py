@@ -16,7 +16,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard.data import WINDOW_S, Overview, StreamDetail, StreamRow, alert_statistic, chart_span
+from dashboard.data import WINDOW_S, Overview, StreamDetail, StreamRow, chart_span
+from stream.schema import Alert
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
@@ -226,8 +227,8 @@ def trend_chart(detail: StreamDetail, tz: ZoneInfo) -> alt.LayerChart:
         base.mark_line(strokeDash=[5, 3], color="orange", clip=True).encode(x=x, y=alt.Y("ewma:Q", scale=y)),
     ]
     if detail.alerts:
-        marks = pd.DataFrame({"time": [naive_local(a["event_time"], tz) for a in detail.alerts],
-                              "alert": [f"{a.get('direction', '?')} {signed(a.get('magnitude'))}" for a in detail.alerts]})
+        marks = pd.DataFrame({"time": [naive_local(a.event_time, tz) for a in detail.alerts],
+                              "alert": [f"{a.direction} {signed(a.magnitude)}" for a in detail.alerts]})
         layers.append(alt.Chart(marks).mark_rule(color="red", strokeWidth=2, clip=True).encode(
             x=x, tooltip=[alt.Tooltip("time:T", format="%Y-%m-%d %H:%M:%S", title="alert at"), "alert:N"]))
     return alt.layer(*layers).properties(height=320)
@@ -280,15 +281,13 @@ def score_columns(frame: pd.DataFrame) -> list[str]:
 
 
 # ---- alerts --------------------------------------------------------------------------------
-def alert_line(alert: dict, tz: ZoneInfo) -> str:
-    name, value = alert_statistic(alert)
-    ref, rec = alert.get("reference", {}), alert.get("recent", {})
-    return (f"{clock(alert['event_time'], tz)}  {printable(alert['stream_id'])}  "
-            f"{'▲ up' if alert.get('direction') == 'up' else '▼ down'} by {abs(alert.get('magnitude', 0.0)):.2f}: "
-            f"{signed(ref.get('mean'))} → {signed(rec.get('mean'))}  ({name} {signed(value, 1)})")
+def alert_line(alert: Alert, tz: ZoneInfo) -> str:
+    return (f"{clock(alert.event_time, tz)}  {printable(alert.stream_id)}  "
+            f"{'▲ up' if alert.direction == 'up' else '▼ down'} by {abs(alert.magnitude):.2f}: "
+            f"{signed(alert.reference.get('mean'))} → {signed(alert.recent.get('mean'))}  (z {signed(alert.z, 1)})")
 
 
-def alerts_feed(alerts: list[dict], tz: ZoneInfo, on_open) -> None:
+def alerts_feed(alerts: list[Alert], tz: ZoneInfo, on_open) -> None:
     """Newest first. `on_open(stream_id, event_time)` is called when one is opened."""
     if not alerts:
         st.info("No alerts match.")
@@ -297,9 +296,9 @@ def alerts_feed(alerts: list[dict], tz: ZoneInfo, on_open) -> None:
         with st.container(border=True):
             left, right = st.columns([6, 1])
             left.text(alert_line(alert, tz))
-            if right.button("open", key=f"open-{alert['stream_id']}-{alert.get('id', alert['event_time'])}",
+            if right.button("open", key=f"open-{alert.stream_id}-{alert.id or alert.event_time}",
                             help="show this stream around the alert"):
-                on_open(alert["stream_id"], alert["event_time"])
+                on_open(alert.stream_id, alert.event_time)
 
 
 def page_footer(now: float, tz: ZoneInfo, live: bool) -> None:

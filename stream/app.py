@@ -17,20 +17,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Awaitable
 
 import faust
 import mode
 
 from stream import metrics
-from stream.alert_sender import AlertSender
+from stream.alerts.webhook import AlertSender
 from stream.config import Settings
 from stream.in_flight import InFlight
 from stream.kafka_transport import SCHEME
 from stream.lag import LagTracker
 from stream.pipeline import BatchResult, Pipeline, Reject
 from stream.publish import Outgoing, deliver, outgoing
-from stream.worker import build_pipeline, check_dependencies, wait_for_broker
+from stream.startup import build_pipeline, check_dependencies, wait_for_broker
 
 log = logging.getLogger("tecaflow.worker")
 settings = Settings.from_env()
@@ -116,38 +115,21 @@ async def score_segments(stream):
     finisher = in_flight.start()
     try:
         async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
-            scorer = await scoring.pipeline()  # waits for Triton and Redis; run() checked the rest
+            pipeline = await scoring.pipeline()  # waits for Triton and Redis; run() checked the rest
             metrics.IN_FLIGHT.inc(len(events))
-            await in_flight.submit(events, prepared_call(scorer, [event.value for event in events]))
+            await in_flight.submit(events, pipeline.start([event.value for event in events]))
     finally:
         finisher.cancel()
         in_flight.cancel_pending()
         metrics.IN_FLIGHT.set(0)  # what was in flight is dropped unacked, and comes back from Kafka
 
 
-def prepared_call(scorer: Pipeline, raws: list[bytes]) -> Awaitable:
-    """Decode and tokenize now, while the agent may still wait for a free Triton call, so that the
-    call starts the moment one is free (preparing after the wait left the instances idle meanwhile:
-    fp32 e2e was 0.88-0.91x Triton alone, now 0.92-0.93x). A bug in
-    preparing surfaces where a failed call does: in finish, which parks the batch in the DLQ."""
-    try:
-        batch = scorer.prepare(raws)
-    except Exception as e:  # noqa: BLE001 - handed on to finish, as a failed Triton call is
-        return _raise(e)
-    return scorer.score_prepared(batch)
-
-
-async def _raise(error: Exception):
-    raise error
-
-
 async def finish(stream, events, scoring_call) -> None:
     """The oldest batch in flight: record, publish, then ack (stream/in_flight.py keeps the order)."""
     raws = [event.value for event in events]
-    scorer = await scoring.pipeline()
+    pipeline = await scoring.pipeline()
     try:
-        batch, outputs = await scoring_call
-        result = await scorer.record(batch, outputs)
+        result = await pipeline.finish(scoring_call)
     except asyncio.CancelledError:
         raise
     except Exception as e:  # a bug, not bad input: park the batch in the DLQ, keep running
@@ -155,7 +137,7 @@ async def finish(stream, events, scoring_call) -> None:
         result = BatchResult(rejects=[Reject("internal_error", f"{type(e).__name__}: {e}", raw) for raw in raws])
     with metrics.STAGE_SECONDS.labels("publish").time():
         await deliver(outgoing(result, settings.dlq_keep_bytes), send)
-        await scorer.published(result)
+        await pipeline.published(result)
     if sender:
         for alert in result.alerts:
             sender.offer(alert)

@@ -13,7 +13,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from stream.pipeline import DLQ_KEEP_BYTES, Backoff, BatchResult, retry_forever
+from stream.pipeline import DLQ_KEEP_BYTES, BatchResult
+from stream.retry import Backoff, retry_forever
 
 
 @dataclass
@@ -27,8 +28,8 @@ class Outgoing:
 
 def outgoing(result: BatchResult, dlq_keep_bytes: int = DLQ_KEEP_BYTES) -> list[Outgoing]:
     return ([Outgoing("dlq", None, r.message(dlq_keep_bytes), r.headers()) for r in result.rejects]
-            + [Outgoing("scores", s["stream_id"], s) for s in result.scores]
-            + [Outgoing("alerts", a["stream_id"], a) for a in result.alerts])
+            + [Outgoing("scores", s.stream_id, s.message()) for s in result.scores]
+            + [Outgoing("alerts", a.stream_id, a.message()) for a in result.alerts])
 
 
 Send = Callable[[Outgoing], Awaitable[Awaitable[Any]]]  # queues one record; its result resolves on delivery

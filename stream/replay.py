@@ -189,6 +189,27 @@ def shift_scores(planned: list[dict], scores: np.ndarray, shifts: list[Shift], p
                                    abs(ranked[j - 1] - scores[seg["row"]] - delta) else j - 1])
 
 
+def served_scores(pool: UtterancePool, settings, batch: int = 64) -> np.ndarray:
+    """The served model's score for every utterance of the pool, so that `--score-shift` can state
+    shifts in score units: a label shift of 1 moves TeCaFN's scores by a model-dependent amount,
+    and alerts are about scores."""
+    from stream.startup import load_tokenizer
+    from stream.triton_client import TritonScorer
+    scorer = TritonScorer(settings.triton_url, model=settings.triton_model)
+    try:
+        contract = scorer.contract()
+        tokenizer = load_tokenizer(settings, contract.max_text_tokens)
+        out = []
+        for start in range(0, len(pool.texts), batch):
+            rows = range(start, min(start + batch, len(pool.texts)))
+            frames = {m: [pool.frames[m][i] for i in rows] for m in contract.widths}
+            inputs = contract.batch(*tokenizer([pool.texts[i] for i in rows]), frames)
+            out.append(np.asarray(scorer.score(inputs), dtype=float).reshape(-1))
+        return np.concatenate(out)
+    finally:
+        scorer.close()
+
+
 def replay(servers: str, topic: str, widths: dict[str, int], max_frames: int, streams: int, segments: int, rate: float,
            data: str = "synthetic", shifts: list[str] = (), seed: int = 0, manifest: Path | None = None,
            progress: bool = True, prefix: str = "stream", score_shifts: list[str] = (), score_pool=None,

@@ -90,6 +90,77 @@ class Segment:
         return tuple(m for m in SIDES if not len(self.frames(m)))
 
 
+@dataclass(frozen=True)
+class Score:
+    """A scored segment, as the `scores` topic carries it (JSON, keyed by stream_id):
+
+        {"stream_id": "brand-42", "segment_id": "brand-42/000123", "event_time": 1764000000.5, "score": -0.42}
+
+    The topic is at-least-once (a redelivered segment is published again): consumers dedupe by
+    segment_id."""
+    stream_id: str
+    segment_id: str
+    event_time: float
+    score: float
+
+    def message(self) -> dict:
+        return {"stream_id": self.stream_id, "segment_id": self.segment_id, "event_time": self.event_time,
+                "score": self.score}
+
+    @classmethod
+    def from_message(cls, value: dict) -> "Score":
+        return cls(str(value["stream_id"]), str(value["segment_id"]), float(value["event_time"]),
+                   float(value["score"]))
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A shift in a stream's sentiment, as the detector raises it, Redis keeps it (without its id,
+    which is its entry's), and the `alerts` topic and the webhook carry it (JSON, keyed by
+    stream_id):
+
+        {"id": "1764000012345-0",                        # its entry in Redis, once recorded
+         "stream_id": "brand-42", "event_time": 1764000012.0,   # the score that raised it
+         "direction": "down", "magnitude": -1.12,        # recent mean - reference mean
+         "interval": [-1.4, -0.84], "z": -7.9,           # the magnitude's 95% interval, its z
+         "change_point": {"event_time": 1764000004.0, "segments_since": 14},   # when it began
+         "evidence": {"statistic": 9.1, "threshold": 8.2, "log_likelihood_ratio": 10.4,
+                      "allowance": 0.57, "outliers_clipped": 1, "duplicates_skipped": 0},
+         "reference": {"mean": 0.61, "sd": 0.74, "rho": 0.21, "n": 180},   # the level before
+         "recent": {"mean": -0.51, "n": 14, "from": 1764000004.0, "to": 1764000012.0}}
+
+    The topic is at-least-once: consumers dedupe by id."""
+    stream_id: str
+    event_time: float
+    direction: str  # "up" or "down"
+    magnitude: float
+    interval: tuple[float, float]
+    z: float
+    change_point: dict
+    evidence: dict
+    reference: dict
+    recent: dict
+    id: str | None = None
+
+    def fields(self) -> dict:
+        """As Redis keeps it: everything but the id."""
+        return {"stream_id": self.stream_id, "event_time": self.event_time, "direction": self.direction,
+                "magnitude": self.magnitude, "interval": list(self.interval), "z": self.z,
+                "change_point": self.change_point, "evidence": self.evidence, "reference": self.reference,
+                "recent": self.recent}
+
+    def message(self) -> dict:
+        """As the `alerts` topic carries it: with its id first, once it has one."""
+        return {"id": self.id, **self.fields()} if self.id is not None else self.fields()
+
+    @classmethod
+    def from_message(cls, value: dict, id: str | None = None) -> "Alert":
+        return cls(str(value["stream_id"]), float(value["event_time"]), str(value["direction"]),
+                   float(value["magnitude"]), tuple(value["interval"]), float(value["z"]), dict(value["change_point"]),
+                   dict(value["evidence"]), dict(value["reference"]), dict(value["recent"]),
+                   id if id is not None else value.get("id"))
+
+
 def encode_frames(array: np.ndarray) -> dict:
     a = np.ascontiguousarray(array, dtype="<f4")
     if a.ndim != 2:

@@ -44,7 +44,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from stream.config import Settings
-from stream.schema import SIDES
+from stream.schema import SIDES, Alert
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
@@ -293,7 +293,7 @@ class TrendStore:
             held.append(float(score) if score else None)
         return held
 
-    def record_alerts(self, stream: str, alerts: list[dict], detector_state: dict,
+    def record_alerts(self, stream: str, alerts: list[Alert], detector_state: dict,
                       over_evaluated: int | None = None) -> list[str]:
         """Append the alerts to the stream's alerts and its outbox and save the detector state that
         follows them, in one script on the stream's hash slot: after a crash either all of them
@@ -301,15 +301,15 @@ class TrendStore:
         alert exactly once. With `over_evaluated`, only over the state that had evaluated that many
         segments (the one detection started from); otherwise nothing is written and no ids return."""
         ids = self._alert(keys=[_key(stream) + ":alerts", _key(stream) + ":detector", _key(stream) + ":outbox"],
-                          args=[self.settings.alerts_kept, json.dumps([json.dumps(a) for a in alerts]),
+                          args=[self.settings.alerts_kept, json.dumps([json.dumps(a.fields()) for a in alerts]),
                                 repr(time.time()), _state_json(detector_state), _expected(over_evaluated)])
         if ids:
             self.redis.zadd("tf:streams", {stream: time.time()}, gt=True)
         return list(ids)
 
-    def record_alert(self, stream: str, alert: dict, detector_state: dict) -> str:
+    def record_alert(self, stream: str, alert: Alert, detector_state: dict) -> str:
         return self.record_alerts(stream, [alert], detector_state)[0]
-    def unpublished_alerts(self, stream: str) -> list[dict]:
+    def unpublished_alerts(self, stream: str) -> list[Alert]:
         """The stream's alerts recorded but not yet marked published, oldest first, with their id."""
         return _outbox(self.redis.hgetall(_key(stream) + ":outbox"))
 
@@ -330,11 +330,11 @@ class TrendStore:
             window=[tuple(map(float, item.split())) for item in next(replies)],
             unpublished=_outbox(next(replies))) for stream in streams}
 
-    def mark_published(self, alerts: list[dict]) -> None:
+    def mark_published(self, alerts: list[Alert]) -> None:
         """Alerts (as unpublished_alerts gave them) that reached Kafka: out of their outboxes."""
         by_stream: dict[str, list[str]] = {}
         for alert in alerts:
-            by_stream.setdefault(alert["stream_id"], []).append(alert["id"])
+            by_stream.setdefault(alert.stream_id, []).append(alert.id)
         for stream, ids in by_stream.items():
             self.redis.hdel(_key(stream) + ":outbox", *ids)
 
@@ -415,7 +415,7 @@ class TrendStore:
     def recent(self, stream: str, n: int = 20) -> list[dict]:
         return [json.loads(x) for x in self.redis.lrange(_key(stream) + ":recent", 0, n - 1)]
 
-    def alerts(self, count: int = 20, stream: str | None = None) -> list[dict]:
+    def alerts(self, count: int = 20, stream: str | None = None) -> list[Alert]:
         """Newest first: one stream's, or the newest `count` of all streams' merged."""
         streams = [stream] if stream is not None else [s for s, _ in self.streams()]
         pipe = self.redis.pipeline(transaction=False)
@@ -424,7 +424,7 @@ class TrendStore:
         entries = [(float(fields.get("t", 0)), entry_id, fields) for per_stream in pipe.execute() if per_stream
                    for entry_id, fields in per_stream]
         entries.sort(key=lambda e: e[0], reverse=True)
-        return [{"id": entry_id, **json.loads(fields["json"])} for _, entry_id, fields in entries[:count]]
+        return [Alert.from_message(json.loads(fields["json"]), entry_id) for _, entry_id, fields in entries[:count]]
 
     def alerts_since(self, since: float, index: list[tuple[str, float]] | None = None) -> int:
         """How many alerts were recorded at or after wall-clock time `since`, over all streams (one
@@ -442,12 +442,12 @@ class DetectionInputs:
     totals: dict  # as totals() gives them; {} for a stream never recorded
     state: dict  # the detector's saved state
     window: list[tuple[float, float]]  # (event_time, score) of the last segments, oldest first
-    unpublished: list[dict]  # alerts recorded, not yet published, oldest first, with their id
+    unpublished: list[Alert]  # alerts recorded, not yet published, oldest first, with their id
 
 
-def _outbox(pending: dict) -> list[dict]:
+def _outbox(pending: dict) -> list[Alert]:
     order = sorted(pending, key=lambda entry_id: tuple(map(int, entry_id.split("-"))))
-    return [{"id": entry_id, **json.loads(pending[entry_id])} for entry_id in order]
+    return [Alert.from_message(json.loads(pending[entry_id]), entry_id) for entry_id in order]
 
 
 def _parse_modalities(h: dict) -> dict:

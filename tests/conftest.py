@@ -8,16 +8,45 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from stream.service import free_ports  # noqa: F401 - tests import it from here
+from stream.schema import Alert
+from stream.stack.service import free_ports  # noqa: F401 - tests import it from here
 from trainer.model import TeCaFN, TeCaFNConfig
 
+# Fixtures that start a real server (Redis, a Redis Cluster, Triton, the live system) or need a
+# server's tool installed (promtool): a test that uses one is an integration test whatever its own
+# markers say, so that `make test-fast` (-m "not slow and not integration") starts no server.
+SERVER_FIXTURES = {"redis_url", "redis_cluster_url", "live", "served", "guarded_redis", "promtool"}
+# Fixtures that train a model for longer than a few seconds: a test that uses one is slow.
+TRAINING_FIXTURES = {"full_run"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if SERVER_FIXTURES & used:
+            item.add_marker(pytest.mark.integration)
+        if TRAINING_FIXTURES & used:
+            item.add_marker(pytest.mark.slow)
+
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def an_alert(stream: str, direction: str = "up", magnitude: float = 1.0, event_time: float = 1764000000.0,
+             **fields) -> Alert:
+    """A whole alert, as the detector raises one, for tests that look at a few of its fields."""
+    alert = Alert(stream, event_time, direction, magnitude, (magnitude - 0.3, magnitude + 0.3),
+                  5.0 if magnitude >= 0 else -5.0, change_point={"event_time": event_time - 60, "segments_since": 20},
+                  evidence={"statistic": 9.0, "threshold": 8.0}, reference={"mean": 0.0, "sd": 0.7, "n": 100},
+                  recent={"mean": magnitude, "n": 20})
+    return replace(alert, **fields)
 MOSI_DIR = SHARED / "data" / "cmu-mosi"
 
 
@@ -69,7 +98,7 @@ def batch():
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     """A real redis-server on a free loopback port, for the whole session."""
-    from stream.stack import redis_service
+    from stream.stack.embedded import redis_service
     port = free_ports(1)[0]
     server = redis_service(tmp_path_factory.mktemp("redis"), port, durable=False).start()
     yield f"redis://127.0.0.1:{port}/0"
@@ -96,7 +125,7 @@ class Live:
 
     def start_worker(self, metrics_port: int, **extra_env) -> subprocess.Popen:
         """A worker process, ready once Faust says so (it has joined its consumer group)."""
-        from stream.stack import worker_service
+        from stream.stack.embedded import worker_service
         worker = worker_service(self.root, f"worker-{metrics_port}-{len(self.workers)}", cwd=self.root,
                                 env=dict(self.env, TECAFLOW_METRICS_PORT=str(metrics_port), **extra_env))
         self.services.append(worker)
@@ -192,7 +221,7 @@ def redis_cluster_url(tmp_path_factory):
     from redis.cluster import RedisCluster
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         pytest.fail("redis-server/redis-cli are not installed: run `make setup` (it installs the Debian package)")
-    from stream.service import Service, port_open
+    from stream.stack.service import Service, port_open
     ports = cluster_ports(3)
     nodes = []
     for port in ports:

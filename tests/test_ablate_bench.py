@@ -25,6 +25,7 @@ def test_plan_and_sweeps():
         plan(["wo-x"], None)
 
 
+@pytest.mark.slow  # trains several small models
 def test_ablation_run_writes_the_papers_table(tmp_path):
     ds = load_dataset("synthetic", n=60, max_frames=8)
     opts = TrainOptions(out=tmp_path, epochs=1, text_encoder="tiny", progress=False, max_frames=8,
@@ -39,6 +40,7 @@ def test_ablation_run_writes_the_papers_table(tmp_path):
     assert (tmp_path / "p_0.3" / "metrics.json").exists()
 
 
+@pytest.mark.slow  # trains several small models
 def test_changes_add_one_thing_per_row_and_seeds_give_mean_and_sd(tmp_path):
     runs = plan_changes(0.25)
     assert [r.name for r in runs] == ["before", "bucketing", "standardise", "mappers", "dropout",
@@ -77,6 +79,7 @@ def test_the_benchmarked_loop_and_vector_gates_do_the_same_job():
             assert j != i and j in top[i].tolist()
 
 
+@pytest.mark.slow  # trains several small models
 def test_bench_train_measures_every_setting_on_the_same_batches():
     from trainer.bench import SPEED_SETTINGS, bench_train, format_train_report
     ds = load_dataset("synthetic", n=200, max_frames=8)

@@ -5,17 +5,23 @@ import json
 from unittest import mock
 
 from stream import app as app_module
-from stream.pipeline import BatchResult, Reject
+from stream.pipeline import BatchResult, Pipeline, Reject
+from stream.schema import Score
+from tests.conftest import an_alert
 
 
-class Exploding:
+class Exploding(Pipeline):
+    """The pipeline's own order of stages (start, finish) over stages that fail or answer at once."""
+    def __init__(self):
+        pass
+
     def prepare(self, raws):  # a bug while preparing, before the batch waits for a Triton call
         raise RuntimeError("tokenizer fell over")
 
     async def published(self, result):
         self.acknowledged = result
 
-class Fixed:
+class Fixed(Pipeline):
     def __init__(self, result):
         self.result = result
 
@@ -67,10 +73,10 @@ def test_an_unexpected_failure_parks_the_batch_in_the_dlq():
     assert sent["scores"] == []
 
 def test_results_go_to_their_topics_keyed_by_stream():
-    result = BatchResult(scores=[{"stream_id": "s1", "segment_id": "s1/1", "event_time": 1.0, "score": 0.5}],
+    result = BatchResult(scores=[Score("s1", "s1/1", 1.0, 0.5)],
                          rejects=[Reject("wrong_width", "audio width 6", b"raw")],
-                         alerts=[{"stream_id": "s1", "direction": "down"}])
+                         alerts=[an_alert("s1", "down", -1.0, id="1-0")])
     sent = run_agent(Fixed(result), [b"x"])
-    assert sent["scores"] == [{"key": "s1", "value": result.scores[0], "headers": None}]
-    assert sent["alerts"] == [{"key": "s1", "value": result.alerts[0], "headers": None}]
+    assert sent["scores"] == [{"key": "s1", "value": result.scores[0].message(), "headers": None}]
+    assert sent["alerts"] == [{"key": "s1", "value": result.alerts[0].message(), "headers": None}]
     assert sent["dlq"][0]["headers"]["tecaflow-reason"] == b"wrong_width"

@@ -1,15 +1,17 @@
 """Alert delivery off the hot path: a bounded queue and a background sender with retry, against a
 real HTTP server on loopback."""
 import asyncio
+from dataclasses import replace
 
 from aiohttp import web
 
 from stream import metrics
-from stream.alert_sender import AlertSender, slack_payload
+from stream.alerts.webhook import AlertSender, slack_payload
+from stream.schema import Alert
 
-ALERT = {"stream_id": "brand-7", "event_time": 1764000000.0, "direction": "down", "magnitude": -1.4,
-         "interval": [-1.8, -1.0], "z": -7.1, "change_point": {"event_time": 1763999990.0, "segments_since": 12},
-         "reference": {"mean": 0.9, "n": 60}, "recent": {"mean": -0.5, "n": 12}}
+ALERT = Alert("brand-7", 1764000000.0, "down", -1.4, (-1.8, -1.0), -7.1,
+              change_point={"event_time": 1763999990.0, "segments_since": 12}, evidence={},
+              reference={"mean": 0.9, "n": 60}, recent={"mean": -0.5, "n": 12})
 
 
 async def with_receiver(statuses, body):
@@ -73,8 +75,8 @@ def test_offer_never_waits_and_a_full_queue_drops_the_oldest():
         sender = AlertSender("http://127.0.0.1:1/none", maxsize=2)
         before = metrics.WEBHOOK_DROPPED._value.get()
         for i in range(5):
-            sender.offer(dict(ALERT, event_time=float(i)))
-        kept = [sender.queue.get_nowait()["event_time"] for _ in range(sender.queue.qsize())]
+            sender.offer(replace(ALERT, event_time=float(i)))
+        kept = [sender.queue.get_nowait().event_time for _ in range(sender.queue.qsize())]
         return kept, metrics.WEBHOOK_DROPPED._value.get() - before
     assert asyncio.run(go()) == ([3.0, 4.0], 3)
 

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from stream import backtest
+from stream.alerts import backtest
 from stream import cli as stream_cli
 from stream.config import DetectorParams
 from stream.errors import UserError
@@ -48,9 +48,9 @@ def test_counts_on_known_shifts(history):
     assert (result["alerts"], result["caught"], result["false_alarms"]) == (2, 1, 1)
     assert result["precision"] == 0.5 and result["recall"] == 0.5
     assert result["false_alarms_per_10k"] == pytest.approx(1 / 2000 * 1e4)
-    caught = [a for a in result["alert_list"] if a["stream_id"] == "caught"][0]
+    caught = [a for a in result["alert_list"] if a.stream_id == "caught"][0]
     assert 1 <= result["median_delay_segments"] <= 30
-    assert result["median_delay_s"] == pytest.approx(caught["event_time"] - (T0 + 600))
+    assert result["median_delay_s"] == pytest.approx(caught.event_time - (T0 + 600))
 
 
 def test_cli_sweep_plot_and_json(history, tmp_path):

@@ -2,14 +2,14 @@
 embedded stack and reports its figures (the benchmark itself is a command, not a test)."""
 import pytest
 
-from stream.bench_pipeline import (
+from stream.bench.pipeline import (
     STAGES,
     bench_pipeline,
     format_report,
     format_summary,
     summarize_runs,
 )
-from stream.bench_serve import untrained_checkpoint
+from stream.bench.serve import untrained_checkpoint
 
 
 def run_with(e2e_over_raw: float, p99: float) -> dict:

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard import data
 from stream.errors import UserError
 from stream.store import StoreSettings, TrendStore
-from tests.conftest import free_ports
+from tests.conftest import an_alert, free_ports
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 NOW = 1_764_000_000.0  # a whole minute: bucket arithmetic below is exact
@@ -115,12 +115,11 @@ def test_trend_ewma_follows_segment_level_ewma_for_equal_scores():
 def test_alerts_filters_and_stream_detail(store):
     fill(store, "a", [0.0, 1.0, 2.0], NOW - 30, 10)
     for i, (stream, direction) in enumerate([("a", "up"), ("b", "down"), ("a", "down")]):
-        store.record_alert(stream, {"stream_id": stream, "event_time": NOW - 100 + i, "direction": direction,
-                                    "magnitude": 1.0 if direction == "up" else -1.0, "z": 5.0,
-                                    "reference": {"mean": 0.0}, "recent": {"mean": 1.0}}, {"armed": False})
-    assert [(a["stream_id"], a["direction"]) for a in data.load_alerts(store)] == [("a", "down"), ("b", "down"),
+        store.record_alert(stream, an_alert(stream, direction, 1.0 if direction == "up" else -1.0, NOW - 100 + i,
+                                            z=5.0, reference={"mean": 0.0}, recent={"mean": 1.0}), {"armed": False})
+    assert [(a.stream_id, a.direction) for a in data.load_alerts(store)] == [("a", "down"), ("b", "down"),
                                                                                   ("a", "up")]
-    assert [a["direction"] for a in data.load_alerts(store, stream="a", direction="down")] == ["down"]
+    assert [a.direction for a in data.load_alerts(store, stream="a", direction="down")] == ["down"]
     with pytest.raises(ValueError, match="direction"):
         data.load_alerts(store, direction="sideways")
     detail = data.load_stream(store, "a", 10)
@@ -153,9 +152,8 @@ def test_page_shows_the_stores_numbers_in_every_view(store, redis_url, monkeypat
     now = time.time()
     fill(store, "brand-1", [0.5, 0.7, -0.2, 1.1], now - 40, 10, now=now)
     fill(store, "brand-2", [-2.0, -1.0], now - 20, 10, now=now)
-    store.record_alert("brand-2", {"stream_id": "brand-2", "event_time": now - 10, "direction": "down",
-                                   "magnitude": -1.25, "z": -6.5, "reference": {"mean": 0.3},
-                                   "recent": {"mean": -0.95}}, {"armed": False})
+    store.record_alert("brand-2", an_alert("brand-2", "down", -1.25, now - 10, z=-6.5, reference={"mean": 0.3},
+                                           recent={"mean": -0.95}), {"armed": False})
     at = page(monkeypatch, redis_url)
     assert not at.exception
     shown = metrics(at)
@@ -217,8 +215,8 @@ def test_a_read_only_redis_user_is_enough(store, redis_url, monkeypatch):
     import time
     now = time.time()
     fill(store, "ro-1", [0.25, 0.75], now - 20, 10, now=now)
-    store.record_alert("ro-1", {"stream_id": "ro-1", "event_time": now - 5, "direction": "up", "magnitude": 0.5,
-                                "z": 4.8, "reference": {"mean": 0.0}, "recent": {"mean": 0.5}}, {"armed": False})
+    store.record_alert("ro-1", an_alert("ro-1", "up", 0.5, now - 5, z=4.8, reference={"mean": 0.0},
+                                        recent={"mean": 0.5}), {"armed": False})
     store.redis.execute_command("ACL", "SETUSER", "dash", "reset", "on", ">dash-pw", "~tf:*", "resetchannels",
                                 "-@all", "+@read", "+@connection")
     try:
@@ -236,7 +234,7 @@ def test_a_read_only_redis_user_is_enough(store, redis_url, monkeypatch):
 
 
 def test_the_cli_runs_streamlit_headless_on_loopback():
-    from stream.cli import dashboard_command
+    from dashboard.cli import dashboard_command
     cmd = dashboard_command(8765, "127.0.0.1")
     assert cmd[1:4] == ["-m", "streamlit", "run"] and Path(cmd[4]).name == "app.py" and Path(cmd[4]).exists()
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1" and cmd[cmd.index("--server.port") + 1] == "8765"
@@ -331,8 +329,7 @@ def test_the_trend_chart_draws_the_span_with_distinct_ticks():
     from dashboard.views import trend_chart
     buckets = [{"start": NOW + 60 * k, "count": 5, "mean": 0.1 * k, "std": 0.2, "min": -1.0, "max": 1.0,
                 "ewma": 0.0} for k in range(3)]
-    detail = data.StreamDetail("s", {}, 60, buckets, [], [{"event_time": NOW + 100, "direction": "down",
-                                                            "magnitude": -1.0}], focus=NOW + 100)
+    detail = data.StreamDetail("s", {}, 60, buckets, [], [an_alert("s", "down", -1.0, NOW + 100)], focus=NOW + 100)
     x = trend_chart(detail, ZoneInfo("UTC")).to_dict()["layer"][0]["encoding"]["x"]
     # Opened from its alert, a 3-minute stream fills the chart (16:00 to 16:03), one tick a minute.
     assert x["scale"]["domain"] == [{"year": 2025, "month": 11, "date": 24, "hours": 16, "minutes": m, "seconds": 0}

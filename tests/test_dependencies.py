@@ -6,7 +6,7 @@ import sys
 import pytest
 import redis
 
-from stream.dependencies import DependencyRefused, check_redis, refused
+from stream.dependency_checks import DependencyRefused, check_redis, refused
 from stream.store import TrendStore
 from tests.conftest import free_ports
 
@@ -16,7 +16,7 @@ PASSWORD = "tf-s3cret-pw"
 @pytest.fixture(scope="module")
 def guarded_redis(tmp_path_factory):
     """A redis-server that requires a password."""
-    from stream.stack import redis_service
+    from stream.stack.embedded import redis_service
     port = free_ports(1)[0]
     server = redis_service(tmp_path_factory.mktemp("guarded"), port, PASSWORD, durable=False).start()
     yield port
@@ -78,7 +78,7 @@ def test_a_broker_refusal_stops_and_absence_waits(monkeypatch, error, stops):
     from aiokafka import errors
 
     from stream.config import Settings
-    from stream.dependencies import check_broker
+    from stream.dependency_checks import check_broker
 
     async def refuse(*args, **kwargs):
         raise getattr(errors, error)()
@@ -104,7 +104,7 @@ def test_a_worker_batch_larger_than_the_served_model_takes_stops_the_worker_at_s
 
     from stream.config import ConfigError
     from stream.contract import ModelContract
-    from stream.worker import served_contract
+    from stream.startup import served_contract
 
     class Serving:
         def __init__(self, max_batch):
@@ -127,7 +127,7 @@ def test_a_worker_waits_for_a_broker_that_is_away_and_starts_once_it_answers(tmp
     import time
 
     from stream.config import Settings, environment_with
-    from stream.stack import WORKER_READY, Stack, worker_service
+    from stream.stack.embedded import WORKER_READY, Stack, worker_service
     from trainer.text_encoder import minilm_dir
     broker, redis_port, triton, metrics_port = free_ports(4)
     env = environment_with(run_dir=tmp_path / "not" / "made" / "yet", tokenizer=str(minilm_dir()),

@@ -1,4 +1,4 @@
-"""The shift detector (stream/detector.py) with its noise estimate and threshold, against
+"""The shift detector (stream/alerts/detector.py) with its noise estimate and threshold, against
 hand-worked sequences and seeded series."""
 import copy
 import math
@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from stream import cusum_threshold, detector, noise
+from stream.alerts import cusum_threshold, detector, noise
 from stream.config import DetectorParams
-from stream.detector import ALLOWANCE_FACTOR, CLIP, initial_state, scan, step
-from stream.score_series import generate
+from stream.alerts.detector import ALLOWANCE_FACTOR, CLIP, initial_state, scan, step
+from stream.alerts.synthetic_scores import generate
 
 P = DetectorParams(min_shift=0.5, false_alarms_per_10k=1.0, warmup=50)
 
@@ -56,13 +56,13 @@ def test_a_step_alerts_at_the_hand_computed_segment():
     assert len(alerts) == 1
     at, alert = alerts[0]
     assert at == expected
-    assert alert["direction"] == "up" and alert["event_time"] == 2000.0 + expected
-    assert alert["change_point"] == {"event_time": 2000.0, "segments_since": expected + 1}
-    assert alert["magnitude"] == pytest.approx(np.mean(step_values[:expected + 1]), abs=1e-4)
-    lo, hi = alert["interval"]
-    assert lo < alert["magnitude"] < hi and alert["recent"]["mean"] - alert["reference"]["mean"] == pytest.approx(
-        alert["magnitude"], abs=2e-4)
-    assert alert["evidence"]["statistic"] >= alert["evidence"]["threshold"]
+    assert alert.direction == "up" and alert.event_time == 2000.0 + expected
+    assert alert.change_point == {"event_time": 2000.0, "segments_since": expected + 1}
+    assert alert.magnitude == pytest.approx(np.mean(step_values[:expected + 1]), abs=1e-4)
+    lo, hi = alert.interval
+    assert lo < alert.magnitude < hi and alert.recent["mean"] - alert.reference["mean"] == pytest.approx(
+        alert.magnitude, abs=2e-4)
+    assert alert.evidence["statistic"] >= alert.evidence["threshold"]
     _, state = feed(step_values[:expected + 1], state=before, t0=2000.0)
     assert state["fit"] is None and state["reference"] == [] and state["alerts"] == 1  # reset: warming up again
 
@@ -103,17 +103,17 @@ def test_a_missed_shift_is_not_absorbed():
     alerts, _ = feed(values)
     assert alerts, "the shift was never reported"
     at, first = alerts[0]
-    assert at >= 400 and first["direction"] == "up"
-    assert abs(first["reference"]["mean"]) < 0.15
+    assert at >= 400 and first.direction == "up"
+    assert abs(first.reference["mean"]) < 0.15
 
 
 def test_the_detector_resets_and_catches_the_next_shift():
     rng = np.random.default_rng(4)
     values = np.concatenate([rng.normal(0, 0.75, 300), rng.normal(1.2, 0.75, 300), rng.normal(-0.2, 0.75, 300)])
     alerts, _ = feed(values)
-    assert [(a["direction"], 300 <= i < 400 if a["direction"] == "up" else 600 <= i < 700) for i, a in alerts] == [
+    assert [(a.direction, 300 <= i < 400 if a.direction == "up" else 600 <= i < 700) for i, a in alerts] == [
         ("up", True), ("down", True)]
-    assert alerts[1][1]["change_point"]["event_time"] >= 1000.0 + 590
+    assert alerts[1][1].change_point["event_time"] >= 1000.0 + 590
 
 
 def test_batches_and_redelivery_change_nothing():
@@ -223,8 +223,8 @@ def test_a_quiet_stream_is_watched_and_its_shift_caught_at_once():
             detector.min_shift_in_innovation_sd(P.min_shift, used_sd, rho))
         alerts, _ = feed(2.5 - 0.5 + sd * rng.standard_normal(40), state=state, t0=9000.0)
         (at, alert), = alerts
-        assert at <= 3 and alert["direction"] == "down"
-        assert alert["interval"][0] < alert["magnitude"] < alert["interval"][1] < 0
+        assert at <= 3 and alert.direction == "down"
+        assert alert.interval[0] < alert.magnitude < alert.interval[1] < 0
 
 
 def test_one_outlier_on_a_quiet_stream_is_no_alert():
@@ -243,8 +243,8 @@ def test_the_magnitude_of_a_large_shift_is_measured_on_the_scores_not_their_clip
     _, state = feed(0.5 + 0.3 * rng.standard_normal(400))
     alerts, _ = feed(2.5 + 0.3 * rng.standard_normal(40), state=state, t0=5000.0)
     (_, alert), = alerts
-    lo, hi = alert["interval"]
-    assert lo < 2.0 < hi and alert["magnitude"] > 1.5
+    lo, hi = alert.interval
+    assert lo < 2.0 < hi and alert.magnitude > 1.5
 
 
 def test_clipped_threshold_gives_the_asked_run_length():
@@ -310,7 +310,7 @@ def test_the_oracle_fit_estimates_the_level_and_keeps_the_noise_it_is_told():
     """The bench's level-estimating oracle runs the detector itself with a fit told sd, rho and the
     shift: its reference gives the level (as the detector's would), the rest is what it was told,
     and a step of the told size is caught with the told allowance."""
-    from stream.baselines import oracle_fit
+    from stream.alerts.baselines import oracle_fit
     rng = np.random.default_rng(14)
     values = np.concatenate([rng.normal(0.3, 0.75, 300), rng.normal(1.1, 0.75, 200)])
     fit = oracle_fit(0.75, 0.0, 0.8)
@@ -322,5 +322,5 @@ def test_the_oracle_fit_estimates_the_level_and_keeps_the_noise_it_is_told():
     assert abs(mean - 0.3) < 0.15 and 200 <= n <= len(state["reference"])  # refitted every REFIT_EVERY
     assert b == cusum_threshold.threshold(k, n, 0.0, P.run_length, CLIP, spread_known=True)
     alerts = [(i, a) for i, x in enumerate(values[300:]) if (a := step(state, 2000.0 + i, float(x), P, "s", fit=fit))]
-    assert alerts and alerts[0][0] < 60 and alerts[0][1]["direction"] == "up"
-    assert alerts[0][1]["evidence"]["allowance"] == pytest.approx(k, abs=1e-4)
+    assert alerts and alerts[0][0] < 60 and alerts[0][1].direction == "up"
+    assert alerts[0][1].evidence["allowance"] == pytest.approx(k, abs=1e-4)

@@ -12,8 +12,8 @@ from tritonclient.grpc import model_config_pb2
 
 from stream.config import Settings
 from stream.triton_client import AsyncTritonScorer, TritonScorer
-from stream.tritonserver import EmbeddedTriton, TritonError
-from stream.worker import tokenizer_location
+from stream.stack.tritonserver import EmbeddedTriton, TritonError
+from stream.startup import tokenizer_location
 from tests.conftest import free_ports
 from trainer import export as export_module
 from trainer import model as model_module
@@ -298,7 +298,7 @@ def test_a_running_worker_follows_an_export_that_changes_the_contract(checkpoint
     """Re-exporting without attribution while a worker runs changes the outputs the model has. The
     worker used to keep asking for the old ones, and Triton refused every batch forever."""
     from stream.pipeline import Pipeline
-    from stream.worker import build_pipeline
+    from stream.startup import build_pipeline
     from tests.malformed import valid_bytes
     repo = tmp_path / "repo"
     export(checkpoint, repo, max_batch=16)

@@ -83,12 +83,12 @@ def test_a_shift_raises_an_alert_for_that_stream_only(live):
     assert "score shifts: shift-001@90:-1.5" in out.stdout
     live.wait_for_total("shift", 450)
     time.sleep(1.0)
-    alerts = [a for a in live.store.alerts(100) if a["stream_id"].startswith("shift-")]
+    alerts = [a for a in live.store.alerts(100) if a.stream_id.startswith("shift-")]
     scores = {s: [round(x, 2) for _, x in live.store.window(s)] for s in ("shift-000", "shift-001", "shift-002")}
-    assert {a["stream_id"] for a in alerts} == {"shift-001"}, (alerts, scores)
-    assert alerts[-1]["direction"] == "down"
+    assert {a.stream_id for a in alerts} == {"shift-001"}, (alerts, scores)
+    assert alerts[-1].direction == "down"
     times = [t for t, _ in live.store.window("shift-001")]
-    assert times[80] <= alerts[-1]["change_point"]["event_time"] <= alerts[-1]["event_time"] <= times[-1]
+    assert times[80] <= alerts[-1].change_point["event_time"] <= alerts[-1].event_time <= times[-1]
     # the backtest over the same history, read back from Redis and from the scores topic
     for source in ("--redis", "--topic"):
         out = json.loads(live.cli("backtest", source, "--shift", f"shift-001@{times[90]}", "--json").stdout)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.stack import redis_service
+from stream.stack.embedded import redis_service
 from tests.conftest import CLI, free_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -40,8 +40,8 @@ def browser():
 @contextmanager
 def running_dashboard(env: dict, workdir: Path):
     """`tecaflow dashboard` on a free port until the block ends; yields its URL."""
-    from stream.service import Service as Process
-    from stream.service import http_ok
+    from stream.stack.service import Service as Process
+    from stream.stack.service import http_ok
     port = free_ports(1)[0]
     url = f"http://127.0.0.1:{port}"
     dashboard = Process("dashboard", [*CLI, "dashboard", "--port", str(port)], workdir, cwd=workdir,

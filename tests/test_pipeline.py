@@ -8,9 +8,11 @@ import pytest
 from stream import metrics
 from stream.config import DetectorParams
 from stream.contract import ModelContract, Tokenizer
-from stream.pipeline import Backoff, Pipeline
+from stream.pipeline import Pipeline
+from stream.retry import Backoff
 from stream.schema import encode_segment
 from stream.store import TrendStore
+from tests.conftest import an_alert
 from tests.malformed import MAX_FRAMES, catalogue, conflicting_pair, valid_bytes
 from tests.malformed import hostile as hostile_cases
 from trainer.text_encoder import minilm_dir
@@ -62,26 +64,26 @@ def test_good_bad_and_duplicate_messages_in_one_batch(pipeline):
     # a redelivery of the whole batch records nothing twice
     again = asyncio.run(pipeline.process(good))
     assert again.duplicates == 5 and pipeline.store.totals("p")["count"] == 5
-    assert [s["segment_id"] for s in again.scores] == [f"p/{i}" for i in range(5)]
+    assert [s.segment_id for s in again.scores] == [f"p/{i}" for i in range(5)]
 
 
 def test_a_repeat_republishes_the_score_redis_holds_not_a_new_inference(pipeline, monkeypatch):
     """Whatever the model says the second time (a new version, a batch that scores a hair apart),
     every record of one segment carries the score its stream's trend counted."""
     good = [valid_bytes(stream="p", segment=f"p/{i}", frames=2) for i in range(3)]
-    first = {s["segment_id"]: s["score"] for s in asyncio.run(pipeline.process(good)).scores}
+    first = {s.segment_id: s.score for s in asyncio.run(pipeline.process(good)).scores}
     honest = pipeline.scorer.score
 
     async def drifted(inputs):
         return await honest(inputs) + np.float32(0.25)
     monkeypatch.setattr(pipeline.scorer, "score", drifted)
     new = valid_bytes(stream="p", segment="p/new", frames=2)
-    again = {s["segment_id"]: s["score"] for s in asyncio.run(pipeline.process(good + [new])).scores}
+    again = {s.segment_id: s.score for s in asyncio.run(pipeline.process(good + [new])).scores}
     assert {k: again[k] for k in first} == first
     assert pipeline.store.held_scores([("p", "p/new")]) == [pytest.approx(again["p/new"])]
     # a key written before it kept the score (or by another tool) republishes the fresh score
     pipeline.store.redis.set("tf:{p}:seen:p/0", pipeline.store.redis.get("tf:{p}:seen:p/0").split()[0])
-    assert asyncio.run(pipeline.process(good[:1])).scores[0]["score"] == pytest.approx(first["p/0"] + 0.25)
+    assert asyncio.run(pipeline.process(good[:1])).scores[0].score == pytest.approx(first["p/0"] + 0.25)
 
 
 def test_conflicting_duplicate_goes_to_the_dlq(pipeline):
@@ -131,9 +133,9 @@ def test_a_redelivered_batch_raises_no_duplicate_alert(pipeline):
         snapshots.append((store.detector_state("r"), store.redis.xlen("tf:{r}:alerts")))
         new = run(batch)
         alerts += [(len(snapshots) - 1, a) for a in new]
-    assert [a["direction"] for _, a in alerts] == ["up"] and store.redis.xlen("tf:{r}:alerts") == 1
+    assert [a.direction for _, a in alerts] == ["up"] and store.redis.xlen("tf:{r}:alerts") == 1
     k, alert = alerts[0]
-    assert alert["change_point"]["event_time"] >= 1764000000.0 + 190
+    assert alert.change_point["event_time"] >= 1764000000.0 + 190
 
     assert run(batches[k]) == []  # plain redelivery
     assert store.redis.xlen("tf:{r}:alerts") == 1
@@ -144,7 +146,7 @@ def test_a_redelivered_batch_raises_no_duplicate_alert(pipeline):
     store.save_detector_state("r", state)
     again = run(batches[k])
     def content(a):  # the Redis entry id is new: the alert was recorded anew
-        return {k: v for k, v in a.items() if k != "id"}
+        return a.fields()
     assert [content(a) for a in again] == [content(alert)] and store.redis.xlen("tf:{r}:alerts") == 1
     assert run(batches[k]) == [] and store.redis.xlen("tf:{r}:alerts") == 1
 def test_hostile_messages_reject_only_themselves(pipeline):
@@ -153,7 +155,7 @@ def test_hostile_messages_reject_only_themselves(pipeline):
     hostile = hostile_cases()
     batch = [m for pair in zip(good, [raw for _, raw, _ in hostile]) for m in pair]
     result = asyncio.run(pipeline.process(batch))
-    assert sorted(s["segment_id"] for s in result.scores) == [f"h/{i}" for i in range(6)]
+    assert sorted(s.segment_id for s in result.scores) == [f"h/{i}" for i in range(6)]
     assert [r.reason for r in result.rejects] == [reason for _, _, reason in hostile[:6]]
     assert metrics.IN_FLIGHT._value.get() == 0
 
@@ -168,9 +170,9 @@ def test_the_in_flight_gauge_is_reset_when_a_batch_fails(pipeline, monkeypatch):
 def test_an_alert_recorded_before_a_crash_is_published_by_the_next_batch(pipeline):
     """The detector state and the alert were saved, the worker died before publishing: the
     redelivered batch finds no new alert, but publishes the one in the outbox."""
-    pipeline.store.record_alert("o", {"stream_id": "o", "direction": "down", "magnitude": -2.0}, {"evaluated": 1})
+    pipeline.store.record_alert("o", an_alert("o", "down", -2.0), {"evaluated": 1})
     result = asyncio.run(pipeline.process([valid_bytes(stream="o", segment="o/1")]))
-    assert [a["direction"] for a in result.alerts] == ["down"]
+    assert [a.direction for a in result.alerts] == ["down"]
     asyncio.run(pipeline.published(result))
     again = asyncio.run(pipeline.process([valid_bytes(stream="o", segment="o/1")]))
     assert again.alerts == []
@@ -195,7 +197,7 @@ def test_a_detector_failure_on_one_stream_neither_stalls_scoring_nor_loses_its_s
     """Detection runs inside the Redis retry loop: an exception from the detector itself used to be
     retried forever, stalling every partition of the worker. Now the stream's detection is skipped
     for that batch (counted, logged), its state is kept, and the next batch catches up."""
-    from stream import detector
+    from stream.alerts import detector
     real_scan = detector.scan
 
     def scan_failing_on_bad(stream, *args):
@@ -224,7 +226,7 @@ def test_a_segment_the_model_scores_nan_goes_to_the_dlq_and_its_stream_stays_cle
     pipeline.scorer = NanOnSevens()
     batch = [scored("n", i, v) for i, v in enumerate([0.1, 0.7, 0.3])]
     result = asyncio.run(pipeline.process(batch))
-    assert [s["segment_id"] for s in result.scores] == ["n/00000", "n/00002"]
+    assert [s.segment_id for s in result.scores] == ["n/00000", "n/00002"]
     assert [(r.reason, r.raw) for r in result.rejects] == [("non_finite_score", batch[1])]
     totals = pipeline.store.totals("n")
     assert totals["count"] == 2 and totals["mean"] == pytest.approx(0.2)
@@ -263,5 +265,5 @@ def test_a_new_model_version_is_followed_with_its_own_contract_and_tokenizer(pip
     result = asyncio.run(pipeline.record(batch, asyncio.run(pipeline.infer(batch))))
     assert scorer.versions_called == ["1", "2"]
     assert pipeline.served.version == "2" and pipeline.contract == smaller
-    assert sorted(s["segment_id"] for s in result.scores) == ["v/0", "v/1", "v/2"]
+    assert sorted(s.segment_id for s in result.scores) == ["v/0", "v/1", "v/2"]
     assert [(r.reason, r.raw) for r in result.rejects] == [("too_many_frames", long)]

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from stream.config import Settings
-from stream.stack import ALERT_RULES, Stack
+from stream.stack.embedded import ALERT_RULES, Stack
 
 RULES_DIR = ALERT_RULES.parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_compose_prometheus_loads_the_rules():
 def test_the_demo_has_prometheus_scrape_its_one_worker_only(tmp_path, monkeypatch):
     """The default targets are a worker's port and the next (two workers); the demo runs one, and
     TecaflowWorkerDown fired for the other in every demo."""
-    from stream.demo import demo_settings
+    from stream.stack.demo import demo_settings
     monkeypatch.setenv("TECAFLOW_RUN_DIR", str(tmp_path))
     monkeypatch.setenv("TECAFLOW_METRICS_PORT", "9300")
     config = yaml.safe_load(Stack(demo_settings(Settings.from_env()), tmp_path).prometheus_config().read_text())

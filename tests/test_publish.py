@@ -8,8 +8,11 @@ import json
 
 import pytest
 
-from stream.pipeline import Backoff, BatchResult, Reject
+from stream.pipeline import BatchResult, Reject
 from stream.publish import deliver, outgoing
+from stream.retry import Backoff
+from stream.schema import Score
+from tests.conftest import an_alert
 
 PRODUCER_LIMIT = 1_000_000  # Faust's default producer_max_request_size
 
@@ -52,10 +55,10 @@ class FlakyBroker:
 @pytest.mark.parametrize("at_send", [True, False])
 def test_a_failed_publish_is_retried_until_delivered_and_nothing_is_sent_twice(at_send):
     result = BatchResult(rejects=[Reject("bad_id", "x", b"one")],
-                         scores=[{"stream_id": "s", "segment_id": f"s/{i}", "score": i} for i in range(3)],
-                         alerts=[{"stream_id": "s", "direction": "up"}])
+                         scores=[Score("s", f"s/{i}", 1.0, i) for i in range(3)],
+                         alerts=[an_alert("s", "up", 1.0, id="1-0")])
     records = outgoing(result)
-    broker = FlakyBroker(refused=result.scores[1], failures=3, at_send=at_send)
+    broker = FlakyBroker(refused=result.scores[1].message(), failures=3, at_send=at_send)
     asyncio.run(deliver(records, broker.send, backoff=lambda: Backoff(first=0.001, cap=0.001)))
     assert all(r.delivered for r in records)
     assert sorted(map(str, broker.delivered)) == sorted(str(r.value) for r in records)

@@ -11,7 +11,7 @@ import pytest
 from stream.config import Settings
 from stream.errors import UserError
 from stream.replay import Shift, plan_segments, replay, round_shift
-from stream.stack import Stack
+from stream.stack.embedded import Stack
 from tests.conftest import free_ports
 
 

@@ -44,3 +44,27 @@ def test_every_malformed_message_is_rejected_with_its_reason(name, raw, reason):
         decode_segment(raw, LIMITS)
     assert caught.value.reason == reason
     assert caught.value.detail  # a sentence for people, too
+
+
+def test_a_score_is_published_as_the_scores_topic_has_always_carried_it():
+    from stream.schema import Score
+    score = Score("brand-42", "brand-42/000123", 1764000000.5, -0.42)
+    assert json.dumps(score.message()) == ('{"stream_id": "brand-42", "segment_id": "brand-42/000123", '
+                                           '"event_time": 1764000000.5, "score": -0.42}')
+    assert Score.from_message(json.loads(json.dumps(score.message()))) == score
+
+
+def test_an_alert_keeps_the_json_redis_and_the_alerts_topic_have_always_carried():
+    from stream.schema import Alert
+    alert = Alert("brand-42", 1764000012.0, "down", -1.12, (-1.4, -0.84), -7.9,
+                  change_point={"event_time": 1764000004.0, "segments_since": 14},
+                  evidence={"statistic": 9.1, "threshold": 8.2}, reference={"mean": 0.61, "sd": 0.74, "rho": 0.21, "n": 180},
+                  recent={"mean": -0.51, "n": 14, "from": 1764000004.0, "to": 1764000012.0})
+    kept = ('{"stream_id": "brand-42", "event_time": 1764000012.0, "direction": "down", "magnitude": -1.12, '
+            '"interval": [-1.4, -0.84], "z": -7.9, "change_point": {"event_time": 1764000004.0, "segments_since": 14}, '
+            '"evidence": {"statistic": 9.1, "threshold": 8.2}, "reference": {"mean": 0.61, "sd": 0.74, "rho": 0.21, '
+            '"n": 180}, "recent": {"mean": -0.51, "n": 14, "from": 1764000004.0, "to": 1764000012.0}}')
+    assert json.dumps(alert.fields()) == json.dumps(alert.message()) == kept  # no id until Redis gives it one
+    recorded = Alert.from_message(json.loads(kept), "1764000012345-0")
+    assert json.dumps(recorded.message()) == '{"id": "1764000012345-0", ' + kept[1:]
+    assert Alert.from_message(json.loads(json.dumps(recorded.message()))) == recorded

@@ -1,15 +1,16 @@
-"""stream/service.py: start, health, pid file, log, stop — with real processes."""
+"""stream/stack/service.py: start, health, pid file, log, stop — with real processes."""
 import sys
 
 import pytest
 
-from stream.service import Service, ServiceError, port_open
+from stream.stack.service import Service, ServiceError, port_open
 from tests.conftest import free_ports
 
 SERVE = [sys.executable, "-c", "import http.server, sys; print('serving', flush=True); "
          "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), http.server.BaseHTTPRequestHandler).serve_forever()"]
 
 
+@pytest.mark.integration  # it serves HTTP on a port
 def test_a_service_starts_healthy_leaves_a_pid_file_and_stops(tmp_path):
     port = free_ports(1)[0]
     service = Service("web", [*SERVE, str(port)], tmp_path, health=lambda: port_open(port)).start()

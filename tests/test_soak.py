@@ -2,7 +2,7 @@
 import os
 
 from stream.schema import Limits, Rejected, decode_segment
-from stream.soak import malformed, tree_rss_mb
+from stream.bench.soak import malformed, tree_rss_mb
 
 WIDTHS = {"audio": 5, "visual": 20}
 

@@ -3,6 +3,10 @@ import math
 import pytest
 
 from stream.store import StoreSettings, TrendStore
+from tests.conftest import an_alert
+
+# every test runs on a real Redis and a real Redis Cluster (the `store` fixture picks one per run)
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(params=["single", "cluster"])
@@ -52,13 +56,13 @@ def test_retention_keeps_the_newest_buckets_and_recent_items(store):
 
 
 def test_alerts_and_detector_state(store):
-    store.record_alert("a", {"stream_id": "a", "direction": "down", "magnitude": -1.2}, {"armed": False, "evaluated": 9})
-    store.record_alert("b", {"stream_id": "b", "direction": "up", "magnitude": 1.0}, {"armed": False, "evaluated": 3})
-    assert [a["stream_id"] for a in store.alerts()] == ["b", "a"]
-    assert [a["stream_id"] for a in store.alerts(stream="a")] == ["a"]
+    store.record_alert("a", an_alert("a", "down", -1.2), {"armed": False, "evaluated": 9})
+    store.record_alert("b", an_alert("b", "up", 1.0), {"armed": False, "evaluated": 3})
+    assert [a.stream_id for a in store.alerts()] == ["b", "a"]
+    assert [a.stream_id for a in store.alerts(stream="a")] == ["a"]
     assert store.detector_state("a") == {"armed": False, "evaluated": 9}
-    ids = store.record_alerts("a", [{"stream_id": "a", "n": 1}, {"stream_id": "a", "n": 2}], {"evaluated": 12})
-    assert len(ids) == 2 and [a["n"] for a in store.alerts(stream="a")[:2]] == [2, 1]
+    ids = store.record_alerts("a", [an_alert("a", event_time=1.0), an_alert("a", event_time=2.0)], {"evaluated": 12})
+    assert len(ids) == 2 and [a.event_time for a in store.alerts(stream="a")[:2]] == [2.0, 1.0]
     assert store.detector_state("a") == {"armed": False, "evaluated": 12}
 
 
@@ -84,19 +88,19 @@ def test_the_streams_of_one_batch_land_on_several_cluster_nodes(redis_cluster_ur
 
 
 def test_an_alert_stays_in_the_outbox_until_it_is_marked_published(store):
-    store.record_alert("a", {"stream_id": "a", "direction": "down", "magnitude": -1.2}, {"evaluated": 9})
-    store.record_alert("a", {"stream_id": "a", "direction": "up", "magnitude": 1.1}, {"evaluated": 19})
+    store.record_alert("a", an_alert("a", "down", -1.2), {"evaluated": 9})
+    store.record_alert("a", an_alert("a", "up", 1.1), {"evaluated": 19})
     pending = store.unpublished_alerts("a")
-    assert [a["direction"] for a in pending] == ["down", "up"]
-    assert [a["id"] for a in pending] == [a["id"] for a in reversed(store.alerts(stream="a"))]
+    assert [a.direction for a in pending] == ["down", "up"]
+    assert [a.id for a in pending] == [a.id for a in reversed(store.alerts(stream="a"))]
     store.mark_published(pending[:1])
-    assert [a["direction"] for a in store.unpublished_alerts("a")] == ["up"]
+    assert [a.direction for a in store.unpublished_alerts("a")] == ["up"]
 
 
 def test_detection_reads_every_touched_stream_in_one_round_trip_as_one_by_one_reads_would(store):
     for stream in ("a", "b", "c"):  # on a cluster, these hash to different nodes' slots
         store.record_many([(stream, f"{stream}/{i}", "d", 1000.0 + i, 0.1 * i, "") for i in range(3)])
-    store.record_alert("b", {"stream_id": "b", "direction": "up", "magnitude": 1.0}, {"evaluated": 2})
+    store.record_alert("b", an_alert("b", "up", 1.0), {"evaluated": 2})
     store.save_detector_states({"a": {"evaluated": 1}, "c": {"evaluated": 3, "fit": [0.1, 0.2]}}, {"a": 0, "c": 0})
     seen = store.detection_inputs(["a", "b", "c", "never"])
     for stream in ("a", "b", "c", "never"):
@@ -104,7 +108,7 @@ def test_detection_reads_every_touched_stream_in_one_round_trip_as_one_by_one_re
         assert seen[stream].state == store.detector_state(stream)
         assert seen[stream].window == store.window(stream)
         assert seen[stream].unpublished == store.unpublished_alerts(stream)
-    assert seen["c"].state == {"evaluated": 3, "fit": [0.1, 0.2]} and [a["direction"] for a in seen["b"].unpublished] == ["up"]
+    assert seen["c"].state == {"evaluated": 3, "fit": [0.1, 0.2]} and [a.direction for a in seen["b"].unpublished] == ["up"]
     assert len(seen["a"].window) == 3 and seen["never"].totals == {}
 
 
@@ -139,12 +143,12 @@ def test_detector_state_and_alerts_are_written_only_over_the_state_detection_rea
                                       {"a": 10, "b": 15}) == ["a"]
     assert store.detector_state("a") == {"evaluated": 20, "up": 1.0}
     assert store.detector_state("b") == {"evaluated": 30, "up": 9.0}
-    alert = {"stream_id": "a", "direction": "up", "magnitude": 1.0}
+    alert = an_alert("a", "up", 1.0)
     assert store.record_alerts("a", [alert], {"evaluated": 28}, over_evaluated=10) == []
     assert store.alerts(stream="a") == [] and store.unpublished_alerts("a") == []
     assert store.detector_state("a")["evaluated"] == 20
     (entry,) = store.record_alerts("a", [alert], {"evaluated": 28}, over_evaluated=20)
-    assert [a["id"] for a in store.unpublished_alerts("a")] == [entry]
+    assert [a.id for a in store.unpublished_alerts("a")] == [entry]
     assert store.detector_state("a")["evaluated"] == 28
     # a stream detection has never saved a state for starts from 0
     assert store.save_detector_states({"new": {"evaluated": 5}}, {"new": 0}) == []

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dashboard import cli as dashboard_cli
 from stream import cli
 from stream.config import settings_table
 from stream.errors import UserError
@@ -97,10 +98,34 @@ def python_files():
         yield from sorted((ROOT / package).rglob("*.py"))
 
 
+def stream_modules():
+    for path in sorted((ROOT / "stream").rglob("*.py")):
+        yield ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"), path
+
+
+# What may reach the trainer (and so torch) from stream/: the benches and the replay, which train,
+# export or read datasets; the CLI only registers the trainer's subcommands (trainer/cli.py loads
+# torch when one of them runs, never when it registers).
+MAY_IMPORT_TRAINER = ("stream.bench", "stream.replay", "stream.cli")
+
+
+def test_only_the_benches_and_the_replay_import_the_trainer():
+    importers = [module for module, path in stream_modules()
+                 if not module.startswith(MAY_IMPORT_TRAINER)
+                 and any(name.split(".")[0] == "trainer" for name in imports_of(path))]
+    assert importers == []
+
+
+def test_what_the_stream_extra_imports_never_loads_torch():
+    light = [module for module, _ in stream_modules() if not module.startswith(("stream.bench", "stream.replay"))]
+    assert len(light) > 20 and "stream.app" in light and "stream.alerts.detector" in light
+    assert heavy_modules_after("\n".join(f"import {module}" for module in light)) == []
+
+
 def test_only_the_settings_module_reads_tecaflow_settings_from_the_environment():
     # tritonserver.py hands the whole environment to its child; triton_model.py runs inside
     # Triton, where TECAFN_ORT_THREADS is Triton's setting, not tecaflow's.
-    allowed = {"stream/config.py", "stream/tritonserver.py", "stream/triton_model.py"}
+    allowed = {"stream/config.py", "stream/stack/tritonserver.py", "stream/triton_model.py"}
     readers = []
     for path in python_files():
         name = str(path.relative_to(ROOT))
@@ -197,14 +222,14 @@ def never_exec(*command):
 
 
 def test_an_address_that_does_not_resolve_is_one_line(capsys, monkeypatch):
-    monkeypatch.setattr(cli.os, "execv", never_exec)
+    monkeypatch.setattr(dashboard_cli.os, "execv", never_exec)
     assert cli.main(["dashboard", "--address", "999.1.1.1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tecaflow dashboard: error: --address 999.1.1.1: cannot resolve it") and err.count("\n") == 1
 
 
 def test_a_port_in_use_is_one_line_before_the_dashboard_says_its_url(capsys, monkeypatch):
-    monkeypatch.setattr(cli.os, "execv", never_exec)
+    monkeypatch.setattr(dashboard_cli.os, "execv", never_exec)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -217,7 +242,7 @@ def test_a_port_in_use_is_one_line_before_the_dashboard_says_its_url(capsys, mon
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    cli.check_bindable("127.0.0.1", port)  # free again: no error
+    dashboard_cli.check_bindable("127.0.0.1", port)  # free again: no error
 
 
 def test_accuracy_data_that_does_not_exist_is_refused_before_the_checkpoint_is_read(tmp_path, capsys):
@@ -228,3 +253,17 @@ def test_accuracy_data_that_does_not_exist_is_refused_before_the_checkpoint_is_r
     assert cli.main(["export", "--checkpoint", str(tmp_path / "notes.txt"), "--quantize", "none",
                      "--accuracy-data", "synthetic"]) == 2
     assert "--accuracy-data measures the int8 graph: it needs --quantize int8" in capsys.readouterr().err
+
+
+def test_training_flags_are_the_training_options_declared_once():
+    from trainer.options import TrainOptions, flagged, options_from
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "--data", "synthetic", "--out", "run"])
+    assert options_from(args) == TrainOptions(out=Path("run"))  # every flag's default is the declared one
+    args = parser.parse_args(["train", "--data", "synthetic", "--out", "run", "--no-progress", "--freeze-encoder",
+                              "--lr-encoder", "2e-5", "--max-frames", "64", "--modality-dropout", "0", "--seeds", "3"])
+    chosen = options_from(args)
+    assert (chosen.progress, chosen.freeze_encoder, chosen.lr_encoder, chosen.max_frames, chosen.modality_dropout,
+            chosen.seeds) == (False, True, 2e-5, 64, 0.0, 3)
+    train_flags = {a.dest for a in parser._subparsers._group_actions[0].choices["train"]._actions}
+    assert {f.name for f in flagged()} <= train_flags and "ablation" in train_flags

@@ -9,9 +9,10 @@ import json
 import logging
 from pathlib import Path
 
+from stream.arguments import REPO_HELP, positive
 from stream.contract import BACKENDS, DEFAULT_INSTANCES
 from stream.errors import UserError
-from trainer.defaults import DEFAULT_MAX_FRAMES, DEFAULT_MODALITY_DROPOUT, MAX_FRAMES
+from trainer.options import add_option_flags, options_from
 
 log = logging.getLogger(__name__)
 
@@ -22,34 +23,10 @@ DATA_HELP = ("'synthetic' (the seeded generator), a folder with utterances.csv (
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help=DATA_HELP)
-    p.add_argument("--out", required=True, type=Path, help="run directory (created)")
-    p.add_argument("--epochs", type=positive(int), default=40)
-    p.add_argument("--batch-size", type=positive(int), default=32)
-    p.add_argument("--lr", type=positive(float), default=1e-3, help="learning rate, all but the text encoder")
-    p.add_argument("--lr-encoder", type=positive(float), default=None,
-                   help="text encoder learning rate (default 5e-5; the main rate for 'tiny')")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--freeze-encoder", action="store_true", help="keep the text encoder's weights fixed")
-    p.add_argument("--clip", type=positive(float), default=1.0, help="gradient norm clip")
-    p.add_argument("--patience", type=positive(int), default=10, help="early-stopping patience in epochs")
-    p.add_argument("--seed", type=int, default=1111)
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--text-encoder", default="minilm",
-                   help="minilm (offline all-MiniLM-L6-v2), tiny (small random BERT), or a local BERT-family path")
-    p.add_argument("--max-text-tokens", type=positive(int), default=50)
-    p.add_argument("--max-frames", type=_frames, default=DEFAULT_MAX_FRAMES,
-                   help=f"audio/visual frames kept per segment (default {DEFAULT_MAX_FRAMES}, at most {MAX_FRAMES}); "
-                        "longer sequences are cut and the log says how many")
-    p.add_argument("--modality-dropout", type=probability, default=DEFAULT_MODALITY_DROPOUT, metavar="P",
-                   help="per sample and side, hide audio / vision with probability P while training, so the "
-                        f"model scores segments that lack one (default {DEFAULT_MODALITY_DROPOUT}; 0 turns it off)")
-    p.add_argument("--seeds", type=positive(int), default=1, metavar="N",
-                   help="train N times (seeds --seed, --seed + 1, ...) and report each metric as mean ± sd")
-    p.add_argument("--log-every", type=positive(int), default=10, help="loss trace period K in steps")
+    add_option_flags(p)  # one flag per TrainOptions field (trainer/options.py)
     p.add_argument("--synthetic-size", type=positive(int), default=1200, help="utterances for --data synthetic")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a TeCaFNConfig field, e.g. --set p=0.4 --set cross_layers=2 (repeatable)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def register(sub) -> None:
@@ -63,11 +40,10 @@ def register(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset, as JSON")
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--data", required=True, help=DATA_HELP)
-    p.add_argument("--device", default="cpu")
+    add_option_flags(p, ("device", "seed"))
     p.add_argument("--split", action="append", choices=("train", "valid", "test"),
                    help="splits to evaluate (default valid and test)")
     p.add_argument("--synthetic-size", type=positive(int), default=1200)
-    p.add_argument("--seed", type=int, default=1111)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("ablate", help="Table 5 / Fig. 3 rows and p / num sweeps, as a Markdown table")
@@ -79,11 +55,9 @@ def register(sub) -> None:
                         "time (length bucketing, standardisation, contrast mappers, modality dropout)")
     p.set_defaults(func=cmd_ablate)
 
-
-def register_export(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint as a new version in a Triton model repository")
     p.add_argument("--checkpoint", required=True, type=Path)
-    p.add_argument("--repo", type=Path, help="model repository (default: TECAFLOW_MODEL_REPO, model_repo)")
+    p.add_argument("--repo", type=Path, help=REPO_HELP)
     p.add_argument("--backend", choices=BACKENDS, default="python",
                    help="python: ONNX Runtime inside Triton's Python backend (what the embedded Triton runs); "
                         "onnxruntime: Triton's native ONNX Runtime backend on GPU (NVIDIA's container)")
@@ -129,45 +103,11 @@ def register_bench(bench_sub) -> None:
 
     p = bench_sub.add_parser("train", help="training samples/s with plain batches vs length-bucketed batches")
     p.add_argument("--data", required=True, help=DATA_HELP)
-    p.add_argument("--text-encoder", default="minilm")
-    p.add_argument("--batch-size", type=positive(int), default=32)
+    add_option_flags(p, ("text_encoder", "batch_size", "device", "max_text_tokens", "seed"))
     p.add_argument("--steps", type=positive(int), default=20, help="timed training steps per setting")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--max-text-tokens", type=positive(int), default=50)
     p.add_argument("--synthetic-size", type=positive(int), default=1200)
-    p.add_argument("--seed", type=int, default=1111)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_train)
-
-
-def positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def probability(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def _frames(text):
-    value = positive(int)(text)
-    if value > MAX_FRAMES:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_FRAMES} (the positional table's length), got {text}")
-    return value
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -198,15 +138,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def _options(args, **extra):
-    from trainer.train import TrainOptions
-    return TrainOptions(out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        lr_encoder=args.lr_encoder, weight_decay=args.weight_decay,
-                        freeze_encoder=args.freeze_encoder, clip=args.clip, patience=args.patience,
-                        seed=args.seed, device=args.device, text_encoder=args.text_encoder,
-                        max_text_tokens=args.max_text_tokens, max_frames=args.max_frames,
-                        log_every=args.log_every, model_overrides=parse_overrides(args.set),
-                        progress=not args.no_progress, modality_dropout=args.modality_dropout,
-                        seeds=args.seeds, **extra)
+    return options_from(args, model_overrides=parse_overrides(args.set), **extra)
 
 
 def _dataset(args):

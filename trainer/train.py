@@ -20,7 +20,7 @@ import math
 import random
 import resource
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +29,16 @@ from tqdm import tqdm
 
 from stream.errors import UserError
 from trainer import calibration
-from trainer.data import DEFAULT_MAX_FRAMES, Batcher, Dataset, feature_stats
+from trainer.data import Batcher, Dataset, feature_stats
 from trainer.metrics import compute_metrics, summarise
 from trainer.model import (
-    DEFAULT_MODALITY_DROPOUT,
     PRESENCE,
     TeCaFN,
     TeCaFNConfig,
     apply_ablation,
     modality_dropout,
 )
+from trainer.options import TrainOptions
 from trainer.text_encoder import (
     build_text_encoder,
     load_tokenizer,
@@ -49,38 +49,6 @@ log = logging.getLogger(__name__)
 
 LOSS_COLUMNS = ("L_task", "L_uccon", "L_bicon", "L_ap", "total")
 CHECKPOINT_FORMAT = "tecaflow-tecafn-2"  # 2: standardisation buffers, contrast mappers
-
-
-@dataclass
-class TrainOptions:
-    out: Path
-    epochs: int = 40
-    batch_size: int = 32
-    lr: float = 1e-3  # everything but the text encoder
-    lr_encoder: float | None = None  # None: 5e-5 for a pretrained encoder, lr for `tiny`
-    weight_decay: float = 1e-4
-    freeze_encoder: bool = False
-    clip: float = 1.0
-    patience: int = 10
-    seed: int = 1111
-    device: str = "cpu"
-    text_encoder: str = "minilm"
-    ablation: str = "full"
-    max_text_tokens: int = 50
-    max_frames: int | None = DEFAULT_MAX_FRAMES  # longer frame sequences are cut, with a warning
-    log_every: int = 10  # K: loss trace period in steps
-    model_overrides: dict = field(default_factory=dict)  # TeCaFNConfig fields, e.g. {"p": 0.4}
-    progress: bool = True
-    modality_dropout: float = DEFAULT_MODALITY_DROPOUT  # per sample and side, training only
-    standardise: bool = True  # per-dimension feature standardisation from the training split
-    bucket: bool = True  # length-bucketed batches
-    seeds: int = 1  # runs with seeds seed, seed + 1, ...; metrics as mean and sd
-
-    def __post_init__(self):
-        if not 0.0 <= self.modality_dropout < 1.0:
-            raise ValueError(f"modality dropout must be in [0, 1), got {self.modality_dropout}")
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stream.contract import CONFIG_FILE, MODEL_NAME
-from stream.service import Service, ServiceError, http_status
+from stream.stack.service import Service, ServiceError, http_status
 
 log = logging.getLogger(__name__)
 

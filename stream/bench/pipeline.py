@@ -32,7 +32,7 @@ import numpy as np
 from stream.config import Settings, environment_with
 from stream.contract import DEFAULT_INSTANCES, ONNX_FILE
 from stream.schema import encode_segment
-from stream.service import free_ports
+from stream.stack.service import free_ports
 
 STAGES = ("decode", "tokenize", "triton", "redis", "detect", "publish")
 WORDS = ("the", "movie", "was", "really", "good", "but", "the", "ending", "felt", "rushed", "and", "a", "bit", "flat")
@@ -86,7 +86,7 @@ def metric(port: int, name: str) -> dict[str, float]:
 def served_batches(url: str, contract, batch: int, seconds: float, clients: int = 2) -> float:
     import threading
 
-    from stream.bench_serve import segment_inputs
+    from stream.bench.serve import segment_inputs
     from stream.triton_client import TritonScorer
     feed = segment_inputs(contract, batch=batch)
     done = [0] * clients
@@ -113,7 +113,7 @@ async def naive(settings: Settings, count: int) -> float:
     """A consumer that reads one message and does all of its work before the next: segments/s."""
     from aiokafka import AIOKafkaConsumer
 
-    from stream.worker import build_pipeline
+    from stream.startup import build_pipeline
     pipeline = await build_pipeline(settings)
     consumer = AIOKafkaConsumer(settings.topic_segments, bootstrap_servers=settings.broker_servers(),
                                 auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=20)
@@ -176,8 +176,8 @@ def latencies(settings: Settings, store, streams: int, rate: float, seconds: flo
 def bench_pipeline(checkpoint: Path | None = None, total: int = 3000, streams: int = 8, batch: int = 32,
                    frames: int = 50, quantize: str = "none", naive_count: int = 300, seconds: float = 15.0,
                    instances: int = DEFAULT_INSTANCES, progress=print) -> dict:
-    from stream.bench_serve import untrained_checkpoint
-    from stream.stack import Stack, worker_service
+    from stream.bench.serve import untrained_checkpoint
+    from stream.stack.embedded import Stack, worker_service
     from stream.store import TrendStore
     from stream.triton_client import TritonScorer
     from trainer.export import export
@@ -245,7 +245,7 @@ def measure_raw(result: dict, graphs: dict, contract, batch: int, seconds: float
     """raw_<graph> is the best in-process rate seen for that graph: one session with every core,
     with tecaflow's options or ONNX Runtime's defaults, whichever was faster, over every round.
     The baseline is the hardest one to beat, whatever the served model's instance count."""
-    from stream.bench_serve import raw_throughput
+    from stream.bench.serve import raw_throughput
     from stream.triton_model import session_options
     for name, graph in graphs.items():
         for variant, options in (("options", session_options(1)), ("ort_defaults", None)):

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from stream import contract, metrics
 from stream.config import ConfigError, Settings
-from stream.dependencies import check_broker, check_redis
-from stream.pipeline import Backoff, Pipeline, retry_forever
+from stream.dependency_checks import check_broker, check_redis
+from stream.pipeline import Pipeline
+from stream.retry import Backoff, retry_forever
 from stream.store import StoreSettings, TrendStore
 from stream.triton_client import AsyncTritonScorer
 

@@ -1,5 +1,5 @@
 """`tecaflow bench detect`: the shift detector against baselines on seeded synthetic score streams
-(stream/score_series.py), at the same false-alarm rate.
+(stream/alerts/synthetic_scores.py), at the same false-alarm rate.
 
 Shift streams: 900 segments, a step of ±delta at a random segment in [300, 600) (so at least 300
 shifted segments follow). A shift counts as caught at the first alarm in its direction at or after
@@ -7,14 +7,14 @@ the step; delay = shifted segments seen up to and including that alarm; a shift 
 stream's end counts as never caught (infinite delay) in medians and percentiles. Steady streams
 (1000 segments, no step) give false alarms per 10k segments.
 
-Detectors: `cusum` is stream/detector.py as the worker runs it (threshold from
+Detectors: `cusum` is stream/alerts/detector.py as the worker runs it (threshold from
 TECAFLOW_ALERT_FALSE_ALARMS_PER_10K, nothing fitted to these data); `two-window` (tecaflow's former
 test) and `page-hinkley` get the threshold that gives the same false-alarm rate on a separate
 calibration set of CALIBRATION_FACTOR times as many steady streams; `oracle` is a CUSUM told each
 stream's true level, noise, autocorrelation and shift size (with the detector's outlier clipping and
 duplicate skipping), calibrated the same way for each shift size: the ceiling. `oracle-level-estimated`
 is told what the issue's oracle is told, each stream's noise sd, autocorrelation and shift size, and
-not its level: it is stream/detector.py itself with baselines.oracle_fit, so the level comes from
+not its level: it is stream/alerts/detector.py itself with baselines.oracle_fit, so the level comes from
 the same reference the detector builds, and its threshold (from the setting, like the detector's)
 pays for the level's error alone.
 The calibration set is CALIBRATION_FACTOR times larger than the measured one because a threshold
@@ -31,9 +31,9 @@ import time
 
 import numpy as np
 
-from stream import baselines, detector
+from stream.alerts import baselines, detector
 from stream.config import DetectorParams
-from stream.score_series import generate
+from stream.alerts.synthetic_scores import generate
 
 SHIFTS = (0.3, 0.5, 0.8, 1.2)
 SHIFT_LENGTH, STEADY_LENGTH = 900, 1000
@@ -54,7 +54,7 @@ def build(seed: int, per_shift: int, steady: int):
 
 
 def cusum_alarms(series, params: DetectorParams, fit_for=lambda s: detector.fit_reference):
-    """stream/detector.py, one stream at a time, exactly as the worker feeds it (`fit_for(series)`:
+    """stream/alerts/detector.py, one stream at a time, exactly as the worker feeds it (`fit_for(series)`:
     how it fits its reference; the worker's own by default)."""
     alarms = np.zeros((len(series), len(series[0].scores)), bool)
     direction = np.zeros_like(alarms, np.int8)
@@ -63,7 +63,7 @@ def cusum_alarms(series, params: DetectorParams, fit_for=lambda s: detector.fit_
         for t, (when, x) in enumerate(zip(s.times.tolist(), s.scores.tolist())):
             alert = detector.step(state, when, x, params, fit=fit)
             if alert:
-                alarms[i, t], direction[i, t] = True, 1 if alert["direction"] == "up" else -1
+                alarms[i, t], direction[i, t] = True, 1 if alert.direction == "up" else -1
     return alarms, direction
 
 
@@ -114,7 +114,7 @@ def bench_detect(seed: int = 7, per_shift: int = 100, steady: int = 300, progres
     target = params.false_alarms_per_10k
     results = {}
 
-    progress("cusum (stream/detector.py)")
+    progress("cusum (stream/alerts/detector.py)")
     _, d_cusum = cusum_alarms(shifted, params)
     fa = per_10k(cusum_alarms(calm, params)[0])
     results["cusum"] = {"false_alarms_per_10k": fa, "threshold": "from TECAFLOW_ALERT_FALSE_ALARMS_PER_10K",

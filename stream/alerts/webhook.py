@@ -13,24 +13,22 @@ import logging
 
 from stream import metrics
 from stream.config import redact_url
+from stream.schema import Alert
 
 log = logging.getLogger(__name__)
 
 
-def slack_payload(alert: dict) -> dict:
-    arrow = "📈" if alert["direction"] == "up" else "📉"
-    interval = alert.get("interval")
-    size = f"{abs(alert['magnitude']):.2f}"
-    if interval:
-        size += f" (95% interval {interval[0]:+.2f} to {interval[1]:+.2f})"
-    text = (f"{arrow} Sentiment shift on *{alert['stream_id']}*: {alert['direction']} by {size}, "
-            f"from {alert['reference']['mean']:+.2f} to {alert['recent']['mean']:+.2f} (z={alert['z']:.1f})")
-    fields = {k: v for k, v in alert.items() if k not in ("reference", "recent", "evidence")}
+def slack_payload(alert: Alert) -> dict:
+    arrow = "📈" if alert.direction == "up" else "📉"
+    size = f"{abs(alert.magnitude):.2f} (95% interval {alert.interval[0]:+.2f} to {alert.interval[1]:+.2f})"
+    text = (f"{arrow} Sentiment shift on *{alert.stream_id}*: {alert.direction} by {size}, "
+            f"from {alert.reference['mean']:+.2f} to {alert.recent['mean']:+.2f} (z={alert.z:.1f})")
+    fields = {k: v for k, v in alert.message().items() if k not in ("reference", "recent", "evidence")}
     return {"text": text, "attachments": [{"fields": [{"title": k, "value": str(v), "short": True}
                                                       for k, v in fields.items()]}]}
 
 
-async def post_webhook(url: str, alert: dict, session) -> None:
+async def post_webhook(url: str, alert: Alert, session) -> None:
     """POST one alert as Slack-compatible JSON; raises on any failure (HTTP status >= 300 included)."""
     async with session.post(url, json=slack_payload(alert)) as response:
         if response.status >= 300:
@@ -44,17 +42,17 @@ class AlertSender:
         self.first_delay_s, self.max_delay_s, self.timeout_s = first_delay_s, max_delay_s, timeout_s
         self.queue: asyncio.Queue = asyncio.Queue(maxsize)
 
-    def offer(self, alert: dict) -> None:
+    def offer(self, alert: Alert) -> None:
         """Queue an alert for delivery; returns at once."""
         if self.queue.full():
             dropped = self.queue.get_nowait()
             metrics.WEBHOOK_DROPPED.inc()
             log.warning("webhook queue full (%d): dropped the alert on %s at %s", self.queue.maxsize,
-                        dropped["stream_id"], dropped["event_time"])
+                        dropped.stream_id, dropped.event_time)
         self.queue.put_nowait(alert)
         metrics.WEBHOOK_QUEUE.set(self.queue.qsize())
 
-    async def deliver(self, session, alert: dict) -> bool:
+    async def deliver(self, session, alert: Alert) -> bool:
         delay = self.first_delay_s
         for attempt in range(1, self.attempts + 1):
             try:

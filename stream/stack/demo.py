@@ -18,8 +18,8 @@ from pathlib import Path
 from stream.config import Settings
 from stream.contract import ONNX_FILE, versions
 from stream.errors import UserError
-from stream.service import Service, http_ok
-from stream.stack import CLI, Stack, worker_service
+from stream.stack.service import Service, http_ok
+from stream.stack.embedded import CLI, Stack, worker_service
 
 log = logging.getLogger(__name__)
 

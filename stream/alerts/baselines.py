@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from stream import detector, noise
-from stream.detector import CLIP, DUPLICATE_TOL
+from stream.alerts import detector, noise
+from stream.alerts.detector import CLIP, DUPLICATE_TOL
 
 
 def two_window(x: np.ndarray, times: np.ndarray, z_threshold: float, reference: int = 60, recent: int = 20,
@@ -71,7 +71,7 @@ def oracle_cusum(x: np.ndarray, times: np.ndarray, threshold: float, level: np.n
                  rho: np.ndarray, shift: np.ndarray):
     """Two-sided CUSUM told each stream's true level, noise sd, autocorrelation and shift size:
     whitened increments with allowance half the true shift, and the same outlier clipping and
-    near-duplicate skipping as stream/detector.py. What it lacks against the detector is nothing
+    near-duplicate skipping as stream/alerts/detector.py. What it lacks against the detector is nothing
     but the need to estimate: the ceiling for any real detector."""
     streams, length = x.shape
     innovation_sd = sd * np.sqrt(1 - rho * rho)
