@@ -2,12 +2,12 @@
 SHELL := /bin/bash
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
-DEBS    := redis-server prometheus chromium chromium-driver
+DEBS    := redis-server prometheus chromium chromium-driver nodejs
 STAMP   := .venv/.tecaflow-installed
 
-.PHONY: setup debs test test-fast demo bench clean
+.PHONY: setup debs kube-tools test test-fast demo bench clean
 
-setup: $(STAMP) debs
+setup: $(STAMP) debs kube-tools
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv .venv
@@ -22,6 +22,10 @@ debs:
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+
+# helm and the CRD validators for the chart's offline checks, checksums verified (deploy/kube_tools.py)
+kube-tools: $(STAMP) debs
+	$(PY) deploy/kube_tools.py
 
 test: setup
 	$(PY) -m pytest -q
