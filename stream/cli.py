@@ -17,6 +17,7 @@ import socket
 import sys
 from pathlib import Path
 
+from stream.bench import scale as bench_scale
 from stream.errors import UserError
 from trainer import cli as trainer_cli
 
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_alerting(sub, bench_sub)
     register_soak(bench_sub)
     register_bench_pipeline(bench_sub)
+    bench_scale.register(bench_sub)
     return parser
 
 
