@@ -1,9 +1,19 @@
-"""`tecaflow bench scale`'s KEDA replay (stream/bench/scale.py): the Kafka scaler's rule and the
-drain it implies, on hand-computed cases. The measurement itself needs the embedded stack and
-several worker processes; it runs as the command (docs/kubernetes.md has its figures)."""
+"""`tecaflow bench scale` (stream/bench/scale.py): the KEDA replay (the Kafka scaler's rule and the
+drain it implies) on hand-computed cases, and every phase of the measurement on a tiny model and
+backlog on the real embedded stack (the figures themselves come from the command:
+docs/kubernetes.md)."""
 import pytest
 
-from stream.bench.scale import keda_on_curve, keda_replicas, rate_at, replay_backlog, summarize
+from stream.bench.scale import (
+    bench_scale,
+    format_report,
+    keda_on_curve,
+    keda_replicas,
+    rate_at,
+    replay_backlog,
+    summarize,
+)
+from stream.bench_serve import untrained_checkpoint
 from stream.cli import main
 
 RULE = dict(threshold=1000, activation=200, min_replicas=1, max_replicas=8, partitions=4)
@@ -81,3 +91,23 @@ def test_the_own_cores_replay_scales_the_one_worker_rate():
     alone, spread = r["replay"][0], r["replay_own_cores"][0]  # 10,000 waiting
     assert alone["drain_s"] == 100.0
     assert spread["workers"] == 4 and spread["drain_s"] < alone["drain_s"] / 3
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_tiny_bench_scale_runs_every_phase(tmp_path):
+    checkpoint = untrained_checkpoint(tmp_path / "ckpt", text_encoder="tiny")
+    r = bench_scale(checkpoint, counts=(1, 2), total=96, streams=4, frames=6, sample_s=0.5, steady_s=3.0,
+                    progress=lambda m: None)
+    assert [run["workers"] for run in r["runs"]] == [1, 2] and r["partitions"] == 2
+    for run in r["runs"]:
+        assert run["segments"] == 96 and run["drain_rate"] > 0
+        lags = [lag for _, lag in run["lag_curve"]]
+        # The backlog waited, then nothing did. (The embedded broker reports a partition's end
+        # offset as its last record batch's first offset, so its lag reads short by up to a batch.)
+        assert max(lags) > 96 / 2 and lags[-1] == 0
+        assert len(run["worker_peak_rss_mb"]) == run["workers"] and min(run["worker_peak_rss_mb"]) > 0
+        assert run["triton_cpu_ms_per_segment"] > 0 and run["worker_cpu_ms_per_segment"] > 0
+    assert r["steady_lag"]["max"] is not None
+    assert [b["backlog"] for b in r["replay"]] == [10_000, 100_000, 1_000_000]
+    assert "KEDA replayed on a backlog" in format_report(r)

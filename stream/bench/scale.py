@@ -49,10 +49,14 @@ def cpu_seconds(pid: int | None) -> float:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
         except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
+            continue  # the process has gone
+        for task in tasks:
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a thread that ended meanwhile: its process's children are under the others
     return total
 
 
@@ -85,7 +89,8 @@ class LagSampler:
         while not self._stop.is_set():
             try:
                 lag = asyncio.run(consumer_lag(self.settings.broker_servers(), self.settings.topic_segments))
-                # max(0, ...): the embedded broker's end offsets can lag its committed ones by one
+                # max(0, ...): the embedded broker reports a partition's end offset as its last
+                # record batch's first offset, short of the committed one by up to a batch
                 self.curve.append((round(time.monotonic() - self.started, 2), max(0, lag)))
             except Exception:  # noqa: BLE001 - the group is rebalancing: the next sample will do
                 pass
