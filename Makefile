@@ -25,6 +25,7 @@ debs:
 
 # helm and the CRD validators for the chart's offline checks, checksums verified (deploy/kube_tools.py)
 kube-tools: $(STAMP) debs
+	@command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null; }
 	$(PY) deploy/kube_tools.py
 
 test: setup
