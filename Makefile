@@ -2,13 +2,14 @@
 SHELL := /bin/bash
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
-# qemu-user runs the int8 graph on an emulated AVX2-only CPU (tests/test_quantize.py)
-DEBS    := redis-server prometheus chromium chromium-driver qemu-user
+# qemu-user runs the int8 graph on an emulated AVX2-only CPU (tests/test_quantize.py); nodejs brings npm for the
+# chart's CRD validators (deploy/kube_tools.py)
+DEBS    := redis-server prometheus chromium chromium-driver qemu-user nodejs
 STAMP   := .venv/.tecaflow-installed
 
-.PHONY: setup debs test test-fast demo bench clean
+.PHONY: setup debs kube-tools test test-fast demo bench clean
 
-setup: $(STAMP) debs
+setup: $(STAMP) debs kube-tools
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv .venv
@@ -23,6 +24,11 @@ debs:
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+
+# helm and the CRD validators for the chart's offline checks, checksums verified (deploy/kube_tools.py)
+kube-tools: $(STAMP) debs
+	@command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null; }
+	$(PY) deploy/kube_tools.py
 
 # The whole suite, and the 15 slowest tests (where the time goes).
 test: setup

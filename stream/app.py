@@ -24,6 +24,8 @@ import mode
 from stream import metrics
 from stream.alerts.webhook import AlertSender
 from stream.config import Settings
+from stream.dependency_checks import check_broker
+from stream.health import CHECK_EVERY_S, CHECK_TIMEOUT_S, Health, serve
 from stream.in_flight import InFlight
 from stream.kafka_transport import SCHEME
 from stream.lag import LagTracker
@@ -72,6 +74,7 @@ alerts_topic = app.topic(settings.topic_alerts, value_serializer="json", partiti
 dlq_topic = app.topic(settings.topic_dlq, value_serializer="raw", partitions=settings.partitions)
 
 lag = LagTracker()
+health = Health()  # /livez and /readyz beside /metrics (stream/health.py)
 # The webhook is posted by a background task, never by the agent: a slow receiver must not stall scoring.
 sender = AlertSender(settings.webhook_url, settings.webhook_queue) if settings.webhook_url else None
 
@@ -98,6 +101,9 @@ class Scoring(mode.Service):
         await self._built.wait()
         return self._pipeline
 
+    def built(self) -> Pipeline | None:
+        return self._pipeline
+
 
 scoring = app.service(Scoring())
 
@@ -113,12 +119,14 @@ async def score_segments(stream):
     in_flight = InFlight(settings.batches_in_flight, lambda events, scoring_call: finish(stream, events, scoring_call),
                          calls=settings.triton_calls)
     finisher = in_flight.start()
+    health.agent_running()
     try:
         async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
             pipeline = await scoring.pipeline()  # waits for Triton and Redis; run() checked the rest
             metrics.IN_FLIGHT.inc(len(events))
             await in_flight.submit(events, pipeline.start([event.value for event in events]))
     finally:
+        health.agent_ended()
         finisher.cancel()
         in_flight.cancel_pending()
         metrics.IN_FLIGHT.set(0)  # what was in flight is dropped unacked, and comes back from Kafka
@@ -166,18 +174,28 @@ async def report_consumer_lag():
         log.debug("consumer lag not available now: %s", e)
 
 
+@app.timer(interval=CHECK_EVERY_S)
+async def check_health():
+    health.beat()
+    checks = {"broker": lambda: check_broker(settings, CHECK_TIMEOUT_S)}
+    pipeline = scoring.built()
+    if pipeline is not None:  # until it is, Redis and Triton have not answered this worker
+        checks["redis"] = lambda: asyncio.to_thread(pipeline.store.ping)
+        checks["triton"] = pipeline.scorer.served_version
+    await health.check(checks)
+
+
 def run(loglevel: str = "info") -> int:
     """`tecaflow worker`: check the dependencies, serve metrics, then run the app in this process
     with Faust's Worker until it is stopped."""
-    from prometheus_client import start_http_server
-
     log.info("worker settings: %s", settings.describe())
     for name in Settings.unknown_variables():
         log.warning("%s is set but no setting reads it", name)
     broker_up = check_dependencies(settings)
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.metrics_host)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+        serve(health, settings.metrics_host, settings.metrics_port)
+        log.info("metrics on http://%s:%d/metrics, health on /livez and /readyz", settings.metrics_host,
+                 settings.metrics_port)
     if not broker_up:
         wait_for_broker(settings)
     Path(app.conf.datadir).mkdir(parents=True, exist_ok=True)  # Faust makes only the last directory

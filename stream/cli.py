@@ -14,6 +14,7 @@ import sys
 import dashboard.cli
 import stream.alerts.cli
 import stream.bench.cli
+import stream.bench.scale
 import stream.commands
 import stream.stack.cli
 import trainer.cli
@@ -23,7 +24,7 @@ from stream.cli_errors import run_reporting_errors
 COMMANDS = (trainer.cli.register, stream.stack.cli.register, stream.commands.register, dashboard.cli.register,
             stream.alerts.cli.register)
 BENCHES = (trainer.cli.register_bench, dashboard.cli.register_bench, stream.alerts.cli.register_bench,
-           stream.bench.cli.register_bench)
+           stream.bench.cli.register_bench, stream.bench.scale.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

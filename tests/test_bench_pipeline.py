@@ -47,8 +47,8 @@ def test_a_tiny_bench_pipeline_runs_every_phase(tmp_path):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_a_tiny_bench_serve_of_int8_reports_the_speedup_over_fp32_raw(tmp_path):
-    from stream.bench_serve import bench_serve
-    from stream.bench_serve import format_report as format_serve
+    from stream.bench.serve import bench_serve
+    from stream.bench.serve import format_report as format_serve
     from tests.conftest import free_ports
 
     checkpoint = untrained_checkpoint(tmp_path / "ckpt", text_encoder="tiny")

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
@@ -195,6 +196,25 @@ def test_prometheus_scrapes_the_worker_and_triton(live):
             return
         time.sleep(1)
     raise AssertionError(f"prometheus targets: {up}")
+
+
+def test_the_worker_is_live_and_ready_on_its_metrics_port(live):
+    """The probes of the Helm chart (stream/health.py): ready once the broker, Redis and Triton
+    have answered the worker's own checks."""
+    from stream import health
+    base = f"http://127.0.0.1:{live.ports['metrics'][0]}"
+    deadline = time.monotonic() + 3 * health.CHECK_EVERY_S
+    while True:
+        try:
+            ready = json.loads(urllib.request.urlopen(base + health.READY_PATH, timeout=5).read())
+            break
+        except urllib.error.HTTPError as e:  # 503 until every dependency has answered once
+            if time.monotonic() > deadline:
+                raise AssertionError(e.read().decode()) from None
+            time.sleep(1)
+    assert ready["ok"] and set(ready["s_since_answer"]) == {"broker", "redis", "triton"}
+    live_state = json.loads(urllib.request.urlopen(base + health.LIVE_PATH, timeout=5).read())
+    assert live_state["ok"] and live_state["loop_s_since_beat"] <= health.STALL_S
 
 
 def test_a_redis_outage_is_waited_out_and_nothing_is_lost(live):

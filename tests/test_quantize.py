@@ -98,7 +98,7 @@ def test_through_triton_a_segment_scores_the_same_alone_in_a_batch_and_merged_by
     import asyncio
 
     from stream.triton_client import AsyncTritonScorer
-    from stream.tritonserver import EmbeddedTriton
+    from stream.stack.tritonserver import EmbeddedTriton
     from tests.conftest import free_ports
 
     repo = tmp_path / "repo"
