@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
-DEBS    := redis-server prometheus chromium chromium-driver
+DEBS    := redis-server prometheus chromium chromium-driver espeak-ng ffmpeg
 STAMP   := .venv/.tecaflow-installed
 
 .PHONY: setup debs test test-fast demo bench clean
@@ -12,7 +12,7 @@ setup: $(STAMP) debs
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'  # dev includes every extra: stream, dashboard, train, stack
+	$(PIP) install -q -e '.[dev]'  # dev includes every extra: stream, dashboard, train, stack, ingest
 	@touch $(STAMP)
 
 # Debian packages: `apt-get update` once, and only when something is missing.

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from stream.errors import UserError
+from stream.ingest.command import register as register_ingest
 from trainer import cli as trainer_cli
 
 REPO_HELP = "model repository (default: TECAFLOW_MODEL_REPO, model_repo)"
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_alerting(sub, bench_sub)
     register_soak(bench_sub)
     register_bench_pipeline(bench_sub)
+    register_ingest(sub, bench_sub)
     return parser
 
 
