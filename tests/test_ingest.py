@@ -130,7 +130,7 @@ def test_same_utterance_same_id_and_message_live_ids_from_the_clock(talk):
 
 def test_stream_ids():
     assert default_stream_id("/videos/Launch Event (2024).mp4") == "Launch-Event-2024"
-    assert default_stream_id("rtsp://user:pw@cam.example:554/live/1") == "cam.example-live-1"
+    assert default_stream_id("rtmp://live.example/app/s3cret-key") == "live.example"  # a path may hold a key
     assert default_stream_id("-") == "stdin"
     with pytest.raises(UserError, match=r"^--stream-id '\.\./x'"):
         checked_stream_id("../x")

@@ -28,7 +28,7 @@ def register(sub, bench_sub) -> None:
                                              "rtmp://, udp://, srt://, tcp://), or - for stdin")
     p.add_argument("--feed", metavar="FILE", help="a JSON Lines text feed instead (- for stdin)")
     p.add_argument("--fields", default="text=text", help=FIELDS_HELP)
-    p.add_argument("--stream-id", help="the stream's id (default: the file's name or the URL's host and path; "
+    p.add_argument("--stream-id", help="the stream's id (default: the file's name, or the URL's host; "
                                        "for a feed, every post's stream unless --fields names a stream field)")
     p.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
                    help="treat the source as live: wall-clock times, reconnects (default: URLs of streaming "

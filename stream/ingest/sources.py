@@ -69,14 +69,11 @@ def shown(source: str) -> str:
 
 
 def default_stream_id(source: str) -> str:
-    """A stream id from the source's name: the file's stem, or the URL's host and path."""
+    """A stream id from the source's name: the file's stem, or the URL's host only (a path may
+    hold a secret, as an RTMP stream key does, and the id is shown everywhere)."""
     if source == "-":
         return "stdin"
-    if is_url(source):
-        parts = urlsplit(source)
-        name = f"{parts.hostname or parts.scheme}{parts.path}"
-    else:
-        name = Path(source).stem
+    name = (urlsplit(source).hostname or urlsplit(source).scheme) if is_url(source) else Path(source).stem
     cleaned = re.sub(r"[^A-Za-z0-9._:@-]+", "-", name).strip("-.")
     return cleaned[:128] or "media"
 
