@@ -7,6 +7,8 @@ import asyncio
 import base64
 import json
 import os
+import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -137,6 +139,32 @@ def test_a_live_source_that_stops_and_comes_back_loses_and_doubles_nothing(broke
     times = [m["event_time"] for m in messages]
     assert started < times[0] and times == sorted(times) and times[-1] < time.time()  # capture time, wall clock
     assert all(m["segment_id"] == f"cam-1/w{round(m['event_time'] * 1000)}" for m in messages)
+
+
+def test_ctrl_c_sends_every_utterance_heard_then_exits(broker, tmp_path):
+    sentences = list(POSITIVE + NEGATIVE)
+    speak(sentences, tmp_path / "long.wav")
+    port = free_ports(1)[0]
+    server = serve(tmp_path / "long.wav", port)
+    follower = subprocess.Popen([*CLI, "ingest", f"tcp://127.0.0.1:{port}", "--stream-id", "stopped-1"],
+                                env=env_for(broker, "ctrl-c"), cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(read_all(broker, "ctrl-c")) < 2 and time.monotonic() < deadline and follower.poll() is None:
+            time.sleep(0.5)
+        follower.send_signal(signal.SIGINT)
+        out, err = follower.communicate(timeout=120)
+    finally:
+        for process in (server, follower):
+            if process.poll() is None:
+                process.kill()
+    assert follower.returncode == 0, err
+    sent = int(re.search(r"(\d+) segments sent to ctrl-c", out).group(1))
+    assert "; stopped" in out and 2 <= sent < len(sentences), out
+    messages = segments(broker, "ctrl-c")
+    assert len(messages) == sent and len({m["segment_id"] for m in messages}) == sent
+    assert word_error_rate(sentences[:sent - 1], [m["text"] for m in messages[:-1]]) <= 0.25
 
 
 def test_stdin_is_read_to_its_end(broker, talk):
@@ -280,3 +308,29 @@ def served_scores(live, texts: list[str]) -> np.ndarray:
         return np.asarray(scorer.score(contract.batch(enc["input_ids"], enc["attention_mask"], empty)), float)
     finally:
         scorer.close()
+
+
+def test_the_metrics_count_what_was_ingested(broker, talk):
+    from prometheus_client import REGISTRY
+
+    from stream.ingest.producer import ingest_media
+    from stream.ingest.sources import MediaSource
+    from stream.ingest.transcribe import Transcriber
+    from stream.ingest.utterances import SpeechDetector, UtteranceCutter
+
+    def value(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+    names = ("tecaflow_ingest_media_seconds_total", "tecaflow_ingest_utterances_total",
+             "tecaflow_ingest_transcription_seconds_total")
+    before = {n: value(n) for n in names}
+    sent_before = value("tecaflow_ingest_segments_sent_total", kind="media")
+    settings = Settings(broker_url=broker, topic_segments="metrics")
+    report = asyncio.run(ingest_media(MediaSource(str(talk[0]), None, 0), UtteranceCutter(SpeechDetector(), 0.5, 0.5, 15),
+                                      Transcriber("tiny.en", "CPU", 2), "metrics-1", settings))
+    assert report.sent == report.utterances == 6 and report.ended == "end of media"
+    assert value(names[0]) - before[names[0]] == pytest.approx(report.media_s)
+    assert value(names[1]) - before[names[1]] == 6
+    assert value("tecaflow_ingest_segments_sent_total", kind="media") - sent_before == 6
+    busy = value(names[2]) - before[names[2]]
+    assert busy > 0 and value("tecaflow_ingest_realtime_factor") == pytest.approx(report.realtime_factor)
+    assert len(segments(broker, "metrics")) == 6
