@@ -33,6 +33,7 @@ import numpy as np
 
 from stream.config import redact_url
 from stream.errors import UserError
+from stream.ingest import metrics
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class MediaSource:
                 continue
             if self.opened.is_set():
                 self.reconnects += 1
+                metrics.RECONNECTS.inc()
                 log.info("%s: reconnected", shown(self.source))
             self.opened.set()
             delay = 0.5
