@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -165,6 +166,25 @@ def test_ctrl_c_sends_every_utterance_heard_then_exits(broker, tmp_path):
     messages = segments(broker, "ctrl-c")
     assert len(messages) == sent and len({m["segment_id"] for m in messages}) == sent
     assert word_error_rate(sentences[:sent - 1], [m["text"] for m in messages[:-1]]) <= 0.25
+
+
+def test_an_hls_stream_over_http(broker, talk, tmp_path):
+    video, sentences = talk
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(video), "-c:a", "aac", "-c:v", "copy", "-f", "hls",
+                    "-hls_time", "4", "-hls_playlist_type", "vod", str(tmp_path / "index.m3u8")], check=True)
+    port = free_ports(1)[0]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        result = ingest(env_for(broker, "hls", ingest_reconnect_s=30), f"http://127.0.0.1:{port}/index.m3u8",
+                        "--stream-id", "hls-1")
+    finally:
+        server.kill()
+    assert result.returncode == 0, result.stderr
+    assert "6 segments sent to hls" in result.stdout and "end of media" in result.stdout
+    messages = segments(broker, "hls")
+    assert word_error_rate(sentences, [m["text"] for m in messages]) <= 0.2
+    assert all(re.fullmatch(r"hls-1/\d{10}", m["segment_id"]) for m in messages)  # a recording: media offsets
 
 
 def test_stdin_is_read_to_its_end(broker, talk):
