@@ -298,7 +298,7 @@ class Settings:
                                    "(multilingual models only)")
     ingest_device: str = setting("AUTO", "where Whisper runs: AUTO (CUDA when CTranslate2 sees a GPU), CPU or CUDA",
                                  choices=("AUTO", "CPU", "CUDA"))
-    ingest_threads: int = setting(0, "CPU threads per transcription (0: CTranslate2's default, one per core up to 4)",
+    ingest_threads: int = setting(0, "CPU threads per transcription (0: CTranslate2's default)",
                                   minimum=0)
     ingest_cache: str = setting("", "where weights shipped in parts are reassembled and kept",
                                 shown="~/.cache/tecaflow")

@@ -16,7 +16,6 @@ from stream.errors import UserError
 from stream.ingest.sources import SAMPLE_RATE
 from stream.ingest.weights import model_directory
 
-log = logging.getLogger(__name__)
 logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # a line per utterance otherwise
 
 
