@@ -265,6 +265,38 @@ def test_a_feed_with_broken_lines_reports_each_and_ingests_the_rest(broker):
     assert originals[2] == broken[2][:2049] and dead[2]["detail"].startswith("line 6: longer than 2048 bytes")
 
 
+def test_a_live_feed_on_stdin_is_sent_post_by_post_as_it_comes(broker):
+    follower = subprocess.Popen([*CLI, "ingest", "--feed", "-", "--stream-id", "ticker"],
+                                env=env_for(broker, "ticker"), cwd=ROOT, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for n in range(1, 4):  # each post reaches the broker before the next is even written
+            follower.stdin.write(json.dumps({"text": f"post {n}"}) + "\n")
+            follower.stdin.flush()
+            deadline = time.monotonic() + 60
+            while len(read_all(broker, "ticker")) < n and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert [m["text"] for m in segments(broker, "ticker")] == [f"post {k}" for k in range(1, n + 1)]
+        out, err = follower.communicate(timeout=60)  # closing stdin ends the feed
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 0 and out.startswith("3 posts sent to ticker"), err
+
+
+def test_a_large_feed_goes_through_in_batches(broker, tmp_path):
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps({"u": f"user-{i % 7}", "t": 1767607200 + i, "text": f"post {i}", "id": i}) + "\n"
+                            for i in range(2000)))
+    result = ingest(env_for(broker, "many"), "--feed", str(path), "--fields", "stream=u,time=t,text=text,id=id")
+    assert result.returncode == 0 and result.stdout.startswith("2000 posts sent to many"), result.stderr
+    messages = segments(broker, "many")
+    assert sorted(int(m["segment_id"].split("/")[1]) for m in messages) == list(range(2000))
+    for user in range(7):  # a stream's posts stay in order (one key, one partition)
+        times = [m["event_time"] for m in messages if m["stream_id"] == f"user-{user}"]
+        assert times == sorted(times) and len(times) in (285, 286)
+
+
 # ---- end to end on the embedded stack -----------------------------------------------------------
 # The served model in tests is small and trained on the synthetic generator's movie-review
 # sentences (trainer/synthetic.py). Whether it reads sentiment into other English is not what this

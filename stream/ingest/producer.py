@@ -12,12 +12,14 @@ everything read so far before exiting; a second Ctrl-C exits at once.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Awaitable, Callable, Iterator
 
 from stream.config import Settings
 from stream.ingest import metrics
@@ -75,14 +77,18 @@ class KafkaSink:
         return await self.producer.send(record.topic, value=record.value, headers=list((record.headers or {}).items()),
                                         key=record.key.encode() if record.key else None)
 
-    async def segment(self, message: Message) -> None:
-        await deliver([Outgoing(self.settings.topic_segments, message.stream_id, message.value)], self._send)
+    def outgoing(self, item: Message | BadLine) -> Outgoing:
+        if isinstance(item, Message):
+            return Outgoing(self.settings.topic_segments, item.stream_id, item.value)
+        reject = Reject(item.reason, f"{item.where}: {item.detail}", item.raw)
+        return Outgoing(self.settings.topic_dlq, None, reject.message(self.settings.dlq_keep_bytes), reject.headers())
 
-    async def dead_letter(self, bad: BadLine) -> None:
-        reject = Reject(bad.reason, f"{bad.where}: {bad.detail}", bad.raw)
-        await deliver([Outgoing(self.settings.topic_dlq, None, reject.message(self.settings.dlq_keep_bytes),
-                                reject.headers())], self._send)
-        metrics.REJECTED.labels(bad.reason).inc()
+    async def send(self, items: list[Message | BadLine]) -> None:
+        """All of them queued at once, returning when the broker has acknowledged every one."""
+        await deliver([self.outgoing(item) for item in items], self._send)
+        for item in items:
+            if isinstance(item, BadLine):
+                metrics.REJECTED.labels(item.reason).inc()
 
 
 def transcribed(source: MediaSource, cutter: UtteranceCutter, transcriber: Transcriber, stream_id: str,
@@ -151,11 +157,10 @@ async def ingest_media(source: MediaSource, cutter: UtteranceCutter, transcriber
         steps = transcribed(source, cutter, transcriber, stream_id, settings, report, on_media)
         while (step := await asyncio.to_thread(next, steps, None)) is not None:
             utterance, message = step
+            await sink.send([message])
             if isinstance(message, BadLine):
-                await sink.dead_letter(message)
                 report.rejected += 1
                 continue
-            await sink.segment(message)
             report.sent += 1
             metrics.SENT.labels("media").inc()
             if source.live:
@@ -165,19 +170,58 @@ async def ingest_media(source: MediaSource, cutter: UtteranceCutter, transcriber
     return report
 
 
+FEED_BATCH = 500  # posts sent before waiting for the broker's acknowledgements
+
+
 async def ingest_feed(items: Iterator[Message | BadLine], settings: Settings) -> Report:
+    """Posts in batches of what has been read (at most FEED_BATCH), each batch acknowledged
+    before the next: a file streams through at the broker's pace, a slow live feed (stdin) is
+    sent post by post as it comes."""
     report = Report()
     stopping = []
     on_stop_signals(lambda: stopping.append(True))
     async with KafkaSink(settings) as sink:
-        while not stopping and (item := await asyncio.to_thread(next, items, None)) is not None:
-            if isinstance(item, BadLine):
-                log.warning("%s: %s (%s): sent to %s", item.where, item.detail, item.reason, settings.topic_dlq)
-                report.rejected += 1
-                await sink.dead_letter(item)
-            else:
-                await sink.segment(item)
-                report.sent += 1
-                metrics.SENT.labels("text").inc()
+        read = ahead(items, FEED_BATCH)
+        while not stopping and (batch := await read()):
+            for bad in (item for item in batch if isinstance(item, BadLine)):
+                log.warning("%s: %s (%s): sent to %s", bad.where, bad.detail, bad.reason, settings.topic_dlq)
+            await sink.send(batch)
+            report.rejected += sum(isinstance(item, BadLine) for item in batch)
+            report.sent += sum(isinstance(item, Message) for item in batch)
+            metrics.SENT.labels("text").inc(sum(isinstance(item, Message) for item in batch))
     report.ended = "stopped" if stopping else "end of feed"
     return report
+
+
+def ahead(items: Iterator, most: int) -> Callable[[], Awaitable[list]]:
+    """A reader thread runs at most 2 x `most` items ahead; each call returns what is ready (at
+    least one item, waiting for it; at most `most`), or [] at the end. An error of the reader
+    (a feed that cannot be read) is raised by the call that reaches it."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Queue = asyncio.Queue(maxsize=2 * most)
+    end = object()
+
+    def reader():
+        try:
+            for item in itertools.chain(items, [end]):
+                asyncio.run_coroutine_threadsafe(ready.put(item), loop).result()
+        except Exception as e:  # noqa: BLE001 - handed to the event loop, raised there
+            if not loop.is_closed():  # closed: ingest has stopped, nobody is waiting
+                asyncio.run_coroutine_threadsafe(ready.put(e), loop)
+    threading.Thread(target=reader, name="feed-reader", daemon=True).start()
+    finished = []
+
+    async def read() -> list:
+        if finished:
+            return []
+        batch = [await ready.get()]
+        while batch[-1] is not end and not isinstance(batch[-1], Exception) and len(batch) < most \
+                and not ready.empty():
+            batch.append(ready.get_nowait())
+        if isinstance(batch[-1], Exception):
+            raise batch[-1]
+        if batch[-1] is end:
+            finished.append(True)
+            batch.pop()
+        return batch
+    return read
