@@ -106,6 +106,11 @@ def test_a_video_ingested_twice_sends_the_same_segments(broker, talk):
     assert {r.key for r in sent} == {b"talk-1"}
 
 
+def closest(sentences: list[str], texts: list[str]) -> list[int]:
+    """For each transcript, which spoken sentence it is nearest to (by word error rate)."""
+    return [min(range(len(sentences)), key=lambda k: word_error_rate([sentences[k]], [text])) for text in texts]
+
+
 def serve(wav: Path, port: int) -> subprocess.Popen:
     """ffmpeg playing `wav` in real time as MPEG-TS to the one client that connects."""
     return subprocess.Popen(["ffmpeg", "-loglevel", "error", "-re", "-i", str(wav), "-c:a", "aac", "-f", "mpegts",
@@ -136,7 +141,8 @@ def test_a_live_source_that_stops_and_comes_back_loses_and_doubles_nothing(broke
     messages = segments(broker, "live")
     texts = [m["text"] for m in messages]
     assert len(messages) == 6 and len({m["segment_id"] for m in messages}) == 6, texts
-    assert word_error_rate(first + second, texts) <= 0.25, texts
+    assert closest(first + second, texts) == list(range(6)), texts  # each sentence once, in order
+    assert word_error_rate(first + second, texts) <= 0.35, texts
     times = [m["event_time"] for m in messages]
     assert started < times[0] and times == sorted(times) and times[-1] < time.time()  # capture time, wall clock
     assert all(m["segment_id"] == f"cam-1/w{round(m['event_time'] * 1000)}" for m in messages)
@@ -165,7 +171,7 @@ def test_ctrl_c_sends_every_utterance_heard_then_exits(broker, tmp_path):
     assert "; stopped" in out and 2 <= sent < len(sentences), out
     messages = segments(broker, "ctrl-c")
     assert len(messages) == sent and len({m["segment_id"] for m in messages}) == sent
-    assert word_error_rate(sentences[:sent - 1], [m["text"] for m in messages[:-1]]) <= 0.25
+    assert closest(sentences, [m["text"] for m in messages[:-1]]) == list(range(sent - 1))
 
 
 def test_an_hls_stream_over_http(broker, talk, tmp_path):
