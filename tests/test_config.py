@@ -114,12 +114,12 @@ def test_a_bad_redis_url_is_named_without_its_password(monkeypatch):
 def test_every_broker_client_gets_its_tls_context_from_the_settings(tmp_path):
     import certifi
 
-    from stream.dependency_checks import _client_options
+    from stream.dependency_checks import broker_client_options
     assert Settings(broker_security="PLAINTEXT").broker_ssl_context() is None
-    assert "ssl_context" not in _client_options(Settings(broker_security="SASL_PLAINTEXT"), 5)
+    assert "ssl_context" not in broker_client_options(Settings(broker_security="SASL_PLAINTEXT"), 5)
     bundle = Settings(broker_security="SSL", ca_file=certifi.where()).broker_ssl_context()
     assert bundle.cert_store_stats()["x509_ca"] > 0
-    options = _client_options(Settings(broker_security="SASL_SSL", ca_file=certifi.where(), sasl_username="u"), 5)
+    options = broker_client_options(Settings(broker_security="SASL_SSL", ca_file=certifi.where(), sasl_username="u"), 5)
     assert options["ssl_context"].cert_store_stats() == bundle.cert_store_stats()
     assert options["sasl_plain_username"] == "u"
 
