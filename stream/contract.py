@@ -227,6 +227,36 @@ class ModelContract:
             raise ContractError(f"{PRESENT} shape {arrays[PRESENT].shape} != ({n}, {len(PRESENCE)})")
         return out
 
+    def length_buckets(self, feed: dict[str, np.ndarray]) -> dict[tuple[int, ...], np.ndarray]:
+        """The rows of a checked feed (lengths [n]) grouped by the lengths they are computed at:
+        (text, then each sequence side) -> row indices, each length bucket_length of the row's own."""
+        keys = [np.array([bucket_length(int(t), self.max_text_tokens) for t in feed["attention_mask"].sum(1)])]
+        keys += [np.array([bucket_length(int(n), self.max_frames) for n in feed[lengths_name(m)]]) for m in self.widths]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for row, key in enumerate(zip(*keys)):
+            groups.setdefault(tuple(int(k) for k in key), []).append(row)
+        return {key: np.array(rows) for key, rows in groups.items()}
+
+    def run_by_bucket(self, run, feed: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+        """`run(feed) -> [array per name]` over a checked feed, so that each segment's outputs depend
+        on that segment alone: ONNX Runtime's float rounding depends on the lengths a batch is
+        padded to (reductions over a different number of positions round differently, by ~1e-7),
+        and an int8 graph can turn such a difference into a whole quantization step (~1e-4 on the
+        score). Each row is therefore computed at lengths that follow from its own (its bucket),
+        with the other rows of its bucket, never as a batch of one; those shapes give the same
+        outputs bit for bit whatever the other rows (checked at every export: trainer/export.py)."""
+        n = len(feed["input_ids"])
+        out: dict[str, np.ndarray] = {}
+        for key, rows in self.length_buckets(feed).items():
+            part = {name: fit_length(a[rows], key[0]) if name in TEXT_INPUTS else a[rows] for name, a in feed.items()}
+            for m, length in zip(self.widths, key[1:]):
+                part[m] = fit_length(part[m], length)
+            for name, result in zip(names, run(never_one_row(part))):
+                if name not in out:
+                    out[name] = np.zeros((n, *result.shape[1:]), result.dtype)
+                out[name][rows] = result[:len(rows)]
+        return out
+
     def concatenate(self, requests: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Several checked requests as one batch: sequences padded to the longest among them."""
         feed = {}
@@ -236,12 +266,21 @@ class ModelContract:
         return feed
 
 
+def bucket_length(real: int, limit: int) -> int:
+    """The length a sequence of `real` positions is computed at: the next power of two from 8, at
+    most `limit` (the contract's maximum) unless the sequence itself is longer."""
+    length = 8
+    while length < real:
+        length *= 2
+    return max(real, min(length, limit), 1)
+
+
 def never_one_row(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The feed with its row repeated when it has exactly one. ONNX Runtime computes a one-row
     batch with other kernels (matrix-vector products) whose float rounding differs from the
     batched kernels' by ~1e-7, and an int8 graph can turn such a difference into a whole
-    quantization step. From two rows on, a row's outputs do not depend on the other rows or on
-    the padding: every export checks it (trainer/export.py, batch_invariance)."""
+    quantization step. From two rows on, at the same lengths, a row's outputs do not depend on
+    the other rows (ModelContract.run_by_bucket)."""
     if len(feed["input_ids"]) != 1:
         return feed
     return {k: np.concatenate([v, v]) for k, v in feed.items()}
@@ -258,6 +297,15 @@ def each_row(feed: dict[str, np.ndarray], sides: Iterable[str]) -> list[dict[str
             row[m] = row[m][:, :max(1, int(row[lengths_name(m)][0]))]
         rows.append(row)
     return rows
+
+
+def fit_length(a: np.ndarray, length: int) -> np.ndarray:
+    """`a` [n, T, ...] cut or zero-padded to T = length (only padding is ever cut)."""
+    if a.shape[1] >= length:
+        return a[:, :length]
+    out = np.zeros((a.shape[0], length, *a.shape[2:]), a.dtype)
+    out[:, :a.shape[1]] = a
+    return out
 
 
 def pad_and_stack(arrays: Iterable[np.ndarray], minimum: int = 0) -> np.ndarray:

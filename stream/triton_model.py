@@ -7,9 +7,10 @@ except in tests. It follows Triton's contract:
                 (its instance count), opens the ONNX session
                 (CUDA execution provider where ONNX Runtime has it, else CPU)
     execute     one response per request; a bad request gets an error response and the others
-                in the same batch are still served. Requests are padded to a common length and
-                run as one ONNX Runtime call, never of one row: a segment's score is then the same
-                whatever its batch (the model is invariant to padding and to its batch mates).
+                in the same batch are still served. The requests' segments are grouped by the
+                lengths they are computed at, which follow from each segment's own, and each group
+                runs as one ONNX Runtime call of at least two rows: a segment's outputs are then
+                the same, bit for bit, whatever its batch (contract.run_by_bucket).
 """
 import json
 import os
@@ -74,9 +75,9 @@ class TritonPythonModel:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
         if good:
             try:
-                feed = contract.never_one_row(self.contract.concatenate([arrays for _, arrays in good]))
+                feed = self.contract.concatenate([arrays for _, arrays in good])
                 names = self.contract.outputs
-                results = dict(zip(names, self.session.run(list(names), feed)))
+                results = self.contract.run_by_bucket(lambda part: self.session.run(list(names), part), feed, names)
                 start = 0
                 for i, arrays in good:
                     n = arrays["input_ids"].shape[0]

@@ -128,3 +128,26 @@ def test_the_tokenizer_is_the_served_versions(tmp_path):
     assert tokenizer_dir(tmp_path, "tecafn") == tmp_path / "tecafn" / "11" / "tokenizer"  # newest on disk
     with pytest.raises(ContractError, match="Triton serves version 11 of tecafn"):
         tokenizer_dir(tmp_path, "tecafn", "11")
+
+
+def test_segments_are_run_at_lengths_of_their_own_and_come_back_in_order():
+    """The serving model's grouping: each row at the bucket of its own lengths (never a batch of
+    one), the outputs scattered back to the rows they belong to."""
+    from stream.contract import bucket_length
+    served = ModelContract(widths={"audio": 3}, max_text_tokens=40, max_frames=20, presence=True)
+    assert [bucket_length(n, 40) for n in (0, 1, 8, 9, 17, 33, 40)] == [8, 8, 8, 16, 32, 40, 40]
+    rng = np.random.default_rng(0)
+    tokens, frames = np.array([3, 12, 30, 5, 40]), np.array([2, 0, 20, 9, 1])
+    mask = (np.arange(40)[None, :] < tokens[:, None]).astype(np.int64)
+    feed = served.check_request(served.batch(rng.integers(1, 99, (5, 40)) * mask, mask,
+                                             {"audio": [rng.normal(size=(n, 3)) for n in frames]}))
+    calls = []
+
+    def run(part):
+        calls.append({k: v.shape for k, v in part.items()})
+        real = part["attention_mask"].sum(1) * 100 + part["audio_lengths"]
+        return [real.astype(np.float32).reshape(-1, 1)]
+    out = served.run_by_bucket(run, feed, ["score"])
+    assert out["score"].reshape(-1).tolist() == (tokens * 100 + frames).tolist()
+    assert sorted((c["input_ids"][1], c["audio"][1]) for c in calls) == [(8, 8), (8, 16), (16, 8), (32, 20), (40, 8)]
+    assert all(c["input_ids"][0] >= 2 for c in calls)  # a row alone is run as two

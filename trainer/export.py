@@ -217,15 +217,15 @@ def graph_feed(batch: dict[str, torch.Tensor | np.ndarray]) -> dict[str, np.ndar
 
 def batch_invariance(onnx_path: Path, served: ModelContract, feed: dict[str, np.ndarray]) -> float:
     """Max |difference| of any output of a segment between the whole batch and other ways of
-    serving it: alone (as the serving model runs one segment), in pairs with other padding, in
-    the reverse order."""
+    serving it, each run as the serving model runs a batch (ModelContract.run_by_bucket): alone,
+    in pairs with other padding, in the reverse order."""
     session = ort_session(onnx_path)
     names = list(served.outputs)
 
     def run(requests: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
         n = sum(len(r["input_ids"]) for r in requests)
-        out = session.run(names, contract.never_one_row(served.concatenate(requests)))
-        return [o[:n].reshape(n, -1) for o in out]
+        out = served.run_by_bucket(lambda part: session.run(names, part), served.concatenate(requests), names)
+        return [out[name].reshape(n, -1) for name in names]
 
     rows = contract.each_row(feed, served.sequences)
     n = len(rows)
