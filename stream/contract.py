@@ -267,11 +267,11 @@ class ModelContract:
 
 
 def bucket_length(real: int, limit: int) -> int:
-    """The length a sequence of `real` positions is computed at: the next power of two from 8, at
-    most `limit` (the contract's maximum) unless the sequence itself is longer."""
-    length = 8
-    while length < real:
-        length *= 2
+    """The length a sequence of `real` positions is computed at: the next multiple of 8 (of 64
+    past 64), at most `limit` (the contract's maximum) unless the sequence itself is longer. Fine
+    steps waste little padding; every step is one more group a batch may split into."""
+    step = 8 if real <= 64 else 64
+    length = max(step, -(-real // step) * step)
     return max(real, min(length, limit), 1)
 
 

@@ -135,7 +135,8 @@ def test_segments_are_run_at_lengths_of_their_own_and_come_back_in_order():
     one), the outputs scattered back to the rows they belong to."""
     from stream.contract import bucket_length
     served = ModelContract(widths={"audio": 3}, max_text_tokens=40, max_frames=20, presence=True)
-    assert [bucket_length(n, 40) for n in (0, 1, 8, 9, 17, 33, 40)] == [8, 8, 8, 16, 32, 40, 40]
+    assert [bucket_length(n, 40) for n in (0, 1, 8, 9, 17, 33, 40)] == [8, 8, 8, 16, 24, 40, 40]
+    assert [bucket_length(n, 500) for n in (64, 65, 130, 499)] == [64, 128, 192, 500]
     rng = np.random.default_rng(0)
     tokens, frames = np.array([3, 12, 30, 5, 40]), np.array([2, 0, 20, 9, 1])
     mask = (np.arange(40)[None, :] < tokens[:, None]).astype(np.int64)

@@ -17,7 +17,7 @@ from tests.test_export_serve import checkpoint  # noqa: F401 - its tiny trained 
 from trainer import calibration
 from trainer import export as export_module
 from trainer.data import load_dataset
-from trainer.export import (BATCH_INVARIANCE_TOLERANCE, INT8_MAX_TOLERANCE, INT8_MEAN_TOLERANCE, export,
+from trainer.export import (BATCH_INVARIANCE_TOLERANCE, INT8_MAX_TOLERANCE, INT8_RMS_TOLERANCE, export,
                             ort_scores)
 from trainer.train import evaluate_checkpoint
 
@@ -50,7 +50,7 @@ def test_the_int8_export_serves_a_static_quantized_graph_within_tolerance_of_fp3
     assert meta["quantized"] == "int8" and "reduce_range" in meta["int8_format"]
     assert meta["int8_calibration"]["source"].endswith(calibration.CALIBRATION_FILE)
     parity = meta["int8_parity"]
-    assert parity["mean_abs_diff"] <= INT8_MEAN_TOLERANCE and parity["max_abs_diff"] <= INT8_MAX_TOLERANCE
+    assert parity["rms_diff"] <= INT8_RMS_TOLERANCE and parity["max_abs_diff"] <= INT8_MAX_TOLERANCE
 
     # the accuracy report is the two graphs' MAE on the whole test split
     split = load_dataset("synthetic").split("test")
@@ -64,7 +64,7 @@ def test_the_int8_export_serves_a_static_quantized_graph_within_tolerance_of_fp3
     # and, independently of the export's own check, the graphs agree on segments it never saw
     feeds = fresh_segments(checkpoint)
     diff = np.abs(ort_scores(int8 / "model.onnx", feeds) - ort_scores(fp32 / "model.onnx", feeds))
-    assert diff.mean() <= INT8_MEAN_TOLERANCE and diff.max() <= INT8_MAX_TOLERANCE
+    assert np.sqrt(np.mean(diff ** 2)) <= INT8_RMS_TOLERANCE and diff.max() <= INT8_MAX_TOLERANCE
 
 
 def test_a_segments_int8_score_is_the_same_alone_and_in_any_batch(checkpoint, int8):
@@ -132,6 +132,11 @@ def test_through_triton_a_segment_scores_the_same_alone_in_a_batch_and_merged_by
 
 
 AVX2_ONLY = "Haswell"  # AVX2 and FMA, no AVX-512, no VNNI: the kernels of an AMD EPYC Rome
+# Between two CPUs the float parts of the graph round differently (~1e-7), and an int8 graph can
+# turn that into a quantization step: on the 686 CMU-MOSI test segments the default model's int8
+# scores on an emulated AVX2-only CPU were at most 0.010 from the native AVX-512/VNNI ones (test
+# MAE equal to 2e-5). Saturating AVX2 kernels moved them by 0.23.
+CPU_TOLERANCE = 0.05
 
 
 def test_the_int8_graph_scores_the_same_on_a_cpu_without_avx512_or_vnni(checkpoint, int8, tmp_path):
@@ -157,13 +162,13 @@ def test_the_int8_graph_scores_the_same_on_a_cpu_without_avx512_or_vnni(checkpoi
     subprocess.run([sys.executable, "-c", script, *args, str(tmp_path / "native.npy")], check=True,
                    capture_output=True, timeout=120)
     native = np.load(tmp_path / "native.npy")
-    assert np.abs(np.load(tmp_path / "avx2.npy") - native).max() <= BATCH_INVARIANCE_TOLERANCE
+    assert np.abs(np.load(tmp_path / "avx2.npy") - native).max() <= CPU_TOLERANCE
 
 
 def test_an_int8_graph_that_strays_fails_the_export_and_leaves_nothing(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(export_module, "quantized_parity",
-                        lambda *a: {"segments": 10, "mean_abs_diff": 0.08, "max_abs_diff": 0.3})
-    with pytest.raises(RuntimeError, match="int8 graph differs from the fp32 graph by 0.080 on average"):
+                        lambda *a: {"segments": 10, "mean_abs_diff": 0.08, "rms_diff": 0.12, "max_abs_diff": 0.3})
+    with pytest.raises(RuntimeError, match=r"int8 graph differs from the fp32 graph by 0.120 \(root mean square\)"):
         export(checkpoint, tmp_path, quantize="int8")
     assert not any((tmp_path / "tecafn").glob("[0-9]*")) and not any((tmp_path / "tecafn").glob(".staging*"))
 
