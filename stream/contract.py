@@ -286,17 +286,20 @@ def never_one_row(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([v, v]) for k, v in feed.items()}
 
 
+def trimmed(feed: dict[str, np.ndarray], sides: Iterable[str]) -> dict[str, np.ndarray]:
+    """A feed (lengths [n]) cut to its longest text and each side's longest frames (at least one)."""
+    out = dict(feed)
+    tokens = max(1, int(feed["attention_mask"].sum(1).max()))
+    out["input_ids"], out["attention_mask"] = fit_length(feed["input_ids"], tokens), fit_length(feed["attention_mask"], tokens)
+    for m in sides:
+        out[m] = fit_length(feed[m], max(1, int(feed[lengths_name(m)].max())))
+    return out
+
+
 def each_row(feed: dict[str, np.ndarray], sides: Iterable[str]) -> list[dict[str, np.ndarray]]:
     """A checked feed (lengths [n]) as one request per segment, each trimmed to its own lengths."""
-    rows = []
-    for i in range(len(feed["input_ids"])):
-        row = {k: v[i:i + 1] for k, v in feed.items()}
-        tokens = max(1, int(row["attention_mask"].sum()))
-        row["input_ids"], row["attention_mask"] = row["input_ids"][:, :tokens], row["attention_mask"][:, :tokens]
-        for m in sides:
-            row[m] = row[m][:, :max(1, int(row[lengths_name(m)][0]))]
-        rows.append(row)
-    return rows
+    sides = list(sides)
+    return [trimmed({k: v[i:i + 1] for k, v in feed.items()}, sides) for i in range(len(feed["input_ids"]))]
 
 
 def fit_length(a: np.ndarray, length: int) -> np.ndarray:

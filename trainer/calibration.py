@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stream.contract import trimmed
 from stream.errors import UserError
 from trainer.data import Batcher
 
@@ -57,14 +58,6 @@ def for_checkpoint(checkpoint: Path, data: str | None, tokenizer, max_text_token
 
 def chunks(sample: dict[str, np.ndarray], rows: int) -> list[dict[str, np.ndarray]]:
     """The sample in batches of `rows`, each trimmed to its own longest text and frames."""
-    lengths = {k: v for k, v in sample.items() if k.endswith("_lengths")}
-    out = []
-    for start in range(0, len(sample["input_ids"]), rows):
-        part = {k: v[start:start + rows] for k, v in sample.items()}
-        tokens = max(1, int(part["attention_mask"].sum(1).max()))
-        part["input_ids"], part["attention_mask"] = part["input_ids"][:, :tokens], part["attention_mask"][:, :tokens]
-        for name in lengths:
-            side = name.removesuffix("_lengths")
-            part[side] = part[side][:, :max(1, int(part[name].max()))]
-        out.append(part)
-    return out
+    sides = [k.removesuffix("_lengths") for k in sample if k.endswith("_lengths")]
+    return [trimmed({k: v[start:start + rows] for k, v in sample.items()}, sides)
+            for start in range(0, len(sample["input_ids"]), rows)]
