@@ -143,6 +143,7 @@ async def finish(stream, events, scoring_call) -> None:
     except Exception as e:  # a bug, not bad input: park the batch in the DLQ, keep running
         log.exception("batch of %d failed; sent to %s as internal_error", len(raws), settings.topic_dlq)
         result = BatchResult(rejects=[Reject("internal_error", f"{type(e).__name__}: {e}", raw) for raw in raws])
+        metrics.REJECTED.labels("internal_error").inc(len(raws))
     with metrics.STAGE_SECONDS.labels("publish").time():
         await deliver(outgoing(result, settings.dlq_keep_bytes), send)
         await pipeline.published(result)

@@ -4,7 +4,7 @@ import asyncio
 import json
 from unittest import mock
 
-from stream import app as app_module
+from stream import app as app_module, metrics
 from stream.pipeline import BatchResult, Pipeline, Reject
 from stream.schema import Score
 from tests.conftest import an_alert
@@ -66,7 +66,10 @@ def run_agent(pipeline, values):
     return sent
 
 def test_an_unexpected_failure_parks_the_batch_in_the_dlq():
+    counted = metrics.REJECTED.labels("internal_error")
+    before = counted._value.get()
     sent = run_agent(Exploding(), [b"one", b"two"])
+    assert counted._value.get() - before == 2  # operators see it on the rejected-segments counter
     bodies = [json.loads(kw["value"]) for kw in sent["dlq"]]
     assert [b["reason"] for b in bodies] == ["internal_error", "internal_error"]
     assert "tokenizer fell over" in bodies[0]["detail"]
