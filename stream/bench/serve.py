@@ -5,9 +5,17 @@ batcher has to form the batches; raw ONNX Runtime runs the same model file on ba
 and 16 in this process. Ratios are served / raw throughput at the same batch size. With
 --quantize int8 the int8 export is served, and the fp32 graph of the same checkpoint is measured
 raw beside it: raw int8 / raw fp32 is the int8 speed-up.
+
+With --compare OPTION ... it prints a table instead, to choose a model by: for each option (a
+run directory, or a text encoder's name for an untrained model of it, which is as fast as a
+trained one) and each quantization, the served and raw throughput at one concurrency, the ratio
+to the first row, and the run's test metrics where it has them. Every row is measured in the same
+run on the same machine, one server at a time.
 """
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import tempfile
 import threading
@@ -100,7 +108,8 @@ def untrained_checkpoint(out: Path, text_encoder: str = "minilm") -> Path:
 
 def bench_serve(checkpoint: Path | None = None, seconds: float = 8.0, levels=(1, 4, 16),
                 ports=(18100, 18101, 18102), text_encoder: str = "minilm", progress=print,
-                quantize: str = "none") -> dict:
+                quantize: str = "none", attribution: bool = True) -> dict:
+    """`attribution`: also measure the model exported without it (what attribution costs)."""
     from stream.stack.tritonserver import EmbeddedTriton
     from trainer.export import export
 
@@ -129,8 +138,10 @@ def bench_serve(checkpoint: Path | None = None, seconds: float = 8.0, levels=(1,
                     fp32 = raw_throughput(fp32_dir / ONNX_FILE, contract, level, seconds / 2)
                     result["levels"][str(level)].update(raw_fp32=fp32, raw_speedup=raw["segments_per_s"]
                                                         / fp32["segments_per_s"])
-            result["attribution"] = attribution_cost(checkpoint, tmp / "repo", server, result["levels"][str(levels[-1])],
-                                                     levels[-1], seconds, progress)
+            if attribution:
+                result["attribution"] = attribution_cost(checkpoint, tmp / "repo", server,
+                                                         result["levels"][str(levels[-1])], levels[-1], seconds,
+                                                         progress)
         finally:
             server.stop()
     return result
@@ -175,4 +186,64 @@ def format_report(r: dict) -> str:
         lines.append(f"attribution on vs off at concurrency {a['concurrency']}: served {a['served_ratio']:.2f}x "
                      f"({a['served_off']['segments_per_s']:.1f} seg/s without it), raw ONNX Runtime "
                      f"{a['raw_ratio']:.2f}x ({a['raw_off']['segments_per_s']:.1f} seg/s without it)")
+    return "\n".join(lines)
+
+
+def bench_compare(options: list[str], quantizations=("none", "int8"), concurrency: int = 16, seconds: float = 8.0,
+                  ports=(18100, 18101, 18102), progress=print) -> dict:
+    """One row per option and quantization: served and raw segments/s at `concurrency`."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tecaflow-compare-") as tmp:
+        for i, option in enumerate(options):
+            checkpoint, quality = option_checkpoint(option, Path(tmp) / f"option-{i}", progress)
+            for quantize in quantizations:
+                progress(f"{option}, {quantize}: export and serve at concurrency {concurrency}")
+                r = bench_serve(checkpoint, seconds, (concurrency,), ports, progress=progress, quantize=quantize,
+                                attribution=False)
+                level = r["levels"][str(concurrency)]
+                rows.append({"option": option, "quantize": quantize, "served": level["served"], "raw": level["raw"],
+                             "test": quality})
+    first = rows[0]["served"]["segments_per_s"]
+    for row in rows:
+        row["vs_first"] = row["served"]["segments_per_s"] / first
+    return {"concurrency": concurrency, "seconds": seconds, "cores": os.cpu_count(), "rows": rows}
+
+
+def option_checkpoint(option: str, scratch: Path, progress) -> tuple[Path, dict | None]:
+    """A run directory's checkpoint and test metrics, or an untrained model of a text encoder
+    (minilm, mpnet, tiny, a path) and no metrics."""
+    from stream.errors import UserError
+    run = Path(option)
+    if (run / "checkpoint.pt").is_file():
+        return run / "checkpoint.pt", run_metrics(run)
+    seeds = sorted(run.glob("seed_*/checkpoint.pt"))
+    if seeds:  # a several-seed run: serve its first seed, report the mean over the seeds
+        return seeds[0], run_metrics(run)
+    if option in ("minilm", "mpnet", "tiny") or run.is_dir():
+        progress(f"building an untrained {option} TeCaFN for the benchmark")
+        return untrained_checkpoint(scratch, option), None
+    raise UserError(f"--compare {option}: neither a run directory (checkpoint.pt) nor a text encoder "
+                    f"(minilm, mpnet, tiny, or a model directory)")
+
+
+def run_metrics(run: Path) -> dict | None:
+    """Test metrics of a run: metrics.json's, or the means of summary.json's over seeds."""
+    if (run / "summary.json").is_file():
+        return {k: v["mean"] for k, v in json.loads((run / "summary.json").read_text())["test"].items()}
+    if (run / "metrics.json").is_file():
+        return json.loads((run / "metrics.json").read_text())["test"]
+    return None
+
+
+def format_compare(r: dict) -> str:
+    lines = [f"served at concurrency {r['concurrency']}, {r['seconds']:g} s per row, {r['cores']} cores",
+             f"{'option':<28} {'model':>5} {'served seg/s':>13} {'p99 ms':>8} {'raw seg/s':>10} {'vs first':>9} "
+             f"{'test MAE':>9} {'Corr':>6} {'Acc-7':>6}"]
+    for row in r["rows"]:
+        test = row["test"]
+        quality = (f" {test['mae']:>9.3f} {test['corr']:>6.3f} {100 * test['acc7']:>6.2f}" if test
+                   else f" {'-':>9} {'-':>6} {'-':>6}")
+        lines.append(f"{row['option'][-28:]:<28} {'int8' if row['quantize'] == 'int8' else 'fp32':>5} "
+                     f"{row['served']['segments_per_s']:>13.1f} {row['served']['p99_ms']:>8.1f} "
+                     f"{row['raw']['segments_per_s']:>10.1f} {row['vs_first']:>8.2f}x{quality}")
     return "\n".join(lines)
