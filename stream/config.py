@@ -11,6 +11,7 @@ import os
 import re
 import ssl
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from stream.errors import UserError
@@ -196,7 +197,6 @@ def _positive_seconds(values: tuple[int, ...]) -> str | None:
 
 
 def _whisper_model(value: str) -> str | None:
-    from pathlib import Path
     if value in ("tiny.en", "base") or (Path(value) / "model.bin").is_file():
         return None
     return "is neither tiny.en, base nor a directory holding a CTranslate2 model.bin"
@@ -212,6 +212,12 @@ def _port(address: str, default: int) -> int:
     return int(port) if sep and port.isdigit() else default
 
 
+def default_cache() -> Path:
+    """Where TECAFLOW_ENCODER_CACHE and TECAFLOW_INGEST_CACHE point when empty: the XDG cache
+    directory's tecaflow/ ($XDG_CACHE_HOME, by default ~/.cache)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tecaflow"
+
+
 @dataclass(frozen=True)
 class Settings:
     # ---- where things are ----
@@ -219,6 +225,8 @@ class Settings:
     model_repo: str = setting("model_repo", "where `stack up` serves models from, and the worker finds the tokenizer")
     tokenizer: str = setting("", "tokenizer directory, when the model repository is not on this host",
                              shown="(served version's)")
+    encoder_cache: str = setting("", "where a text encoder shipped in parts (`--text-encoder mpnet`) is reassembled "
+                                 "and kept", shown="$XDG_CACHE_HOME/tecaflow or ~/.cache/tecaflow")
     # ---- the broker ----
     broker_url: str = setting("kafka://127.0.0.1:9092",
                               "Kafka bootstrap servers (comma-separated host:port, `kafka://` optional)", check=_host_ports,
@@ -301,7 +309,7 @@ class Settings:
     ingest_threads: int = setting(0, "CPU threads per transcription (0: CTranslate2's default)",
                                   minimum=0)
     ingest_cache: str = setting("", "where weights shipped in parts are reassembled and kept",
-                                shown="~/.cache/tecaflow")
+                                shown="$XDG_CACHE_HOME/tecaflow or ~/.cache/tecaflow")
     ingest_vad_threshold: float = setting(0.5, "speech probability above which a 32 ms window is speech (Silero VAD)",
                                           above=0.0, below=1.0)
     ingest_min_silence_s: float = setting(0.5, "silence that ends an utterance", above=0.0, maximum=10.0)

@@ -60,3 +60,44 @@ def test_a_tiny_bench_serve_of_int8_reports_the_speedup_over_fp32_raw(tmp_path):
                                                      / level["raw_fp32"]["segments_per_s"])
         assert level["served"]["requests"] > 0
     assert "int8/fp32" in format_serve(r) and r["attribution"]["served_off"]["requests"] > 0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_bench_serve_compare_tables_options_against_the_first(tmp_path):
+    """A tiny encoder's untrained model against a trained run: a row each, measured served and
+    raw, the ratio to the first row, and the run's own test metrics beside its throughput."""
+    import json
+
+    from stream.bench.serve import bench_compare, format_compare
+    from tests.conftest import free_ports
+    from trainer.data import load_dataset
+    from trainer.train import TrainOptions, train
+
+    run = tmp_path / "run"
+    train(load_dataset("synthetic", n=60, max_frames=12),
+          TrainOptions(out=run, epochs=1, text_encoder="tiny", progress=False, max_frames=12,
+                       model_overrides=dict(encoder_layers=1, cross_layers=1, d_model=16, n_heads=2)))
+    r = bench_compare(["tiny", str(run)], ("none",), concurrency=2, seconds=0.5, ports=free_ports(3),
+                      progress=lambda m: None)
+    first, second = r["rows"]
+    assert (first["option"], first["test"]) == ("tiny", None)
+    assert first["served"]["vs_first"] == first["raw"]["vs_first"] == 1.0
+    assert second["test"] == json.loads((run / "metrics.json").read_text())["test"]
+    for key in ("served", "raw"):
+        assert second[key]["vs_first"] == pytest.approx(second[key]["segments_per_s"] / first[key]["segments_per_s"])
+    assert len(first["raw"]["rounds"]) == r["rounds"]
+    assert all(row["served"]["requests"] > 0 and row["raw"]["segments_per_s"] > 0 for row in r["rows"])
+    table = format_compare(r).splitlines()
+    assert len(table) == 4 and f"{second['test']['mae']:.3f}" in table[3] and "1.00x" in table[2]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "serve", "--compare", "/nonexistent/run"], "--compare /nonexistent/run: neither a run directory"),
+    (["bench", "serve", "--concurrency", "4"], "--concurrency is --compare's"),
+    (["bench", "serve", "--compare", "tiny", "--checkpoint", "x.pt"], "leave out --checkpoint"),
+])
+def test_bench_serve_flags_that_do_not_fit_are_one_line(argv, message, capsys):
+    from stream import cli
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -9,6 +9,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from stream.arguments import positive, probability
+from stream.errors import UserError
 from trainer.defaults import DEFAULT_MAX_FRAMES, DEFAULT_MODALITY_DROPOUT, MAX_FRAMES
 
 
@@ -42,8 +43,9 @@ class TrainOptions:
     patience: int = option(10, "early-stopping patience in epochs", type=positive(int))
     seed: int = option(1111, type=int)
     device: str = option("cpu", "cpu or cuda[:N]")
-    text_encoder: str = option("minilm", "minilm (offline all-MiniLM-L6-v2), tiny (small random BERT), or a local "
-                                         "BERT-family path")
+    text_encoder: str = option("minilm", "minilm (offline all-MiniLM-L6-v2), mpnet (offline all-mpnet-base-v2, "
+                                         "MPNet-base: `make mpnet` installs it), tiny (small random BERT), or a "
+                                         "local BERT-family path")
     ablation: str = option("full", flag=False)
     max_text_tokens: int = option(50, type=positive(int))
     max_frames: int | None = option(DEFAULT_MAX_FRAMES, f"audio/visual frames kept per segment (default "
@@ -58,6 +60,11 @@ class TrainOptions:
                                      metavar="P")
     standardise: bool = option(True, flag=False)  # per-dimension feature standardisation from the training split
     bucket: bool = option(True, flag=False)  # length-bucketed batches
+    teacher: Path | None = option(None, "distil: also learn from the scores of this trained run directory (its "
+                                  "checkpoint.pt, or the mean of its seed_*/ checkpoints), computed once on the "
+                                  "training split and kept there", type=Path, metavar="RUN_DIR")
+    distill_weight: float | None = option(None, "with --teacher: the task loss is (1 - α) · L(labels) + α · "
+                                          "L(teacher's scores) (default 0.5)", type=probability, metavar="α")
     seeds: int = option(1, "train N times (seeds --seed, --seed + 1, ...) and report each metric as mean ± sd",
                         type=positive(int), metavar="N")
 
@@ -66,6 +73,8 @@ class TrainOptions:
             raise ValueError(f"modality dropout must be in [0, 1), got {self.modality_dropout}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if self.distill_weight is not None and self.teacher is None:
+            raise UserError("--distill-weight weighs a teacher's scores: give the teacher with --teacher RUN_DIR")
 
 
 def flagged(names: tuple[str, ...] | None = None):

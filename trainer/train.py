@@ -28,8 +28,8 @@ import torch
 from tqdm import tqdm
 
 from stream.errors import UserError
-from trainer import calibration
-from trainer.data import Batcher, Dataset, feature_stats
+from trainer import calibration, distill
+from trainer.data import Batcher, Dataset, Split, feature_stats
 from trainer.metrics import compute_metrics, summarise
 from trainer.model import (
     PRESENCE,
@@ -177,6 +177,7 @@ def format_summary(s: dict) -> str:
 def train_once(dataset: Dataset, opts: TrainOptions) -> dict:
     """Train, keep the best checkpoint on valid MAE (or accuracy), write the run directory."""
     device = resolve_device(opts.device)
+    teacher = distill.teacher_scores(opts.teacher, dataset, device) if opts.teacher else None
     seed_everything(opts.seed)
     model, encoder_config = build_model(dataset, opts)
     model.to(device)
@@ -202,9 +203,10 @@ def train_once(dataset: Dataset, opts: TrainOptions) -> dict:
     for epoch in range(opts.epochs):
         model.train()
         epoch_started = time.time()
-        for batch in batchers["train"].batches(opts.batch_size, shuffle=True, generator=generator, device=device,
-                                               bucket=opts.bucket):
-            losses = train_step(model, optimizer, batch, opts, generator)
+        for index in batchers["train"].order(opts.batch_size, shuffle=True, generator=generator, bucket=opts.bucket):
+            batch = batchers["train"].batch(index, device)
+            losses = train_step(model, optimizer, batch, opts, generator,
+                                None if teacher is None else teacher[index].to(device))
             step += 1
             check_finite(losses, step, epoch)
             seen += len(batch["labels"])
@@ -245,22 +247,32 @@ def train_once(dataset: Dataset, opts: TrainOptions) -> dict:
         "seed": opts.seed,
         "text_encoder": opts.text_encoder,
         "device": str(device),
+        **({"teacher": str(opts.teacher), "distill_weight": distill_weight(opts)} if opts.teacher else {}),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("test %s", _fmt(metrics["test"]))
     return metrics
 
 
-def train_step(model: TeCaFN, optimizer, batch: dict, opts: TrainOptions, generator) -> dict:
-    """One optimisation step; modality dropout hides sides of random samples first."""
+def train_step(model: TeCaFN, optimizer, batch: dict, opts: TrainOptions, generator,
+               teacher: torch.Tensor | None = None) -> dict:
+    """One optimisation step; modality dropout hides sides of random samples first. With the
+    teacher's scores of the batch, the task loss also pulls toward them (trainer/distill.py)."""
     if opts.modality_dropout > 0:
         batch = {**batch, "present": modality_dropout(model.presence(batch), opts.modality_dropout, generator)}
-    losses = model.loss(model(batch, generator=None), batch["labels"])
+    out = model(batch, generator=None)
+    losses = model.loss(out, batch["labels"])
+    if teacher is not None:
+        losses = distill.distilled(model, out, losses, teacher, distill_weight(opts))
     optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip)
     optimizer.step()
     return losses
+
+
+def distill_weight(opts: TrainOptions) -> float:
+    return distill.DEFAULT_WEIGHT if opts.distill_weight is None else opts.distill_weight
 
 
 def check_finite(losses: dict[str, torch.Tensor], step: int, epoch: int) -> None:
@@ -365,6 +377,11 @@ def read_checkpoint_file(path: Path, device) -> dict:
     return ckpt
 
 
+def checkpoint_batcher(checkpoint: Path, ckpt: dict, split: Split, name: str) -> Batcher:
+    """A split as the checkpoint's model reads it: its tokenizer, its text and frame limits."""
+    return Batcher(split, tokenizer_for(checkpoint), ckpt["max_text_tokens"], ckpt["max_frames"], name=name)
+
+
 def tokenizer_for(checkpoint: Path):
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(Path(checkpoint).parent / "tokenizer", local_files_only=True)
@@ -374,10 +391,8 @@ def evaluate_checkpoint(checkpoint: Path, dataset: Dataset, device: str = "cpu",
                         splits=("valid", "test")) -> dict:
     dev = resolve_device(device)
     model, ckpt = load_checkpoint(checkpoint, dev)
-    tokenizer = tokenizer_for(checkpoint)
     for m in model.config.modalities:
         if m != "text" and dataset.width(m) != getattr(model.config, f"d_{m}"):
             raise UserError(f"{dataset.name}: {m} width {dataset.width(m)} differs from the checkpoint's "
                              f"{getattr(model.config, f'd_{m}')}")
-    return {s: evaluate_split(model, Batcher(dataset.split(s), tokenizer, ckpt["max_text_tokens"],
-                                             ckpt["max_frames"], name=s), dev) for s in splits}
+    return {s: evaluate_split(model, checkpoint_batcher(checkpoint, ckpt, dataset.split(s), s), dev) for s in splits}

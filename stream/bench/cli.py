@@ -14,8 +14,14 @@ def register_bench(bench_sub) -> None:
     p.add_argument("--checkpoint", type=Path, help="default: an untrained MiniLM-sized TeCaFN")
     p.add_argument("--seconds", type=float, default=8.0, help="measuring time per concurrency level")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--quantize", choices=("none", "int8"), default="none",
-                   help="the export Triton serves; int8 also measures the fp32 graph raw (the int8 speed-up)")
+    p.add_argument("--quantize", choices=("none", "int8"),
+                   help="the export Triton serves (default none); int8 also measures the fp32 graph raw (the int8 "
+                        "speed-up). With --compare: only this one (default both)")
+    p.add_argument("--compare", nargs="+", metavar="OPTION",
+                   help="a table to choose a model by: each OPTION (a run directory, with its test metrics, or a text "
+                        "encoder, minilm or mpnet, as an untrained model) served fp32 and int8 at --concurrency, "
+                        "with its ratio to the first row")
+    p.add_argument("--concurrency", type=positive(int), help="clients, with --compare (default 16)")
     p.set_defaults(func=cmd_bench_serve)
 
     p = bench_sub.add_parser("pipeline", help="end-to-end throughput and latency on the embedded stack vs raw ONNX "
@@ -47,9 +53,19 @@ def register_bench(bench_sub) -> None:
 
 
 def cmd_bench_serve(args) -> int:
-    from stream.bench.serve import bench_serve, format_report
-    result = bench_serve(args.checkpoint, args.seconds, progress=lambda m: print(m, file=sys.stderr),
-                         quantize=args.quantize)
+    from stream.bench.serve import bench_compare, bench_serve, format_compare, format_report
+    from stream.errors import UserError
+    progress = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if args.compare:
+        if args.checkpoint:
+            raise UserError("--compare names the models to measure; leave out --checkpoint")
+        result = bench_compare(args.compare, (args.quantize,) if args.quantize else ("none", "int8"),
+                               args.concurrency or 16, args.seconds, progress=progress)
+        print(json.dumps(result, indent=2) if args.json else format_compare(result))
+        return 0
+    if args.concurrency:
+        raise UserError("--concurrency is --compare's; without it every level (1, 4, 16) is measured")
+    result = bench_serve(args.checkpoint, args.seconds, progress=progress, quantize=args.quantize or "none")
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 

