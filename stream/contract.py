@@ -266,6 +266,16 @@ class ModelContract:
         return feed
 
 
+def context_tokens(previous: Sequence[Sequence[int]], separator: int, limit: int) -> list[int]:
+    """A segment's context as token ids: the token ids of the previous segments' transcripts (each
+    tokenized without special tokens), oldest first, each followed by the separator, cut to the
+    last `limit` ids (the oldest words go first). The trainer and the worker both build it here."""
+    ids: list[int] = []
+    for piece in previous:
+        ids += [*piece, separator]
+    return ids[-limit:] if limit > 0 else []
+
+
 def bucket_length(real: int, limit: int) -> int:
     """The length a sequence of `real` positions is computed at: the next multiple of 8 (of 64
     past 64), at most `limit` (the contract's maximum) unless the sequence itself is longer. Fine
