@@ -453,6 +453,14 @@ def context_arrays(split: Split, tokenizer, k: int, max_text_tokens: int, max_co
     return ids, mask
 
 
+def batcher_options(ckpt: dict) -> dict:
+    """How a checkpoint's segments are batched (Batcher's options): its token and frame limits,
+    and its context."""
+    return dict(max_text_tokens=ckpt["max_text_tokens"], max_frames=ckpt["max_frames"],
+                context=ckpt["config"].get("context", 0),
+                max_context_tokens=ckpt.get("max_context_tokens", DEFAULT_MAX_CONTEXT_TOKENS))
+
+
 class Batcher:
     """Tokenizes a split once and yields padded tensor batches for the model."""
 

@@ -29,8 +29,7 @@ from tqdm import tqdm
 
 from stream.errors import UserError
 from trainer import calibration
-from trainer.data import Batcher, Dataset, feature_stats
-from trainer.defaults import DEFAULT_MAX_CONTEXT_TOKENS
+from trainer.data import Batcher, Dataset, batcher_options, feature_stats
 from trainer.metrics import compute_metrics, summarise
 from trainer.model import (
     PRESENCE,
@@ -112,12 +111,6 @@ def check_context(config: TeCaFNConfig, encoder, dataset: Dataset, opts: TrainOp
     if room is not None and opts.max_text_tokens + opts.context_tokens > room:
         raise UserError(f"--max-text-tokens {opts.max_text_tokens} + --context-tokens {opts.context_tokens} exceed "
                         f"the text encoder's {room} positions")
-
-
-def batcher_options(model: TeCaFN, ckpt: dict) -> dict:
-    """How a checkpoint's segments are batched: its token and frame limits, and its context."""
-    return dict(max_text_tokens=ckpt["max_text_tokens"], max_frames=ckpt["max_frames"], context=model.config.context,
-                max_context_tokens=ckpt.get("max_context_tokens", DEFAULT_MAX_CONTEXT_TOKENS))
 
 
 def make_optimizer(model: TeCaFN, opts: TrainOptions, fused: bool = True) -> torch.optim.Optimizer:
@@ -404,5 +397,5 @@ def evaluate_checkpoint(checkpoint: Path, dataset: Dataset, device: str = "cpu",
         if m != "text" and dataset.width(m) != getattr(model.config, f"d_{m}"):
             raise UserError(f"{dataset.name}: {m} width {dataset.width(m)} differs from the checkpoint's "
                              f"{getattr(model.config, f'd_{m}')}")
-    return {s: evaluate_split(model, Batcher(dataset.split(s), tokenizer, name=s, **batcher_options(model, ckpt)), dev)
+    return {s: evaluate_split(model, Batcher(dataset.split(s), tokenizer, name=s, **batcher_options(ckpt)), dev)
             for s in splits}
