@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stream.contract import CONTEXT_INPUTS
 from trainer.defaults import DEFAULT_MODALITY_DROPOUT, MAX_FRAMES  # noqa: F401 - part of the model's API
 
 MODALITIES = ("text", "audio", "visual")
@@ -264,9 +265,6 @@ def replacement_gate(candidates: torch.Tensor, p: float, generator: torch.Genera
     replace_mask = (u < p).to(device)
     source = torch.where(replace_mask, candidates[rows, pick.to(device)], rows)
     return source, (~replace_mask).long()
-
-
-CONTEXT_INPUTS = ("context_ids", "context_mask")
 
 
 def context_conditioned_text(encoder: nn.Module, input_ids, attention_mask, context_ids, context_mask,
