@@ -198,7 +198,11 @@ class Pipeline:
         return await self.record(batch, outputs)
 
     async def score_prepared(self, batch: "Prepared") -> tuple["Prepared", dict[str, np.ndarray]]:
-        return batch, await self.infer(batch)
+        try:
+            return batch, await self.infer(batch)
+        except BaseException:  # cancelled (a rebalance, a shutdown): it will not be recorded here
+            self.release(batch)
+            raise
 
     # ---- the stages of a batch: prepare (CPU), infer (Triton), record (Redis, detection) -------
     def prepare(self, raws: list[bytes]) -> "Prepared":

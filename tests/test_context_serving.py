@@ -180,3 +180,21 @@ def test_a_model_reading_more_than_the_store_keeps_stops_the_worker():
     with pytest.raises(ConfigError, match="TECAFLOW_CONTEXT_KEPT=1 keeps fewer"):
         asyncio.run(served_contract(Serving(), 32, context_kept=1))
     assert asyncio.run(served_contract(Serving(), 32, context_kept=Settings().context_kept)).context == K
+
+
+def test_a_batch_cancelled_in_triton_is_no_longer_counted_as_taken(store):
+    class Hanging(ContextEcho):
+        async def infer(self, inputs, outputs, version=None):
+            await asyncio.sleep(3600)
+    tokenizer = Tokenizer(minilm_dir(), WITH_CONTEXT.max_text_tokens)
+    pipeline = Pipeline(Hanging(tokenizer), store, tokenizer, WITH_CONTEXT, DetectorParams(warmup=20),
+                        backoff=quick_backoff)
+
+    async def go():
+        call = asyncio.ensure_future(pipeline.start(STREAM[:3]))
+        await asyncio.sleep(0.5)
+        assert [t.segment_id for t in pipeline.unrecorded["alpha"]] == ["alpha-0", "alpha-1", "alpha-2"]
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
+    asyncio.run(go())
+    assert pipeline.unrecorded == {}
