@@ -10,13 +10,22 @@ REPO_HELP = "model repository (default: TECAFLOW_MODEL_REPO, model_repo)"
 
 def positive(kind):
     """A number of `kind` (int, float) above 0."""
+    return _at_least_zero(kind, zero=False)
+
+
+def non_negative(kind):
+    """A number of `kind` (int, float) at least 0."""
+    return _at_least_zero(kind, zero=True)
+
+
+def _at_least_zero(kind, zero: bool):
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if zero else '>'} 0, got {text}")
         return value
     parse.__name__ = kind.__name__
     return parse

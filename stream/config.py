@@ -277,6 +277,9 @@ class Settings:
                                   "requests, and base64 adds a third)", minimum=0)
     # ---- trends ----
     recent_segments: int = setting(50, "scored segments kept per stream", minimum=1)
+    context_kept: int = setting(16, "segments per stream (the newest by event time) whose transcripts are kept for "
+                                "models that read the previous segments (context); at least the served model's "
+                                "context k (0: none kept, for models without context only)", minimum=0)
     resolutions: tuple[int, ...] = setting((10, 60, 600), "trend bucket sizes in seconds", check=_positive_seconds)
     buckets_kept: int = setting(360, "buckets kept per stream and resolution", minimum=1)
     ewma_alpha: float = setting(0.1, "weight of the newest score in the EWMA", above=0, maximum=1)

@@ -1,10 +1,13 @@
 """The serving contract of TeCaFN: what `tecaflow export` writes, Triton serves and clients send.
 
 This module is the one home of
-    the names        input_ids, attention_mask, <modality>, <modality>_lengths and `present` (which
-                     sides a segment has) in; `score`, and with attribution `text_only` and
-                     `contribution` (what each side moved the score) out
-    the shape        each modality's feature width, the frame and token limits, the batch limit
+    the names        input_ids, attention_mask, with context context_ids and context_mask (the k
+                     previous transcripts of the segment's stream, context_tokens), <modality>,
+                     <modality>_lengths and `present` (which sides a segment has) in; `score`,
+                     and with attribution `text_only` and `contribution` (what each side moved
+                     the score) out
+    the shape        each modality's feature width, the frame and token limits, the batch limit,
+                     and the context: k and its token limit (k = 0: no context inputs at all)
     the files        <repo>/tecafn/config.pbtxt (written and read through Triton's own
                      model_config_pb2) and, in each version directory, tecafn.json, model.onnx,
                      model.py (the Python-backend model) and tokenizer/
@@ -31,6 +34,8 @@ SCORE = "score"
 TEXT_ONLY = "text_only"  # the score from the words alone
 CONTRIBUTION = "contribution"  # [B, len(PRESENCE)]: score minus the score without that side
 TEXT_INPUTS = ("input_ids", "attention_mask")
+CONTEXT_INPUTS = ("context_ids", "context_mask")  # [B, T_c]: the previous transcripts, with context
+TOKEN_INPUTS = TEXT_INPUTS + CONTEXT_INPUTS  # inputs of token positions, padded and bucketed alike
 PRESENT = "present"  # bool [B, len(PRESENCE)]: which sides each segment has
 PRESENCE = ("audio", "visual")  # the columns of `present` and `contribution`, whatever the model has
 BACKENDS = ("python", "onnxruntime")
@@ -64,14 +69,20 @@ class ModelContract:
     max_batch: int = 0
     presence: bool = False  # the model takes `present`, and sides with zero frames
     attribution: bool = False  # the model returns `text_only` and `contribution` beside the score
+    context: int = 0  # k: previous transcripts of the stream the model reads (0: no context inputs)
+    max_context_tokens: int = 0
 
     @property
     def sequences(self) -> tuple[str, ...]:
         return tuple(self.widths)
 
     @property
+    def token_inputs(self) -> tuple[str, ...]:
+        return TEXT_INPUTS + CONTEXT_INPUTS if self.context else TEXT_INPUTS
+
+    @property
     def inputs(self) -> tuple[str, ...]:
-        names = list(TEXT_INPUTS)
+        names = list(self.token_inputs)
         for m in self.widths:
             names += [m, lengths_name(m)]
         return tuple(names + [PRESENT] * self.presence)
@@ -84,7 +95,8 @@ class ModelContract:
     def metadata(self, **provenance) -> dict:
         return {"model": MODEL_NAME, "inputs": list(self.inputs), "outputs": list(self.outputs),
                 "widths": dict(self.widths), "max_text_tokens": self.max_text_tokens, "max_frames": self.max_frames,
-                "presence": self.presence, "attribution": self.attribution, "tokenizer": TOKENIZER_DIR, **provenance}
+                "presence": self.presence, "attribution": self.attribution, "context": self.context,
+                "max_context_tokens": self.max_context_tokens, "tokenizer": TOKENIZER_DIR, **provenance}
 
     def write_metadata(self, version_dir: Path, **provenance) -> None:
         (Path(version_dir) / METADATA_FILE).write_text(json.dumps(self.metadata(**provenance), indent=2))
@@ -94,7 +106,8 @@ class ModelContract:
         meta = json.loads((Path(version_dir) / METADATA_FILE).read_text())
         return cls(widths={m: int(w) for m, w in meta["widths"].items()}, max_text_tokens=int(meta["max_text_tokens"]),
                    max_frames=int(meta["max_frames"]), presence=bool(meta.get("presence")),
-                   attribution=bool(meta.get("attribution")))
+                   attribution=bool(meta.get("attribution")), context=int(meta.get("context", 0)),
+                   max_context_tokens=int(meta.get("max_context_tokens", 0)))
 
     # ---- config.pbtxt ------------------------------------------------------------------------
     def model_config(self, backend: str = "python", max_batch: int = 64, instances: int = DEFAULT_INSTANCES,
@@ -112,7 +125,7 @@ class ModelContract:
             config.backend = "python"
         else:
             config.platform = "onnxruntime_onnx"
-        for name in TEXT_INPUTS:
+        for name in self.token_inputs:
             config.input.add(name=name, data_type=pb.TYPE_INT64, dims=[-1], allow_ragged_batch=ragged)
         for m, width in self.widths.items():
             config.input.add(name=m, data_type=pb.TYPE_FP32, dims=[-1, width], allow_ragged_batch=ragged)
@@ -139,6 +152,9 @@ class ModelContract:
             trt.parameters["max_workspace_size_bytes"] = "1073741824"
         config.parameters["max_text_tokens"].string_value = str(self.max_text_tokens)
         config.parameters["max_frames"].string_value = str(self.max_frames)
+        if self.context:  # a model without context keeps the config it always had
+            config.parameters["context"].string_value = str(self.context)
+            config.parameters["max_context_tokens"].string_value = str(self.max_context_tokens)
         return config
 
     def config_pbtxt(self, **options) -> str:
@@ -153,13 +169,16 @@ class ModelContract:
             from tritonclient.grpc import model_config_pb2 as pb
             config = json_format.ParseDict(config, pb.ModelConfig(), ignore_unknown_fields=True)
         try:
-            widths = {i.name: int(i.dims[-1]) for i in config.input if i.name not in (*TEXT_INPUTS, PRESENT)
+            widths = {i.name: int(i.dims[-1]) for i in config.input if i.name not in (*TOKEN_INPUTS, PRESENT)
                       and not i.name.endswith("_lengths")}
+            context = config.parameters["context"].string_value if "context" in config.parameters else "0"
+            context_tokens = config.parameters["max_context_tokens"].string_value if context != "0" else "0"
             return cls(widths=widths, max_text_tokens=int(config.parameters["max_text_tokens"].string_value),
                        max_frames=int(config.parameters["max_frames"].string_value),
                        max_batch=int(config.max_batch_size),
                        presence=any(i.name == PRESENT for i in config.input),
-                       attribution=any(o.name == TEXT_ONLY for o in config.output))
+                       attribution=any(o.name == TEXT_ONLY for o in config.output),
+                       context=int(context), max_context_tokens=int(context_tokens))
         except (ValueError, IndexError) as e:
             raise ContractError(f"model {config.name!r} is not a tecaflow export: {e}") from None
 
@@ -171,11 +190,16 @@ class ModelContract:
 
     # ---- batches -----------------------------------------------------------------------------
     def batch(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-              frames: dict[str, Sequence[np.ndarray]]) -> dict[str, np.ndarray]:
-        """Model inputs for a batch: tokens as given, each modality's [T_i, d] frames padded to
-        the batch's longest, with lengths [B, 1], and which sides each segment has. A side with
-        no frames is absent for a model that takes `present`; an older model gets one zero frame."""
+              frames: dict[str, Sequence[np.ndarray]],
+              context: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Model inputs for a batch: tokens as given, the context's (ids, mask) where given (a
+        model with context needs them; the worker adds them once it has read the store), each
+        modality's [T_i, d] frames padded to the batch's longest, with lengths [B, 1], and which
+        sides each segment has. A side with no frames is absent for a model that takes `present`;
+        an older model gets one zero frame."""
         out = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
+        if self.context and context is not None:
+            out.update(zip(CONTEXT_INPUTS, (a.astype(np.int64) for a in context)))
         for m, width in self.widths.items():
             seqs = [np.asarray(s, np.float32).reshape(-1, width) for s in frames[m]]
             out[m] = pad_and_stack([s[None] for s in seqs], minimum=1)
@@ -210,6 +234,14 @@ class ModelContract:
             raise ContractError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
         if ids.shape[1] > self.max_text_tokens:
             raise ContractError(f"{ids.shape[1]} tokens > max_text_tokens {self.max_text_tokens}")
+        if self.context:
+            context_ids, context_mask = (arrays[name] for name in CONTEXT_INPUTS)
+            if context_ids.shape != context_mask.shape or context_ids.ndim != 2 or context_ids.shape[0] != n:
+                raise ContractError(f"context_ids {context_ids.shape} and context_mask {context_mask.shape} must both "
+                                    f"be [{n}, T_c]")
+            if context_ids.shape[1] > self.max_context_tokens:
+                raise ContractError(f"{context_ids.shape[1]} context tokens > max_context_tokens "
+                                    f"{self.max_context_tokens}")
         out = dict(arrays)
         shortest = 0 if self.presence else 1
         for m in self.widths:
@@ -229,13 +261,24 @@ class ModelContract:
 
     def length_buckets(self, feed: dict[str, np.ndarray]) -> dict[tuple[int, ...], np.ndarray]:
         """The rows of a checked feed (lengths [n]) grouped by the lengths they are computed at:
-        (text, then each sequence side) -> row indices, each length bucket_length of the row's own."""
+        (text, the context where the model has it, then each sequence side) -> row indices, each
+        length bucket_length of the row's own."""
         keys = [np.array([bucket_length(int(t), self.max_text_tokens) for t in feed["attention_mask"].sum(1)])]
+        if self.context:
+            keys += [np.array([bucket_length(int(t), self.max_context_tokens) for t in feed["context_mask"].sum(1)])]
         keys += [np.array([bucket_length(int(n), self.max_frames) for n in feed[lengths_name(m)]]) for m in self.widths]
         groups: dict[tuple[int, ...], list[int]] = {}
         for row, key in enumerate(zip(*keys)):
             groups.setdefault(tuple(int(k) for k in key), []).append(row)
         return {key: np.array(rows) for key, rows in groups.items()}
+
+    def bucket_lengths(self, key: tuple[int, ...]) -> dict[str, int]:
+        """The length each padded input of a bucket (a key of length_buckets) is computed at."""
+        lengths = iter(key)
+        out = dict.fromkeys(TEXT_INPUTS, next(lengths))
+        if self.context:
+            out |= dict.fromkeys(CONTEXT_INPUTS, next(lengths))
+        return out | dict(zip(self.widths, lengths))
 
     def run_by_bucket(self, run, feed: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
         """`run(feed) -> [array per name]` over a checked feed, so that each segment's outputs depend
@@ -248,9 +291,9 @@ class ModelContract:
         n = len(feed["input_ids"])
         out: dict[str, np.ndarray] = {}
         for key, rows in self.length_buckets(feed).items():
-            part = {name: fit_length(a[rows], key[0]) if name in TEXT_INPUTS else a[rows] for name, a in feed.items()}
-            for m, length in zip(self.widths, key[1:]):
-                part[m] = fit_length(part[m], length)
+            part = {name: a[rows] for name, a in feed.items()}
+            for name, length in self.bucket_lengths(key).items():
+                part[name] = fit_length(part[name], length)
             for name, result in zip(names, run(never_one_row(part))):
                 if name not in out:
                     out[name] = np.zeros((n, *result.shape[1:]), result.dtype)
@@ -264,6 +307,16 @@ class ModelContract:
             arrays = [r[name] for r in requests]
             feed[name] = np.concatenate(arrays) if arrays[0].ndim == 1 else pad_and_stack(arrays)
         return feed
+
+
+def context_tokens(previous: Sequence[Sequence[int]], separator: int, limit: int) -> list[int]:
+    """A segment's context as token ids: the token ids of the previous segments' transcripts (each
+    tokenized without special tokens), oldest first, each followed by the separator, cut to the
+    last `limit` ids (the oldest words go first). The trainer and the worker both build it here."""
+    ids: list[int] = []
+    for piece in previous:
+        ids += [*piece, separator]
+    return ids[-limit:] if limit > 0 else []
 
 
 def bucket_length(real: int, limit: int) -> int:
@@ -287,10 +340,13 @@ def never_one_row(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def trimmed(feed: dict[str, np.ndarray], sides: Iterable[str]) -> dict[str, np.ndarray]:
-    """A feed (lengths [n]) cut to its longest text and each side's longest frames (at least one)."""
+    """A feed (lengths [n]) cut to its longest text, context and each side's longest frames (at
+    least one)."""
     out = dict(feed)
-    tokens = max(1, int(feed["attention_mask"].sum(1).max()))
-    out["input_ids"], out["attention_mask"] = fit_length(feed["input_ids"], tokens), fit_length(feed["attention_mask"], tokens)
+    for ids, mask in (TEXT_INPUTS, CONTEXT_INPUTS):
+        if mask in feed:
+            tokens = max(1, int(feed[mask].sum(1).max()))
+            out[ids], out[mask] = fit_length(feed[ids], tokens), fit_length(feed[mask], tokens)
     for m in sides:
         out[m] = fit_length(feed[m], max(1, int(feed[lengths_name(m)].max())))
     return out
@@ -360,8 +416,8 @@ class Tokenizer:
         self.backend = Backend.from_file(str(path))
         settings = json.loads((Path(directory) / "tokenizer_config.json").read_text()) \
             if (Path(directory) / "tokenizer_config.json").is_file() else {}
-        pad_token = settings.get("pad_token", "[PAD]")
-        pad_token = pad_token.get("content", "[PAD]") if isinstance(pad_token, dict) else pad_token
+        pad_token = special_token(settings, "pad_token", "[PAD]")
+        self.separator = self.backend.token_to_id(special_token(settings, "sep_token", "[SEP]")) or 0
         self.backend.enable_truncation(max_tokens)
         self.backend.enable_padding(pad_id=self.backend.token_to_id(pad_token) or 0, pad_token=pad_token)
 
@@ -369,3 +425,22 @@ class Tokenizer:
         encoded = self.backend.encode_batch(list(texts))
         return (np.array([e.ids for e in encoded], dtype=np.int64),
                 np.array([e.attention_mask for e in encoded], dtype=np.int64))
+
+    def context(self, previous: Sequence[Sequence[str]], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        """context_ids and context_mask [B, T_c] (T_c at least 1) of segments whose previous
+        transcripts, oldest first, are `previous`: as the trainer builds them (context_tokens)."""
+        texts = sorted({t for texts in previous for t in texts})
+        encoded = self.backend.encode_batch(texts, add_special_tokens=False) if texts else []
+        pieces = {t: [i for i, real in zip(e.ids, e.attention_mask) if real] for t, e in zip(texts, encoded)}
+        rows = [context_tokens([pieces[t] for t in texts], self.separator, max_tokens) for texts in previous]
+        lengths = np.array([len(row) for row in rows], np.int64)
+        ids = np.zeros((len(rows), max(1, int(lengths.max(initial=0)))), np.int64)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = row
+        return ids, (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+
+
+def special_token(settings: dict, name: str, default: str) -> str:
+    """A special token's text from tokenizer_config.json's settings (a string or an AddedToken dict)."""
+    token = settings.get(name, default)
+    return token.get("content", default) if isinstance(token, dict) else token

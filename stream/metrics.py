@@ -21,7 +21,7 @@ DETECTION_FAILURES = Counter("tecaflow_detection_failures_total",
                              "Streams whose shift detection failed on a batch (a bug: scoring went on; see the log)")
 IN_FLIGHT = Gauge("tecaflow_in_flight_segments", "Segments taken from Kafka and not yet recorded")
 STAGE_SECONDS = Histogram("tecaflow_stage_seconds", "Time a micro-batch spends in each stage of the worker "
-                          "(decode, tokenize, triton, redis, detect, publish)", ["stage"],
+                          "(decode, tokenize, context, triton, redis, detect, publish)", ["stage"],
                           buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10))
 WEBHOOK_FAILURES = Counter("tecaflow_webhook_failures_total", "Alerts the webhook gave up on after every retry")
 WEBHOOK_DROPPED = Counter("tecaflow_webhook_dropped_total", "Alerts dropped because the webhook queue was full")

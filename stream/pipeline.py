@@ -1,7 +1,8 @@
 """What a worker does with one micro-batch of raw segment messages, with no Faust in it.
 
     decode + validate  -> rejects (reason, original bytes) for the dead-letter topic
-    tokenize, pad      -> one async gRPC call to Triton for the whole batch
+    tokenize, pad      -> one async gRPC call to Triton for the whole batch (a model with context:
+                          after one read of the streams' context windows, stream/context.py)
     record in Redis    -> idempotent per segment_id (Lua); conflicts become rejects
     detect shifts      -> alerts for the streams the batch touched
 
@@ -27,10 +28,10 @@ from typing import Awaitable, Callable
 
 import numpy as np
 
-from stream import metrics
+from stream import context, metrics
 from stream.alerts import detector
 from stream.config import DetectorParams, Settings
-from stream.contract import PRESENT, SCORE, ModelContract, Tokenizer
+from stream.contract import CONTEXT_INPUTS, PRESENT, SCORE, ModelContract, Tokenizer
 from stream.errors import UserError
 from stream.retry import Backoff, retry_forever
 from stream.schema import Alert, Limits, Rejected, Score, Segment, decode_segment
@@ -89,6 +90,8 @@ class Prepared:
     served: Served
     good: list[tuple[Segment, bytes]] = field(default_factory=list)
     inputs: dict[str, np.ndarray] | None = None
+    taken: list[context.Taken] = field(default_factory=list)  # its segments, as context sees them
+    earlier: dict[str, list[context.Taken]] = field(default_factory=dict)  # per stream: taken before it, unrecorded
 
 
 class Pipeline:
@@ -104,6 +107,9 @@ class Pipeline:
         self.max_text_chars, self.max_future_s = max_text_chars, max_future_s
         self.model_for = model_for
         self.served = self.serving(version, contract, tokenizer)
+        # per stream, the segments taken and not recorded yet, in partition order: the context of
+        # a later segment counts them (stream/context.py)
+        self.unrecorded: dict[str, list[context.Taken]] = {}
 
     def serving(self, version: str | None, contract: ModelContract, tokenizer: Tokenizer) -> Served:
         return Served(version, contract, tokenizer, Limits(widths=dict(contract.widths), max_frames=contract.max_frames,
@@ -192,7 +198,11 @@ class Pipeline:
         return await self.record(batch, outputs)
 
     async def score_prepared(self, batch: "Prepared") -> tuple["Prepared", dict[str, np.ndarray]]:
-        return batch, await self.infer(batch)
+        try:
+            return batch, await self.infer(batch)
+        except BaseException:  # cancelled (a rebalance, a shutdown): it will not be recorded here
+            self.release(batch)
+            raise
 
     # ---- the stages of a batch: prepare (CPU), infer (Triton), record (Redis, detection) -------
     def prepare(self, raws: list[bytes]) -> "Prepared":
@@ -204,7 +214,41 @@ class Pipeline:
         if batch.good:
             with metrics.STAGE_SECONDS.labels("tokenize").time():
                 batch.inputs = self.model_inputs([s for s, _ in batch.good], batch.served)
+        self.take(batch)
         return batch
+
+    def take(self, batch: "Prepared") -> None:
+        """The batch's segments join the unrecorded ones; it keeps those taken before it."""
+        batch.taken = [context.Taken(s.stream_id, s.segment_id, s.event_time, s.text) for s, _ in batch.good]
+        for stream in dict.fromkeys(t.stream_id for t in batch.taken):
+            batch.earlier[stream] = list(self.unrecorded.get(stream, ()))
+        for t in batch.taken:
+            self.unrecorded.setdefault(t.stream_id, []).append(t)
+
+    def release(self, batch: "Prepared") -> None:
+        """The batch is recorded (or refused): its segments are the store's to tell from now on."""
+        mine = {id(t) for t in batch.taken}
+        for stream in dict.fromkeys(t.stream_id for t in batch.taken):
+            left = [t for t in self.unrecorded.get(stream, ()) if id(t) not in mine]
+            if left:
+                self.unrecorded[stream] = left
+            else:
+                self.unrecorded.pop(stream, None)
+
+    async def add_context(self, batch: "Prepared") -> None:
+        """A model with context: each segment's previous transcripts (stream/context.py), from one
+        read of its streams' context windows and the segments taken before it."""
+        served = batch.served.contract
+        if not served.context or CONTEXT_INPUTS[0] in batch.inputs:
+            return
+        mine = {(s.stream_id, s.segment_id, s.event_time) for s, _ in batch.good}  # prepare_again may drop some
+        segments = [t for t in batch.taken if (t.stream_id, t.segment_id, t.event_time) in mine]
+        with metrics.STAGE_SECONDS.labels("context").time():
+            recorded = await retry_forever(self.store.recorded_context, "redis",
+                                           list(dict.fromkeys(t.stream_id for t in segments)), backoff=self.backoff)
+            previous = context.transcripts(segments, batch.earlier, recorded, served.context)
+            tokens = batch.served.tokenizer.context(previous, served.max_context_tokens)
+            batch.inputs.update(zip(CONTEXT_INPUTS, tokens))
 
     def prepare_again(self, batch: "Prepared") -> None:
         """The batch's valid segments prepared for the model now served; those it no longer
@@ -226,6 +270,7 @@ class Pipeline:
                 self.prepare_again(batch)
             if not batch.good:
                 return {}
+            await self.add_context(batch)
             try:
                 return await self.scorer.infer(batch.inputs, batch.served.contract.outputs, batch.served.version)
             except Exception:
@@ -251,6 +296,12 @@ class Pipeline:
     async def record(self, batch: "Prepared", outputs: dict[str, np.ndarray]) -> BatchResult:
         """Record the scores in Redis (idempotent) and run detection on the streams they touched.
         Batches must be recorded in the order they were taken: that keeps each stream's order."""
+        try:
+            return await self.record_outcomes(batch, outputs)
+        finally:
+            self.release(batch)
+
+    async def record_outcomes(self, batch: "Prepared", outputs: dict[str, np.ndarray]) -> BatchResult:
         result, good = batch.result, batch.good
         if good:
             scores = outputs[SCORE].reshape(-1).tolist()

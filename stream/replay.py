@@ -190,9 +190,9 @@ def shift_scores(planned: list[dict], scores: np.ndarray, shifts: list[Shift], p
 
 
 def served_scores(pool: UtterancePool, settings, batch: int = 64) -> np.ndarray:
-    """The served model's score for every utterance of the pool, so that `--score-shift` can state
-    shifts in score units: a label shift of 1 moves TeCaFN's scores by a model-dependent amount,
-    and alerts are about scores."""
+    """The served model's score for every utterance of the pool (with no context), so that
+    `--score-shift` can state shifts in score units: a label shift of 1 moves TeCaFN's scores by a
+    model-dependent amount, and alerts are about scores."""
     from stream.startup import load_tokenizer
     from stream.triton_client import TritonScorer
     scorer = TritonScorer(settings.triton_url, model=settings.triton_model)
@@ -203,7 +203,10 @@ def served_scores(pool: UtterancePool, settings, batch: int = 64) -> np.ndarray:
         for start in range(0, len(pool.texts), batch):
             rows = range(start, min(start + batch, len(pool.texts)))
             frames = {m: [pool.frames[m][i] for i in rows] for m in contract.widths}
-            inputs = contract.batch(*tokenizer([pool.texts[i] for i in rows]), frames)
+            # a model with context scores each utterance as a stream's first segment: which segments
+            # come before it is only known once it is planned
+            no_context = tokenizer.context([[] for _ in rows], contract.max_context_tokens)
+            inputs = contract.batch(*tokenizer([pool.texts[i] for i in rows]), frames, no_context)
             out.append(np.asarray(scorer.score(inputs), dtype=float).reshape(-1))
         return np.concatenate(out)
     finally:

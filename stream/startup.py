@@ -38,9 +38,11 @@ def load_tokenizer(settings: Settings, max_tokens: int, version: str | None = No
         raise ConfigError(str(e)) from None
 
 
-async def served_contract(scorer: AsyncTritonScorer, batch_size: int) -> contract.ModelContract:
-    """The model's contract from Triton. A model that is not a tecaflow export, or one that takes
-    smaller batches than the worker sends, is the user's to fix, not a failure to wait out (Triton
+async def served_contract(scorer: AsyncTritonScorer, batch_size: int, context_kept: int | None = None
+                          ) -> contract.ModelContract:
+    """The model's contract from Triton. A model that is not a tecaflow export, one that takes
+    smaller batches than the worker sends, or one that reads more previous segments than the store
+    keeps (`context_kept`, where given), is the user's to fix, not a failure to wait out (Triton
     would refuse every full batch, and the worker retry it forever)."""
     try:
         served = await scorer.contract()
@@ -49,6 +51,10 @@ async def served_contract(scorer: AsyncTritonScorer, batch_size: int) -> contrac
     if 0 < served.max_batch < batch_size:
         raise ConfigError(f"TECAFLOW_BATCH_SIZE={batch_size} is larger than the {served.max_batch} segments the "
                           f"served model takes at once: lower it, or export with --max-batch {batch_size}")
+    if context_kept is not None and served.context > context_kept:
+        raise ConfigError(f"TECAFLOW_CONTEXT_KEPT={context_kept} keeps fewer segments per stream than the "
+                          f"{served.context} previous transcripts the served model reads: raise it to at least "
+                          f"{served.context}")
     return served
 
 
@@ -61,7 +67,8 @@ def store_for(settings: Settings) -> TrendStore:
 async def build_pipeline(settings: Settings, backoff=Backoff) -> Pipeline:
     """Wait for Triton (the model's contract decides what is valid) and Redis, then join them."""
     scorer = AsyncTritonScorer(settings.triton_url, settings.triton_model)
-    served = await retry_forever(served_contract, "triton", scorer, settings.batch_size, backoff=backoff)
+    served = await retry_forever(served_contract, "triton", scorer, settings.batch_size, settings.context_kept,
+                                 backoff=backoff)
     log.info("model %s: widths %s, <= %d frames, <= %d tokens", settings.triton_model, served.widths,
              served.max_frames, served.max_text_tokens)
     store = await retry_forever(store_for, "redis", settings, backoff=backoff)  # a cluster client connects when made
@@ -71,7 +78,7 @@ async def build_pipeline(settings: Settings, backoff=Backoff) -> Pipeline:
     log.info("tokenizer %s (Triton serves version %s)", tokenizer_location(settings, version), version)
 
     async def model_for(new_version: str) -> tuple[contract.ModelContract, contract.Tokenizer]:
-        new = await served_contract(scorer, settings.batch_size)
+        new = await served_contract(scorer, settings.batch_size, settings.context_kept)
         return new, load_tokenizer(settings, new.max_text_tokens, new_version)
     return Pipeline(scorer, store, tokenizer, served, settings.detector, settings.max_text_chars,
                     settings.max_future_s, backoff=backoff, version=version, model_for=model_for)
@@ -119,7 +126,7 @@ async def check_model(settings: Settings) -> None:
     """A model that is not a tecaflow export stops the worker; Triton away is waited for later."""
     scorer = AsyncTritonScorer(settings.triton_url, settings.triton_model, timeout=5)
     try:
-        await served_contract(scorer, settings.batch_size)
+        await served_contract(scorer, settings.batch_size, settings.context_kept)
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - away or still loading: the pipeline waits for it

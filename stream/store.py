@@ -17,6 +17,9 @@ Redis Cluster hash slot):
                                event_time, score, text, modalities, and text_only and contributions
                                (side -> score minus the score without it) where the model gave them
     tf:{s}:window              "event_time score" of the last segments, oldest first (shift detection)
+    tf:{s}:context             sorted set by event time of the newest N segments (TECAFLOW_CONTEXT_KEPT):
+                               JSON [seq, segment_id, text], seq the stream's count when it was recorded;
+                               what a model with context reads (stream/context.py)
     tf:{s}:detector            the detector's state
     tf:{s}:alerts              Redis stream of the stream's alerts, newest last
     tf:{s}:outbox              alerts not yet published to Kafka (entry id -> JSON), until the agent has
@@ -44,13 +47,14 @@ import redis
 from redis.cluster import RedisCluster
 
 from stream.config import Settings
+from stream.context import Recorded
 from stream.schema import SIDES, Alert
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 # KEYS[1] = tf:{s}:totals (it names the slot). ARGV[1] = stream, ARGV[2] = settings as JSON,
 # ARGV[3] = now, ARGV[4] = JSON list of [segment_id, digest, event_time, score, score^2, recent-json,
-# missing sides (JSON list), contributions (JSON object side -> value; empty without attribution)].
+# missing sides (JSON list), contributions (JSON object side -> value; empty without attribution), text].
 RECORD = """
 local p = 'tf:{' .. ARGV[1] .. '}'
 local cfg = cjson.decode(ARGV[2])
@@ -95,7 +99,11 @@ for i, item in ipairs(cjson.decode(ARGV[4])) do
         redis.call('ZREMRANGEBYRANK', idx, 0, n - cfg.kept - 1)
       end
     end
-    redis.call('HINCRBY', tot, 'count', 1)
+    local seq = redis.call('HINCRBY', tot, 'count', 1)
+    if cfg.context > 0 then
+      redis.call('ZADD', p .. ':context', item[3], cjson.encode({seq, item[1], item[9]}))
+      redis.call('ZREMRANGEBYRANK', p .. ':context', 0, -cfg.context - 1)
+    end
     redis.call('HINCRBYFLOAT', tot, 'sum', item[4])
     redis.call('HINCRBYFLOAT', tot, 'sumsq', item[5])
     local e = redis.call('HGET', tot, 'ewma')
@@ -150,6 +158,7 @@ class StoreSettings:
     recent_segments: int = Settings.recent_segments
     ewma_alpha: float = Settings.ewma_alpha
     dedup_ttl_s: int = Settings.dedup_ttl_s
+    context_kept: int = Settings.context_kept
     window: int = 1024  # last segments kept per stream for the detector to catch up on
     alerts_kept: int = 10000
 
@@ -157,7 +166,7 @@ class StoreSettings:
     def of(cls, settings: Settings, **extra) -> "StoreSettings":
         return cls(resolutions=settings.resolutions, buckets_kept=settings.buckets_kept,
                    recent_segments=settings.recent_segments, ewma_alpha=settings.ewma_alpha,
-                   dedup_ttl_s=settings.dedup_ttl_s, **extra)
+                   dedup_ttl_s=settings.dedup_ttl_s, context_kept=settings.context_kept, **extra)
 
 
 @dataclass(frozen=True)
@@ -233,7 +242,7 @@ class TrendStore:
     def _config(self) -> str:
         s = self.settings
         return json.dumps({"resolutions": list(s.resolutions), "kept": s.buckets_kept, "recent": s.recent_segments,
-                           "alpha": s.ewma_alpha, "ttl": s.dedup_ttl_s, "window": s.window})
+                           "alpha": s.ewma_alpha, "ttl": s.dedup_ttl_s, "window": s.window, "context": s.context_kept})
 
     @staticmethod
     def _item(s: "ScoredSegment") -> list:
@@ -243,7 +252,7 @@ class TrendStore:
             recent.update(text_only=s.text_only, contributions=s.contributions)
         return [s.segment_id, s.digest, repr(float(s.event_time)), repr(float(s.score)), repr(float(s.score) ** 2),
                 json.dumps(recent, ensure_ascii=False), json.dumps(list(s.missing)),
-                json.dumps({k: float(v) for k, v in (s.contributions or {}).items()})]
+                json.dumps({k: float(v) for k, v in (s.contributions or {}).items()}), s.text]
 
     def _record_stream(self, stream: str, items: list, now: float, client=None) -> list[str]:
         return self._record(keys=[_key(stream) + ":totals"],
@@ -292,6 +301,17 @@ class TrendStore:
             _, _, score = (value or "").partition(" ")
             held.append(float(score) if score else None)
         return held
+
+    def recorded_context(self, streams: list[str]) -> dict[str, list[Recorded]]:
+        """What each stream's context window holds (tf:{s}:context), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in streams:
+            pipe.zrange(f"{_key(stream)}:context", 0, -1, withscores=True)
+        out = {}
+        for stream, entries in zip(streams, pipe.execute()):
+            out[stream] = [Recorded(segment_id, event_time, text, seq)
+                           for (seq, segment_id, text), event_time in ((json.loads(m), t) for m, t in entries)]
+        return out
 
     def record_alerts(self, stream: str, alerts: list[Alert], detector_state: dict,
                       over_evaluated: int | None = None) -> list[str]:

@@ -168,15 +168,16 @@ class Live:
         asyncio.run(send())
 
 
-def launch(root: Path, **extra_env) -> Live:
-    """Train and export a small model, bring the embedded stack up on free ports (the settings
-    in `extra_env` win), and start one worker."""
+def launch(root: Path, context: int = 0, **extra_env) -> Live:
+    """Train and export a small model (reading `context` previous transcripts), bring the embedded
+    stack up on free ports (the settings in `extra_env` win), and start one worker."""
     from trainer.data import load_dataset
     from trainer.export import export
     from trainer.train import TrainOptions, train
     ds = load_dataset("synthetic", seed=0, n=600, cue_strength=1.5, max_frames=20)
     train(ds, TrainOptions(out=root / "ckpt", epochs=6, text_encoder="tiny", max_frames=20, progress=False,
-                           patience=100, model_overrides=dict(encoder_layers=1, cross_layers=1, d_model=32, n_heads=4)))
+                           patience=100, context=context,
+                           model_overrides=dict(encoder_layers=1, cross_layers=1, d_model=32, n_heads=4)))
     export(root / "ckpt" / "checkpoint.pt", root / "repo", max_batch=64)
     broker, redis_port, http, grpc, metrics, prom, m1, m2 = free_ports(8)
     env = dict(os.environ,

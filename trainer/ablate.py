@@ -1,4 +1,5 @@
-"""Ablation studies: the rows of Table 5 and Fig. 3, the p / num sweeps of Tables 6 and 7, and
+"""Ablation studies: the rows of Table 5 and Fig. 3, the p / num sweeps of Tables 6 and 7 (and
+context=0,1,2,3: how many previous transcripts the model reads), and
 `--changes`: what each of tecaflow's own training changes contributes, added one at a time.
 
 Every row is one ordinary training run (trainer/train.py) with the same data, seed(s) and budget;
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 TABLE5 = ("full", "wo-uccon-ta", "wo-uccon-tv", "wo-uccon", "wo-bicon", "wo-gate-ta", "wo-gate-tv", "wo-gate",
           "wo-hn-ta", "wo-hn-tv", "wo-hn", "wo-v", "wo-a", "wo-va", "audio-centred", "vision-centred")
-SWEEPS = {"p": float, "num": int}
+SWEEPS = {"p": float, "num": int, "context": int}  # TeCaFNConfig fields a sweep may vary
 METRICS = ("mae", "corr", "acc7", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0")
 
 
@@ -44,7 +45,7 @@ def parse_sweep(text: str) -> tuple[str, list]:
     """'p=0.1,0.3,0.5' -> ('p', [0.1, 0.3, 0.5])."""
     name, _, values = text.partition("=")
     if name not in SWEEPS or not values:
-        raise UserError(f"--sweep must look like p=0.1,0.4,0.7 or num=1,3,5; got {text!r}")
+        raise UserError(f"--sweep must look like p=0.1,0.4,0.7, num=1,3,5 or context=0,1,2,3; got {text!r}")
     try:
         parsed = [SWEEPS[name](v) for v in values.split(",")]
     except ValueError:

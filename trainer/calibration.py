@@ -40,13 +40,12 @@ def load(path: Path) -> dict[str, np.ndarray]:
         return {k: sample[k] for k in sample.files}
 
 
-def for_checkpoint(checkpoint: Path, data: str | None, tokenizer, max_text_tokens: int,
-                   max_frames: int | None) -> tuple[dict[str, np.ndarray], str]:
-    """The sample to calibrate `checkpoint` with and where it came from: drawn from `data`'s
-    training split when given, else the one its training run wrote."""
+def for_checkpoint(checkpoint: Path, data: str | None, tokenizer, ckpt: dict) -> tuple[dict[str, np.ndarray], str]:
+    """The sample to calibrate `checkpoint` (saved as `ckpt`) with and where it came from: drawn
+    from `data`'s training split when given, else the one its training run wrote."""
     if data is not None:
-        from trainer.data import load_dataset
-        batcher = Batcher(load_dataset(data).split("train"), tokenizer, max_text_tokens, max_frames, name="calibration")
+        from trainer.data import batcher_options, load_dataset
+        batcher = Batcher(load_dataset(data).split("train"), tokenizer, name="calibration", **batcher_options(ckpt))
         return draw(batcher), f"{data} (train split)"
     path = Path(checkpoint).parent / CALIBRATION_FILE
     if not path.is_file():

@@ -46,10 +46,11 @@ def register(sub) -> None:
     p.add_argument("--synthetic-size", type=positive(int), default=1200)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("ablate", help="Table 5 / Fig. 3 rows and p / num sweeps, as a Markdown table")
+    p = sub.add_parser("ablate", help="Table 5 / Fig. 3 rows and p / num / context sweeps, as a Markdown table")
     add_training_args(p)
     p.add_argument("--rows", nargs="+", metavar="NAME", help="ablations to run (default: all of Table 5 and Fig. 3)")
-    p.add_argument("--sweep", help="p=0.1,0.3,0.5,0.7,0.9 (Table 6) or num=1,2,3,4,5 (Table 7)")
+    p.add_argument("--sweep", help="p=0.1,0.3,0.5,0.7,0.9 (Table 6), num=1,2,3,4,5 (Table 7) or context=0,1,2,3 "
+                                   "(previous transcripts read)")
     p.add_argument("--changes", action="store_true",
                    help="instead of Table 5: what each of tecaflow's training changes contributes, added one at a "
                         "time (length bucketing, standardisation, contrast mappers, modality dropout)")

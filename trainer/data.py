@@ -1,10 +1,15 @@
 """Datasets: one in-memory form, and readers for the formats researchers have.
 
-    native      a directory: utterances.csv (id,text,label,mode) and optional audio*.npz /
+    native      a directory: utterances.csv (id,text,label,mode, and optionally video_id,clip_id: the
+                stream a segment belongs to and its place in it) and optional audio*.npz /
                 visual*.npz keyed by id (no pickle). ../shared/data/cmu-mosi is in this layout.
     mmsa        MMSA-style CMU-MOSI / CMU-MOSEI pickles (unaligned_50.pkl, aligned_50.pkl)
     ur-funny    the UR-FUNNY v2 folder of SDK pickles (data_folds.pkl, language_sdk.pkl, ...)
     synthetic   the seeded generator in trainer/synthetic.py
+
+Where the data says which stream each segment belongs to and in what order (MOSI's video and clip
+ids, the synthetic streams), each split carries every segment's earlier transcripts, the context
+a model with k > 0 reads (trainer/model.py); their labels are never used.
 
 Pickles can run code when loaded: the pickle readers are for local files the user names.
 """
@@ -22,7 +27,8 @@ import torch
 
 from stream.contract import pad_and_stack
 from stream.errors import UserError
-from trainer.defaults import DEFAULT_MAX_FRAMES  # noqa: F401 - part of the readers' API
+from stream.contract import context_tokens
+from trainer.defaults import DEFAULT_MAX_CONTEXT_TOKENS, DEFAULT_MAX_FRAMES  # noqa: F401 - part of the readers' API
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,8 @@ class Split:
     audio_lengths: np.ndarray | None = None
     visual: np.ndarray | None = None
     visual_lengths: np.ndarray | None = None
+    # every segment's earlier transcripts in its stream, oldest first (None: the data has no streams)
+    history: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -51,8 +59,9 @@ class Split:
     def subset(self, index) -> "Split":
         index = np.asarray(index)
         pick = lambda a: None if a is None else a[index]  # noqa: E731
+        history = None if self.history is None else [self.history[i] for i in index]
         return Split([self.ids[i] for i in index], [self.texts[i] for i in index], self.labels[index],
-                     pick(self.audio), pick(self.audio_lengths), pick(self.visual), pick(self.visual_lengths))
+                     pick(self.audio), pick(self.audio_lengths), pick(self.visual), pick(self.visual_lengths), history)
 
 
 @dataclass
@@ -95,6 +104,8 @@ def check_split(split: Split, where: str, task: str = "regression") -> None:
         raise DataError(f"{where}: label {split.labels[bad]} of {split.ids[bad]!r} is outside [-3, 3]")
     if task == "binary" and not np.all(np.isin(split.labels, (0.0, 1.0))):
         raise DataError(f"{where}: binary labels must be 0 or 1")
+    if split.history is not None and len(split.history) != n:
+        raise DataError(f"{where}: {n} ids but {len(split.history)} histories")
     for m in ("audio", "visual"):
         array, lengths = getattr(split, m), getattr(split, f"{m}_lengths")
         if array is None:
@@ -142,6 +153,24 @@ def pad_sequences(seqs: list[np.ndarray], max_frames: int | None = None, what: s
     return pad_and_stack(kept, minimum=int(lengths.max())), lengths
 
 
+def stream_histories(streams: list[str], places: list, texts: list[str]) -> list[list[str]]:
+    """For every row, the texts of the rows of the same stream placed before it, oldest first."""
+    rows: dict[str, list[int]] = {}
+    for i, stream in enumerate(streams):
+        rows.setdefault(stream, []).append(i)
+    histories: list[list[str]] = [[] for _ in streams]
+    for members in rows.values():
+        members.sort(key=lambda i: places[i])
+        for n, i in enumerate(members):
+            histories[i] = [texts[j] for j in members[:n]]
+    return histories
+
+
+def clip_place(clip_id: str) -> tuple:
+    """The order of clip ids: by number where they are numbers ("2" before "10"), else as text."""
+    return (0, int(clip_id), "") if clip_id.isdigit() else (1, 0, clip_id)
+
+
 # --------------------------------------------------------------------------------------------
 # Native format
 
@@ -169,11 +198,16 @@ def load_native(root: Path) -> Dataset:
         seen.add(row["id"])
         ids.append(row["id"])
     arrays = {m: _read_modality(root, m, ids) for m in ("audio", "visual")}
+    histories = None
+    if {"video_id", "clip_id"} <= set(reader.fieldnames):  # streams: the earlier clips of the same video
+        histories = stream_histories([row["video_id"] for row in rows], [clip_place(row["clip_id"]) for row in rows],
+                                     [row["text"] or "" for row in rows])
 
     def split(mode: str) -> Split:
         index = [i for i, row in enumerate(rows) if row["mode"] == mode]
         s = Split([ids[i] for i in index], [rows[i]["text"] or "" for i in index],
-                  np.array([float(rows[i]["label"]) for i in index], dtype=np.float32))
+                  np.array([float(rows[i]["label"]) for i in index], dtype=np.float32),
+                  history=None if histories is None else [histories[i] for i in index])
         for m, found in arrays.items():
             if found is not None:
                 setattr(s, m, found[0][index])
@@ -251,7 +285,19 @@ def load_mmsa_pickle(path: Path) -> Dataset:
             setattr(s, ours, array)
             setattr(s, f"{ours}_lengths", np.clip(lengths, 1, array.shape[1]))
         splits[name] = s
+    _mmsa_histories(splits)
     return check_dataset(Dataset(path.stem, splits["train"], splits["valid"], splits["test"]))
+
+
+def _mmsa_histories(splits: dict[str, Split]) -> None:
+    """MMSA ids are "<video>$_$<clip>": the earlier clips of the same video, across the splits."""
+    every = [(name, i, *sid.split("$_$", 1)) for name, s in splits.items() for i, sid in enumerate(s.ids)]
+    if not every or any(len(parts) != 4 for parts in every):
+        return
+    texts = [splits[name].texts[i] for name, i, _, _ in every]
+    histories = stream_histories([video for *_, video, _ in every], [clip_place(clip) for *_, clip in every], texts)
+    for name, s in splits.items():
+        s.history = [h for (owner, *_), h in zip(every, histories) if owner == name]
 
 
 def _lengths_from_padding(array: np.ndarray) -> np.ndarray:
@@ -312,11 +358,12 @@ def synthetic_dataset(seed: int = 0, **options) -> Dataset:
     raw = generate(seed=seed, **options)
     audio, audio_lengths = pad_sequences(raw.audio)
     visual, visual_lengths = pad_sequences(raw.visual)
+    histories = stream_histories(raw.streams, list(range(len(raw.ids))), raw.texts)
 
     def split(name: str) -> Split:
         lo, hi = raw.bounds[name]
         return Split(raw.ids[lo:hi], raw.texts[lo:hi], raw.labels[lo:hi], audio[lo:hi], audio_lengths[lo:hi],
-                     visual[lo:hi], visual_lengths[lo:hi])
+                     visual[lo:hi], visual_lengths[lo:hi], histories[lo:hi])
 
     return Dataset(raw.name, split("train"), split("valid"), split("test"))
 
@@ -385,15 +432,48 @@ def bucketed_batches(lengths: torch.Tensor, batch_size: int, shuffle: bool = Fal
     return batches
 
 
+def context_arrays(split: Split, tokenizer, k: int, max_text_tokens: int, max_context_tokens: int,
+                   name: str = "split") -> tuple[torch.Tensor, torch.Tensor]:
+    """context_ids and context_mask [N, T_c] of a split: each segment's k previous transcripts
+    (stream.contract.context_tokens: the worker builds a served segment's context the same way)."""
+    if split.history is None:
+        raise DataError(f"{name}: a model with context needs each segment's stream and place in it "
+                        f"(utterances.csv columns video_id and clip_id), and this data has none")
+    previous = [h[-k:] for h in split.history]
+    texts = sorted({t for h in previous for t in h})
+    pieces = dict(zip(texts, tokenizer(texts, add_special_tokens=False, truncation=True,
+                                       max_length=max_text_tokens)["input_ids"])) if texts else {}
+    rows = [context_tokens([pieces[t] for t in h], tokenizer.sep_token_id, max_context_tokens) for h in previous]
+    width = max([0, *map(len, rows)])
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, :len(row)] = 1
+    return ids, mask
+
+
+def batcher_options(ckpt: dict) -> dict:
+    """How a checkpoint's segments are batched (Batcher's options): its token and frame limits,
+    and its context."""
+    return dict(max_text_tokens=ckpt["max_text_tokens"], max_frames=ckpt["max_frames"],
+                context=ckpt["config"].get("context", 0),
+                max_context_tokens=ckpt.get("max_context_tokens", DEFAULT_MAX_CONTEXT_TOKENS))
+
+
 class Batcher:
     """Tokenizes a split once and yields padded tensor batches for the model."""
 
     def __init__(self, split: Split, tokenizer, max_text_tokens: int = 50,
-                 max_frames: int | None = DEFAULT_MAX_FRAMES, name: str = "split"):
+                 max_frames: int | None = DEFAULT_MAX_FRAMES, name: str = "split", context: int = 0,
+                 max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS):
+        """context: k, the previous transcripts each segment gets as context_ids / context_mask (0: none)."""
         self.split = split
         enc = tokenizer(split.texts, padding="max_length", truncation=True, max_length=max_text_tokens,
                         return_tensors="pt")
         self.input_ids, self.attention_mask = enc["input_ids"], enc["attention_mask"]
+        self.context = context_arrays(split, tokenizer, context, max_text_tokens, max_context_tokens, name) \
+            if context else None
         self.labels = torch.from_numpy(split.labels)
         self.seq = {}
         for m in ("audio", "visual"):
@@ -408,7 +488,8 @@ class Batcher:
         frames = torch.stack([lengths for _, lengths in self.seq.values()]).amax(0) if self.seq \
             else torch.zeros(len(split), dtype=torch.long)
         longest = int(frames.max()) if len(frames) else 0
-        self.cost = self.attention_mask.sum(1).long() * (longest + 1) + frames
+        tokens = self.attention_mask.sum(1).long() + (0 if self.context is None else self.context[1].sum(1))
+        self.cost = tokens * (longest + 1) + frames
 
     def __len__(self) -> int:
         return len(self.split)
@@ -419,6 +500,10 @@ class Batcher:
         t_len = max(1, int(mask.sum(1).max()))
         out = {"input_ids": self.input_ids[index, :t_len], "attention_mask": mask[:, :t_len],
                "labels": self.labels[index]}
+        if self.context is not None:
+            ids, context_mask = self.context[0][index], self.context[1][index]
+            c_len = int(context_mask.sum(1).max())
+            out["context_ids"], out["context_mask"] = ids[:, :c_len], context_mask[:, :c_len]
         for m, (array, lengths) in self.seq.items():
             lens = lengths[index]
             out[m] = array[index, : int(lens.max())]

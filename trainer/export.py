@@ -29,9 +29,20 @@ import torch
 from torch import nn
 
 from stream import contract
-from stream.contract import DEFAULT_INSTANCES, MODEL_NAME, PRESENT, SCORE, TEXT_INPUTS, ModelContract, lengths_name
+from stream.contract import (
+    CONTEXT_INPUTS,
+    DEFAULT_INSTANCES,
+    MODEL_NAME,
+    PRESENT,
+    SCORE,
+    TEXT_INPUTS,
+    ModelContract,
+    lengths_name,
+)
 from stream.errors import UserError
 from trainer import calibration
+from trainer.data import batcher_options
+from trainer.defaults import DEFAULT_MAX_CONTEXT_TOKENS
 from trainer.model import TeCaFN
 from trainer.train import load_checkpoint, tokenizer_for
 
@@ -43,8 +54,9 @@ SERVING_SOURCES = {contract.PYTHON_MODEL_FILE: Path(contract.__file__).with_name
 
 
 class TeCaFNInference(nn.Module):
-    """The serving path: the contract's inputs in order (token ids, mask, each modality's padded
-    frames and lengths, then which sides each segment has), the score out, and with attribution
+    """The serving path: the contract's inputs in order (token ids, mask, with context the
+    context's ids and mask, each modality's padded frames and lengths, then which sides each
+    segment has), the score out, and with attribution
     the text-only score and each side's contribution, computed in the same pass."""
 
     def __init__(self, model: TeCaFN, attribution: bool):
@@ -55,6 +67,9 @@ class TeCaFNInference(nn.Module):
 
     def forward(self, input_ids, attention_mask, *rest):
         batch = dict(zip(TEXT_INPUTS, (input_ids, attention_mask)))
+        if self.model.config.context:
+            batch |= dict(zip(CONTEXT_INPUTS, rest[:2]))
+            rest = rest[2:]
         for i, m in enumerate(self.modalities):
             batch[m], batch[lengths_name(m)] = rest[2 * i], rest[2 * i + 1]
         batch[PRESENT] = rest[-1]
@@ -67,11 +82,13 @@ class TeCaFNInference(nn.Module):
         return a.score, a.text_only, a.contribution
 
 
-def model_contract(model: TeCaFN, max_text_tokens: int, max_frames: int, attribution: bool = False) -> ModelContract:
+def model_contract(model: TeCaFN, max_text_tokens: int, max_frames: int, attribution: bool = False,
+                   max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS) -> ModelContract:
     c = model.config
     return ModelContract(widths={m: getattr(c, f"d_{m}") for m in c.modalities if m != "text"},
                          max_text_tokens=max_text_tokens, max_frames=max_frames, presence=True,
-                         attribution=attribution)
+                         attribution=attribution, context=c.context,
+                         max_context_tokens=max_context_tokens if c.context else 0)
 
 
 def input_names(model: TeCaFN) -> list[str]:
@@ -80,19 +97,26 @@ def input_names(model: TeCaFN) -> list[str]:
 
 def example_batch(served: ModelContract, vocab: int, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Segments whose real lengths differ row by row (the first at the limits, and from the
-    second on some without one side or without any), padded by the contract exactly as clients
-    pad them, so that parity covers masking, padding and missing modalities."""
+    second on some without one side or without any, and with context some without any), padded
+    by the contract exactly as clients pad them, so that parity covers masking, padding, missing
+    modalities and context."""
     rng = np.random.default_rng(seed)
     tokens = rng.integers(2, served.max_text_tokens + 1, batch)
     tokens[0] = served.max_text_tokens
     mask = (np.arange(served.max_text_tokens)[None, :] < tokens[:, None]).astype(np.int64)
+    context = None
+    if served.context:
+        n = rng.integers(0, served.max_context_tokens + 1, batch)
+        n[0] = served.max_context_tokens
+        context_mask = (np.arange(served.max_context_tokens)[None, :] < n[:, None]).astype(np.int64)
+        context = (rng.integers(1, vocab, context_mask.shape) * context_mask, context_mask)
     frames = {}
     for m, width in served.widths.items():
         lengths = rng.integers(1, served.max_frames + 1, batch)
         lengths[0] = served.max_frames
         lengths[1:][rng.random(batch - 1) < 0.3] = 0  # segments without this side
         frames[m] = [rng.normal(size=(n, width)) for n in lengths]
-    padded = served.batch(rng.integers(1, vocab, mask.shape) * mask, mask, frames)
+    padded = served.batch(rng.integers(1, vocab, mask.shape) * mask, mask, frames, context)
     return served.check_request(padded)  # lengths as the graph takes them: [B]
 
 
@@ -102,9 +126,11 @@ def as_tensors(batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
 
 def export_onnx(model: TeCaFN, path: Path, served: ModelContract) -> None:
     wrapper = TeCaFNInference(model, served.attribution)
-    small = replace(served, max_text_tokens=min(8, served.max_text_tokens), max_frames=min(6, served.max_frames))
+    small = replace(served, max_text_tokens=min(8, served.max_text_tokens), max_frames=min(6, served.max_frames),
+                    max_context_tokens=min(8, served.max_context_tokens))
     example = example_batch(small, model.text_encoder.config.vocab_size, 4)
     dynamic = {name: {0: "batch", 1: "tokens"} for name in TEXT_INPUTS}
+    dynamic |= {name: {0: "batch", 1: "context_tokens"} for name in served.token_inputs[len(TEXT_INPUTS):]}
     dynamic |= {name: {0: "batch"} for name in (PRESENT, *served.outputs)}
     for m in served.widths:
         dynamic[m] = {0: "batch", 1: f"{m}_frames"}
@@ -263,7 +289,7 @@ def quantized_accuracy(checkpoint: Path, ckpt: dict, fp32_path: Path, int8_path:
     """Test-split MAE of the fp32 and the int8 graph on a dataset (the real CMU-MOSI, say)."""
     from trainer.data import Batcher, load_dataset
     split = load_dataset(data).split("test")
-    batcher = Batcher(split, tokenizer_for(checkpoint), ckpt["max_text_tokens"], ckpt["max_frames"])
+    batcher = Batcher(split, tokenizer_for(checkpoint), **batcher_options(ckpt))
     batches = list(batcher.batches(64))  # length-bucketed: the labels must come in the same order
     labels = np.concatenate([b["labels"].numpy().reshape(-1) for b in batches])
     feeds = [graph_feed(b) for b in batches]
@@ -275,8 +301,7 @@ def quantized_accuracy(checkpoint: Path, ckpt: dict, fp32_path: Path, int8_path:
 
 def calibration_feeds(checkpoint: Path, ckpt: dict, data: str | None) -> tuple[list, list, str]:
     """(calibration batches, held-out batches, where the sample came from)."""
-    sample, source = calibration.for_checkpoint(checkpoint, data, tokenizer_for(checkpoint), ckpt["max_text_tokens"],
-                                                ckpt["max_frames"])
+    sample, source = calibration.for_checkpoint(checkpoint, data, tokenizer_for(checkpoint), ckpt)
     n = len(sample["input_ids"])
     if n < 8:
         raise UserError(f"{source}: {n} segments are too few to calibrate int8 scales on (at least 8)")
@@ -374,7 +399,8 @@ def export(checkpoint: Path, repo: Path, backend: str = "python", max_batch: int
     staging.mkdir(parents=True)
     try:
         served = model_contract(model, ckpt["max_text_tokens"], ckpt["max_frames"] or 50,
-                                attribution=attribution and model.config.center == "text")
+                                attribution=attribution and model.config.center == "text",
+                                max_context_tokens=batcher_options(ckpt)["max_context_tokens"])
         export_onnx(model, staging / contract.ONNX_FILE, served)
         diff = check_parity(model, staging / contract.ONNX_FILE, served)
         if not diff <= PARITY_TOLERANCE:

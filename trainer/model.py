@@ -3,6 +3,10 @@
 The full definition of the model, all of it in this one file. Names follow the paper:
 
     E_m        unimodal encoders (BERT for text; pre-LN transformer + LSTM for audio and vision)
+    H_t        the text encoder's states of the utterance's own tokens; with context (k > 0) the
+               context-conditioned text encoding: E_t reads the utterance followed by the
+               transcripts of the k previous segments of its stream, and only the utterance's
+               positions go on (see `context_conditioned_text`)
     Conv1D     temporal convolution of every modality to the common width d
     L_uccon    text-centred unimodal contrastive loss, InfoNCE(t, a) + InfoNCE(t, v), both directions
     mining     the top-`num` most similar *other* samples of modality m for every text
@@ -27,11 +31,16 @@ Beyond the paper, for serving real segments:
                its feed-forward layers alone. One graph serves full and partial segments.
     standardisation  per-dimension mean and sd of every frame modality (training split), kept
                as buffers so a checkpoint and its export carry them.
+    context    k = `TeCaFNConfig.context` previous transcripts of the same stream (never a later
+               one): inputs context_ids / context_mask [B, T_c], the k transcripts oldest first,
+               each followed by the tokenizer's separator, cut from the oldest side. k = 0 is the
+               paper's model: the same graph, inputs and outputs as before context existed.
     attribution  `score_with_attribution`: the score, the text-only score and what each side
                moved the score, from one batched pass.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import asdict, dataclass, field, replace
 
@@ -39,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stream.contract import CONTEXT_INPUTS
 from trainer.defaults import DEFAULT_MODALITY_DROPOUT, MAX_FRAMES  # noqa: F401 - part of the model's API
 
 MODALITIES = ("text", "audio", "visual")
@@ -55,7 +65,7 @@ _WEIGHT = ("a finite number >= 0", lambda v: 0 <= v < math.inf)
 NUMERIC_RANGES = {
     "d_text": _POSITIVE, "d_audio": _POSITIVE, "d_visual": _POSITIVE, "d_model": _POSITIVE,
     "n_heads": _POSITIVE, "fusion_hidden": _POSITIVE, "num": _POSITIVE,
-    "encoder_layers": _LAYERS, "cross_layers": _LAYERS,
+    "encoder_layers": _LAYERS, "cross_layers": _LAYERS, "context": _LAYERS,
     "conv_kernel": ("an odd integer >= 1 (padding keeps the length)", lambda v: v >= 1 and v % 2 == 1),
     "dropout": ("in [0, 1)", lambda v: 0 <= v < 1),
     "p": ("in [0, 1]", lambda v: 0 <= v <= 1),
@@ -103,6 +113,7 @@ class TeCaFNConfig:
     hard_negative_sides: tuple[str, ...] = ("audio", "visual")  # else: uniform other samples
     use_bicon: bool = True
     contrast_mappers: bool = True  # W_t, W_m and f1, f2 (off: contrast the features CoAt consumes)
+    context: int = 0  # k: previous segments of the stream whose transcripts E_t reads (0: none)
 
     def __post_init__(self):
         for name in ("modalities", "contrast_sides", "gate_sides", "hard_negative_sides"):
@@ -254,6 +265,42 @@ def replacement_gate(candidates: torch.Tensor, p: float, generator: torch.Genera
     replace_mask = (u < p).to(device)
     source = torch.where(replace_mask, candidates[rows, pick.to(device)], rows)
     return source, (~replace_mask).long()
+
+
+def context_conditioned_text(encoder: nn.Module, input_ids, attention_mask, context_ids, context_mask,
+                             typed: bool) -> torch.Tensor:
+    """H_t with context: E_t's states [B, T_t, d_text] of the utterance's positions, computed over
+    one sequence per sample, "[CLS] utterance [SEP] context [SEP]" packed without a gap, so that
+    the utterance keeps the positions it has without context and the context follows it at the
+    same positions whatever either is padded to (a gap of padding would shift the context's
+    positions with the batch). typed: the encoder has token types; the context gets type 1, as
+    BERT's second segment. Masks are True (1) at real positions, which come first in each row.
+    Positions past the utterance within T_t hold context states; the utterance's mask hides them
+    from everything downstream."""
+    b, t = input_ids.shape
+    t_c = context_ids.shape[1]
+    n_text = attention_mask.sum(1, keepdim=True)
+    n_context = context_mask.sum(1, keepdim=True)
+    position = torch.arange(t + t_c, device=input_ids.device)[None, :]
+    from_context = position >= n_text
+    # one zero column more on each, so that every gather index is valid (t_c may be 0)
+    text = F.pad(input_ids, (0, 1))
+    context = F.pad(context_ids, (0, 1))
+    ids = torch.where(from_context,
+                      context.gather(1, (position - n_text).clamp(0, t_c).expand(b, -1)),
+                      text.gather(1, position.clamp(max=t).expand(b, -1)))
+    real = position < n_text + n_context
+    ids = ids * real.to(ids.dtype)
+    inputs = dict(input_ids=ids, attention_mask=real.to(attention_mask.dtype))
+    if typed:
+        inputs["token_type_ids"] = (from_context & real).to(ids.dtype)
+    return encoder(**inputs).last_hidden_state[:, :t]
+
+
+def has_token_types(encoder: nn.Module) -> bool:
+    """Whether `encoder` takes token_type_ids with a second type (BERT, MiniLM; MPNet has none)."""
+    takes = "token_type_ids" in inspect.signature(encoder.forward).parameters
+    return takes and getattr(encoder.config, "type_vocab_size", 0) >= 2
 
 
 def modality_dropout(present: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -456,7 +503,8 @@ class Attribution:
 class TeCaFN(nn.Module):
     """The whole network. `text_encoder` is any BERT-family model returning last_hidden_state.
 
-    Inputs (a dict): input_ids, attention_mask [B, T_t]; for each frame modality m, m [B, T_m, d_m]
+    Inputs (a dict): input_ids, attention_mask [B, T_t]; with context (k > 0) context_ids,
+    context_mask [B, T_c] (absent: no segment has context); for each frame modality m, m [B, T_m, d_m]
     and m_lengths [B]; optionally present bool [B, 2] (PRESENCE order). A side is used for a
     sample only where present says so (default: True) and it has at least one frame."""
 
@@ -464,6 +512,7 @@ class TeCaFN(nn.Module):
         super().__init__()
         self.config = c = config
         self.text_encoder = text_encoder
+        self.typed_context = c.context > 0 and has_token_types(text_encoder)
         self.frame_modalities = tuple(m for m in c.modalities if m != "text")
         self.encoders = nn.ModuleDict({
             m: SequenceEncoder(self._width(m), c.d_model, c.n_heads, c.encoder_layers, c.dropout)
@@ -540,8 +589,7 @@ class TeCaFN(nn.Module):
         for m in c.modalities:
             if m == "text":
                 mask = batch["attention_mask"].bool()
-                h = self.text_encoder(input_ids=batch["input_ids"],
-                                      attention_mask=batch["attention_mask"]).last_hidden_state
+                h = self.text_states(batch)
             else:
                 if m in batch:
                     x, lengths = batch[m], batch[f"{m}_lengths"]
@@ -558,6 +606,14 @@ class TeCaFN(nn.Module):
             feats[m] = self.conv[m](h, mask)
             masks[m] = mask
         return feats, masks
+
+    def text_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """H_t [B, T_t, d_text]: conditioned on the batch's context where the model takes context
+        and the batch has it (a batch without context_ids is one whose segments have none)."""
+        if self.config.context and CONTEXT_INPUTS[0] in batch:
+            return context_conditioned_text(self.text_encoder, batch["input_ids"], batch["attention_mask"],
+                                            batch["context_ids"], batch["context_mask"], self.typed_context)
+        return self.text_encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
 
     def _side_masks(self, masks: dict, present: torch.Tensor) -> dict:
         """Masks with absent sides emptied. The centre is always taken as present."""

@@ -8,9 +8,9 @@ import argparse
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from stream.arguments import positive, probability
+from stream.arguments import non_negative, positive, probability
 from stream.errors import UserError
-from trainer.defaults import DEFAULT_MAX_FRAMES, DEFAULT_MODALITY_DROPOUT, MAX_FRAMES
+from trainer.defaults import DEFAULT_MAX_CONTEXT_TOKENS, DEFAULT_MAX_FRAMES, DEFAULT_MODALITY_DROPOUT, MAX_FRAMES
 
 
 def frames(text):
@@ -51,6 +51,11 @@ class TrainOptions:
     max_frames: int | None = option(DEFAULT_MAX_FRAMES, f"audio/visual frames kept per segment (default "
                                     f"{DEFAULT_MAX_FRAMES}, at most {MAX_FRAMES}); longer sequences are cut and the "
                                     "log says how many", type=frames)
+    context: int = option(0, "the model reads the transcripts of the K previous segments of the same stream "
+                          "(the data's earlier clips of the same video; never their labels); 0: none", type=non_negative(int),
+                          metavar="K")
+    context_tokens: int = option(DEFAULT_MAX_CONTEXT_TOKENS, "context tokens read at most (the newest kept; "
+                                 f"default {DEFAULT_MAX_CONTEXT_TOKENS})", type=positive(int), metavar="N")
     log_every: int = option(10, "loss trace period K in steps", type=positive(int))
     model_overrides: dict = option(flag=False, default_factory=dict)  # TeCaFNConfig fields, e.g. {"p": 0.4}
     progress: bool = option(True, "no progress bar")

@@ -7,6 +7,9 @@ under frame noise. Some utterances come in near-duplicate pairs: the same (or ne
 words whose labels differ by 0.2-0.5 through the non-text cues only (the paper's Fig. 1).
 
 label = clip(text_polarity + audio_cue + visual_cue + small noise, -3, 3)
+
+Consecutive utterances form streams of `stream_length` segments (a speaker's video), in order, so
+that a model with context has earlier transcripts to read.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ class SyntheticSet:
     audio: list[np.ndarray]  # [T_i, d_audio] each
     visual: list[np.ndarray]
     bounds: dict[str, tuple[int, int]]
+    streams: list[str]  # the stream of each utterance; a stream's utterances are consecutive, in order
 
 ADJECTIVES = {
     "amazing": 2.4, "brilliant": 2.2, "wonderful": 2.2, "great": 1.8, "good": 1.2, "fun": 1.2,
@@ -71,10 +75,12 @@ def frames(rng: np.random.Generator, cue: float, length: int, width: int, noise:
 
 def generate(n: int = 1200, seed: int = 0, d_audio: int = 5, d_visual: int = 20, max_frames: int = 50,
              cue_strength: float = 0.8, near_duplicate_fraction: float = 0.2,
-             split_fractions=(0.6, 0.15, 0.25)) -> SyntheticSet:
+             split_fractions=(0.6, 0.15, 0.25), stream_length: int = 8) -> SyntheticSet:
     """n utterances split train/valid/test; deterministic for a seed."""
     if n < 10:
         raise UserError("the synthetic set needs at least 10 utterances")
+    if stream_length < 1:
+        raise UserError("synthetic streams need at least 1 utterance each")
     rng = np.random.default_rng(seed)
     rows = []
     while len(rows) < n:
@@ -99,4 +105,6 @@ def generate(n: int = 1200, seed: int = 0, d_audio: int = 5, d_visual: int = 20,
     n_train = int(split_fractions[0] * n)
     n_valid = int(split_fractions[1] * n)
     bounds = {"train": (0, n_train), "valid": (n_train, n_train + n_valid), "test": (n_train + n_valid, n)}
-    return SyntheticSet(f"synthetic-{seed}", ids, texts, np.array(labels, dtype=np.float32), audio, visual, bounds)
+    streams = [f"syn{seed}_stream{i // stream_length:04d}" for i in range(n)]
+    return SyntheticSet(f"synthetic-{seed}", ids, texts, np.array(labels, dtype=np.float32), audio, visual, bounds,
+                        streams)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from stream.errors import UserError
 from trainer import calibration, distill
-from trainer.data import Batcher, Dataset, Split, feature_stats
+from trainer.data import Batcher, Dataset, Split, batcher_options, feature_stats
 from trainer.metrics import compute_metrics, summarise
 from trainer.model import (
     PRESENCE,
@@ -68,7 +68,7 @@ def seed_everything(seed: int) -> None:
 def build_config(dataset: Dataset, text_width: int, opts: TrainOptions) -> TeCaFNConfig:
     """The paper's defaults, fitted to the data, then the ablation and any overrides."""
     base = TeCaFNConfig(d_text=text_width, d_audio=max(1, dataset.width("audio")),
-                        d_visual=max(1, dataset.width("visual")), task=dataset.task)
+                        d_visual=max(1, dataset.width("visual")), task=dataset.task, context=opts.context)
     config = apply_ablation(base, opts.ablation)
     unknown = set(opts.model_overrides) - set(asdict(config))
     if unknown:
@@ -90,6 +90,7 @@ def build_config(dataset: Dataset, text_width: int, opts: TrainOptions) -> TeCaF
 def build_model(dataset: Dataset, opts: TrainOptions):
     encoder, encoder_config = build_text_encoder(opts.text_encoder)
     config = build_config(dataset, encoder.config.hidden_size, opts)
+    check_context(config, encoder, dataset, opts)
     model = TeCaFN(config, encoder)
     if opts.standardise:
         model.set_feature_stats(feature_stats(dataset.train))
@@ -97,6 +98,19 @@ def build_model(dataset: Dataset, opts: TrainOptions):
         for p in model.text_encoder.parameters():
             p.requires_grad_(False)
     return model, encoder_config
+
+
+def check_context(config: TeCaFNConfig, encoder, dataset: Dataset, opts: TrainOptions) -> None:
+    """A model with context needs streams in the data and room in the encoder for both texts."""
+    if not config.context:
+        return
+    if dataset.train.history is None:
+        raise UserError(f"--context {config.context}: {dataset.name} does not say which stream each segment belongs "
+                        f"to (utterances.csv columns video_id and clip_id)")
+    room = getattr(encoder.config, "max_position_embeddings", None)
+    if room is not None and opts.max_text_tokens + opts.context_tokens > room:
+        raise UserError(f"--max-text-tokens {opts.max_text_tokens} + --context-tokens {opts.context_tokens} exceed "
+                        f"the text encoder's {room} positions")
 
 
 def make_optimizer(model: TeCaFN, opts: TrainOptions, fused: bool = True) -> torch.optim.Optimizer:
@@ -185,14 +199,16 @@ def train_once(dataset: Dataset, opts: TrainOptions) -> dict:
     out = Path(opts.out)  # made only now: a model that cannot be built leaves no empty run directory
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out / "tokenizer")
-    batchers = {s: Batcher(dataset.split(s), tokenizer, opts.max_text_tokens, opts.max_frames, name=s)
+    batchers = {s: Batcher(dataset.split(s), tokenizer, opts.max_text_tokens, opts.max_frames, name=s,
+                           context=model.config.context, max_context_tokens=opts.context_tokens)
                 for s in ("train", "valid", "test")}
     calibration.save(out / calibration.CALIBRATION_FILE, batchers["train"], opts.seed)
     optimizer = make_optimizer(model, opts)
     generator = torch.Generator().manual_seed(opts.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("%s | %s | %d parameters | ablation %s | modality dropout %.2f | device %s", dataset.describe(),
-             type(model.text_encoder).__name__, n_params, opts.ablation, opts.modality_dropout, device)
+    log.info("%s | %s | %d parameters | ablation %s | context %d | modality dropout %.2f | device %s",
+             dataset.describe(), type(model.text_encoder).__name__, n_params, opts.ablation, model.config.context,
+             opts.modality_dropout, device)
 
     trace = LossTrace(out / "losses.csv")
     best, best_epoch, stale = None, -1, 0
@@ -243,6 +259,7 @@ def train_once(dataset: Dataset, opts: TrainOptions) -> dict:
         "parameters": n_params,
         "dataset": dataset.name,
         "ablation": opts.ablation,
+        "context": model.config.context,
         "modality_dropout": opts.modality_dropout,
         "seed": opts.seed,
         "text_encoder": opts.text_encoder,
@@ -339,6 +356,7 @@ def save_checkpoint(path: Path, model: TeCaFN, encoder_config: dict, opts: Train
         "state_dict": model.state_dict(),
         "max_text_tokens": opts.max_text_tokens,
         "max_frames": opts.max_frames,
+        "max_context_tokens": opts.context_tokens,
         "text_encoder": opts.text_encoder,
         "dataset": dataset.name,
     }, path)
@@ -379,7 +397,7 @@ def read_checkpoint_file(path: Path, device) -> dict:
 
 def checkpoint_batcher(checkpoint: Path, ckpt: dict, split: Split, name: str) -> Batcher:
     """A split as the checkpoint's model reads it: its tokenizer, its text and frame limits."""
-    return Batcher(split, tokenizer_for(checkpoint), ckpt["max_text_tokens"], ckpt["max_frames"], name=name)
+    return Batcher(split, tokenizer_for(checkpoint), name=name, **batcher_options(ckpt))
 
 
 def tokenizer_for(checkpoint: Path):

@@ -30,11 +30,17 @@ from stream.triton_client import TritonScorer
 
 
 def segment_inputs(contract, tokens: int = 32, frames: int = 50, batch: int = 1, seed: int = 0) -> dict:
-    """Full-length random segments: the model's cost does not depend on the values."""
+    """Full-length random segments: the model's cost does not depend on the values. A model with
+    context gets its longest context (max_context_tokens): what context costs at most."""
     rng = np.random.default_rng(seed)
     frames = min(frames, contract.max_frames)
+    context = None
+    if contract.context:
+        context = (rng.integers(1000, 2000, (batch, contract.max_context_tokens)),
+                   np.ones((batch, contract.max_context_tokens)))
     return contract.batch(rng.integers(1000, 2000, (batch, tokens)), np.ones((batch, tokens)),
-                          {m: list(rng.normal(size=(batch, frames, width))) for m, width in contract.widths.items()})
+                          {m: list(rng.normal(size=(batch, frames, width))) for m, width in contract.widths.items()},
+                          context)
 
 
 def raw_throughput(onnx_path: Path, contract, batch: int, seconds: float, options=None) -> dict:
