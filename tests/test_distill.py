@@ -1,6 +1,7 @@
 """Distillation (trainer/distill.py): a student trained with a teacher's scores moves toward
 them, against a student trained without them on the same seed; the scores are computed once."""
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from scipy import stats
 from stream.errors import UserError
 from trainer import distill
 from trainer.data import load_dataset
-from trainer.train import TrainOptions, checkpoint_batcher, load_checkpoint, predict, train
+from trainer.train import TrainOptions, checkpoint_predictions, train
 
 SMALL = dict(encoder_layers=1, cross_layers=1, d_model=16, n_heads=2)
 
@@ -36,8 +37,11 @@ def teacher(data, tmp_path_factory):
 
 
 def train_predictions(run, data) -> np.ndarray:
-    model, ckpt = load_checkpoint(run / "checkpoint.pt")
-    return predict(model, checkpoint_batcher(run / "checkpoint.pt", ckpt, data.split("train"), "train"), "cpu")
+    return checkpoint_predictions(run / "checkpoint.pt", data.split("train"), "cpu")
+
+
+def teacher_scores(teacher, data):
+    return distill.teacher_scores(teacher, data, partial(checkpoint_predictions, device="cpu"))
 
 
 @pytest.mark.slow
@@ -45,7 +49,7 @@ def test_a_student_with_a_teacher_moves_toward_its_scores(data, teacher, tmp_pat
     plain = train(data, quick(tmp_path / "plain"))
     taught = train(data, quick(tmp_path / "taught", teacher=teacher, distill_weight=0.8))
     assert taught["teacher"] == str(teacher) and taught["distill_weight"] == 0.8 and "teacher" not in plain
-    scores = distill.teacher_scores(teacher, data, "cpu").numpy()
+    scores = teacher_scores(teacher, data).numpy()
     np.testing.assert_allclose(scores, train_predictions(teacher, data), atol=1e-6)  # the cached scores are its own
     apart_plain = np.abs(train_predictions(tmp_path / "plain", data) - scores)
     apart_taught = np.abs(train_predictions(tmp_path / "taught", data) - scores)
@@ -56,14 +60,14 @@ def test_a_student_with_a_teacher_moves_toward_its_scores(data, teacher, tmp_pat
 
 @pytest.mark.slow
 def test_teacher_scores_are_computed_once_and_follow_the_split(data, teacher):
-    first = distill.teacher_scores(teacher, data, "cpu")
+    first = teacher_scores(teacher, data)
     kept = sorted((teacher / distill.SCORES_DIR).glob("*.npy"))
     assert len(kept) == 1
     stamp = kept[0].stat().st_mtime_ns
-    assert np.array_equal(distill.teacher_scores(teacher, data, "cpu"), first)
+    assert np.array_equal(teacher_scores(teacher, data), first)
     assert kept[0].stat().st_mtime_ns == stamp  # read back, not computed again
     fewer = replace(data, train=data.train.subset(np.arange(100)))
-    assert len(distill.teacher_scores(teacher, fewer, "cpu")) == 100  # another split, other scores
+    assert len(teacher_scores(teacher, fewer)) == 100  # another split, other scores
     assert len(list((teacher / distill.SCORES_DIR).glob("*.npy"))) == 2
 
 

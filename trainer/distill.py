@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,9 +59,9 @@ def split_digest(split: Split) -> str:
     return digest.hexdigest()
 
 
-def teacher_scores(run_dir: Path, dataset: Dataset, device) -> torch.Tensor:
+def teacher_scores(run_dir: Path, dataset: Dataset, score: Callable[[Path, Split], np.ndarray]) -> torch.Tensor:
     """The teacher's score for every training sample, in the split's order: from its cache, or
-    computed now (then kept)."""
+    computed now by `score(checkpoint, split)` (then kept)."""
     checkpoints = teacher_checkpoints(run_dir)
     split = dataset.split("train")
     key = hashlib.sha256("".join(sha256_of(c) for c in checkpoints).encode() + split_digest(split).encode())
@@ -69,7 +70,7 @@ def teacher_scores(run_dir: Path, dataset: Dataset, device) -> torch.Tensor:
         scores = np.load(path)
         log.info("teacher %s: its %d training scores from %s", run_dir, len(scores), path)
     else:
-        scores = np.mean([scores_of(c, split, device) for c in checkpoints], axis=0).astype(np.float32)
+        scores = np.mean([score(c, split) for c in checkpoints], axis=0).astype(np.float32)
         path.parent.mkdir(exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.npy")
         np.save(partial, scores)
@@ -77,12 +78,6 @@ def teacher_scores(run_dir: Path, dataset: Dataset, device) -> torch.Tensor:
         log.info("teacher %s (%d checkpoint%s): %d training scores, kept in %s", run_dir, len(checkpoints),
                  "s" * (len(checkpoints) > 1), len(scores), path)
     return torch.from_numpy(scores)
-
-
-def scores_of(checkpoint: Path, split: Split, device) -> np.ndarray:
-    from trainer.train import checkpoint_batcher, load_checkpoint, predict
-    model, ckpt = load_checkpoint(checkpoint, device)
-    return predict(model, checkpoint_batcher(checkpoint, ckpt, split, "teacher"), device)
 
 
 def distilled(model, out, losses: dict[str, torch.Tensor], teacher: torch.Tensor, weight: float) -> dict:

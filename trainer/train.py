@@ -21,6 +21,7 @@ import random
 import resource
 import time
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -191,7 +192,8 @@ def format_summary(s: dict) -> str:
 def train_once(dataset: Dataset, opts: TrainOptions) -> dict:
     """Train, keep the best checkpoint on valid MAE (or accuracy), write the run directory."""
     device = resolve_device(opts.device)
-    teacher = distill.teacher_scores(opts.teacher, dataset, device) if opts.teacher else None
+    teacher = distill.teacher_scores(opts.teacher, dataset, partial(checkpoint_predictions, device=device)) \
+        if opts.teacher else None
     seed_everything(opts.seed)
     model, encoder_config = build_model(dataset, opts)
     model.to(device)
@@ -398,6 +400,11 @@ def read_checkpoint_file(path: Path, device) -> dict:
 def checkpoint_batcher(checkpoint: Path, ckpt: dict, split: Split, name: str) -> Batcher:
     """A split as the checkpoint's model reads it: its tokenizer, its text and frame limits."""
     return Batcher(split, tokenizer_for(checkpoint), name=name, **batcher_options(ckpt))
+
+
+def checkpoint_predictions(checkpoint: Path, split: Split, device) -> np.ndarray:
+    model, ckpt = load_checkpoint(checkpoint, device)
+    return predict(model, checkpoint_batcher(checkpoint, ckpt, split, "predict"), device)
 
 
 def tokenizer_for(checkpoint: Path):
