@@ -268,7 +268,9 @@ class Settings:
                                   "sha256); keep it well below the broker's message size limit (1 MB producer "
                                   "requests, and base64 adds a third)", minimum=0)
     # ---- trends ----
-    recent_segments: int = setting(50, "scored segments kept per stream", minimum=1)
+    recent_segments: int = setting(200, "scored segments kept per stream with their transcripts (the dashboard's "
+                                        "recent view; an alert's drivers compare the shifted ones among them with "
+                                        "those before)", minimum=1)
     resolutions: tuple[int, ...] = setting((10, 60, 600), "trend bucket sizes in seconds", check=_positive_seconds)
     buckets_kept: int = setting(360, "buckets kept per stream and resolution", minimum=1)
     ewma_alpha: float = setting(0.1, "weight of the newest score in the EWMA", above=0, maximum=1)
