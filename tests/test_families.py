@@ -52,3 +52,12 @@ def test_empirical_residuals_replace_the_stand_in(tmp_path):
     (tmp_path / "bad.txt").write_text("1\nnot a number\n")
     with pytest.raises(Exception, match="one number a line"):
         families.empirical_marginal(tmp_path / "bad.txt")
+
+
+def test_an_unknown_family_is_one_line_and_exit_2_before_anything_runs():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "stream.cli", "bench", "detect", "--families", "gaussian,bogus"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().endswith("--families: no family bogus; known: " + ", ".join(families.families()))

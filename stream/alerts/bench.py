@@ -131,6 +131,7 @@ def bench_detect(seed: int = 7, per_shift: int = 100, steady: int = 300, progres
                  ) -> dict:
     """The comparison with baselines and oracles on the standard mix, then the detector against
     the level-estimating oracle on each family (`family_names`; None: all, []: none)."""
+    chosen = chosen_families(family_names, marginal)
     started = time.perf_counter()
     shifted, calm = build(seed, per_shift, steady)
     _, calibration = build(seed + 1000, 0, CALIBRATION_FACTOR * steady)
@@ -172,8 +173,7 @@ def bench_detect(seed: int = 7, per_shift: int = 100, steady: int = 300, progres
     return {"seed": seed, "shift_streams": len(shifted), "steady_segments": int(x_c.size),
             "target_false_alarms_per_10k": target, "min_shift": params.min_shift, "nominal_sd": NOMINAL_SD,
             "detectors": results,
-            "families": bench_families(seed, per_shift, steady, family_names, marginal, params, progress)
-            if family_names != [] else {},
+            "families": bench_families(seed, per_shift, steady, chosen, params, progress),
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -213,16 +213,21 @@ def family_figures(family: Family, seed: int, per_shift: int, steady: int, param
             "steady_segments": int(alarms.size), "shift_streams": len(shifted)}
 
 
-def bench_families(seed: int, per_shift: int, steady: int, names=None, marginal: Marginal | None = None,
-                   params: DetectorParams = DetectorParams(), progress=lambda m: None) -> dict:
+def chosen_families(names=None, marginal: Marginal | None = None) -> dict[str, Family]:
+    """The families named (None: all), or a UserError naming those that do not exist."""
     table = families(marginal)
     unknown = sorted(set(names or ()) - set(table))
     if unknown:
         raise UserError(f"--families: no family {', '.join(unknown)}; known: {', '.join(table)}")
+    return {name: table[name] for name in (table if names is None else names)}
+
+
+def bench_families(seed: int, per_shift: int, steady: int, chosen: dict[str, Family],
+                   params: DetectorParams = DetectorParams(), progress=lambda m: None) -> dict:
     out = {}
-    for name in names or table:
+    for name, family in chosen.items():
         progress(f"family {name}")
-        out[name] = family_figures(table[name], seed, per_shift, steady, params)
+        out[name] = family_figures(family, seed, per_shift, steady, params)
     return out
 
 
