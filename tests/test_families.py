@@ -61,3 +61,18 @@ def test_an_unknown_family_is_one_line_and_exit_2_before_anything_runs():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip().endswith("--families: no family bogus; known: " + ", ".join(families.families()))
+
+
+def test_bench_detect_reports_each_family_as_json():
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "stream.cli", "bench", "detect", "--per-shift", "1", "--steady", "2",
+                          "--families", "gaussian,outliers", "--json"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout)["families"]
+    assert list(figures) == ["gaussian", "outliers"]
+    for f in figures.values():
+        assert f["steady_segments"] == 2 * bench.STEADY_LENGTH and f["shift_streams"] == 2 * len(bench.SHIFTS)
+        assert set(f["meets"]) == {"false_alarms", "recall_60_ge_0.5", "recall_30_ge_0.8", "delay"}
+        assert f["false_alarm_ratio"] == f["cusum"]["false_alarms"] / f["steady_segments"] * 1e4

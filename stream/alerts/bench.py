@@ -206,9 +206,9 @@ def family_figures(family: Family, seed: int, per_shift: int, steady: int, param
     cusum["false_alarms_per_10k_interval"] = [low / alarms.size * 1e4, high / alarms.size * 1e4]
     oracle = level_estimated_oracle(shifted, calm, params, target)
     ratio = cusum["false_alarms_per_10k"] / target
-    checks = {"false_alarms": FA_BAND[0] <= ratio <= FA_BAND[1],
-              **{name: cusum[name] >= oracle[name] - RECALL_SLACK for name in ("recall_60_ge_0.5", "recall_30_ge_0.8")},
-              "delay": cusum["0.5"]["median_over_bound"] <= DELAY_SLACK}
+    checks = {"false_alarms": bool(FA_BAND[0] <= ratio <= FA_BAND[1]),
+              **{name: bool(cusum[name] >= oracle[name] - RECALL_SLACK) for name in ("recall_60_ge_0.5", "recall_30_ge_0.8")},
+              "delay": bool(cusum["0.5"]["median_over_bound"] <= DELAY_SLACK)}
     return {"cusum": cusum, "oracle-level-estimated": oracle, "false_alarm_ratio": ratio, "meets": checks,
             "steady_segments": int(alarms.size), "shift_streams": len(shifted)}
 
