@@ -287,6 +287,52 @@ def alert_line(alert: Alert, tz: ZoneInfo) -> str:
             f"{signed(alert.reference.get('mean'))} → {signed(alert.recent.get('mean'))}  (z {signed(alert.z, 1)})")
 
 
+SIDE_NAMES = {"words": "words", "audio": "voice", "visual": "face"}
+
+
+def drivers_line(alert: Alert) -> str:
+    """What moved, in one line (empty for an alert recorded before alerts carried drivers)."""
+    d = alert.drivers
+    parts = []
+    if d.get("terms"):
+        parts.append("about " + ", ".join(printable(t["term"]) for t in d["terms"][:5]))
+    if d.get("modalities"):
+        change = d["modalities"]["change"]
+        parts.append("moved: " + ", ".join(f"{SIDE_NAMES.get(name, name)} {signed(v)}" for name, v in change.items())
+                     + f" (most: {SIDE_NAMES.get(d['modalities']['moved_most'], d['modalities']['moved_most'])})")
+    return " · ".join(parts)
+
+
+def driver_segments_frame(alert: Alert, tz: ZoneInfo) -> pd.DataFrame:
+    """The segments that pushed the alert hardest, as a table."""
+    segments = alert.drivers.get("segments", [])
+    return pd.DataFrame({"time": [clock(s["event_time"], tz, with_date=False) for s in segments],
+                         "score": [s["score"] for s in segments],
+                         "segment": [printable(s["segment_id"]) for s in segments],
+                         "transcript": [printable(s["text"]) for s in segments]})
+
+
+def driver_terms_frame(alert: Alert) -> pd.DataFrame:
+    """Terms over-represented since the change point (Fightin' Words z, counts in and before)."""
+    terms = alert.drivers.get("terms", [])
+    return pd.DataFrame({"term": [printable(t["term"]) for t in terms], "z": [t["z"] for t in terms],
+                         "since the change": [t["window"] for t in terms], "before": [t["reference"] for t in terms]})
+
+
+def alert_drivers(alert: Alert, tz: ZoneInfo) -> None:
+    if not alert.drivers:
+        return
+    line = drivers_line(alert)
+    if line:
+        st.text(line)
+    with st.expander("what moved"):
+        if alert.drivers.get("segments"):
+            st.dataframe(driver_segments_frame(alert, tz), hide_index=True, use_container_width=True,
+                         column_config={"score": st.column_config.NumberColumn(format=SCORE_FORMAT)})
+        if alert.drivers.get("terms"):
+            st.dataframe(driver_terms_frame(alert), hide_index=True, use_container_width=True)
+
+
 def alerts_feed(alerts: list[Alert], tz: ZoneInfo, on_open) -> None:
     """Newest first. `on_open(stream_id, event_time)` is called when one is opened."""
     if not alerts:
@@ -296,6 +342,8 @@ def alerts_feed(alerts: list[Alert], tz: ZoneInfo, on_open) -> None:
         with st.container(border=True):
             left, right = st.columns([6, 1])
             left.text(alert_line(alert, tz))
+            with left:
+                alert_drivers(alert, tz)
             if right.button("open", key=f"open-{alert.stream_id}-{alert.id or alert.event_time}",
                             help="show this stream around the alert"):
                 on_open(alert.stream_id, alert.event_time)

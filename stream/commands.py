@@ -120,7 +120,18 @@ def cmd_trends(args) -> int:
               f"({a.reference['mean']:+.2f} -> {a.recent['mean']:+.2f}, z={a.z:.1f}) "
               f"at {time.strftime('%H:%M:%S', time.localtime(a.event_time))}"
               + (f", began {time.strftime('%H:%M:%S', time.localtime(since))}" if since else ""))
+        for line in driver_lines(a.drivers):
+            print(f"  {line}")
     return 0
+
+
+def driver_lines(d: dict) -> list[str]:
+    """An alert's drivers as `tecaflow trends` prints them under it (none for an old alert)."""
+    from stream.alerts.drivers import summary
+    if not d:
+        return []
+    lines = [f"what moved: {summary(d)}"] if summary(d) else []
+    return lines + [f"{s['score']:+.2f} {s['segment_id']}: {s['text']}" for s in d.get("segments", [])]
 
 
 def cmd_settings(args) -> int:

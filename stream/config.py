@@ -276,7 +276,9 @@ class Settings:
                                   "sha256); keep it well below the broker's message size limit (1 MB producer "
                                   "requests, and base64 adds a third)", minimum=0)
     # ---- trends ----
-    recent_segments: int = setting(50, "scored segments kept per stream", minimum=1)
+    recent_segments: int = setting(200, "scored segments kept per stream with their transcripts (the dashboard's "
+                                        "recent view; an alert's drivers compare the shifted ones among them with "
+                                        "those before)", minimum=1)
     context_kept: int = setting(16, "segments per stream (the newest by event time) whose transcripts are kept for "
                                 "models that read the previous segments (context); at least the served model's "
                                 "context k (0: none kept, for models without context only)", minimum=0)

@@ -29,7 +29,7 @@ from typing import Awaitable, Callable
 import numpy as np
 
 from stream import context, metrics
-from stream.alerts import detector
+from stream.alerts import detector, drivers
 from stream.config import DetectorParams, Settings
 from stream.contract import CONTEXT_INPUTS, PRESENT, SCORE, ModelContract, Tokenizer
 from stream.errors import UserError
@@ -377,6 +377,7 @@ class Pipeline:
                               "tries again", stream)
                 continue
             if found:
+                found = self.with_drivers(stream, found)
                 alerts += self.record_alerts(stream, found, state, started_from[stream])
             else:
                 steady[stream] = state
@@ -385,6 +386,18 @@ class Pipeline:
             log.info("detection on %d stream(s) was done meanwhile by another worker (a rebalance); its "
                      "state is kept", len(moved_on))
         return alerts
+
+    def with_drivers(self, stream: str, alerts: list[Alert]) -> list[Alert]:
+        """Each alert with what moved (stream/alerts/drivers.py), from the stream's recent segments
+        in Redis: a redelivered batch after a restart finds the same segments, so the same drivers."""
+        recent = self.store.recent(stream, self.store.settings.recent_segments)
+        try:
+            return [replace(a, drivers=drivers.drivers(recent, a.change_point["event_time"], a.event_time,
+                                                       a.reference["mean"], a.direction)) for a in alerts]
+        except Exception:  # noqa: BLE001 - a bug here must not stall scoring (retry_forever would) nor drop the alert
+            metrics.DETECTION_FAILURES.inc()
+            log.exception("stream %s: the drivers of its alerts failed; the alerts go out without them", stream)
+            return alerts
 
     def record_alerts(self, stream: str, alerts: list[Alert], state: dict, started_from: int) -> list[Alert]:
         """Record a stream's new alerts with the state that follows them (together: a crash leaves

@@ -127,9 +127,17 @@ class Alert:
          "evidence": {"statistic": 9.1, "threshold": 8.2, "log_likelihood_ratio": 10.4,
                       "allowance": 0.57, "outliers_clipped": 1, "duplicates_skipped": 0},
          "reference": {"mean": 0.61, "sd": 0.74, "rho": 0.21, "n": 180},   # the level before
-         "recent": {"mean": -0.51, "n": 14, "from": 1764000004.0, "to": 1764000012.0}}
+         "recent": {"mean": -0.51, "n": 14, "from": 1764000004.0, "to": 1764000012.0},
+         "drivers": {"segments": [{"segment_id": "brand-42/981", "event_time": 1764000009.0,   # what moved
+                                   "score": -2.1, "text": "the refund never came"}, ...],
+                     "modalities": {"change": {"words": -0.9, "audio": -0.2, "visual": 0.0},
+                                    "moved_most": "words", "segments": {"window": 14, "reference": 36}},
+                     "terms": [{"term": "refund", "z": 3.4, "window": 6, "reference": 0}, ...],
+                     "window_segments": 14, "reference_segments": 36}}
 
-    The topic is at-least-once: consumers dedupe by id."""
+    `drivers` (stream/alerts/drivers.py) is left out when empty: alerts recorded before it
+    existed read and write the bytes they always had. The topic is at-least-once: consumers
+    dedupe by id."""
     stream_id: str
     event_time: float
     direction: str  # "up" or "down"
@@ -141,13 +149,14 @@ class Alert:
     reference: dict
     recent: dict
     id: str | None = None
+    drivers: dict = field(default_factory=dict)
 
     def fields(self) -> dict:
         """As Redis keeps it: everything but the id."""
         return {"stream_id": self.stream_id, "event_time": self.event_time, "direction": self.direction,
                 "magnitude": self.magnitude, "interval": list(self.interval), "z": self.z,
                 "change_point": self.change_point, "evidence": self.evidence, "reference": self.reference,
-                "recent": self.recent}
+                "recent": self.recent, **({"drivers": self.drivers} if self.drivers else {})}
 
     def message(self) -> dict:
         """As the `alerts` topic carries it: with its id first, once it has one."""
@@ -158,7 +167,7 @@ class Alert:
         return cls(str(value["stream_id"]), float(value["event_time"]), str(value["direction"]),
                    float(value["magnitude"]), tuple(value["interval"]), float(value["z"]), dict(value["change_point"]),
                    dict(value["evidence"]), dict(value["reference"]), dict(value["recent"]),
-                   id if id is not None else value.get("id"))
+                   id if id is not None else value.get("id"), dict(value.get("drivers") or {}))
 
 
 def encode_frames(array: np.ndarray) -> dict:

@@ -48,6 +48,9 @@ def test_counts_on_known_shifts(history):
     assert (result["alerts"], result["caught"], result["false_alarms"]) == (2, 1, 1)
     assert result["precision"] == 0.5 and result["recall"] == 0.5
     assert result["false_alarms_per_10k"] == pytest.approx(1 / 2000 * 1e4)
+    # unlisted and calm have no known shift: steady; caught and phantom, 300 segments each before theirs
+    assert result["steady"] == {"false_alarms": 1, "segments": 1000, "false_alarms_per_10k": 10.0}
+    assert result["before_shift"] == {"false_alarms": 0, "segments": 600, "false_alarms_per_10k": 0.0}
     caught = [a for a in result["alert_list"] if a.stream_id == "caught"][0]
     assert 1 <= result["median_delay_segments"] <= 30
     assert result["median_delay_s"] == pytest.approx(caught.event_time - (T0 + 600))

@@ -152,8 +152,13 @@ def test_page_shows_the_stores_numbers_in_every_view(store, redis_url, monkeypat
     now = time.time()
     fill(store, "brand-1", [0.5, 0.7, -0.2, 1.1], now - 40, 10, now=now)
     fill(store, "brand-2", [-2.0, -1.0], now - 20, 10, now=now)
+    drivers = {"segments": [{"segment_id": "brand-2/1", "event_time": now - 20, "score": -2.0, "text": "refund please"}],
+               "modalities": {"change": {"words": -0.55, "audio": -0.04, "visual": 0.01}, "moved_most": "words",
+                              "segments": {"window": 2, "reference": 0}},
+               "terms": [{"term": "refund", "z": 2.5, "window": 1, "reference": 0}],
+               "window_segments": 2, "reference_segments": 0}
     store.record_alert("brand-2", an_alert("brand-2", "down", -1.25, now - 10, z=-6.5, reference={"mean": 0.3},
-                                           recent={"mean": -0.95}), {"armed": False})
+                                           recent={"mean": -0.95}, drivers=drivers), {"armed": False})
     at = page(monkeypatch, redis_url)
     assert not at.exception
     shown = metrics(at)
@@ -175,6 +180,9 @@ def test_page_shows_the_stores_numbers_in_every_view(store, redis_url, monkeypat
     at = page(monkeypatch, redis_url, view="Alerts")
     assert not at.exception
     assert "brand-2  ▼ down by 1.25: +0.30 → -0.95  (z -6.5)" in all_text(at)
+    assert "about refund · moved: words -0.55, voice -0.04, face +0.01 (most: words)" in all_text(at)
+    assert list(at.dataframe[0].value["transcript"]) == ["refund please"]
+    assert list(at.dataframe[1].value["term"]) == ["refund"]
     at.button(key=next(b.key for b in at.button if b.key.startswith("open-"))).click().run()
     assert at.session_state["view"] == "Stream" and at.session_state["stream"] == "brand-2"
     assert metrics(at)["Segments"] == "2"

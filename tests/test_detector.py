@@ -37,7 +37,10 @@ def test_a_step_alerts_at_the_hand_computed_segment():
     # keeps, in innovation units sd sqrt(1 - rho^2): 1.15 x 0.25 x 1.5 / (sd sqrt(0.75)), which is
     # 1.15 x 0.25 x sqrt(3) / sd
     assert k == pytest.approx(ALLOWANCE_FACTOR * 0.25 * math.sqrt(3) / sd)
-    assert b == cusum_threshold.threshold(k, 50, -0.5, 10000, CLIP)
+    # the threshold pays for the tails of the warm-up's own innovations, side by side
+    z = np.clip(detector.innovations(warm, 0.0, sd, -0.5), -CLIP, CLIP)
+    gains = (cusum_threshold.empirical_tilt_gain(z, k), cusum_threshold.empirical_tilt_gain(-z, k))
+    assert b == cusum_threshold.threshold(k, 50, -0.5, 10000, CLIP, gains=gains)
     # Then a step to +0.8 with the same +-0.3 wiggle. Each score is predicted as -0.5 x the one
     # before (the last warm-up score was -1), the increment is (x + 0.5 lag) / (sd sqrt(0.75)) - k;
     # all stay under CLIP and above k, so the up-sum never returns to zero and first reaches b at

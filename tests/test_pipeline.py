@@ -149,6 +149,40 @@ def test_a_redelivered_batch_raises_no_duplicate_alert(pipeline):
         return a.fields()
     assert [content(a) for a in again] == [content(alert)] and store.redis.xlen("tf:{r}:alerts") == 1
     assert run(batches[k]) == [] and store.redis.xlen("tf:{r}:alerts") == 1
+def test_an_alert_says_what_moved_and_says_it_again_after_a_worker_restart(pipeline, redis_url):
+    """Planted words in the shifted segments rank first among the alert's terms; a worker that
+    died after recording the alert's batch and before detecting on it is replaced by a new one,
+    which raises the same alert with the same drivers from what Redis holds."""
+    rng = np.random.default_rng(2)
+    words = "the show was fine today and we talked about music games food weather travel".split()
+    values = np.concatenate([rng.normal(0, 0.5, 150), rng.normal(-2.0, 0.5, 40)])
+
+    def segment(i, v):
+        text = list(rng.choice(words, 6)) + (["refund", "broken"] if i >= 150 else [])
+        return encode_segment("w", f"w/{i:05d}", 1764000000.0 + i, " ".join(text), np.full((2, 5), v, np.float32),
+                              np.zeros((2, 20), np.float32))
+    messages = [segment(i, v) for i, v in enumerate(values)]
+    batches = [messages[k:k + 20] for k in range(0, len(messages), 20)]
+    store = pipeline.store
+    snapshots, alerts = [], []
+    for batch in batches:
+        snapshots.append(store.detector_state("w"))
+        result = asyncio.run(pipeline.process(batch))
+        asyncio.run(pipeline.published(result))
+        alerts += [(len(snapshots) - 1, a) for a in result.alerts]
+    (k, alert), = alerts
+    assert {t["term"] for t in alert.drivers["terms"][:2]} == {"refund", "broken"}
+    assert all(s["segment_id"] >= "w/00150" for s in alert.drivers["segments"])
+    assert store.alerts(1, "w")[0].drivers == alert.drivers
+
+    store.redis.delete("tf:{w}:detector", "tf:{w}:alerts", "tf:{w}:outbox")
+    store.save_detector_state("w", snapshots[k])
+    restarted = Pipeline(FlakyScorer(), TrendStore(redis_url), Tokenizer(minilm_dir(), CONTRACT.max_text_tokens),
+                         CONTRACT, pipeline.detector_params, backoff=quick_backoff)
+    again = asyncio.run(restarted.process(batches[k])).alerts
+    assert [a.fields() for a in again] == [alert.fields()]
+
+
 def test_hostile_messages_reject_only_themselves(pipeline):
     """Issue 12, failure 2: each of these once failed its whole batch as internal_error."""
     good = [valid_bytes(stream="h", segment=f"h/{i}", frames=2) for i in range(6)]

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from stream.alerts import detector, noise
-from stream.alerts.detector import CLIP, DUPLICATE_TOL
+from stream.alerts.detector import CLIP, DUPLICATE_SD_FRACTION, DUPLICATE_TOL
 
 
 def two_window(x: np.ndarray, times: np.ndarray, z_threshold: float, reference: int = 60, recent: int = 20,
@@ -80,7 +80,7 @@ def oracle_cusum(x: np.ndarray, times: np.ndarray, threshold: float, level: np.n
     up, down = np.zeros(streams), np.zeros(streams)
     lag, last = level.copy(), np.full(streams, np.nan)
     for t in range(length):
-        repeat = np.abs(x[:, t] - last) <= DUPLICATE_TOL
+        repeat = np.abs(x[:, t] - last) <= np.minimum(DUPLICATE_TOL, DUPLICATE_SD_FRACTION * sd)
         last = np.where(repeat, last, x[:, t])
         predicted = level + rho * (lag - level)
         z = np.clip((x[:, t] - predicted) / innovation_sd, -CLIP, CLIP)

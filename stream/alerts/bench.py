@@ -33,11 +33,16 @@ import numpy as np
 
 from stream.alerts import baselines, detector
 from stream.config import DetectorParams
+from stream.alerts.families import Family, Marginal, families
 from stream.alerts.synthetic_scores import generate
+from stream.errors import UserError
 
 SHIFTS = (0.3, 0.5, 0.8, 1.2)
 SHIFT_LENGTH, STEADY_LENGTH = 900, 1000
 NOMINAL_SD = 0.75
+FA_BAND = (0.7, 1.3)  # the issue's targets: false alarms within this factor of the setting,
+RECALL_SLACK = 0.03  # recall within this of the level-estimating oracle's,
+DELAY_SLACK = 1.1  # and the median delay of a 0.5 shift within this factor of Lorden's bound
 CALIBRATION_FACTOR = 10  # calibration streams per measured steady stream: about 300 false alarms at the default
 
 
@@ -105,8 +110,28 @@ def summarise(series, direction, rate: float) -> dict:
     return rows
 
 
+def level_estimated_oracle(shifted, calm, params: DetectorParams, target: float) -> dict:
+    """stream/alerts/detector.py with baselines.oracle_fit: told each stream's noise sd,
+    autocorrelation and shift size, not its level; its false alarms measured per shift size."""
+    direction = np.zeros((len(shifted), len(shifted[0].scores)), np.int8)
+    level_fa = {}
+    for delta in SHIFTS:
+        def fit_for(s, shift=delta):
+            return baselines.oracle_fit(s.sd, s.rho, shift)
+        level_fa[str(delta)] = per_10k(cusum_alarms(calm, params, fit_for)[0])
+        idx = [i for i, s in enumerate(shifted) if abs(abs(s.delta) - delta) < 1e-9]
+        direction[idx] = cusum_alarms([shifted[i] for i in idx], params, fit_for)[1]
+    return {"false_alarms_per_10k": level_fa["0.5"], "false_alarms_per_10k_by_shift": level_fa,
+            "threshold": "from TECAFLOW_ALERT_FALSE_ALARMS_PER_10K, paying for the level's error",
+            **summarise(shifted, direction, target)}
+
+
 def bench_detect(seed: int = 7, per_shift: int = 100, steady: int = 300, progress=lambda m: None,
-                 params: DetectorParams = DetectorParams()) -> dict:
+                 params: DetectorParams = DetectorParams(), family_names=None, marginal: Marginal | None = None
+                 ) -> dict:
+    """The comparison with baselines and oracles on the standard mix, then the detector against
+    the level-estimating oracle on each family (`family_names`; None: all, []: none)."""
+    chosen = chosen_families(family_names, marginal)
     started = time.perf_counter()
     shifted, calm = build(seed, per_shift, steady)
     _, calibration = build(seed + 1000, 0, CALIBRATION_FACTOR * steady)
@@ -144,21 +169,83 @@ def bench_detect(seed: int = 7, per_shift: int = 100, steady: int = 300, progres
                          "threshold": thresholds, **summarise(shifted, direction, target)}
 
     progress("oracle told the noise, not the level")
-    direction = np.zeros_like(x_s, np.int8)
-    level_fa = {}
-    for delta in SHIFTS:
-        def fit_for(s, shift=delta):
-            return baselines.oracle_fit(s.sd, s.rho, shift)
-        level_fa[str(delta)] = per_10k(cusum_alarms(calm, params, fit_for)[0])
-        idx = [i for i, s in enumerate(shifted) if abs(abs(s.delta) - delta) < 1e-9]
-        direction[idx] = cusum_alarms([shifted[i] for i in idx], params, fit_for)[1]
-    results["oracle-level-estimated"] = {
-        "false_alarms_per_10k": level_fa["0.5"], "false_alarms_per_10k_by_shift": level_fa,
-        "threshold": "from TECAFLOW_ALERT_FALSE_ALARMS_PER_10K, paying for the level's error",
-        **summarise(shifted, direction, target)}
+    results["oracle-level-estimated"] = level_estimated_oracle(shifted, calm, params, target)
     return {"seed": seed, "shift_streams": len(shifted), "steady_segments": int(x_c.size),
             "target_false_alarms_per_10k": target, "min_shift": params.min_shift, "nominal_sd": NOMINAL_SD,
-            "detectors": results, "seconds": round(time.perf_counter() - started, 1)}
+            "detectors": results,
+            "families": bench_families(seed, per_shift, steady, chosen, params, progress),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def poisson_interval(count: int, level: float = 0.95) -> tuple[float, float]:
+    """Garwood's exact interval for a Poisson mean, having seen `count`."""
+    from scipy.stats import chi2
+    tail = (1 - level) / 2
+    low = 0.0 if count == 0 else chi2.ppf(tail, 2 * count) / 2
+    return float(low), float(chi2.ppf(1 - tail, 2 * count + 2) / 2)
+
+
+def build_family(family: Family, seed: int, per_shift: int, steady: int, warmup: int):
+    rng = np.random.default_rng(seed)
+    shifted = [family.generate(rng, SHIFT_LENGTH, family.shift_at(rng, warmup), sign * delta)
+               for delta in SHIFTS for sign in (1, -1) for _ in range(per_shift)]
+    calm = [family.generate(rng, STEADY_LENGTH) for _ in range(steady)]
+    return shifted, calm
+
+
+def family_figures(family: Family, seed: int, per_shift: int, steady: int, params: DetectorParams) -> dict:
+    """The detector and the level-estimating oracle on one family, with the issue's targets: false
+    alarms 0.7-1.3 times the setting, recall within RECALL_SLACK of the oracle, median delay of a
+    0.5 shift within DELAY_SLACK of Lorden's bound."""
+    shifted, calm = build_family(family, seed, per_shift, steady, params.warmup)
+    target = params.false_alarms_per_10k
+    alarms, direction = cusum_alarms(calm, params)[0], cusum_alarms(shifted, params)[1]
+    cusum = {"false_alarms": int(alarms.sum()), "false_alarms_per_10k": per_10k(alarms),
+             **summarise(shifted, direction, target)}
+    low, high = poisson_interval(cusum["false_alarms"])
+    cusum["false_alarms_per_10k_interval"] = [low / alarms.size * 1e4, high / alarms.size * 1e4]
+    oracle = level_estimated_oracle(shifted, calm, params, target)
+    ratio = cusum["false_alarms_per_10k"] / target
+    checks = {"false_alarms": bool(FA_BAND[0] <= ratio <= FA_BAND[1]),
+              **{name: bool(cusum[name] >= oracle[name] - RECALL_SLACK) for name in ("recall_60_ge_0.5", "recall_30_ge_0.8")},
+              "delay": bool(cusum["0.5"]["median_over_bound"] <= DELAY_SLACK)}
+    return {"cusum": cusum, "oracle-level-estimated": oracle, "false_alarm_ratio": ratio, "meets": checks,
+            "steady_segments": int(alarms.size), "shift_streams": len(shifted)}
+
+
+def chosen_families(names=None, marginal: Marginal | None = None) -> dict[str, Family]:
+    """The families named (None: all), or a UserError naming those that do not exist."""
+    table = families(marginal)
+    unknown = sorted(set(names or ()) - set(table))
+    if unknown:
+        raise UserError(f"--families: no family {', '.join(unknown)}; known: {', '.join(table)}")
+    return {name: table[name] for name in (table if names is None else names)}
+
+
+def bench_families(seed: int, per_shift: int, steady: int, chosen: dict[str, Family],
+                   params: DetectorParams = DetectorParams(), progress=lambda m: None) -> dict:
+    out = {}
+    for name, family in chosen.items():
+        progress(f"family {name}")
+        out[name] = family_figures(family, seed, per_shift, steady, params)
+    return out
+
+
+def format_families(figures: dict, target: float) -> str:
+    lines = [f"Per family (cusum against the level-estimating oracle; targets: false alarms {FA_BAND[0]:g}-"
+             f"{FA_BAND[1]:g} x {target:g} per 10k, recall within {RECALL_SLACK:.0%} of the oracle, median delay "
+             f"at 0.5 <= {DELAY_SLACK:g} x Lorden's bound)", "",
+             "| family | FA/10k (95 % interval) | oracle FA/10k | recall@60 >= 0.5 (oracle) | "
+             "recall@30 >= 0.8 (oracle) | median delay 0.5 / bound (oracle) | misses |", "|---|---|---|---|---|---|---|"]
+    for name, f in figures.items():
+        c, o = f["cusum"], f["oracle-level-estimated"]
+        low, high = c["false_alarms_per_10k_interval"]
+        misses = ", ".join(k for k, ok in f["meets"].items() if not ok) or "-"
+        lines.append(f"| {name} | {c['false_alarms_per_10k']:.2f} ({low:.2f}-{high:.2f}) | "
+                     f"{o['false_alarms_per_10k']:.2f} | {c['recall_60_ge_0.5']:.1%} ({o['recall_60_ge_0.5']:.1%}) | "
+                     f"{c['recall_30_ge_0.8']:.1%} ({o['recall_30_ge_0.8']:.1%}) | "
+                     f"{c['0.5']['median_over_bound']:.2f} ({o['0.5']['median_over_bound']:.2f}) | {misses} |")
+    return "\n".join(lines)
 
 
 def format_report(r: dict) -> str:
@@ -181,5 +268,8 @@ def format_report(r: dict) -> str:
     lines += ["", "bound (segments) per shift: " + ", ".join(f"{s}: {bounds[str(s)]['bound']}" for s in SHIFTS)
               + "; with each stream's long-run sd (autocorrelation included): "
               + ", ".join(f"{s}: {bounds[str(s)]['bound_long_run_sd']}" for s in SHIFTS),
-              f"{r['seconds']} s"]
+              ]
+    if r["families"]:
+        lines += ["", format_families(r["families"], r["target_false_alarms_per_10k"])]
+    lines.append(f"{r['seconds']} s")
     return "\n".join(lines)

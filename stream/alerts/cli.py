@@ -35,13 +35,21 @@ def register_bench(bench_sub) -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--per-shift", type=positive(int), default=100, help="streams per shift size and direction")
     p.add_argument("--steady", type=positive(int), default=300, help="steady streams (1000 segments each)")
+    p.add_argument("--families", default="all", help="noise families to measure the detector on, comma-separated "
+                                                     "(stream/alerts/families.py), 'all' or 'none'")
+    p.add_argument("--residuals", type=Path, help="a replay's within-stream residuals, one a line: the heavy-tailed "
+                                                  "families' marginal instead of the built-in stand-in")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_detect)
 
 
 def cmd_bench_detect(args) -> int:
     from stream.alerts.bench import bench_detect, format_report
-    result = bench_detect(args.seed, args.per_shift, args.steady, progress=lambda m: print(m, file=sys.stderr))
+    from stream.alerts.families import empirical_marginal
+    names = {"all": None, "none": []}.get(args.families, [n.strip() for n in args.families.split(",")])
+    marginal = empirical_marginal(args.residuals) if args.residuals else None
+    result = bench_detect(args.seed, args.per_shift, args.steady, progress=lambda m: print(m, file=sys.stderr),
+                          family_names=names, marginal=marginal)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 

@@ -32,7 +32,9 @@ from functools import lru_cache
 
 import numpy as np
 
-THRESHOLD_PRECISION = 1e-3  # increment sd units: a thousandth of a segment's evidence
+THRESHOLD_PRECISION = 1e-3
+GAIN_STEP = 0.02  # grid of empirical tilt gains: nearby streams share one threshold computation
+GAIN_MAX = 3.0  # increment sd units: a thousandth of a segment's evidence
 _NODES_M, _WEIGHTS_M = np.polynomial.hermite_e.hermegauss(16)
 _NODES_S, _WEIGHTS_S = np.polynomial.hermite_e.hermegauss(6)
 _WEIGHTS_M = _WEIGHTS_M / _WEIGHTS_M.sum()
@@ -90,11 +92,40 @@ def tilt_gain(k: float, clip: float | None) -> float:
     return _tilt_gain(max(1, math.floor(k * 1000)), math.ceil(clip * 100))
 
 
+def empirical_tilt_gain(increments: np.ndarray, k: float) -> float:
+    """theta / 2k, theta the positive root of mean(exp(theta (z - k))) = 1 over a stream's own
+    (whitened, standardised, clipped) innovations z: Wald's tilt of the noise the stream has, not
+    of a Gaussian. A heavier tail on one side gives that side a smaller tilt, so a higher
+    threshold. Rounded down to GAIN_STEP, towards a higher threshold."""
+    z = np.asarray(increments, float) - k
+    if z.size == 0 or z.mean() >= 0:
+        return GAIN_STEP  # no negative drift: the most cautious threshold the grid has
+    if z.max() <= 0:
+        return GAIN_MAX  # increments never positive: nothing this noise does reaches a threshold
+
+    def log_mean_exp(theta: float) -> float:
+        v = theta * z
+        top = v.max()
+        return top + math.log(np.exp(v - top).mean())
+    lo, hi = 0.0, 2.0 * k * GAIN_MAX
+    if log_mean_exp(hi) < 0:
+        return GAIN_MAX
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if log_mean_exp(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+    return max(GAIN_STEP, math.floor(lo / (2.0 * k) / GAIN_STEP) * GAIN_STEP)
+
+
 def false_alarm_rate(k: float, b: float, n: int, rho: float = 0.0, clip: float | None = None,
-                     spread_known: bool = False) -> float:
+                     spread_known: bool = False, gains: tuple[float, float] | None = None) -> float:
     """Two-sided alarms per segment of a CUSUM with allowance k and threshold b (increment sd units),
     increments clipped to +-clip, averaged over the error of a reference estimated from n segments
-    (of its mean only, when the noise level and autocorrelation are known: `spread_known`)."""
+    (of its mean only, when the noise level and autocorrelation are known: `spread_known`).
+    `gains`: each side's tilt gain (up, down) from the stream's own innovations
+    (empirical_tilt_gain); by default a clipped Gaussian's, the same on both sides."""
     m = _NODES_M[:, None] / math.sqrt(n)                      # reference mean error
     n_eff = n * (1 - rho * rho) / (1 + rho * rho)
     spread_error = 0.0 if spread_known else math.sqrt(1 / (2 * n_eff) + (1 - rho * rho) / n)
@@ -102,25 +133,25 @@ def false_alarm_rate(k: float, b: float, n: int, rho: float = 0.0, clip: float |
     scale = np.maximum(scale, 0.2)
     # increments z/scale: drift and threshold in true units are (±m - k)·scale... dividing by the
     # increment sd 1/scale gives drift (±m - k)·scale and threshold b·scale.
-    gain = tilt_gain(k, clip)
+    gains = gains or (tilt_gain(k, clip),) * 2
     rate = 0.0
-    for sign in (1.0, -1.0):
+    for sign, gain in zip((1.0, -1.0), gains):
         rate = rate + 1.0 / run_length((sign * m - k) * scale, b * scale, gain)
     return float((_WEIGHTS_M[:, None] * _WEIGHTS_S[None, :] * rate).sum())
 
 
 @lru_cache(maxsize=1 << 15)
 def _threshold(k_milli: int, n: int, rho_centi: int, run_length_target: float, clip: float | None,
-               spread_known: bool = False) -> float:
+               spread_known: bool = False, gains: tuple[float, float] | None = None) -> float:
     k, rho = k_milli / 1000.0, rho_centi / 100.0
     lo, hi = 0.0, 1.0
-    while false_alarm_rate(k, hi, n, rho, clip, spread_known) > 1.0 / run_length_target:
+    while false_alarm_rate(k, hi, n, rho, clip, spread_known, gains) > 1.0 / run_length_target:
         hi *= 2.0
         if hi > 1e4:
             raise ValueError(f"no CUSUM threshold reaches a run length of {run_length_target} (k={k}, n={n})")
     while hi - lo > THRESHOLD_PRECISION:
         mid = (lo + hi) / 2
-        if false_alarm_rate(k, mid, n, rho, clip, spread_known) > 1.0 / run_length_target:
+        if false_alarm_rate(k, mid, n, rho, clip, spread_known, gains) > 1.0 / run_length_target:
             lo = mid
         else:
             hi = mid
@@ -131,7 +162,7 @@ N_STEPS_PER_DOUBLING = 16  # the reference-size grid: about 4 % apart
 
 
 def threshold(k: float, n: int, rho: float, target_run_length: float, clip: float | None = None,
-              spread_known: bool = False) -> float:
+              spread_known: bool = False, gains: tuple[float, float] | None = None) -> float:
     """Threshold b (increment sd units) for two sides with allowance k, a reference of n segments,
     autocorrelation rho and increments clipped to +-clip, so that false alarms come every
     `target_run_length` segments. The arguments are rounded towards a higher threshold (k down to
@@ -139,8 +170,9 @@ def threshold(k: float, n: int, rho: float, target_run_length: float, clip: floa
     the threshold) so that nearby streams and refits share one computation. Rounding n costs under
     0.1 of a threshold near 13, where a grid 19 % apart cost about 0.3, a segment of delay.
     `spread_known`: only the reference mean is estimated (`tecaflow bench detect`'s oracle that is
-    told the noise level and autocorrelation but not the level)."""
+    told the noise level and autocorrelation but not the level). `gains`: each side's tilt gain
+    from the stream's own innovations (empirical_tilt_gain), already on a grid."""
     steps = N_STEPS_PER_DOUBLING
     n_grid = int(2 ** (math.floor(steps * math.log2(max(3, n))) / steps))
     return _threshold(max(5, 5 * math.floor(k * 200)), max(3, n_grid), min(95, 5 * math.ceil(rho * 20)),
-                      float(target_run_length), clip, spread_known)
+                      float(target_run_length), clip, spread_known, gains)

@@ -20,7 +20,11 @@ detector that attains Lorden's bound on detection delay, made to survive real sc
   taken as at least min_shift / MAX_SHIFT_IN_SD (a shift that large is caught within a segment or
   two anyway) and the clip widens with the allowance, so the CUSUM can still rise;
 - near-duplicate bursts: a score within DUPLICATE_TOL of the previous kept one (a repost, a
-  repeated chant) is the same observation again and is skipped, so ten copies weigh as one;
+  repeated chant; less on a quiet stream, see duplicate_tol) is the same observation again and
+  is skipped, so ten copies weigh as one;
+- the stream's own tails: the threshold uses Wald's tilt of the reference's own innovations, side
+  by side (cusum_threshold.empirical_tilt_gain), not a Gaussian's: a skewed or heavy-tailed
+  stream gets a higher threshold on its heavy side rather than more false alarms;
 - no silent absorption: a segment joins the reference only once neither side's current run
   includes it (it lies before the run's start, or the run fell back to zero), or a run has held
   it so long that its evidence averages under 0.86 of the smallest shift worth an alert; a shift
@@ -42,13 +46,23 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
+
 from stream.alerts import cusum_threshold, noise
 from stream.config import DetectorParams
 from stream.schema import Alert
 
 log = logging.getLogger(__name__)
 
-DUPLICATE_TOL = 0.02  # score units: closer than the model's own jitter on one utterance
+# A score this close to the previous kept one is the same observation again (a repost, a chant,
+# scored with the model's jitter). Bursts whose copies spread +-0.05 around the first made
+# false alarms 4 times the setting at a tolerance of 0.02 (bench detect, family near-duplicates):
+# most copies passed as fresh evidence for the burst's level. On a quiet stream 0.05 would be
+# most of its noise, so the tolerance is at most DUPLICATE_SD_FRACTION of the fitted noise sd
+# (0.07 x 0.75 is 0.05), and DUPLICATE_TOL_UNFITTED before there is a fit.
+DUPLICATE_TOL = 0.05  # score units
+DUPLICATE_SD_FRACTION = 0.07
+DUPLICATE_TOL_UNFITTED = 0.02
 CLIP = 2.5  # innovation sd units; beyond this a score is treated as an outlier, not evidence
 # The allowance is tuned to a shift ALLOWANCE_FACTOR times the smallest worth an alert. Half the
 # shift (factor 1) is optimal when the reference is known exactly; an estimated one raises the
@@ -84,11 +98,11 @@ def clip_for(min_shift_innovation: float) -> float:
     return max(CLIP, min_shift_innovation + CLIP_ABOVE_SHIFT)
 
 
-def threshold_for(k: float, n: int, rho: float, run_length: float, clip: float, spread_known: bool = False
-                  ) -> float:
+def threshold_for(k: float, n: int, rho: float, run_length: float, clip: float, spread_known: bool = False,
+                  gains: tuple[float, float] | None = None) -> float:
     """The threshold for the asked false-alarm rate (stream/alerts/cusum_threshold.py), and never one a
     single clipped innovation can reach: one segment is an outlier until the next confirms it."""
-    b = cusum_threshold.threshold(k, n, rho, run_length, clip, spread_known)
+    b = cusum_threshold.threshold(k, n, rho, run_length, clip, spread_known, gains)
     return max(b, clip - k + cusum_threshold.THRESHOLD_PRECISION)
 
 
@@ -99,8 +113,21 @@ def fit_reference(reference: list[float], params: DetectorParams) -> list:
     est = noise.estimate(reference)
     sd = max(est.sd, params.min_shift / MAX_SHIFT_IN_SD)
     shift = min_shift_in_innovation_sd(params.min_shift, sd, est.rho)
-    k = ALLOWANCE_FACTOR * shift / 2
-    return [est.mean, sd, est.rho, est.n, threshold_for(k, est.n, est.rho, params.run_length, clip_for(shift)), k]
+    k, clip = ALLOWANCE_FACTOR * shift / 2, clip_for(shift)
+    z = np.clip(innovations(reference, est.mean, sd, est.rho), -clip, clip)
+    gains = (cusum_threshold.empirical_tilt_gain(z, k), cusum_threshold.empirical_tilt_gain(-z, k))
+    return [est.mean, sd, est.rho, est.n, threshold_for(k, est.n, est.rho, params.run_length, clip, gains=gains), k]
+
+
+def innovations(values, mean: float, sd: float, rho: float) -> np.ndarray:
+    """Each value's whitened innovation against the one before, in innovation sd units."""
+    x = np.asarray(values, float) - mean
+    return (x[1:] - rho * x[:-1]) / (sd * math.sqrt(1 - rho * rho))
+
+
+def duplicate_tol(fit: list | None) -> float:
+    """How close to the previous kept score a score is a near-duplicate (see DUPLICATE_TOL)."""
+    return DUPLICATE_TOL_UNFITTED if fit is None else min(DUPLICATE_TOL, DUPLICATE_SD_FRACTION * fit[1])
 
 
 def _refit(state: dict, params: DetectorParams, fit) -> None:
@@ -190,7 +217,7 @@ def step(state: dict, t: float, x: float, params: DetectorParams, stream: str = 
     `fit` turns the reference into [mean, sd, rho, n, b, k]; the worker always uses fit_reference
     (`tecaflow bench detect` passes its oracle's, which is told the true noise)."""
     last = state["last"]
-    if last is not None and abs(x - last) <= DUPLICATE_TOL:
+    if last is not None and abs(x - last) <= duplicate_tol(state["fit"]):
         state["duplicates"] += 1
         return None
     state["last"] = x

@@ -12,6 +12,7 @@ import asyncio
 import logging
 
 from stream import metrics
+from stream.alerts import drivers
 from stream.config import redact_url
 from stream.schema import Alert
 
@@ -19,13 +20,21 @@ log = logging.getLogger(__name__)
 
 
 def slack_payload(alert: Alert) -> dict:
+    """Slack's text and attachments, and the alert's drivers whole for a receiver that reads JSON
+    (Slack ignores the key)."""
     arrow = "📈" if alert.direction == "up" else "📉"
     size = f"{abs(alert.magnitude):.2f} (95% interval {alert.interval[0]:+.2f} to {alert.interval[1]:+.2f})"
     text = (f"{arrow} Sentiment shift on *{alert.stream_id}*: {alert.direction} by {size}, "
             f"from {alert.reference['mean']:+.2f} to {alert.recent['mean']:+.2f} (z={alert.z:.1f})")
-    fields = {k: v for k, v in alert.message().items() if k not in ("reference", "recent", "evidence")}
-    return {"text": text, "attachments": [{"fields": [{"title": k, "value": str(v), "short": True}
-                                                      for k, v in fields.items()]}]}
+    moved = drivers.summary(alert.drivers)
+    if moved:
+        text += f"\nWhat moved: {moved}"
+    fields = {k: v for k, v in alert.message().items() if k not in ("reference", "recent", "evidence", "drivers")}
+    attachments = [{"fields": [{"title": k, "value": str(v), "short": True} for k, v in fields.items()]}]
+    if alert.drivers.get("segments"):
+        attachments.append({"title": "segments that moved it most", "text": "\n".join(
+            f"{s['score']:+.2f}  {s['segment_id']}: {s['text']}" for s in alert.drivers["segments"])})
+    return {"text": text, "attachments": attachments, "drivers": alert.drivers}
 
 
 async def post_webhook(url: str, alert: Alert, session) -> None:
