@@ -23,6 +23,7 @@ import shutil
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from torch import nn
 from stream import contract
 from stream.contract import DEFAULT_INSTANCES, MODEL_NAME, PRESENT, SCORE, TEXT_INPUTS, ModelContract, lengths_name
 from stream.errors import UserError
+from stream.shadow.roles import write_config
 from trainer import calibration
 from trainer.model import TeCaFN
 from trainer.train import load_checkpoint, tokenizer_for
@@ -347,13 +349,16 @@ def next_version(repo: Path) -> int:
 
 def export(checkpoint: Path, repo: Path, backend: str = "python", max_batch: int = 64,
            tensorrt: bool = False, queue_delay_us: int = 2000, instances: int = DEFAULT_INSTANCES, quantize: str = "none",
-           accuracy_data: str | None = None, attribution: bool = True, calibration_data: str | None = None) -> Path:
+           accuracy_data: str | None = None, attribution: bool = True, calibration_data: str | None = None,
+           keep_serving: Sequence[str] = ()) -> Path:
     """Export `checkpoint` as the next version under repo/tecafn; return the version directory.
     With `attribution` (text-centred models), the graph returns the text-only score and each
     side's contribution beside the score, from the same call. quantize="int8" serves the int8
     quantization of the graph, its scales calibrated on the sample the training run wrote or on
     `calibration_data`'s training split (with `accuracy_data`, the change of test MAE it makes on
-    that dataset is logged and kept in tecafn.json)."""
+    that dataset is logged and kept in tecafn.json). With `keep_serving` (the live version, when the
+    new one is exported as a candidate), Triton serves exactly those and the new version: the
+    config names only them before the version appears, and them and it once it has."""
     if quantize not in QUANTIZATIONS:
         raise UserError(f"--quantize must be one of {QUANTIZATIONS}, not {quantize!r}")
     if backend not in contract.BACKENDS:
@@ -392,10 +397,12 @@ def export(checkpoint: Path, repo: Path, backend: str = "python", max_batch: int
         if backend == "python":
             for name, source in SERVING_SOURCES.items():
                 shutil.copy(source, staging / name)
-        (repo / MODEL_NAME / contract.CONFIG_FILE).write_text(served.config_pbtxt(
-            backend=backend, max_batch=max_batch, instances=instances, queue_delay_us=queue_delay_us,
-            tensorrt=tensorrt))
+        config = dict(backend=backend, max_batch=max_batch, instances=instances, queue_delay_us=queue_delay_us,
+                      tensorrt=tensorrt)
+        write_config(repo, served.config_pbtxt(**config, versions=keep_serving))
         staging.rename(target)
+        if keep_serving:
+            write_config(repo, served.config_pbtxt(**config, versions=[*keep_serving, version]))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
