@@ -94,6 +94,9 @@ class Prepared:
 
 
 class Pipeline:
+    shadow = None  # the roles and the candidate beside the live model (stream/shadow/scoring.py), if any
+    role = "live"
+
     def __init__(self, scorer, store, tokenizer: Tokenizer, contract: ModelContract, detector_params: DetectorParams,
                  max_text_chars: int = 2000, max_future_s: float = 300.0, backoff: Callable[[], Backoff] = Backoff,
                  version: str | None = None, model_for: Callable | None = None, shadow=None, role: str = "live"):

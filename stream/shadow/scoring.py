@@ -103,13 +103,13 @@ class Shadow:
         if not segments:
             return None
         if self._pending >= self.settings.shadow_backlog:
-            self.count("skipped")
+            self.count(candidate, "skipped")
             return None
         try:
             inputs = candidate.model_inputs(segments, candidate.served)
         except Exception:  # noqa: BLE001 - segments the live model takes and the candidate does not
             log.exception("candidate version %s: a batch could not be prepared for it", candidate.served.version)
-            self.count("error")
+            self.count(candidate, "error")
             return None
         self._pending += 1
         return ShadowCall(candidate, segments, inputs, asyncio.ensure_future(self.ask(candidate, inputs)))
@@ -131,6 +131,8 @@ class Shadow:
         and what the live model said of it), its candidate answer is recorded in the background,
         in the order of the batches."""
         if call is None:
+            if self._tally:  # calls that failed before they were sent: counted all the same
+                asyncio.ensure_future(self.flush_counts())
             return
         if self._queue is None:
             self._queue = asyncio.Queue()
@@ -145,7 +147,7 @@ class Shadow:
                 await self.record(call, recorded)
             except Exception:  # noqa: BLE001 - a shadow failure is logged, never the live path's
                 log.exception("recording a candidate batch failed")
-                self.count("error")
+                self.count(call.candidate, "error")
             finally:
                 self._pending -= 1
             await self.flush_counts()
@@ -153,7 +155,7 @@ class Shadow:
     async def record(self, call: ShadowCall, recorded: list[tuple[Segment, float, ScoredSegment]]) -> None:
         outcome, outputs, seconds = await call.answer
         candidate, version = call.candidate, call.candidate.served.version
-        self.count(outcome, len(call.segments), seconds)
+        self.count(candidate, outcome, len(call.segments), seconds)
         if outcome != "ok":
             return
         live = {segment.segment_id: (score, item) for segment, score, item in recorded}
@@ -177,16 +179,15 @@ class Shadow:
         if alerts:  # recorded in the candidate's keyspace; its outbox is never published
             await asyncio.to_thread(candidate.store.mark_published, alerts)
 
-    def count(self, outcome: str, segments: int = 0, seconds: float = 0.0) -> None:
-        """A candidate call's outcome: in the metrics now, in Redis (for the report) with the next
-        batch recorded."""
+    def count(self, candidate, outcome: str, segments: int = 0, seconds: float = 0.0) -> None:
+        """A call's outcome, for the candidate (pipeline) it was for: in the metrics now, in Redis
+        (for the report) with the next batch recorded."""
         metrics.SHADOW_CALLS.labels(outcome).inc()
         if outcome == "ok":
             metrics.SHADOW_LATENCY.observe(seconds)
-        if self.candidate is not None:
-            tally = self._tally.setdefault(self.candidate.store.keyspace, {})
-            for field, value in ((outcome, 1), ("segments", segments), ("seconds", seconds)):
-                tally[field] = tally.get(field, 0) + value
+        tally = self._tally.setdefault(candidate.store.keyspace, {})
+        for field, value in ((outcome, 1), ("segments", segments), ("seconds", seconds)):
+            tally[field] = tally.get(field, 0) + value
 
     async def flush_counts(self) -> None:
         tally, self._tally = self._tally, {}
