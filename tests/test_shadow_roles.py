@@ -12,7 +12,7 @@ from stream.contract import ModelContract
 from stream.errors import UserError
 from stream.schema import Alert
 from stream.shadow import gate, pairs, roles, switch
-from stream.shadow.report import build
+from stream.shadow.report import build, text
 from stream.store import ScoredSegment, TrendStore
 
 
@@ -124,6 +124,9 @@ def test_the_report_and_gate_read_what_the_worker_records(client, repo):
     assert report["contributions_moved"] == {"audio": pytest.approx(0.2)}
     assert report["calls"]["failure_rate"] == pytest.approx(0.1)
     refused = gate.refusals(report, gate.Thresholds(min_segments=0, min_shadow_s=0))
+    shown = text(report, refused)
+    assert "160 segments compared" in shown and "only candidate: b down at segment 41" in shown  # 1020..1060 kept
+    assert "gate: refuses" in shown and "mae 0.500 is above TECAFLOW_GATE_MAX_MAE=0.25" in shown
     assert any(r.startswith("wasserstein") for r in refused) and any(r.startswith("mae") for r in refused)
     assert any(r.startswith("failure_rate") for r in refused)
     with pytest.raises(UserError, match="the gate refuses version 2"):
