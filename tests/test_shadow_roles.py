@@ -136,3 +136,14 @@ def test_the_report_and_gate_read_what_the_worker_records(client, repo):
     event = roles.events(client, 1)[0]
     assert event["action"] == "promote --force" and event["comparison"]["overridden"] == refused
     json.dumps(report)  # `shadow report --json` prints it
+
+
+def test_a_candidate_must_take_the_live_versions_inputs_and_give_its_outputs(repo):
+    from trainer.export import check_servable_beside
+    live = ModelContract({"audio": 4}, 16, 10)  # what the repo fixture's config.pbtxt serves
+    check_servable_beside(repo, ModelContract({"audio": 4}, 16, 10, max_batch=32))  # the batch size may differ
+    for other in (ModelContract({"audio": 5}, 16, 10), ModelContract({"audio": 4}, 32, 10),
+                  ModelContract({"audio": 4}, 16, 10, attribution=True)):
+        assert other != live
+        with pytest.raises(UserError, match="cannot shadow it"):
+            check_servable_beside(repo, other)

@@ -347,6 +347,19 @@ def next_version(repo: Path) -> int:
     return int(found[-1].name) + 1 if found else 1
 
 
+def check_servable_beside(repo: Path, served: ModelContract) -> None:
+    """A candidate is served under the live version's config.pbtxt (Triton has one per model, and
+    the workers read the live contract from it): it must take the same inputs and give the same
+    outputs. Weights, tokenizer, text encoder and quantization may differ."""
+    live = ModelContract.read_config_pbtxt(repo / MODEL_NAME / contract.CONFIG_FILE)
+    if replace(live, max_batch=0) != replace(served, max_batch=0):
+        raise UserError(f"this checkpoint's contract ({served.widths}, <= {served.max_text_tokens} tokens, <= "
+                        f"{served.max_frames} frames, attribution {served.attribution}) differs from the live "
+                        f"version's ({live.widths}, <= {live.max_text_tokens} tokens, <= {live.max_frames} frames, "
+                        f"attribution {live.attribution}); one config.pbtxt serves both, so it cannot shadow it: "
+                        "export it without --candidate, or match --no-attribution and the training limits")
+
+
 def export(checkpoint: Path, repo: Path, backend: str = "python", max_batch: int = 64,
            tensorrt: bool = False, queue_delay_us: int = 2000, instances: int = DEFAULT_INSTANCES, quantize: str = "none",
            accuracy_data: str | None = None, attribution: bool = True, calibration_data: str | None = None,
@@ -380,6 +393,8 @@ def export(checkpoint: Path, repo: Path, backend: str = "python", max_batch: int
     try:
         served = model_contract(model, ckpt["max_text_tokens"], ckpt["max_frames"] or 50,
                                 attribution=attribution and model.config.center == "text")
+        if keep_serving:
+            check_servable_beside(repo, served)
         export_onnx(model, staging / contract.ONNX_FILE, served)
         diff = check_parity(model, staging / contract.ONNX_FILE, served)
         if not diff <= PARITY_TOLERANCE:
