@@ -8,6 +8,8 @@ a banner says so and the page keeps retrying.
               streams), activity, a sparkline; totals
     Stream    one stream's trend at each kept resolution, its alerts, its last segments
     Alerts    the alert feed, newest first; each opens its stream around its time
+    Candidate a candidate model against the live one (docs/shadow.md): distributions side by
+              side, per-stream agreement, the alerts only one of them raised (each opens its stream)
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from dashboard import data, views
 from stream.config import Settings, redact_url
 from stream.store import TrendStore
 
-VIEWS = ("Overview", "Stream", "Alerts")
+VIEWS = ("Overview", "Stream", "Alerts", "Candidate")
 # RedisClusterException is not a RedisError: a cluster client raises it when no node answers
 REDIS_ERRORS = (redis.RedisError, RedisClusterException)
 
@@ -172,6 +174,18 @@ def alerts_page(store: TrendStore, tz: ZoneInfo) -> None:
     body()
 
 
+def candidate_page(store: TrendStore, tz: ZoneInfo) -> None:
+    @st.fragment(run_every=every())
+    def body():
+        now = time.time()
+        view = guarded(lambda: data.load_shadow(store, settings()))
+        if view is None:
+            return
+        views.shadow_page(view, tz, open_stream)
+        views.page_footer(now, tz, live())
+    body()
+
+
 def main() -> None:
     st.set_page_config(page_title="tecaflow", page_icon="📈", layout="wide")
     s = settings()
@@ -187,7 +201,8 @@ def main() -> None:
         st.toggle("Live updates", value=True, key="live", help=f"reload every {s.dashboard_refresh_s:g} s")
         st.caption(f"Redis {redact_url(s.redis_url)} (read only)")
         st.caption(f"times in {s.timezone}")
-    {"Overview": overview_page, "Stream": stream_page, "Alerts": alerts_page}[view](store, tz)
+    {"Overview": overview_page, "Stream": stream_page, "Alerts": alerts_page,
+     "Candidate": candidate_page}[view](store, tz)
 
 
 main()

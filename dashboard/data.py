@@ -241,3 +241,21 @@ def load_alerts(store: TrendStore, stream: str = "", direction: str = "", count:
         raise ValueError(f"direction {direction!r}: use up or down")
     alerts = store.alerts(count if not direction else 4 * count, stream or None)
     return [a for a in alerts if not direction or a.direction == direction][:count]
+
+
+@dataclass(frozen=True)
+class ShadowView:
+    report: dict  # stream/shadow/report.py build(): roles, comparison overall and per stream, alerts, calls
+    refusals: list[str]  # why the gate would refuse a promotion now (empty: it passes)
+
+    @property
+    def candidate(self) -> str | None:
+        return self.report.get("candidate")
+
+
+def load_shadow(store: TrendStore, settings) -> ShadowView:
+    """The candidate against the live model, as `tecaflow shadow report` computes it."""
+    from stream.shadow import gate, roles
+    from stream.shadow.report import build
+    report = build(store, roles.read(store.redis), settings.shadow_alert_tolerance)
+    return ShadowView(report, gate.refusals(report, gate.Thresholds.of(settings)) if report["candidate"] else [])

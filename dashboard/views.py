@@ -16,7 +16,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard.data import WINDOW_S, Overview, StreamDetail, StreamRow, chart_span
+from dashboard.data import WINDOW_S, Overview, ShadowView, StreamDetail, StreamRow, chart_span
 from stream.schema import Alert
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -352,3 +352,76 @@ def alerts_feed(alerts: list[Alert], tz: ZoneInfo, on_open) -> None:
 def page_footer(now: float, tz: ZoneInfo, live: bool) -> None:
     st.caption(f"data as of {clock(now, tz)}" + ("" if live else " (paused)")
                + f" · loaded in {(time.time() - now) * 1000:.0f} ms")
+
+
+# ---- candidate against live (docs/shadow.md) -----------------------------------------------
+AGREEMENT_COLUMNS = {"segments": "segments", "mae": "MAE", "correlation": "corr", "sign_agreement": "sign agreement",
+                     "class7_agreement": "7-class agreement", "wasserstein": "Wasserstein", "ks": "KS", "psi": "PSI"}
+
+
+def shadow_header(view: ShadowView) -> None:
+    r = view.report
+    roles = r["roles"]
+    st.subheader(f"Candidate {r['candidate']} against live {roles.get('live')}")
+    o, calls = r["overall"], r["calls"]
+    cols = st.columns(5)
+    cols[0].metric("Compared segments", f"{o['segments']}")
+    cols[1].metric("Shadowed", duration(r["shadowed_s"]))
+    cols[2].metric("MAE", f"{o['mae']:.3f}" if o["segments"] else "–")
+    cols[3].metric("Wasserstein", f"{o['wasserstein']:.3f}" if o["segments"] else "–")
+    failed = calls["error"] + calls["timeout"]
+    cols[4].metric("Failed calls", f"{failed} of {calls['ok'] + failed}")
+    if view.refusals:
+        st.warning("The gate would refuse a promotion now:\n" + "\n".join(f"- {reason}" for reason in view.refusals))
+    else:
+        st.success("The gate would let `tecaflow promote` make it live.")
+
+
+def distribution_chart(histogram: dict) -> alt.Chart:
+    edges = histogram["edges"]
+    rows = [{"score": (edges[i] + edges[i + 1]) / 2, "share": share, "model": model}
+            for model in ("live", "candidate") for i, share in enumerate(histogram[model])]
+    return alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
+        x=alt.X("score:Q", bin=alt.Bin(extent=[edges[0], edges[-1]], step=edges[1] - edges[0]), title="score"),
+        xOffset="model:N", y=alt.Y("share:Q", title="share of segments", axis=alt.Axis(format="%")),
+        color=alt.Color("model:N", sort=["live", "candidate"]))
+
+
+def agreement_frame(streams: dict[str, dict]) -> pd.DataFrame:
+    rows = [{"stream": printable(stream), **{label: s.get(key) for key, label in AGREEMENT_COLUMNS.items()}}
+            for stream, s in streams.items() if s.get("segments")]
+    return pd.DataFrame(rows, columns=["stream", *AGREEMENT_COLUMNS.values()])
+
+
+def alert_disagreements(alerts: dict, tz: ZoneInfo, on_open) -> None:
+    """Each alert one model raised and the other did not within the tolerance; each opens its stream."""
+    st.text(f"alerts: live {alerts['live']}, candidate {alerts['candidate']}, matched {alerts['matched']} "
+            f"(Jaccard {alerts['jaccard']:.2f})")
+    for side in ("only_live", "only_candidate"):
+        for mark in alerts[side]:
+            with st.container(border=True):
+                left, right = st.columns([6, 1])
+                when = clock(mark["event_time"], tz) if mark.get("event_time") else "?"
+                left.text(f"{'live only' if side == 'only_live' else 'candidate only'}: {printable(mark['stream'])} "
+                          f"{mark['direction']} at segment {mark['position']} ({when})")
+                if right.button("open", key=f"open-{side}-{mark['stream']}-{mark['position']}",
+                                help="show this stream around the alert"):
+                    on_open(mark["stream"], mark.get("event_time"))
+
+
+def shadow_page(view: ShadowView, tz: ZoneInfo, on_open) -> None:
+    if not view.candidate:
+        live = view.report["roles"].get("live")
+        st.info(f"No candidate is shadowing{f' live version {live}' if live else ''}: "
+                "`tecaflow export --candidate` exports one.")
+        return
+    shadow_header(view)
+    if not view.report["overall"]["segments"]:
+        st.info("The candidate has not scored any segment yet.")
+        return
+    left, right = st.columns(2)
+    left.altair_chart(distribution_chart(view.report["histogram"]), use_container_width=True)
+    frame = agreement_frame(view.report["streams"])
+    right.dataframe(frame, hide_index=True, use_container_width=True)
+    right.text("streams: " + ", ".join(frame["stream"]))  # the canvas is not searchable text
+    alert_disagreements(view.report["alerts"], tz, on_open)

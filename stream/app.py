@@ -31,9 +31,11 @@ from stream.kafka_transport import SCHEME
 from stream.lag import LagTracker
 from stream.pipeline import BatchResult, Pipeline, Reject
 from stream.publish import Outgoing, deliver, outgoing
+from stream.shadow.report import publish_metrics
 from stream.startup import build_pipeline, check_dependencies, wait_for_broker
 
 log = logging.getLogger("tecaflow.worker")
+SHADOW_REPORT_EVERY_S = 15.0
 settings = Settings.from_env()
 
 
@@ -173,6 +175,18 @@ async def report_consumer_lag():
         metrics.CONSUMER_LAG.set(await lag.lag(app.consumer))
     except Exception as e:  # noqa: BLE001 - a rebalance in progress or the broker away: try next tick
         log.debug("consumer lag not available now: %s", e)
+
+
+@app.timer(interval=SHADOW_REPORT_EVERY_S)
+async def report_shadow():
+    """The candidate's divergence from the live model, as gauges (the rule in stream/prometheus)."""
+    pipeline = scoring.built()
+    if pipeline is None or pipeline.shadow is None:
+        return
+    try:
+        await asyncio.to_thread(publish_metrics, pipeline.store, pipeline.shadow.current, settings)
+    except Exception as e:  # noqa: BLE001 - Redis away: the next tick tries again
+        log.debug("shadow comparison not available now: %s", e)
 
 
 @app.timer(interval=CHECK_EVERY_S)

@@ -46,3 +46,17 @@ def share(below: float = 1.0):
 
 
 probability = share()
+
+
+def shares(text: str) -> tuple[float, ...]:
+    """Comma-separated shares in (0, 1]: the parts of the traffic a benchmark shadows."""
+    values = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a number") from None
+        if not 0.0 < value <= 1.0:
+            raise argparse.ArgumentTypeError(f"each share must be in (0, 1], got {part}")
+        values.append(value)
+    return tuple(values)

@@ -16,6 +16,7 @@ import stream.alerts.cli
 import stream.bench.cli
 import stream.bench.scale
 import stream.commands
+import stream.shadow.cli
 import stream.ingest.command
 import stream.stack.cli
 import trainer.cli
@@ -23,7 +24,7 @@ from stream.cli_errors import run_reporting_errors
 
 # Each area's subcommands, and its `tecaflow bench` subcommands, in the order `--help` lists them.
 COMMANDS = (trainer.cli.register, stream.stack.cli.register, stream.commands.register, dashboard.cli.register,
-            stream.ingest.command.register, stream.alerts.cli.register)
+            stream.ingest.command.register, stream.alerts.cli.register, stream.shadow.cli.register)
 BENCHES = (trainer.cli.register_bench, dashboard.cli.register_bench, stream.alerts.cli.register_bench,
            stream.bench.cli.register_bench, stream.bench.scale.register,
            stream.ingest.command.register_bench)

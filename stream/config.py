@@ -298,6 +298,30 @@ class Settings:
                               check=_webhook, secret="url")
     webhook_queue: int = setting(1000, "alerts waiting for the webhook at most; beyond it the oldest are dropped "
                                  "(counted)", minimum=1)
+    # ---- shadow scoring and promotion (docs/shadow.md) ----
+    shadow_share: float = setting(1.0, "share of segments a candidate version scores beside the live one (chosen by "
+                                  "segment_id: a redelivered segment is chosen again)", minimum=0.0, maximum=1.0)
+    shadow_timeout_s: float = setting(5.0, "longest wait for a candidate's answer; a later one is dropped and counted "
+                                      "as a timeout (the live path never waits for it)", above=0.0)
+    shadow_backlog: int = setting(8, "candidate batches waiting to be recorded at most; past it a batch is not "
+                                  "shadowed (counted as skipped)", minimum=1)
+    shadow_pairs_kept: int = setting(5000, "live/candidate score pairs kept per stream for the comparison",
+                                     minimum=10)
+    shadow_alert_tolerance: int = setting(20, "segments apart within which a live and a candidate alert of a stream "
+                                          "count as the same alert", minimum=0)
+    roles_refresh_s: float = setting(1.0, "how often a worker reads the roles: a promotion or rollback is adopted "
+                                     "within this", above=0.0, maximum=60.0)
+    gate_min_segments: int = setting(1000, "segments a candidate must have scored beside the live model before "
+                                     "`tecaflow promote` lets it go live", minimum=0)
+    gate_min_shadow_s: float = setting(3600.0, "seconds a candidate must have shadowed before it may go live",
+                                       minimum=0.0)
+    gate_max_wasserstein: float = setting(0.2, "largest Wasserstein distance between the two score distributions, "
+                                          "in live standard deviations, the gate accepts", minimum=0.0)
+    gate_max_psi: float = setting(0.1, "largest population stability index the gate accepts", minimum=0.0)
+    gate_max_mae: float = setting(0.25, "largest mean absolute difference of the two scores of a segment the gate "
+                                  "accepts", minimum=0.0)
+    gate_max_failure_rate: float = setting(0.01, "largest share of candidate calls that failed or timed out the "
+                                           "gate accepts", minimum=0.0, maximum=1.0)
     # ---- the dashboard ----
     dashboard_refresh_s: float = setting(2.0, "how often the dashboard's live parts reload from Redis", minimum=0.5)
     dashboard_stale_s: float = setting(300.0, "a stream with no update for this long is marked stale", minimum=1.0)

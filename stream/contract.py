@@ -111,8 +111,9 @@ class ModelContract:
 
     # ---- config.pbtxt ------------------------------------------------------------------------
     def model_config(self, backend: str = "python", max_batch: int = 64, instances: int = DEFAULT_INSTANCES,
-                     queue_delay_us: int = 2000, tensorrt: bool = False):
-        """Triton's ModelConfig for this contract. The Python backend takes ragged batches (it
+                     queue_delay_us: int = 2000, tensorrt: bool = False, versions: Sequence[str | int] = ()):
+        """Triton's ModelConfig for this contract, serving the newest version or exactly `versions`
+        (a live one and a candidate: stream/shadow/roles.py). The Python backend takes ragged batches (it
         pads across requests itself); ONNX Runtime batches only requests of equal shapes, so its
         clients pad to fixed sizes and its lengths are scalars per segment."""
         from tritonclient.grpc import model_config_pb2 as pb
@@ -145,7 +146,10 @@ class ModelContract:
         config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
         config.instance_group.add(count=instances, kind=pb.ModelInstanceGroup.KIND_CPU if ragged
                                   else pb.ModelInstanceGroup.KIND_GPU)
-        config.version_policy.latest.num_versions = 1
+        if versions:
+            config.version_policy.specific.versions[:] = sorted({int(v) for v in versions})
+        else:
+            config.version_policy.latest.num_versions = 1
         if tensorrt:
             trt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
             trt.parameters["precision_mode"] = "FP16"

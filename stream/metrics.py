@@ -27,3 +27,16 @@ WEBHOOK_FAILURES = Counter("tecaflow_webhook_failures_total", "Alerts the webhoo
 WEBHOOK_DROPPED = Counter("tecaflow_webhook_dropped_total", "Alerts dropped because the webhook queue was full")
 WEBHOOK_QUEUE = Gauge("tecaflow_webhook_queue", "Alerts waiting for the webhook")
 CONSUMER_LAG = Gauge("tecaflow_consumer_lag", "Segment messages waiting on this worker's partitions")
+# ---- shadow scoring (stream/shadow/) ----
+ROLE_SCORED = Counter("tecaflow_role_segments_scored_total",
+                      "Segments recorded, by the role and version of the model that scored them", ["role", "version"])
+SHADOW_CALLS = Counter("tecaflow_shadow_calls_total",
+                       "Candidate calls by outcome (ok, error, timeout; skipped: a backlog too long)", ["outcome"])
+SHADOW_LATENCY = Histogram("tecaflow_shadow_latency_seconds", "Candidate call latency per batch",
+                           buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+SHADOW_ALERTS = Counter("tecaflow_shadow_alerts_total", "Alerts the candidate raised (recorded, never sent)",
+                        ["direction"])
+SHADOW_DIVERGENCE = Gauge("tecaflow_shadow_divergence", "The candidate against the live model, overall "
+                          "(wasserstein, psi, mae, failure_rate), as `tecaflow shadow report` computes it", ["measure"])
+SHADOW_THRESHOLD = Gauge("tecaflow_shadow_threshold", "The gate's bound on each divergence (TECAFLOW_GATE_MAX_*)",
+                         ["measure"])

@@ -92,20 +92,29 @@ class Prepared:
     inputs: dict[str, np.ndarray] | None = None
     taken: list[context.Taken] = field(default_factory=list)  # its segments, as context sees them
     earlier: dict[str, list[context.Taken]] = field(default_factory=dict)  # per stream: taken before it, unrecorded
+    previous: dict[str, list[str]] = field(default_factory=dict)  # segment_id -> its context (k > 0 only)
+    shadow: object | None = None  # the candidate's call on the batch (stream/shadow/scoring.py)
+    recorded: list = field(default_factory=list)  # (segment, score, ScoredSegment) the live path recorded
 
 
 class Pipeline:
+    shadow = None  # the roles and the candidate beside the live model (stream/shadow/scoring.py), if any
+    role = "live"
+
     def __init__(self, scorer, store, tokenizer: Tokenizer, contract: ModelContract, detector_params: DetectorParams,
                  max_text_chars: int = 2000, max_future_s: float = 300.0, backoff: Callable[[], Backoff] = Backoff,
-                 version: str | None = None, model_for: Callable | None = None):
+                 version: str | None = None, model_for: Callable | None = None, shadow=None, role: str = "live"):
         """`version`: the model version `contract` and `tokenizer` are for; `model_for(version)`
         returns (contract, tokenizer) of another one Triton serves (None: the worker never
-        follows a new version)."""
+        follows a new version). `shadow` (stream/shadow/scoring.py): the roles, which name the live
+        version, and the candidate scored beside it; `role`: "candidate" for the shadow's own
+        pipeline, whose alerts are counted apart."""
         self.scorer, self.store = scorer, store
         self.backoff = backoff
         self.detector_params = detector_params
         self.max_text_chars, self.max_future_s = max_text_chars, max_future_s
         self.model_for = model_for
+        self.shadow, self.role = shadow, role
         self.served = self.serving(version, contract, tokenizer)
         # per stream, the segments taken and not recorded yet, in partition order: the context of
         # a later segment counts them (stream/context.py)
@@ -126,7 +135,7 @@ class Pipeline:
         if self.model_for is None:
             return False
         try:
-            version = await self.scorer.served_version()
+            version = await self.live_version()
         except Exception:  # noqa: BLE001 - Triton away: the call is retried, and this asked again
             return False
         if version is None:
@@ -144,6 +153,15 @@ class Pipeline:
         log.warning("Triton now serves version %s of the model (was %s): taking its contract%s and tokenizer",
                     version, old.version, "" if contract == old.contract else " (changed)")
         return True
+
+    async def live_version(self) -> str | None:
+        """The version the roles name live, where Triton serves it; else the newest Triton serves
+        (a plain export replaced it)."""
+        live = (await self.shadow.roles()).live if self.shadow is not None else None
+        if live is None:
+            return await self.scorer.served_version()
+        ready = await self.scorer.served_versions()
+        return live if live in ready else (ready[-1] if ready else None)
 
     def decode(self, raws: list[bytes], result: BatchResult) -> list[tuple[Segment, bytes]]:
         """Valid segments; rejects go to `result` (decode_segment raises nothing but Rejected, so
@@ -163,12 +181,13 @@ class Pipeline:
         return served.contract.batch(input_ids, attention_mask, frames)
 
     def scored(self, segments: list[Segment], scores: list[float], outputs: dict, inputs: dict,
-               contract: ModelContract) -> list[ScoredSegment]:
+               contract: ModelContract, version: str | None = None) -> list[ScoredSegment]:
         """What the store records of each segment: its score, the sides it lacked, and what each
         side it had moved the score, where the model says."""
         attributions = contract.attributions(outputs, inputs.get(PRESENT)) or [(None, None)] * len(segments)
         return [ScoredSegment(seg.stream_id, seg.segment_id, seg.digest, seg.event_time, score, seg.text, seg.missing,
-                              text_only, moved) for seg, score, (text_only, moved) in zip(segments, scores, attributions)]
+                              text_only, moved, version)
+                for seg, score, (text_only, moved) in zip(segments, scores, attributions)]
 
     # ---- the order of a batch's stages: start (prepare, then Triton), finish (record) ----------
     async def process(self, raws: list[bytes]) -> BatchResult:
@@ -195,14 +214,28 @@ class Pipeline:
     async def finish(self, scoring: Awaitable[tuple["Prepared", dict[str, np.ndarray]]]) -> BatchResult:
         """The stage that must follow in the order the batches were taken: record."""
         batch, outputs = await scoring
-        return await self.record(batch, outputs)
+        try:
+            return await self.record(batch, outputs)
+        finally:
+            if self.shadow is not None:  # what the candidate's answer is compared with
+                self.shadow.finish(batch.shadow, batch.recorded)
 
     async def score_prepared(self, batch: "Prepared") -> tuple["Prepared", dict[str, np.ndarray]]:
         try:
+            if self.shadow is not None:
+                await self.start_shadow(batch)
             return batch, await self.infer(batch)
         except BaseException:  # cancelled (a rebalance, a shutdown): it will not be recorded here
             self.release(batch)
             raise
+
+    async def start_shadow(self, batch: "Prepared") -> None:
+        if (await self.shadow.roles()).live not in (None, self.served.version):
+            await self.follow_served_model()  # a promotion or rollback: the next call is the new live one's
+            if batch.served is not self.served:
+                self.prepare_again(batch)
+        await self.add_context(batch)  # the candidate reads the same previous transcripts as the live model
+        batch.shadow = self.shadow.call([s for s, _ in batch.good], batch.previous)
 
     # ---- the stages of a batch: prepare (CPU), infer (Triton), record (Redis, detection) -------
     def prepare(self, raws: list[bytes]) -> "Prepared":
@@ -247,6 +280,7 @@ class Pipeline:
             recorded = await retry_forever(self.store.recorded_context, "redis",
                                            list(dict.fromkeys(t.stream_id for t in segments)), backoff=self.backoff)
             previous = context.transcripts(segments, batch.earlier, recorded, served.context)
+            batch.previous = {t.segment_id: p for t, p in zip(segments, previous)}
             tokens = batch.served.tokenizer.context(previous, served.max_context_tokens)
             batch.inputs.update(zip(CONTEXT_INPUTS, tokens))
 
@@ -305,14 +339,15 @@ class Pipeline:
         result, good = batch.result, batch.good
         if good:
             scores = outputs[SCORE].reshape(-1).tolist()
-            items = self.scored([seg for seg, _ in good], scores, outputs, batch.inputs, batch.served.contract)
+            items = self.scored([seg for seg, _ in good], scores, outputs, batch.inputs, batch.served.contract,
+                                batch.served.version)
             good, scores, items = self.finite_only(good, scores, items, result)
         if good:
             with metrics.STAGE_SECONDS.labels("redis").time():
                 outcomes = await retry_forever(self.store.record_many, "redis", items, backoff=self.backoff)
-            scores = await self.published_scores(good, scores, outcomes)
+            scores, versions = await self.published_scores(good, scores, outcomes, batch.served.version)
             touched: dict[str, None] = {}
-            for (segment, raw), score, outcome in zip(good, scores, outcomes):
+            for (segment, raw), score, version, item, outcome in zip(good, scores, versions, items, outcomes):
                 touched[segment.stream_id] = None
                 if outcome == "conflict":
                     result.rejects.append(Reject("conflicting_duplicate",
@@ -323,12 +358,14 @@ class Pipeline:
                     result.duplicates += 1
                 else:
                     metrics.SCORED.inc()
+                    metrics.ROLE_SCORED.labels(self.role, str(batch.served.version)).inc()
                     for side in segment.missing:
                         metrics.MISSING_MODALITY.labels(side).inc()
                     metrics.END_TO_END.observe(max(0.0, time.time() - segment.event_time))
-                # A repeat is published again, with the score Redis holds: its first publication
-                # may be the one a crash lost.
-                result.scores.append(Score(segment.stream_id, segment.segment_id, segment.event_time, score))
+                # A repeat is published again, with the score (and version) Redis holds: its first
+                # publication may be the one a crash lost.
+                result.scores.append(Score(segment.stream_id, segment.segment_id, segment.event_time, score, version))
+                batch.recorded.append((segment, score, item))
             with metrics.STAGE_SECONDS.labels("detect").time():
                 result.alerts += await retry_forever(self.detect_streams, "redis", list(touched), backoff=self.backoff)
         metrics.DUPLICATES.inc(result.duplicates)
@@ -336,21 +373,24 @@ class Pipeline:
             metrics.REJECTED.labels(r.reason).inc()
         return result
 
-    async def published_scores(self, good: list, scores: list[float], outcomes: list[str]) -> list[float]:
-        """The score each segment is published with: the one just computed for a new segment, the
-        one Redis recorded for a repeat (a different batch may have scored it a hair apart, and
-        every record of one segment must say the same)."""
+    async def published_scores(self, good: list, scores: list[float], outcomes: list[str], version: str | None
+                               ) -> tuple[list[float], list[str | None]]:
+        """The score each segment is published with, and the version that scored it: the ones just
+        computed for a new segment, the ones Redis recorded for a repeat (a different batch, or
+        another version before a promotion, may have scored it, and every record of one segment
+        must say the same)."""
+        versions = [version] * len(scores)
         repeats = [i for i, outcome in enumerate(outcomes) if outcome == "dup"]
         if not repeats:
-            return scores
-        held = await retry_forever(self.store.held_scores, "redis",
+            return scores, versions
+        held = await retry_forever(self.store.held, "redis",
                                    [(good[i][0].stream_id, good[i][0].segment_id) for i in repeats],
                                    backoff=self.backoff)
         scores = list(scores)
-        for i, score in zip(repeats, held):
+        for i, (score, held_version) in zip(repeats, held):
             if score is not None:
-                scores[i] = score
-        return scores
+                scores[i], versions[i] = score, held_version
+        return scores, versions
 
     async def published(self, result: BatchResult) -> None:
         """The agent has delivered every outcome of `result`: its alerts leave the outbox."""
@@ -408,9 +448,10 @@ class Pipeline:
             log.info("stream %s: its alerts were raised meanwhile by another worker (a rebalance)", stream)
             return []
         for alert in alerts:
-            metrics.ALERTS.labels(alert.direction).inc()
-            log.warning("shift alert: stream %s %s by %.2f [%.2f, %.2f] since %s (z=%.1f)", stream,
-                        alert.direction, alert.magnitude, *alert.interval, alert.change_point["event_time"], alert.z)
+            (metrics.ALERTS if self.role == "live" else metrics.SHADOW_ALERTS).labels(alert.direction).inc()
+            log.log(logging.WARNING if self.role == "live" else logging.INFO,
+                    "%s shift alert: stream %s %s by %.2f [%.2f, %.2f] since %s (z=%.1f)", self.role, stream,
+                    alert.direction, alert.magnitude, *alert.interval, alert.change_point["event_time"], alert.z)
         return [replace(alert, id=entry_id) for entry_id, alert in zip(ids, alerts)]
 
 

@@ -94,7 +94,8 @@ class Segment:
 class Score:
     """A scored segment, as the `scores` topic carries it (JSON, keyed by stream_id):
 
-        {"stream_id": "brand-42", "segment_id": "brand-42/000123", "event_time": 1764000000.5, "score": -0.42}
+        {"stream_id": "brand-42", "segment_id": "brand-42/000123", "event_time": 1764000000.5, "score": -0.42,
+         "version": "3"}   # the model version that scored it (docs/shadow.md)
 
     The topic is at-least-once (a redelivered segment is published again): consumers dedupe by
     segment_id."""
@@ -102,15 +103,18 @@ class Score:
     segment_id: str
     event_time: float
     score: float
+    version: str | None = None  # the model version that scored it
 
     def message(self) -> dict:
-        return {"stream_id": self.stream_id, "segment_id": self.segment_id, "event_time": self.event_time,
+        body = {"stream_id": self.stream_id, "segment_id": self.segment_id, "event_time": self.event_time,
                 "score": self.score}
+        return body if self.version is None else {**body, "version": self.version}
 
     @classmethod
     def from_message(cls, value: dict) -> "Score":
+        version = value.get("version")
         return cls(str(value["stream_id"]), str(value["segment_id"]), float(value["event_time"]),
-                   float(value["score"]))
+                   float(value["score"]), None if version is None else str(version))
 
 
 @dataclass(frozen=True)

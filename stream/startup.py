@@ -13,6 +13,7 @@ from stream.config import ConfigError, Settings
 from stream.dependency_checks import check_broker, check_redis
 from stream.pipeline import Pipeline
 from stream.retry import Backoff, retry_forever
+from stream.shadow.scoring import Shadow
 from stream.store import StoreSettings, TrendStore
 from stream.triton_client import AsyncTritonScorer
 
@@ -73,15 +74,35 @@ async def build_pipeline(settings: Settings, backoff=Backoff) -> Pipeline:
              served.max_frames, served.max_text_tokens)
     store = await retry_forever(store_for, "redis", settings, backoff=backoff)  # a cluster client connects when made
     await retry_forever(store.ping, "redis", backoff=backoff)
-    version = await retry_forever(scorer.served_version, "triton", backoff=backoff)
+    shadow = Shadow(store, scorer, settings, lambda v: candidate_model(settings, scorer, v),
+                    lambda *parts: candidate_pipeline(settings, backoff, *parts))
+    version = (await shadow.roles()).live or await retry_forever(scorer.served_version, "triton", backoff=backoff)
     tokenizer = load_tokenizer(settings, served.max_text_tokens, version)
-    log.info("tokenizer %s (Triton serves version %s)", tokenizer_location(settings, version), version)
+    log.info("tokenizer %s (live version %s, candidate %s)", tokenizer_location(settings, version), version,
+             shadow.current.candidate or "none")
 
     async def model_for(new_version: str) -> tuple[contract.ModelContract, contract.Tokenizer]:
         new = await served_contract(scorer, settings.batch_size, settings.context_kept)
         return new, load_tokenizer(settings, new.max_text_tokens, new_version)
+
     return Pipeline(scorer, store, tokenizer, served, settings.detector, settings.max_text_chars,
-                    settings.max_future_s, backoff=backoff, version=version, model_for=model_for)
+                    settings.max_future_s, backoff=backoff, version=version, model_for=model_for, shadow=shadow)
+
+
+async def candidate_model(settings: Settings, scorer: AsyncTritonScorer, version: str
+                          ) -> tuple[contract.ModelContract, contract.Tokenizer]:
+    """A candidate's own contract (its tecafn.json, where the repository is on this host: it may
+    take other inputs or give other outputs than the live one) and tokenizer."""
+    version_dir = Path(settings.model_repo) / settings.triton_model / version
+    own = contract.ModelContract.read_metadata(version_dir) if (version_dir / contract.METADATA_FILE).exists() \
+        else await served_contract(scorer, settings.batch_size)
+    return own, load_tokenizer(settings, own.max_text_tokens, version)
+
+
+def candidate_pipeline(settings: Settings, backoff, scorer, store, tokenizer, served, version) -> Pipeline:
+    """The candidate's side of shadow scoring: its own store (keyspace), contract and tokenizer."""
+    return Pipeline(scorer, store, tokenizer, served, settings.detector, settings.max_text_chars,
+                    settings.max_future_s, backoff=backoff, version=version, role="candidate")
 
 
 def check_dependencies(settings: Settings) -> bool:

@@ -3,8 +3,9 @@
 
 Keys (every per-stream key carries the hash tag {stream_id}, so all of a stream's keys live in one
 Redis Cluster hash slot):
-    tf:{s}:seen:<segment_id>   "<content digest> <score>" of a recorded segment (idempotency; TTL): a
-                               repeat is compared by its digest and republishes that score
+    tf:{s}:seen:<segment_id>   "<content digest> <score> <version>" of a recorded segment (idempotency;
+                               TTL): a repeat is compared by its digest and republishes that score
+                               and version
     tf:{s}:b<r>:<start>        bucket of r seconds from event time `start`: count, sum, sumsq, min, max,
                                missing_<side> (segments without audio / vision), attributed_<side>
                                (segments that had the side and attribution) and moved_<side> (the
@@ -24,6 +25,14 @@ Redis Cluster hash slot):
     tf:{s}:alerts              Redis stream of the stream's alerts, newest last
     tf:{s}:outbox              alerts not yet published to Kafka (entry id -> JSON), until the agent has
     tf:streams                 sorted set of streams by last activity (wall clock): the one global key
+
+A candidate model in shadow (docs/shadow.md) has the same structures under its own keyspace,
+K = tf:candidate:<version>:<epoch of its nomination> (K:{s}:totals, ..., K:streams), plus
+K:{s}:pairs, the live and candidate outputs of the same segments, and K:calls
+(stream/shadow/pairs.py). The roles themselves, global and in one slot, are stream/shadow/roles.py's:
+    tf:{roles}                 hash: live, candidate, previous versions, candidate_since, epoch
+    tf:{roles}:events          Redis stream of every change of role (who, when, from, to, comparison)
+Each recorded segment (tf:{s}:recent, the `scores` topic) names the version that scored it.
 
 A stream's segments of one batch are recorded by one Lua script that touches that stream's slot
 only: either every structure above changes or none does, and a segment_id already recorded
@@ -50,13 +59,15 @@ from stream.config import Settings
 from stream.context import Recorded
 from stream.schema import SIDES, Alert
 
+LIVE = "tf"  # the live model's keyspace: what the dashboard, `tecaflow trends` and the topics show
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 # KEYS[1] = tf:{s}:totals (it names the slot). ARGV[1] = stream, ARGV[2] = settings as JSON,
 # ARGV[3] = now, ARGV[4] = JSON list of [segment_id, digest, event_time, score, score^2, recent-json,
-# missing sides (JSON list), contributions (JSON object side -> value; empty without attribution), text].
+# missing sides (JSON list), contributions (JSON object side -> value; empty without attribution), text,
+# " <version>" or ""].
 RECORD = """
-local p = 'tf:{' .. ARGV[1] .. '}'
+local p = string.sub(KEYS[1], 1, -8)  -- the stream's key prefix: KEYS[1] less ':totals'
 local cfg = cjson.decode(ARGV[2])
 local now = ARGV[3]
 local tot = KEYS[1]
@@ -67,7 +78,7 @@ for i, item in ipairs(cjson.decode(ARGV[4])) do
   if prior then
     if string.match(prior, '^%S+') == item[2] then outcomes[i] = 'dup' else outcomes[i] = 'conflict' end
   else
-    redis.call('SET', seen, item[2] .. ' ' .. item[4], 'EX', cfg.ttl)
+    redis.call('SET', seen, item[2] .. ' ' .. item[4] .. item[10], 'EX', cfg.ttl)
     local t = tonumber(item[3])
     local s = tonumber(item[4])
     local missing = cjson.decode(item[7])
@@ -181,6 +192,7 @@ class ScoredSegment:
     missing: tuple[str, ...] = ()  # the sides it lacked (SIDES)
     text_only: float | None = None  # the score from its words alone, where the model gave it
     contributions: dict[str, float] | None = None  # side -> score minus the score without that side
+    version: str | None = None  # the model version that scored it
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -200,10 +212,6 @@ def _expected(evaluated: int | None) -> str:
     return "" if evaluated is None else str(int(evaluated))
 
 
-def _key(stream: str) -> str:
-    return "tf:{" + stream + "}"
-
-
 def connect(url: str) -> redis.Redis | RedisCluster:
     """A client for a single Redis (redis://, rediss://, unix://) or a Redis Cluster (+cluster)."""
     options = dict(decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
@@ -219,13 +227,18 @@ class TrendStore:
         """The store at TECAFLOW_REDIS_URL, laid out as the settings say."""
         return cls(settings.redis_url, StoreSettings.of(settings, **extra))
 
-    def __init__(self, url: str, settings: StoreSettings = StoreSettings(), client=None):
+    def __init__(self, url: str, settings: StoreSettings = StoreSettings(), client=None, keyspace: str = LIVE):
+        """`keyspace`: the prefix of every key (LIVE, or a candidate's: stream/shadow/roles.py)."""
+        self.keyspace, self.index = keyspace, f"{keyspace}:streams"
         self.redis = client or connect(url)
         self.cluster = isinstance(self.redis, RedisCluster)
         self.settings = settings
         self._record = self.redis.register_script(RECORD)
         self._alert = self.redis.register_script(ALERT)
         self._save_state = self.redis.register_script(SAVE_STATE)
+
+    def _key(self, stream: str) -> str:
+        return f"{self.keyspace}:{{{stream}}}"
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
@@ -236,7 +249,7 @@ class TrendStore:
         self.redis.ping()
         self.redis.script_load(RECORD)
         self.redis.script_load(ALERT)
-        self.redis.zadd("tf:streams", {"": 0}, xx=True)  # a write that changes nothing
+        self.redis.zadd(self.index, {"": 0}, xx=True)  # a write that changes nothing
 
     # ---- writes ---------------------------------------------------------------------------
     def _config(self) -> str:
@@ -250,12 +263,15 @@ class TrendStore:
                   "modalities": list(s.modalities)}
         if s.contributions is not None:
             recent.update(text_only=s.text_only, contributions=s.contributions)
+        if s.version is not None:
+            recent["version"] = s.version
         return [s.segment_id, s.digest, repr(float(s.event_time)), repr(float(s.score)), repr(float(s.score) ** 2),
                 json.dumps(recent, ensure_ascii=False), json.dumps(list(s.missing)),
-                json.dumps({k: float(v) for k, v in (s.contributions or {}).items()}), s.text]
+                json.dumps({k: float(v) for k, v in (s.contributions or {}).items()}), s.text,
+                "" if s.version is None else " " + s.version]
 
     def _record_stream(self, stream: str, items: list, now: float, client=None) -> list[str]:
-        return self._record(keys=[_key(stream) + ":totals"],
+        return self._record(keys=[self._key(stream) + ":totals"],
                             args=[stream, self._config(), repr(now), json.dumps(items)], client=client)
 
     def record(self, stream: str, segment_id: str, digest: str, event_time: float, score: float, text: str,
@@ -282,36 +298,40 @@ class TrendStore:
             for s, idx in by_stream.items():
                 self._record_stream(s, [self._item(items[i]) for i in idx], now, client=pipe)
             results = pipe.execute()
-        self.redis.zadd("tf:streams", {s: now for s in by_stream})
+        self.redis.zadd(self.index, {s: now for s in by_stream})
         outcomes = [""] * len(items)
         for idx, result in zip(by_stream.values(), results):
             for i, outcome in zip(idx, result):
                 outcomes[i] = outcome
         return outcomes
 
-    def held_scores(self, segments: list[tuple[str, str]]) -> list[float | None]:
-        """The score recorded for each (stream_id, segment_id), as its idempotency key keeps it: what
-        a repeat of the segment republishes, so that every record of one segment says the same.
-        None where the key has expired (TECAFLOW_DEDUP_TTL_S) or holds no score."""
+    def held(self, segments: list[tuple[str, str]]) -> list[tuple[float | None, str | None]]:
+        """The score recorded for each (stream_id, segment_id) and the version that scored it, as its
+        idempotency key keeps them: what a repeat of the segment republishes, so that every record
+        of one segment says the same. None where the key has expired (TECAFLOW_DEDUP_TTL_S) or
+        holds no score (or no version: recorded before versions were)."""
         pipe = self.redis.pipeline(transaction=False)
         for stream, segment_id in segments:
-            pipe.get(f"{_key(stream)}:seen:{segment_id}")
+            pipe.get(f"{self._key(stream)}:seen:{segment_id}")
         held = []
         for value in pipe.execute():
-            _, _, score = (value or "").partition(" ")
-            held.append(float(score) if score else None)
+            _, score, version = ((value or "").split(" ", 2) + ["", ""])[:3]
+            held.append((float(score) if score else None, version or None))
         return held
 
     def recorded_context(self, streams: list[str]) -> dict[str, list[Recorded]]:
         """What each stream's context window holds (tf:{s}:context), in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for stream in streams:
-            pipe.zrange(f"{_key(stream)}:context", 0, -1, withscores=True)
+            pipe.zrange(f"{self._key(stream)}:context", 0, -1, withscores=True)
         out = {}
         for stream, entries in zip(streams, pipe.execute()):
             out[stream] = [Recorded(segment_id, event_time, text, seq)
                            for (seq, segment_id, text), event_time in ((json.loads(m), t) for m, t in entries)]
         return out
+
+    def held_scores(self, segments: list[tuple[str, str]]) -> list[float | None]:
+        return [score for score, _ in self.held(segments)]
 
     def record_alerts(self, stream: str, alerts: list[Alert], detector_state: dict,
                       over_evaluated: int | None = None) -> list[str]:
@@ -320,25 +340,26 @@ class TrendStore:
         are recorded with the state, or none and the old state, so a redelivered batch raises each
         alert exactly once. With `over_evaluated`, only over the state that had evaluated that many
         segments (the one detection started from); otherwise nothing is written and no ids return."""
-        ids = self._alert(keys=[_key(stream) + ":alerts", _key(stream) + ":detector", _key(stream) + ":outbox"],
+        key = self._key(stream)
+        ids = self._alert(keys=[key + ":alerts", key + ":detector", key + ":outbox"],
                           args=[self.settings.alerts_kept, json.dumps([json.dumps(a.fields()) for a in alerts]),
                                 repr(time.time()), _state_json(detector_state), _expected(over_evaluated)])
         if ids:
-            self.redis.zadd("tf:streams", {stream: time.time()}, gt=True)
+            self.redis.zadd(self.index, {stream: time.time()}, gt=True)
         return list(ids)
 
     def record_alert(self, stream: str, alert: Alert, detector_state: dict) -> str:
         return self.record_alerts(stream, [alert], detector_state)[0]
     def unpublished_alerts(self, stream: str) -> list[Alert]:
         """The stream's alerts recorded but not yet marked published, oldest first, with their id."""
-        return _outbox(self.redis.hgetall(_key(stream) + ":outbox"))
+        return _outbox(self.redis.hgetall(self._key(stream) + ":outbox"))
 
     def detection_inputs(self, streams: list[str]) -> dict[str, "DetectionInputs"]:
         """What detection reads of each stream, for all of them in one pipelined round trip (read
         one by one, they were four round trips per stream a batch touched)."""
         pipe = self.redis.pipeline(transaction=False)
         for stream in streams:
-            key = _key(stream)
+            key = self._key(stream)
             pipe.hgetall(key + ":totals")
             pipe.hgetall(key + ":detector")
             pipe.lrange(key + ":window", 0, -1)
@@ -356,7 +377,7 @@ class TrendStore:
         for alert in alerts:
             by_stream.setdefault(alert.stream_id, []).append(alert.id)
         for stream, ids in by_stream.items():
-            self.redis.hdel(_key(stream) + ":outbox", *ids)
+            self.redis.hdel(self._key(stream) + ":outbox", *ids)
 
     def save_detector_state(self, stream: str, state: dict) -> None:
         """Overwrite a stream's detector state (tools and tests; the worker saves over what it read)."""
@@ -368,7 +389,7 @@ class TrendStore:
         unconditionally). Returns the streams whose state had moved on meanwhile, left as they were."""
         if not states:
             return []
-        calls = [(stream, dict(keys=[_key(stream) + ":detector"],
+        calls = [(stream, dict(keys=[self._key(stream) + ":detector"],
                                args=[_expected(over_evaluated[stream]), _state_json(state)]))
                  for stream, state in states.items()]
         if self.cluster:  # a cluster pipeline cannot run scripts (EVALSHA)
@@ -382,21 +403,21 @@ class TrendStore:
 
     # ---- reads ----------------------------------------------------------------------------
     def detector_state(self, stream: str) -> dict:
-        return {k: json.loads(v) for k, v in self.redis.hgetall(_key(stream) + ":detector").items()}
+        return {k: json.loads(v) for k, v in self.redis.hgetall(self._key(stream) + ":detector").items()}
 
     def window(self, stream: str) -> list[tuple[float, float]]:
-        return [tuple(map(float, item.split())) for item in self.redis.lrange(_key(stream) + ":window", 0, -1)]
+        return [tuple(map(float, item.split())) for item in self.redis.lrange(self._key(stream) + ":window", 0, -1)]
 
     def streams(self) -> list[tuple[str, float]]:
         """(stream_id, last activity unix time), most recent first."""
-        return [(m, float(s)) for m, s in self.redis.zrevrange("tf:streams", 0, -1, withscores=True)]
+        return [(m, float(s)) for m, s in self.redis.zrevrange(self.index, 0, -1, withscores=True)]
 
     def totals(self, stream: str) -> dict:
-        return _parse_totals(self.redis.hgetall(_key(stream) + ":totals"))
+        return _parse_totals(self.redis.hgetall(self._key(stream) + ":totals"))
 
     def buckets(self, stream: str, resolution: int, last: int | None = None) -> list[dict]:
         """Buckets of one resolution, oldest first: start, count, sum, mean, std, min, max."""
-        idx = f"{_key(stream)}:b{resolution}"
+        idx = f"{self._key(stream)}:b{resolution}"
         starts = self.redis.zrange(idx, -(last or self.settings.buckets_kept), -1)
         pipe = self.redis.pipeline(transaction=False)
         for start in starts:
@@ -407,7 +428,7 @@ class TrendStore:
         """totals() of many streams in one pipelined round trip, whatever their number."""
         pipe = self.redis.pipeline(transaction=False)
         for stream in streams:
-            pipe.hgetall(_key(stream) + ":totals")
+            pipe.hgetall(self._key(stream) + ":totals")
         return {stream: _parse_totals(raw) for stream, raw in zip(streams, pipe.execute())}
 
     def bucket_sums(self, starts: dict[str, list[int]], resolution: int) -> dict[str, dict[int, tuple[int, float]]]:
@@ -416,7 +437,7 @@ class TrendStore:
         pipe = self.redis.pipeline(transaction=False)
         for stream, wanted in starts.items():
             for start in wanted:
-                pipe.hmget(f"{_key(stream)}:b{resolution}:{int(start)}", "count", "sum")
+                pipe.hmget(f"{self._key(stream)}:b{resolution}:{int(start)}", "count", "sum")
         replies = iter(pipe.execute())
         out: dict[str, dict[int, tuple[int, float]]] = {}
         for stream, wanted in starts.items():
@@ -433,14 +454,14 @@ class TrendStore:
         return sum(r["sum"] for r in rows) / n if n else None
 
     def recent(self, stream: str, n: int = 20) -> list[dict]:
-        return [json.loads(x) for x in self.redis.lrange(_key(stream) + ":recent", 0, n - 1)]
+        return [json.loads(x) for x in self.redis.lrange(self._key(stream) + ":recent", 0, n - 1)]
 
     def alerts(self, count: int = 20, stream: str | None = None) -> list[Alert]:
         """Newest first: one stream's, or the newest `count` of all streams' merged."""
         streams = [stream] if stream is not None else [s for s, _ in self.streams()]
         pipe = self.redis.pipeline(transaction=False)
         for s in streams:
-            pipe.xrevrange(_key(s) + ":alerts", count=count)
+            pipe.xrevrange(self._key(s) + ":alerts", count=count)
         entries = [(float(fields.get("t", 0)), entry_id, fields) for per_stream in pipe.execute() if per_stream
                    for entry_id, fields in per_stream]
         entries.sort(key=lambda e: e[0], reverse=True)
@@ -453,7 +474,7 @@ class TrendStore:
         streams = [s for s, active in (self.streams() if index is None else index) if active >= since]
         pipe = self.redis.pipeline(transaction=False)
         for s in streams:
-            pipe.xrange(_key(s) + ":alerts", min=f"{int(since * 1000)}-0", max="+")
+            pipe.xrange(self._key(s) + ":alerts", min=f"{int(since * 1000)}-0", max="+")
         return sum(len(entries) for entries in pipe.execute())
 
 

@@ -70,11 +70,15 @@ class AsyncTritonScorer:
         config = await self.client.get_model_config(self.model, as_json=True)
         return ModelContract.from_model_config(config["config"])
 
+    async def served_versions(self) -> list[str]:
+        """The versions of the model Triton has ready, oldest first."""
+        metadata = await self.client.get_model_metadata(self.model, as_json=True)
+        return sorted((str(v) for v in metadata.get("versions", []) if str(v).isdigit()), key=int)
+
     async def served_version(self) -> str | None:
         """The newest version of the model Triton has ready (None if it names none)."""
-        metadata = await self.client.get_model_metadata(self.model, as_json=True)
-        ready = [v for v in metadata.get("versions", []) if str(v).isdigit()]
-        return max(ready, key=int) if ready else None
+        ready = await self.served_versions()
+        return ready[-1] if ready else None
 
     async def infer(self, inputs: dict[str, np.ndarray], outputs=(SCORE,), version: str | None = None
                     ) -> dict[str, np.ndarray]:

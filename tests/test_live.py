@@ -28,6 +28,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def ground_truth(live: Live, manifest: Path) -> dict[str, list[float]]:
     """Score exactly what the replay sent, straight from Triton, per stream (tokenized by the
     Hugging Face tokenizer the model trained with, not the worker's)."""
+    truth = defaultdict(list)
+    for stream, score in segment_truth(live, manifest).values():
+        truth[stream].append(score)
+    return truth
+
+
+def segment_truth(live: Live, manifest: Path, version: str = "") -> dict[str, tuple[str, float]]:
+    """segment_id -> (stream_id, score from Triton's `version` of the model, or the one it picks), in
+    the order the replay sent them."""
     from transformers import AutoTokenizer
     scorer = TritonScorer(live.env["TECAFLOW_TRITON_URL"])
     contract = scorer.contract()
@@ -35,15 +44,15 @@ def ground_truth(live: Live, manifest: Path) -> dict[str, list[float]]:
     limits = Limits(widths=contract.widths, max_frames=contract.max_frames)
     segments = [decode_segment(base64.b64decode(json.loads(line)["message"]), limits)
                 for line in manifest.read_text().splitlines()]
-    truth = defaultdict(list)
+    truth = {}
     for start in range(0, len(segments), 16):
         chunk = segments[start:start + 16]
         enc = tokenizer([s.text for s in chunk], padding=True, truncation=True, max_length=contract.max_text_tokens,
                         return_tensors="np")
         inputs = contract.batch(enc["input_ids"], enc["attention_mask"],
                                 {m: [s.frames(m) for s in chunk] for m in contract.widths})
-        for seg, score in zip(chunk, scorer.score(inputs)):
-            truth[seg.stream_id].append(float(score))
+        for seg, score in zip(chunk, scorer.score(inputs, version=version)):
+            truth[seg.segment_id] = (seg.stream_id, float(score))
     scorer.close()
     return truth
 

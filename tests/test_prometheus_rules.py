@@ -52,7 +52,7 @@ def test_embedded_prometheus_config_loads_the_rules(promtool, tmp_path, monkeypa
     config = Stack(Settings.from_env(), tmp_path).prometheus_config()
     result = run(promtool, "check", "config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 def test_compose_prometheus_loads_the_rules():

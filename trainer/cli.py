@@ -82,16 +82,24 @@ def register(sub) -> None:
                         "the training run wrote beside the checkpoint (calibration.npz)")
     p.add_argument("--accuracy-data", help="with --quantize: report the test MAE change on this dataset "
                                            "(e.g. ../shared/data/cmu-mosi)")
+    p.add_argument("--candidate", action="store_true",
+                   help="export without promoting: the new version shadows the live one (docs/shadow.md) until "
+                        "`tecaflow promote`")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
+    from functools import partial
+
     from stream.config import Settings
     from trainer.export import export
-    target = export(args.checkpoint, args.repo or Path(Settings.from_env().model_repo), args.backend, args.max_batch,
-                    args.tensorrt, args.queue_delay_us, args.instances,
-                    args.quantize or ("int8" if args.backend == "python" else "none"), args.accuracy_data,
-                    attribution=args.attribution, calibration_data=args.calibration_data)
+    settings = Settings.from_env()
+    repo = args.repo or Path(settings.model_repo)
+    exporting = partial(export, args.checkpoint, repo, args.backend, args.max_batch, args.tensorrt, args.queue_delay_us,
+                        args.instances, args.quantize or ("int8" if args.backend == "python" else "none"),
+                        args.accuracy_data, attribution=args.attribution, calibration_data=args.calibration_data)
+    from stream.shadow.cli import export_candidate, export_live
+    target = (export_candidate if args.candidate else export_live)(settings, repo, exporting)
     print(target)
     return 0
 

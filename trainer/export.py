@@ -23,6 +23,7 @@ import shutil
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from stream.contract import (
     lengths_name,
 )
 from stream.errors import UserError
+from stream.shadow.roles import write_config
 from trainer import calibration
 from trainer.data import batcher_options
 from trainer.defaults import DEFAULT_MAX_CONTEXT_TOKENS
@@ -370,15 +372,31 @@ def next_version(repo: Path) -> int:
     return int(found[-1].name) + 1 if found else 1
 
 
+def check_servable_beside(repo: Path, served: ModelContract) -> None:
+    """A candidate is served under the live version's config.pbtxt (Triton has one per model, and
+    the workers read the live contract from it): it must take the same inputs and give the same
+    outputs. Weights, tokenizer, text encoder and quantization may differ."""
+    live = ModelContract.read_config_pbtxt(repo / MODEL_NAME / contract.CONFIG_FILE)
+    if replace(live, max_batch=0) != replace(served, max_batch=0):
+        raise UserError(f"this checkpoint's contract ({served.widths}, <= {served.max_text_tokens} tokens, <= "
+                        f"{served.max_frames} frames, attribution {served.attribution}) differs from the live "
+                        f"version's ({live.widths}, <= {live.max_text_tokens} tokens, <= {live.max_frames} frames, "
+                        f"attribution {live.attribution}); one config.pbtxt serves both, so it cannot shadow it: "
+                        "export it without --candidate, or match --no-attribution and the training limits")
+
+
 def export(checkpoint: Path, repo: Path, backend: str = "python", max_batch: int = 64,
            tensorrt: bool = False, queue_delay_us: int = 2000, instances: int = DEFAULT_INSTANCES, quantize: str = "none",
-           accuracy_data: str | None = None, attribution: bool = True, calibration_data: str | None = None) -> Path:
+           accuracy_data: str | None = None, attribution: bool = True, calibration_data: str | None = None,
+           keep_serving: Sequence[str] = ()) -> Path:
     """Export `checkpoint` as the next version under repo/tecafn; return the version directory.
     With `attribution` (text-centred models), the graph returns the text-only score and each
     side's contribution beside the score, from the same call. quantize="int8" serves the int8
     quantization of the graph, its scales calibrated on the sample the training run wrote or on
     `calibration_data`'s training split (with `accuracy_data`, the change of test MAE it makes on
-    that dataset is logged and kept in tecafn.json)."""
+    that dataset is logged and kept in tecafn.json). With `keep_serving` (the live version, when the
+    new one is exported as a candidate), Triton serves exactly those and the new version: the
+    config names only them before the version appears, and them and it once it has."""
     if quantize not in QUANTIZATIONS:
         raise UserError(f"--quantize must be one of {QUANTIZATIONS}, not {quantize!r}")
     if backend not in contract.BACKENDS:
@@ -401,6 +419,8 @@ def export(checkpoint: Path, repo: Path, backend: str = "python", max_batch: int
         served = model_contract(model, ckpt["max_text_tokens"], ckpt["max_frames"] or 50,
                                 attribution=attribution and model.config.center == "text",
                                 max_context_tokens=batcher_options(ckpt)["max_context_tokens"])
+        if keep_serving:
+            check_servable_beside(repo, served)
         export_onnx(model, staging / contract.ONNX_FILE, served)
         diff = check_parity(model, staging / contract.ONNX_FILE, served)
         if not diff <= PARITY_TOLERANCE:
@@ -418,10 +438,12 @@ def export(checkpoint: Path, repo: Path, backend: str = "python", max_batch: int
         if backend == "python":
             for name, source in SERVING_SOURCES.items():
                 shutil.copy(source, staging / name)
-        (repo / MODEL_NAME / contract.CONFIG_FILE).write_text(served.config_pbtxt(
-            backend=backend, max_batch=max_batch, instances=instances, queue_delay_us=queue_delay_us,
-            tensorrt=tensorrt))
+        config = dict(backend=backend, max_batch=max_batch, instances=instances, queue_delay_us=queue_delay_us,
+                      tensorrt=tensorrt)
+        write_config(repo, served.config_pbtxt(**config, versions=keep_serving))
         staging.rename(target)
+        if keep_serving:
+            write_config(repo, served.config_pbtxt(**config, versions=[*keep_serving, version]))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from stream.arguments import REPO_HELP, positive, share
+from stream.arguments import REPO_HELP, positive, share, shares
 
 
 def register_bench(bench_sub) -> None:
@@ -37,6 +37,9 @@ def register_bench(bench_sub) -> None:
                    help="latency phase; half of it for served, a quarter for each raw measurement")
     p.add_argument("--repeat", type=positive(int), default=1,
                    help="whole runs, each on a fresh stack; with more than one, the ratios' medians are printed too")
+    p.add_argument("--shadow", type=shares, default=(), metavar="SHARE,...",
+                   help="also drain and time the worker with a candidate shadowing each share of the traffic "
+                        "(e.g. 1,0.25), against no candidate in the same run")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_pipeline)
 
@@ -79,7 +82,7 @@ def cmd_bench_pipeline(args) -> int:
             print(f"run {k + 1} of {args.repeat}", file=sys.stderr)
         runs.append(bench_pipeline(args.checkpoint, args.segments, args.streams, args.batch, quantize=args.quantize,
                                    naive_count=args.naive, seconds=args.seconds,
-                                   instances=args.instances or DEFAULT_INSTANCES,
+                                   instances=args.instances or DEFAULT_INSTANCES, shadow_shares=args.shadow,
                                    progress=lambda m: print(m, file=sys.stderr)))
         if not args.json:
             print(format_report(runs[-1]), flush=True)

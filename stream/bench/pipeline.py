@@ -151,13 +151,14 @@ def drain(port: int, store, streams: list[str], total: int, timeout: float = 600
     return wait_recorded(store, streams, total, timeout) - first
 
 
-def latencies(settings: Settings, store, streams: int, rate: float, seconds: float, widths, frames) -> list[float]:
+def latencies(settings: Settings, store, streams: int, rate: float, seconds: float, widths, frames,
+              prefix: str = "lat") -> list[float]:
     """Event time -> seen in Redis, for every segment sent at `rate` for `seconds`."""
     import threading
     per_stream = max(1, int(rate * seconds / streams))
-    names = [f"lat-{s:03d}" for s in range(streams)]
+    names = [f"{prefix}-{s:03d}" for s in range(streams)]
     sender = threading.Thread(target=lambda: asyncio.run(produce(
-        settings, segments("lat", streams, per_stream, widths, frames, seed=2), rate)))
+        settings, segments(prefix, streams, per_stream, widths, frames, seed=2), rate)))
     sender.start()
     seen: dict[str, float] = {}
     deadline = time.monotonic() + seconds + 60
@@ -175,7 +176,10 @@ def latencies(settings: Settings, store, streams: int, rate: float, seconds: flo
 
 def bench_pipeline(checkpoint: Path | None = None, total: int = 3000, streams: int = 8, batch: int = 32,
                    frames: int = 50, quantize: str = "none", naive_count: int = 300, seconds: float = 15.0,
-                   instances: int = DEFAULT_INSTANCES, progress=print) -> dict:
+                   instances: int = DEFAULT_INSTANCES, shadow_shares: tuple[float, ...] = (), progress=print) -> dict:
+    """With `shadow_shares`, the worker drains a backlog and is timed again with a candidate (a copy
+    of the served version) shadowing each share of the traffic, then once more without one (the
+    load drifts: the baseline is the mean of the runs without a candidate before and after)."""
     from stream.bench.serve import untrained_checkpoint
     from stream.stack.embedded import Stack, worker_service
     from stream.store import TrendStore
@@ -228,6 +232,19 @@ def bench_pipeline(checkpoint: Path | None = None, total: int = 3000, streams: i
             result["latency_rate"] = rate
             result["latency_ms"] = {"p50": 1e3 * float(np.percentile(lat, 50)),
                                     "p99": 1e3 * float(np.percentile(lat, 99)), "n": len(lat)}
+            if shadow_shares:
+                worker.stop()
+                worker = None
+                add_candidate(tmp / "repo", settings, store, progress)
+                result["shadow"] = {}
+                for share in (*shadow_shares, 0.0):
+                    if share == 0.0:
+                        stop_shadowing(store)
+                    progress(f"a candidate shadowing {share:.0%} of the traffic: draining {total} segments" if share
+                             else f"no candidate again: draining {total} segments")
+                    result["shadow"][share] = timed_worker(tmp, dict(env, TECAFLOW_SHADOW_SHARE=str(share or 1.0)),
+                                                           settings, store, f"shadow{int(share * 100)}", streams,
+                                                           total // streams, contract, frames, rate, seconds)
             progress("raw ONNX Runtime again (the machine's load drifts; the baseline is the best of both rounds)")
             measure_raw(result, graphs, contract, batch, seconds / 4)
         finally:
@@ -238,7 +255,69 @@ def bench_pipeline(checkpoint: Path | None = None, total: int = 3000, streams: i
                         "served/raw_fp32": result["served"] / result["raw_fp32"]}
     if quantize != "none":
         result["ratios"][f"served/raw_{quantize}"] = result["served"] / result[f"raw_{quantize}"]
+    if "shadow" in result:
+        after = result["shadow"].pop(0.0)
+        result["e2e_after_shadow"], result["p99_ms_after_shadow"] = after["e2e"], after["p99_ms"]
+        e2e_none = (result["e2e"] + after["e2e"]) / 2
+        p99_none = (result["latency_ms"]["p99"] + after["p99_ms"]) / 2
+        for share, run in result["shadow"].items():
+            result["ratios"][f"e2e shadow {share:.0%}/none"] = run["e2e"] / e2e_none
+            result["ratios"][f"p99 shadow {share:.0%}/none"] = run["p99_ms"] / p99_none
     return result
+
+
+def timed_worker(tmp: Path, env: dict, settings: Settings, store, prefix: str, streams: int, per_stream: int, contract,
+                 frames: int, rate: float, seconds: float) -> dict:
+    """A fresh worker draining a pre-produced backlog, then its latency at `rate`."""
+    from stream.stack.embedded import worker_service
+    asyncio.run(produce(settings, segments(prefix, streams, per_stream, contract.widths, frames)))
+    worker = worker_service(tmp, f"worker-{prefix}", env=env).start()
+    try:
+        names = [f"{prefix}-{s:03d}" for s in range(streams)]
+        e2e = streams * per_stream / drain(settings.metrics_port, store, names, streams * per_stream)
+        lat = latencies(settings, store, streams, rate, seconds, contract.widths, frames, f"{prefix}lat")
+        return {"e2e": e2e, "p50_ms": 1e3 * float(np.percentile(lat, 50)), "p99_ms": 1e3 * float(np.percentile(lat, 99)),
+                "candidate_calls": metric(settings.metrics_port, "tecaflow_shadow_calls_total")}
+    finally:
+        worker.stop()
+
+
+def stop_shadowing(store) -> None:
+    from stream.shadow import roles
+    before = roles.read(store.redis)
+    roles.change(store.redis, before, roles.stopped(before), "bench pipeline")
+
+
+def add_candidate(repo: Path, settings: Settings, store, progress) -> None:
+    """The served version again as version 2, shadowing version 1: the same graph, so the
+    candidate costs what a real one of its size would."""
+    import shutil
+
+    from stream.shadow import roles
+    from stream.triton_client import TritonScorer
+    progress("adding a candidate: the served version copied as version 2")
+    roles.serve_exactly(repo, ["1"])  # before version 2 appears: the newest alone would be served
+    shutil.copytree(repo / "tecafn" / "1", repo / "tecafn" / ".staging-2")
+    (repo / "tecafn" / ".staging-2").rename(repo / "tecafn" / "2")
+    roles.serve_exactly(repo, ["1", "2"])
+    scorer = TritonScorer(settings.triton_url)
+    deadline = time.monotonic() + 300
+    try:
+        while not _ready(scorer, "2"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("Triton did not load the candidate version")
+            time.sleep(0.5)
+    finally:
+        scorer.close()
+    candidate = roles.Roles(live="1", candidate="2", candidate_since=time.time())
+    roles.change(store.redis, roles.read(store.redis), candidate, "bench pipeline")
+
+
+def _ready(scorer, version: str) -> bool:
+    try:
+        return scorer.client.is_model_ready("tecafn", version)
+    except Exception:  # noqa: BLE001 - reloading
+        return False
 
 
 def measure_raw(result: dict, graphs: dict, contract, batch: int, seconds: float) -> None:
@@ -283,6 +362,12 @@ def format_report(r: dict) -> str:
     lat = r["latency_ms"]
     rows.append(f"event time -> Redis at {r['latency_rate']:.0f}/s: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms "
                 f"({lat['n']} segments)")
+    if "e2e_after_shadow" in r:
+        rows.append(f"no candidate, after: e2e {r['e2e_after_shadow']:.1f} segments/s, "
+                    f"p99 {r['p99_ms_after_shadow']:.0f} ms (the baseline is the mean of before and after)")
+    for share, run in r.get("shadow", {}).items():
+        rows.append(f"candidate shadowing {share:.0%}: e2e {run['e2e']:.1f} segments/s, p50 {run['p50_ms']:.0f} ms, "
+                    f"p99 {run['p99_ms']:.0f} ms at the same rate; candidate calls {run['candidate_calls']}")
     total = sum(r["stages_ms_per_batch"].values()) or 1.0
     rows.append("per batch: " + ", ".join(f"{s} {ms:.1f} ms ({100 * ms / total:.0f} %)"
                                           for s, ms in r["stages_ms_per_batch"].items()))

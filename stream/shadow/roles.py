@@ -1,0 +1,177 @@
+"""Which model version is live and which one, at most, shadows it: the one place the workers, the
+CLI and the dashboard read the roles from, and the record of every change of role.
+
+Keys (one hash slot, {roles}, so that a change and its event are one script on a Redis Cluster):
+    tf:{roles}          hash: live, candidate, previous (the version that was live before the last
+                        promotion, while Triton still serves it), candidate_since (unix time),
+                        epoch (one more at every change)
+    tf:{roles}:events   Redis stream of the changes: action, who, at, the roles before and after,
+                        and the comparison at that moment (JSON)
+
+A change is a compare-and-set on the epoch: of two operators promoting at once, one wins and the
+other is told the roles moved. Without roles recorded, the live version is the newest Triton
+serves (as before shadow scoring existed).
+
+Triton serves exactly the live and candidate versions: the model's config.pbtxt names them
+(version_policy specific) and is rewritten only when that set changes. Promotion and rollback
+swap the two roles and leave the set alone, so Triton loads nothing across the switch.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from stream import contract
+from stream.errors import UserError
+
+ROLES = "tf:{roles}"
+EVENTS = "tf:{roles}:events"
+EVENTS_KEPT = 10000
+
+# KEYS[1] = roles, KEYS[2] = events. ARGV[1] = the epoch the change was decided on, ARGV[2] = the new
+# roles (JSON object of strings), ARGV[3] = the event (JSON). Returns the new epoch, or -1 when the
+# roles moved meanwhile.
+CHANGE = """
+local epoch = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
+if epoch ~= tonumber(ARGV[1]) then return -1 end
+redis.call('DEL', KEYS[1])
+for k, v in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[1], k, v) end
+redis.call('HSET', KEYS[1], 'epoch', epoch + 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'json', ARGV[3])
+return epoch + 1
+"""
+
+
+class RolesMoved(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class Roles:
+    live: str | None = None
+    candidate: str | None = None
+    previous: str | None = None
+    candidate_since: float = 0.0
+    epoch: int = 0
+
+    @property
+    def recorded(self) -> bool:
+        return self.epoch > 0
+
+    def served(self) -> list[str]:
+        """The versions Triton must serve: live and candidate."""
+        return [v for v in (self.live, self.candidate) if v]
+
+    def candidate_keyspace(self) -> str | None:
+        """Where the candidate's trends, detector state, alerts and pairs live (stream/store.py):
+        one keyspace per nomination, so that a version shadowing again starts afresh."""
+        return f"tf:candidate:{self.candidate}:{self.epoch}" if self.candidate else None
+
+    def fields(self) -> dict[str, str]:
+        return {k: str(v) for k, v in asdict(self).items() if v not in (None, "") and k != "epoch"}
+
+
+def read(client) -> Roles:
+    raw = client.hgetall(ROLES)
+    return Roles(live=raw.get("live") or None, candidate=raw.get("candidate") or None,
+                 previous=raw.get("previous") or None, candidate_since=float(raw.get("candidate_since", 0)),
+                 epoch=int(raw.get("epoch", 0)))
+
+
+def who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container)
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def change(client, before: Roles, after: Roles, action: str, comparison: dict | None = None) -> Roles:
+    """Record `after` in place of `before` with its event, atomically, unless the roles moved since
+    `before` was read (RolesMoved)."""
+    event = {"action": action, "who": who(), "at": time.time(), "from": before.fields(), "to": after.fields(),
+             "comparison": comparison or {}}
+    epoch = client.register_script(CHANGE)(keys=[ROLES, EVENTS], args=[
+        before.epoch, json.dumps(after.fields()), json.dumps(event), EVENTS_KEPT])
+    if int(epoch) < 0:
+        raise RolesMoved("the roles changed while this command ran (another promote, rollback or export?); "
+                         "look at `tecaflow shadow report` and run it again")
+    return replace(after, epoch=int(epoch))
+
+
+def events(client, count: int = 20) -> list[dict]:
+    """The newest changes of role first."""
+    return [json.loads(fields["json"]) for _, fields in client.xrevrange(EVENTS, count=count)]
+
+
+# ---- the transitions ------------------------------------------------------------------------
+def nominated(before: Roles, version: str, live_if_unrecorded: str | None) -> Roles:
+    """`version` shadows the live one (any candidate before it stops shadowing)."""
+    live = before.live or live_if_unrecorded
+    if live is None:
+        raise UserError("no live version to shadow: export a first model without --candidate")
+    if version == live:
+        raise UserError(f"version {version} is the live one; a candidate must be another version")
+    return Roles(live=live, candidate=version, previous=None, candidate_since=time.time())
+
+
+def promoted(before: Roles) -> Roles:
+    """The candidate goes live; the version it replaces keeps shadowing it, so that a rollback is one
+    more swap and needs nothing loaded."""
+    if not before.candidate:
+        raise UserError("no candidate to promote: export one with `tecaflow export --candidate`")
+    return Roles(live=before.candidate, candidate=before.live, previous=before.live, candidate_since=time.time())
+
+
+def rolled_back(before: Roles) -> Roles:
+    """Back to the version that was live before the last promotion; the one rolled back from
+    keeps shadowing (`tecaflow shadow stop` drops it)."""
+    if not before.previous or before.previous != before.candidate:
+        raise UserError("nothing to roll back to: no promotion since the last candidate was chosen")
+    return Roles(live=before.previous, candidate=before.live, previous=None, candidate_since=time.time())
+
+
+def stopped(before: Roles) -> Roles:
+    if not before.candidate:
+        raise UserError("no candidate is shadowing")
+    return Roles(live=before.live)
+
+
+# ---- what Triton serves ---------------------------------------------------------------------
+def config_path(repo: Path | str, model: str = contract.MODEL_NAME) -> Path:
+    return Path(repo) / model / contract.CONFIG_FILE
+
+
+def serve_exactly(repo: Path | str, versions: list[str], model: str = contract.MODEL_NAME) -> None:
+    """Make the model's config serve exactly `versions` (version_policy specific)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as pb
+    path = config_path(repo, model)
+    if not path.exists():
+        raise UserError(f"{path}: no such file; is TECAFLOW_MODEL_REPO the repository Triton serves?")
+    on_disk = {p.name for p in contract.versions(repo, model)}
+    missing = [v for v in versions if v not in on_disk]
+    if missing:
+        raise UserError(f"version(s) {', '.join(missing)} of {model} are not in {Path(repo) / model}")
+    config = text_format.Parse(path.read_text(), pb.ModelConfig())
+    config.version_policy.specific.versions[:] = sorted({int(v) for v in versions})
+    write_config(repo, text_format.MessageToString(config), model)
+
+
+def write_config(repo: Path | str, text: str, model: str = contract.MODEL_NAME) -> None:
+    """The model's config.pbtxt, written to a temporary file and renamed: Triton's poll never reads
+    half a file."""
+    path = config_path(repo, model)
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(text)
+    os.replace(staging, path)
+
+
+def newest_on_disk(repo: Path | str, model: str = contract.MODEL_NAME) -> str | None:
+    found = contract.versions(repo, model)
+    return found[-1].name if found else None

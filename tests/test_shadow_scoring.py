@@ -1,0 +1,194 @@
+"""The worker's side of shadow scoring with a fake Triton (unit test) and a real Redis: the
+candidate's answers land in its own keyspace, paired with the live ones, and a failing or hanging
+candidate changes nothing on the live path."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from stream.config import DetectorParams, Settings
+from stream.contract import Tokenizer
+from stream.pipeline import Pipeline
+from stream.shadow import pairs, roles
+from stream.shadow.scoring import Shadow, chosen
+from stream.store import TrendStore
+from tests.malformed import valid_bytes
+from tests.test_pipeline import CONTRACT, FlakyScorer, quick_backoff
+from trainer.text_encoder import minilm_dir
+
+
+class VersionedScorer(FlakyScorer):
+    """Version "1" scores as FlakyScorer; "2" half a point higher; "3" fails; "4" never answers."""
+
+    def __init__(self):
+        super().__init__()
+        self.hanging = asyncio.Event()
+
+    async def infer(self, inputs, outputs, version=None):
+        if version == "3":
+            raise ConnectionError("the candidate is broken")
+        if version == "4":
+            await self.hanging.wait()
+        scores = await self.score(inputs)
+        return {"score": scores + (0.5 if version == "2" else 0.0)}
+
+
+def shadowed_pipeline(redis_url: str, candidate: str, contract=CONTRACT, scorer=None, **settings) -> Pipeline:
+    store = TrendStore(redis_url)
+    store.redis.flushdb()
+    before = roles.read(store.redis)
+    roles.change(store.redis, before, roles.Roles(live="1", candidate=candidate, candidate_since=1.0), "test")
+    tokenizer = Tokenizer(minilm_dir(), contract.max_text_tokens)
+    config = replace(Settings.from_env({}), roles_refresh_s=0.01, **settings)
+    scorer = scorer or VersionedScorer()
+
+    async def candidate_model(version):
+        return contract, tokenizer
+
+    def candidate_pipeline(scorer_, store_, tokenizer_, contract_, version_):
+        return Pipeline(scorer_, store_, tokenizer_, contract_, DetectorParams(warmup=20), backoff=quick_backoff,
+                        version=version_, role="candidate")
+    shadow = Shadow(store, scorer, config, candidate_model, candidate_pipeline)
+    return Pipeline(scorer, store, tokenizer, contract, DetectorParams(warmup=20), backoff=quick_backoff,
+                    version="1", shadow=shadow)
+
+
+def batches(prefix: str, n: int = 3, size: int = 8) -> list[list[bytes]]:
+    return [[valid_bytes(stream=f"{prefix}-{i % 2}", segment=f"{prefix}/{b}/{i}", frames=1 + i % 4)
+             for i in range(size)] for b in range(n)]
+
+
+async def run(pipeline: Pipeline, raws: list[list[bytes]]) -> list:
+    results = [await pipeline.process(batch) for batch in raws]
+    return results
+
+
+async def settle(pipeline: Pipeline) -> None:
+    """Until the candidate's recorder has nothing left."""
+    while pipeline.shadow._pending:
+        await asyncio.sleep(0.01)
+
+
+def test_the_candidate_is_recorded_apart_and_paired_with_the_live_scores(redis_url):
+    pipeline = shadowed_pipeline(redis_url, "2")
+
+    async def go():
+        results = await run(pipeline, batches("pair"))
+        await settle(pipeline)
+        return results
+    results = asyncio.run(go())
+    live_scores = {s.segment_id: s.score for r in results for s in r.scores}
+    assert {s.version for r in results for s in r.scores} == {"1"}
+    keyspace = roles.read(pipeline.store.redis).candidate_keyspace()
+    found = pairs.read_pairs(pipeline.store.redis, keyspace, ["pair-0", "pair-1"])
+    rows = [row for rs in found.values() for row in rs]
+    assert len(rows) == 24
+    assert all(row[2] == pytest.approx(row[1] + 0.5) for row in rows)
+    assert sorted(row[1] for row in rows) == pytest.approx(sorted(live_scores.values()))
+    candidate = TrendStore("", client=pipeline.store.redis, keyspace=keyspace)
+    for stream in ("pair-0", "pair-1"):
+        assert candidate.totals(stream)["count"] == pipeline.store.totals(stream)["count"] == 12
+        assert candidate.totals(stream)["sum"] == pytest.approx(pipeline.store.totals(stream)["sum"] + 6.0)
+        assert candidate.recent(stream, 1)[0]["version"] == "2"
+    assert pairs.read_calls(pipeline.store.redis, keyspace)["ok"] == 3
+
+
+class InputsByVersion(VersionedScorer):
+    """Keeps each version's inputs, by segment order within each call."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = {}
+
+    async def infer(self, inputs, outputs, version=None):
+        self.seen.setdefault(version, []).append({k: np.array(v) for k, v in inputs.items()})
+        return await super().infer(inputs, outputs, version)
+
+
+def test_a_candidate_with_context_reads_the_context_the_live_model_read(redis_url):
+    contract = replace(CONTRACT, context=2, max_context_tokens=32)
+    scorer = InputsByVersion()
+    pipeline = shadowed_pipeline(redis_url, "2", contract=contract, scorer=scorer)
+
+    async def go():
+        await run(pipeline, batches("ctx"))
+        await settle(pipeline)
+    asyncio.run(go())
+    live, candidate = scorer.seen["1"], scorer.seen["2"]
+    assert len(live) == len(candidate) == 3
+    for mine, theirs in zip(live, candidate):
+        assert "context_ids" in theirs
+        np.testing.assert_array_equal(mine["context_ids"], theirs["context_ids"])
+        np.testing.assert_array_equal(mine["context_mask"], theirs["context_mask"])
+    assert live[-1]["context_mask"].sum() > 0  # later batches did have context to compare
+
+
+def test_a_redelivered_batch_pairs_nothing_twice(redis_url):
+    pipeline = shadowed_pipeline(redis_url, "2")
+    raws = batches("again", n=1)
+
+    async def go():
+        await run(pipeline, raws + raws)
+        await settle(pipeline)
+    asyncio.run(go())
+    keyspace = roles.read(pipeline.store.redis).candidate_keyspace()
+    assert sum(map(len, pairs.read_pairs(pipeline.store.redis, keyspace, ["again-0", "again-1"]).values())) == 8
+
+
+@pytest.mark.parametrize("candidate,outcome", [("3", "error"), ("4", "timeout")])
+def test_a_failing_or_hanging_candidate_leaves_the_live_results_as_they_were(redis_url, candidate, outcome):
+    raws = batches(f"bad{candidate}")
+    reference = shadowed_pipeline(redis_url, "2")
+    expected = asyncio.run(run(reference, raws))
+    pipeline = shadowed_pipeline(redis_url, candidate, shadow_timeout_s=0.05)
+
+    async def go():
+        results = await run(pipeline, raws)
+        unanswered = pipeline.shadow._pending  # candidate batches not recorded when the live path is done
+        await settle(pipeline)
+        return results, unanswered
+    results, unanswered = asyncio.run(go())
+    assert [r.scores for r in results] == [r.scores for r in expected]
+    assert [len(r.rejects) for r in results] == [0, 0, 0]
+    if candidate == "4":  # the live path was done while the candidate still had not answered
+        assert unanswered
+    keyspace = roles.read(pipeline.store.redis).candidate_keyspace()
+    assert pairs.read_calls(pipeline.store.redis, keyspace)[outcome] == 3
+    assert pairs.read_pairs(pipeline.store.redis, keyspace, [f"bad{candidate}-0"]) == {}
+
+
+def test_the_shadowed_share_is_chosen_by_segment_id():
+    ids = [f"s/{i}" for i in range(4000)]
+    share = np.mean([chosen(i, 0.25) for i in ids])
+    assert 0.2 < share < 0.3  # a hash, not a count: near the share, not at it
+    assert [chosen(i, 0.25) for i in ids] == [chosen(i, 0.25) for i in ids]
+    assert all(chosen(i, 1.0) for i in ids) and not any(chosen(i, 0.0) for i in ids)
+
+
+def test_a_promotion_is_adopted_at_the_next_batch(redis_url):
+    pipeline = shadowed_pipeline(redis_url, "2")
+    raws = batches("switch", n=2)
+
+    async def go():
+        first = await pipeline.process(raws[0])
+        before = roles.read(pipeline.store.redis)
+        roles.change(pipeline.store.redis, before, roles.promoted(before), "test")
+        await asyncio.sleep(0.02)  # past TECAFLOW_ROLES_REFRESH_S
+        second = await pipeline.process(raws[1])
+        await settle(pipeline)
+        return first, second
+
+    async def model_for(version):
+        return CONTRACT, pipeline.served.tokenizer
+    pipeline.model_for = model_for
+    pipeline.scorer.served_versions = lambda: _ready("1", "2")
+    first, second = asyncio.run(go())
+    assert {s.version for s in first.scores} == {"1"} and {s.version for s in second.scores} == {"2"}
+    assert pipeline.shadow.candidate.served.version == "1"  # the version it replaced shadows it
+
+
+async def _ready(*versions):
+    return list(versions)
