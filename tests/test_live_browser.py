@@ -75,8 +75,14 @@ def page_text(browser) -> str:
 
 
 def click_label(browser, text: str) -> None:
+    """Click a choice once the page has drawn it (the sidebar can come after the main area)."""
     from selenium.webdriver.common.by import By
-    browser.find_element(By.XPATH, f"//label[.//p[normalize-space()='{text}']]").click()
+    def clicked() -> bool:
+        labels = browser.find_elements(By.XPATH, f"//label[.//p[normalize-space()='{text}']]")
+        if labels:
+            labels[0].click()  # a label re-drawn under us raises, and wait_for looks again
+        return bool(labels)
+    wait_for(browser, clicked, f"the choice {text!r}")
 
 
 def metric_value(browser, label: str) -> str | None:
