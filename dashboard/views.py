@@ -47,8 +47,8 @@ def signed(x: float | None, digits: int = 2) -> str:
 
 
 def duration(seconds: float) -> str:
-    """30 -> '30 s', 600 -> '10 min', 90 -> '1.5 min'."""
-    return f"{seconds:g} s" if seconds < 60 else f"{seconds / 60:g} min"
+    """30 -> '30 s', 600 -> '10 min', 90 -> '1.5 min', 81.37 -> '1.4 min' (a measured time, to a tenth)."""
+    return f"{round(seconds, 1):g} s" if seconds < 60 else f"{round(seconds / 60, 1):g} min"
 
 
 # ---- states of the page ----------------------------------------------------------------------
@@ -381,9 +381,10 @@ def distribution_chart(histogram: dict) -> alt.Chart:
     edges = histogram["edges"]
     rows = [{"score": (edges[i] + edges[i + 1]) / 2, "share": share, "model": model}
             for model in ("live", "candidate") for i, share in enumerate(histogram[model])]
-    return alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
+    # overlaid, not stacked: each model's bars are its own share (a binned axis has no band to offset in)
+    return alt.Chart(pd.DataFrame(rows)).mark_bar(opacity=0.55, binSpacing=0).encode(
         x=alt.X("score:Q", bin=alt.Bin(extent=[edges[0], edges[-1]], step=edges[1] - edges[0]), title="score"),
-        xOffset="model:N", y=alt.Y("share:Q", title="share of segments", axis=alt.Axis(format="%")),
+        y=alt.Y("share:Q", stack=None, title="share of segments", axis=alt.Axis(format="%")),
         color=alt.Color("model:N", sort=["live", "candidate"]))
 
 

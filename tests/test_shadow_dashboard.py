@@ -46,3 +46,11 @@ def test_without_a_candidate_the_view_says_how_to_get_one(store, redis_url, monk
     at = page(monkeypatch, redis_url, view="Candidate")
     assert not at.exception
     assert any("export --candidate" in i.value for i in at.info)
+
+
+def test_the_two_distributions_are_drawn_over_each_other_not_stacked():
+    from dashboard.views import distribution_chart, duration
+    spec = distribution_chart({"edges": [-1.0, 0.0, 1.0], "live": [0.25, 0.75], "candidate": [0.5, 0.5]}).to_dict()
+    assert spec["encoding"]["y"]["stack"] is None  # stacked, the bars would show 125 % of the segments in one bin
+    assert "xOffset" not in spec["encoding"]
+    assert [duration(81.37), duration(600), duration(42.04)] == ["1.4 min", "10 min", "42 s"]
