@@ -76,3 +76,10 @@ def test_bench_detect_reports_each_family_as_json():
         assert f["steady_segments"] == 2 * bench.STEADY_LENGTH and f["shift_streams"] == 2 * len(bench.SHIFTS)
         assert set(f["meets"]) == {"false_alarms", "recall_60_ge_0.5", "recall_30_ge_0.8", "delay"}
         assert f["false_alarm_ratio"] == f["cusum"]["false_alarms"] / f["steady_segments"] * 1e4
+    # the table shows each family's delay against the bound at its streams' long-run sd as well
+    table = bench.format_families(figures, 1.0).splitlines()
+    for name, f in figures.items():
+        row, = [line for line in table if line.startswith(f"| {name} |")]
+        c, o = f["cusum"]["0.5"], f["oracle-level-estimated"]["0.5"]
+        long_run = f"{c['median_delay'] / c['bound_long_run_sd']:.2f} ({o['median_delay'] / o['bound_long_run_sd']:.2f})"
+        assert [cell.strip() for cell in row.split("|")][7] == long_run

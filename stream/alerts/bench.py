@@ -231,12 +231,22 @@ def bench_families(seed: int, per_shift: int, steady: int, chosen: dict[str, Fam
     return out
 
 
+def over_long_run_bound(figures: dict, shift: float = 0.5) -> float:
+    """Median delay over Lorden's bound at each stream's long-run sd: the bound for a level shift
+    in AR(1) noise (the whitened shift carries (1 - rho)^2 / (1 - rho^2) of the information an
+    i.i.d. stream's would). The issue's target is taken at the marginal sd 0.75, which no detector
+    reaches on strongly autocorrelated streams; this says how far from the reachable bound it is."""
+    row = figures[str(shift)]
+    return row["median_delay"] / row["bound_long_run_sd"]
+
+
 def format_families(figures: dict, target: float) -> str:
     lines = [f"Per family (cusum against the level-estimating oracle; targets: false alarms {FA_BAND[0]:g}-"
              f"{FA_BAND[1]:g} x {target:g} per 10k, recall within {RECALL_SLACK:.0%} of the oracle, median delay "
              f"at 0.5 <= {DELAY_SLACK:g} x Lorden's bound)", "",
              "| family | FA/10k (95 % interval) | oracle FA/10k | recall@60 >= 0.5 (oracle) | "
-             "recall@30 >= 0.8 (oracle) | median delay 0.5 / bound (oracle) | misses |", "|---|---|---|---|---|---|---|"]
+             "recall@30 >= 0.8 (oracle) | median delay 0.5 / bound (oracle) | / long-run bound (oracle) | misses |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, f in figures.items():
         c, o = f["cusum"], f["oracle-level-estimated"]
         low, high = c["false_alarms_per_10k_interval"]
@@ -244,7 +254,8 @@ def format_families(figures: dict, target: float) -> str:
         lines.append(f"| {name} | {c['false_alarms_per_10k']:.2f} ({low:.2f}-{high:.2f}) | "
                      f"{o['false_alarms_per_10k']:.2f} | {c['recall_60_ge_0.5']:.1%} ({o['recall_60_ge_0.5']:.1%}) | "
                      f"{c['recall_30_ge_0.8']:.1%} ({o['recall_30_ge_0.8']:.1%}) | "
-                     f"{c['0.5']['median_over_bound']:.2f} ({o['0.5']['median_over_bound']:.2f}) | {misses} |")
+                     f"{c['0.5']['median_over_bound']:.2f} ({o['0.5']['median_over_bound']:.2f}) | "
+                     f"{over_long_run_bound(c):.2f} ({over_long_run_bound(o):.2f}) | {misses} |")
     return "\n".join(lines)
 
 
