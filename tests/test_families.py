@@ -68,7 +68,8 @@ def test_bench_detect_reports_each_family_as_json():
     import subprocess
     import sys
     out = subprocess.run([sys.executable, "-m", "stream.cli", "bench", "detect", "--per-shift", "1", "--steady", "2",
-                          "--families", "gaussian,outliers", "--json"], capture_output=True, text=True, timeout=600)
+                          "--families", "gaussian,outliers", "--decompose", "--json"], capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, out.stderr
     figures = json.loads(out.stdout)["families"]
     assert list(figures) == ["gaussian", "outliers"]
@@ -76,10 +77,17 @@ def test_bench_detect_reports_each_family_as_json():
         assert f["steady_segments"] == 2 * bench.STEADY_LENGTH and f["shift_streams"] == 2 * len(bench.SHIFTS)
         assert set(f["meets"]) == {"false_alarms", "recall_60_ge_0.5", "recall_30_ge_0.8", "delay"}
         assert f["false_alarm_ratio"] == f["cusum"]["false_alarms"] / f["steady_segments"] * 1e4
+        assert set(f["decomposition"]) == {"told-rho", "told-rho-sd"}
+        assert all(d["0.5"]["shifts"] == 2 for d in f["decomposition"].values())
     # the table shows each family's delay against the bound at its streams' long-run sd as well
     table = bench.format_families(figures, 1.0).splitlines()
     for name, f in figures.items():
-        row, = [line for line in table if line.startswith(f"| {name} |")]
+        row = next(line for line in table if line.startswith(f"| {name} |"))
         c, o = f["cusum"]["0.5"], f["oracle-level-estimated"]["0.5"]
         long_run = f"{c['median_delay'] / c['bound_long_run_sd']:.2f} ({o['median_delay'] / o['bound_long_run_sd']:.2f})"
         assert [cell.strip() for cell in row.split("|")][7] == long_run
+    # and, decomposed, the detector's recall beside the told detectors' and the oracle's
+    for name, f in figures.items():
+        steps = [f["cusum"], *f["decomposition"].values(), f["oracle-level-estimated"]]
+        recall_60 = " / ".join(f"{s['recall_60_ge_0.5']:.1%}" for s in steps)
+        assert any(line.startswith(f"| {name} | {recall_60} | ") for line in table)

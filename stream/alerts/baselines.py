@@ -110,6 +110,18 @@ def oracle_fit(sd: float, rho: float, shift: float):
     return fit
 
 
+def told_fit(sd: float, rho: float, tell_sd: bool):
+    """A `fit` for stream/detector.step told the stream's true autocorrelation (and its noise sd
+    when `tell_sd`), but neither its level nor its shift size: the detector's own allowance and
+    tails, its threshold paying for what is left to estimate. Between the detector and
+    oracle_fit, it says what each estimate costs (`tecaflow bench detect --decompose`)."""
+    def fit(reference: list[float], params) -> list:
+        est = noise.estimate(reference)
+        told_sd = sd if tell_sd else detector.floored_sd(est.sd, params)
+        return detector.fit_with(reference, est.mean, told_sd, rho, params, rho_known=True, spread_known=tell_sd)
+    return fit
+
+
 def calibrate(run, per_10k: float, lo: float, hi: float, iterations: int = 14) -> float:
     """The smallest threshold (bisection in [lo, hi]) whose false alarms per 10k steady segments,
     as `run(threshold)` counts them, are at most per_10k."""

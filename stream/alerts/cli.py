@@ -39,6 +39,8 @@ def register_bench(bench_sub) -> None:
                                                      "(stream/alerts/families.py), 'all' or 'none'")
     p.add_argument("--residuals", type=Path, help="a replay's within-stream residuals, one a line: the heavy-tailed "
                                                   "families' marginal instead of the built-in stand-in")
+    p.add_argument("--decompose", action="store_true", help="per family, also the detector told each stream's "
+                   "autocorrelation, then its sd too: what each estimate costs against the oracle")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_detect)
 
@@ -49,7 +51,7 @@ def cmd_bench_detect(args) -> int:
     names = {"all": None, "none": []}.get(args.families, [n.strip() for n in args.families.split(",")])
     marginal = empirical_marginal(args.residuals) if args.residuals else None
     result = bench_detect(args.seed, args.per_shift, args.steady, progress=lambda m: print(m, file=sys.stderr),
-                          family_names=names, marginal=marginal)
+                          family_names=names, marginal=marginal, decompose=args.decompose)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 

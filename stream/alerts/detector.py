@@ -99,10 +99,10 @@ def clip_for(min_shift_innovation: float) -> float:
 
 
 def threshold_for(k: float, n: int, rho: float, run_length: float, clip: float, spread_known: bool = False,
-                  gains: tuple[float, float] | None = None) -> float:
+                  gains: tuple[float, float] | None = None, rho_known: bool = False) -> float:
     """The threshold for the asked false-alarm rate (stream/alerts/cusum_threshold.py), and never one a
     single clipped innovation can reach: one segment is an outlier until the next confirms it."""
-    b = cusum_threshold.threshold(k, n, rho, run_length, clip, spread_known, gains)
+    b = cusum_threshold.threshold(k, n, rho, run_length, clip, spread_known, gains, rho_known)
     return max(b, clip - k + cusum_threshold.THRESHOLD_PRECISION)
 
 
@@ -111,12 +111,26 @@ def fit_reference(reference: list[float], params: DetectorParams) -> list:
     min_shift / MAX_SHIFT_IN_SD), the allowance k for a shift ALLOWANCE_FACTOR times min_shift,
     and the threshold b that pays for the estimate."""
     est = noise.estimate(reference)
-    sd = max(est.sd, params.min_shift / MAX_SHIFT_IN_SD)
-    shift = min_shift_in_innovation_sd(params.min_shift, sd, est.rho)
+    return fit_with(reference, est.mean, floored_sd(est.sd, params), est.rho, params)
+
+
+def floored_sd(sd: float, params: DetectorParams) -> float:
+    """The noise sd the detector uses: at least min_shift / MAX_SHIFT_IN_SD (quiet streams)."""
+    return max(sd, params.min_shift / MAX_SHIFT_IN_SD)
+
+
+def fit_with(reference: list[float], mean: float, sd: float, rho: float, params: DetectorParams,
+             rho_known: bool = False, spread_known: bool = False) -> list:
+    """[mean, sd, rho, n, b, k] for this noise: the allowance from min_shift, the threshold from the
+    reference's own innovations, paying for what was estimated (all of it, unless the
+    autocorrelation, or the noise level and autocorrelation, were told: `bench detect --decompose`)."""
+    shift = min_shift_in_innovation_sd(params.min_shift, sd, rho)
     k, clip = ALLOWANCE_FACTOR * shift / 2, clip_for(shift)
-    z = np.clip(innovations(reference, est.mean, sd, est.rho), -clip, clip)
+    z = np.clip(innovations(reference, mean, sd, rho), -clip, clip)
     gains = (cusum_threshold.empirical_tilt_gain(z, k), cusum_threshold.empirical_tilt_gain(-z, k))
-    return [est.mean, sd, est.rho, est.n, threshold_for(k, est.n, est.rho, params.run_length, clip, gains=gains), k]
+    n = len(reference)
+    b = threshold_for(k, n, rho, params.run_length, clip, spread_known, gains, rho_known)
+    return [mean, sd, rho, n, b, k]
 
 
 def innovations(values, mean: float, sd: float, rho: float) -> np.ndarray:
