@@ -75,6 +75,11 @@ class AsyncTritonScorer:
         metadata = await self.client.get_model_metadata(self.model, as_json=True)
         return sorted((str(v) for v in metadata.get("versions", []) if str(v).isdigit()), key=int)
 
+    async def version_ready(self, version: str) -> bool:
+        """Whether Triton has loaded `version` of the model and answers calls to it (a version the
+        config names is loading for a while after the config changed)."""
+        return bool(await self.client.is_model_ready(self.model, version))
+
     async def served_version(self) -> str | None:
         """The newest version of the model Triton has ready (None if it names none)."""
         ready = await self.served_versions()

@@ -28,6 +28,7 @@ PATCHES = {  # what a test candidate does differently from the live model, in it
     "shifted": (SERVING, SERVING + "                results[contract.SCORE] = results[contract.SCORE] + 0.5\n"),
     "failing": (EXECUTE, EXECUTE + "        raise RuntimeError('a candidate that fails')\n"),
     "slow": (EXECUTE, EXECUTE + "        import time\n        time.sleep(3)\n"),
+    "same": (EXECUTE, EXECUTE),
 }
 
 
@@ -223,3 +224,27 @@ def test_4_promotion_and_rollback_mid_replay_with_a_worker_killed_mid_switch(sys
     current = roles.read(system.store.redis)
     assert (current.live, current.candidate) == ("1", shifted)
     assert [e["action"] for e in roles.events(system.store.redis, 2)] == ["rollback", "promote --force"]
+
+
+def test_5_a_candidate_the_roles_name_before_triton_loaded_it_is_called_only_once_loaded(system):
+    """The roles name a version Triton does not serve yet (what an export looks like until Triton's
+    next poll): the workers wait for it to be ready, counting its batches as not ready, never as
+    failed calls; once Triton serves it, it is shadowed."""
+    roles.serve_exactly(system.root / "repo", ["1"])  # as `export --candidate` does before the version appears
+    version = candidate_copy(system, "same")
+    before = roles.read(system.store.redis)
+    after = roles.change(system.store.redis, before, roles.nominated(before, version, "1"), "test: not served yet")
+    time.sleep(1.0)  # workers read the roles every 0.2 s
+    replay(system, "loading", 2, 30)
+    deadline = time.monotonic() + 60
+    while (calls := report(system)["calls"])["not_ready"] == 0:
+        assert time.monotonic() < deadline, f"no batch counted as not ready: {calls}"
+        time.sleep(1.0)
+    assert calls["ok"] == calls["error"] == calls["timeout"] == 0
+    roles.serve_exactly(system.root / "repo", after.served())
+    wait_ready(system, version)
+    time.sleep(1.0)
+    replay(system, "loaded", 2, 30)
+    found = wait_for_pairs(system, 60)
+    assert found["overall"]["mae"] == 0.0
+    assert found["calls"]["error"] == found["calls"]["timeout"] == 0 and found["calls"]["failure_rate"] == 0.0

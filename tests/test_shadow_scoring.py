@@ -26,8 +26,16 @@ class VersionedScorer(FlakyScorer):
     def __init__(self):
         super().__init__()
         self.hanging = asyncio.Event()
+        self.loading: set[str] = set()  # versions Triton is still loading: not ready, and a call fails
+        self.called: list[str] = []
+
+    async def version_ready(self, version):
+        return version not in self.loading
 
     async def infer(self, inputs, outputs, version=None):
+        self.called.append(version)
+        if version in self.loading:
+            raise ConnectionError(f"Request for unknown model: 'tecafn' version {version} is not at ready state")
         if version == "3":
             raise ConnectionError("the candidate is broken")
         if version == "4":
@@ -136,6 +144,34 @@ def test_a_redelivered_batch_pairs_nothing_twice(redis_url):
     asyncio.run(go())
     keyspace = roles.read(pipeline.store.redis).candidate_keyspace()
     assert sum(map(len, pairs.read_pairs(pipeline.store.redis, keyspace, ["again-0", "again-1"]).values())) == 8
+
+
+def test_a_candidate_triton_has_not_loaded_yet_is_not_called_until_it_has(redis_url):
+    """The roles name a candidate before Triton has loaded it (an export, Triton's next poll):
+    its batches are counted as not ready, never as failed calls, and shadowing starts once it is
+    loaded."""
+    scorer = VersionedScorer()
+    scorer.loading.add("2")
+    pipeline = shadowed_pipeline(redis_url, "2", scorer=scorer)
+    raws = batches("loading", n=4)
+
+    async def go():
+        for batch in raws[:2]:
+            await pipeline.process(batch)
+        await settle(pipeline)
+        await asyncio.sleep(0.05)  # the not-ready counts are written beside the next batch, in the background
+        scorer.loading.clear()
+        await asyncio.sleep(0.02)  # past TECAFLOW_ROLES_REFRESH_S: the next read of the roles asks again
+        for batch in raws[2:]:
+            await pipeline.process(batch)
+        await settle(pipeline)
+    asyncio.run(go())
+    assert scorer.called.count("2") == 2  # the two batches after it was loaded, none before
+    keyspace = roles.read(pipeline.store.redis).candidate_keyspace()
+    calls = pairs.read_calls(pipeline.store.redis, keyspace)
+    assert (calls["not_ready"], calls["ok"], calls["error"], calls["failure_rate"]) == (2, 2, 0, 0.0)
+    shadowed = pairs.read_pairs(pipeline.store.redis, keyspace, ["loading-0", "loading-1"])
+    assert sum(map(len, shadowed.values())) == 16  # the two batches after it was loaded
 
 
 @pytest.mark.parametrize("candidate,outcome", [("3", "error"), ("4", "timeout")])

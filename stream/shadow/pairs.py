@@ -5,8 +5,9 @@ Keys, under the candidate's keyspace (stream/shadow/roles.py candidate_keyspace)
     <keyspace>:{s}:pairs   the stream's last TECAFLOW_SHADOW_PAIRS_KEPT pairs, oldest first, JSON
                            [event_time, live score, candidate score, live contributions, candidate
                            contributions] (contributions: side -> how far that side moved the score)
-    <keyspace>:calls       hash: ok, error, timeout, skipped (batches), segments, seconds (the sum
-                           of the answered calls' latency)
+    <keyspace>:calls       hash: ok, error, timeout, skipped, not_ready (batches; not_ready: not
+                           sent, Triton had not loaded the candidate yet), segments, seconds (the
+                           sum of the answered calls' latency)
 A pair is written once, when the candidate first records the segment; a crash between the two
 writes loses that pair, never doubles it (the comparison is a sample).
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-CALL_OUTCOMES = ("ok", "error", "timeout", "skipped")
+CALL_OUTCOMES = ("ok", "error", "timeout", "skipped", "not_ready")  # only error and timeout are failures
 
 
 def pairs_key(keyspace: str, stream: str) -> str:

@@ -55,7 +55,8 @@ def text(report: dict, refusals: list[str]) -> str:
         return lines[0]
     o, a, c = report["overall"], report["alerts"], report["calls"]
     lines.append(f"shadowed {report['shadowed_s']:.0f} s, {o['segments']} segments compared; candidate calls: "
-                 f"{c['ok']} ok, {c['error']} failed, {c['timeout']} timed out, {c['skipped']} skipped"
+                 f"{c['ok']} ok, {c['error']} failed, {c['timeout']} timed out, {c['skipped']} skipped, "
+                 f"{c['not_ready']} before Triton had loaded it"
                  + (f", mean {c['mean_latency_s'] * 1000:.0f} ms" if c["mean_latency_s"] is not None else ""))
     if o["segments"]:
         lines.append(_measures("overall", o))

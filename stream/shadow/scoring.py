@@ -57,6 +57,7 @@ class Shadow:
         self.candidate_model, self.candidate_pipeline = candidate_model, candidate_pipeline
         self.current = roles.Roles()
         self.candidate = None  # the candidate's pipeline, once built for current.candidate
+        self.loading: str | None = None  # the keyspace of a candidate the roles name and Triton has not loaded yet
         self._read_at = -math.inf
         self._pending = 0
         self._queue: asyncio.Queue | None = None
@@ -82,6 +83,9 @@ class Shadow:
             return
         self.candidate = None
         if not version:
+            self.loading = None
+            return
+        if not await self.loaded(version, keyspace):
             return
         try:
             contract, tokenizer = await self.candidate_model(version)
@@ -92,19 +96,37 @@ class Shadow:
         self.candidate = self.candidate_pipeline(self.scorer, store, tokenizer, contract, version)
         log.warning("shadowing candidate version %s beside live version %s", version, self.current.live)
 
+    async def loaded(self, version: str, keyspace: str) -> bool:
+        """Whether Triton answers calls to `version` yet. The roles name a candidate the moment it
+        is exported or nominated, and Triton loads it only at its next poll of the repository:
+        calls before then would fail and count against the gate. Until it is loaded, batches are
+        counted as "not_ready" and not shadowed; the next read of the roles asks again."""
+        try:
+            ready = await self.scorer.version_ready(version)
+        except Exception as e:  # noqa: BLE001 - Triton reloading or away: not ready, asked again
+            log.debug("is candidate version %s ready? %s", version, e)
+            ready = False
+        if not ready and self.loading != keyspace:
+            log.info("candidate version %s: waiting for Triton to load it before shadowing it", version)
+        self.loading = None if ready else keyspace
+        return ready
+
     # ---- a batch's candidate call ------------------------------------------------------------
     def call(self, segments: list[Segment], previous: dict[str, list[str]] | None = None) -> ShadowCall | None:
         """Start the candidate's call on the batch's chosen segments, prepared for its own
         contract and tokenizer (with context: `previous`, each segment's context as the live
         model read it); None when nothing is shadowed."""
         candidate = self.candidate
-        if candidate is None:
+        if candidate is None and self.loading is None:
             return None
         segments = [s for s in segments if chosen(s.segment_id, self.settings.shadow_share)]
         if not segments:
             return None
+        if candidate is None:
+            self.count(self.loading, "not_ready")
+            return None
         if self._pending >= self.settings.shadow_backlog:
-            self.count(candidate, "skipped")
+            self.count(candidate.store.keyspace, "skipped")
             return None
         try:
             inputs = candidate.model_inputs(segments, candidate.served)
@@ -115,7 +137,7 @@ class Shadow:
                 inputs.update(zip(CONTEXT_INPUTS, tokens))
         except Exception:  # noqa: BLE001 - segments the live model takes and the candidate does not
             log.exception("candidate version %s: a batch could not be prepared for it", candidate.served.version)
-            self.count(candidate, "error")
+            self.count(candidate.store.keyspace, "error")
             return None
         self._pending += 1
         return ShadowCall(candidate, segments, inputs, asyncio.ensure_future(self.ask(candidate, inputs)))
@@ -153,7 +175,7 @@ class Shadow:
                 await self.record(call, recorded)
             except Exception:  # noqa: BLE001 - a shadow failure is logged, never the live path's
                 log.exception("recording a candidate batch failed")
-                self.count(call.candidate, "error")
+                self.count(call.candidate.store.keyspace, "error")
             finally:
                 await self.flush_counts()  # before the batch stops counting as pending: a reader that
                 self._pending -= 1  # waits for none pending then finds its calls counted
@@ -161,7 +183,7 @@ class Shadow:
     async def record(self, call: ShadowCall, recorded: list[tuple[Segment, float, ScoredSegment]]) -> None:
         outcome, outputs, seconds = await call.answer
         candidate, version = call.candidate, call.candidate.served.version
-        self.count(candidate, outcome, len(call.segments), seconds)
+        self.count(candidate.store.keyspace, outcome, len(call.segments), seconds)
         if outcome != "ok":
             return
         live = {segment.segment_id: (score, item) for segment, score, item in recorded}
@@ -185,13 +207,13 @@ class Shadow:
         if alerts:  # recorded in the candidate's keyspace; its outbox is never published
             await asyncio.to_thread(candidate.store.mark_published, alerts)
 
-    def count(self, candidate, outcome: str, segments: int = 0, seconds: float = 0.0) -> None:
-        """A call's outcome, for the candidate (pipeline) it was for: in the metrics now, in Redis
-        (for the report) with the next batch recorded."""
+    def count(self, keyspace: str, outcome: str, segments: int = 0, seconds: float = 0.0) -> None:
+        """A call's outcome, for the candidate (its keyspace) it was for: in the metrics now, in
+        Redis (for the report) with the next batch recorded."""
         metrics.SHADOW_CALLS.labels(outcome).inc()
         if outcome == "ok":
             metrics.SHADOW_LATENCY.observe(seconds)
-        tally = self._tally.setdefault(candidate.store.keyspace, {})
+        tally = self._tally.setdefault(keyspace, {})
         for field, value in ((outcome, 1), ("segments", segments), ("seconds", seconds)):
             tally[field] = tally.get(field, 0) + value
 
