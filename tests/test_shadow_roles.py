@@ -147,3 +147,43 @@ def test_a_candidate_must_take_the_live_versions_inputs_and_give_its_outputs(rep
         assert other != live
         with pytest.raises(UserError, match="cannot shadow it"):
             check_servable_beside(repo, other)
+
+
+def fill(store: TrendStore, keyspace: str, streams: list[str]) -> TrendStore:
+    """Everything a worker writes for a candidate: trends, buckets, recent, window, alerts and
+    detector state, pairs, call counts."""
+    shadow = TrendStore("", store.settings, client=store.redis, keyspace=keyspace)
+    for stream in streams:
+        shadow.record_many([ScoredSegment(stream, f"{stream}/{i}", "d", 1000.0 + 400 * i, 0.1 * i, "x")
+                            for i in range(3)])
+        shadow.record_alerts(stream, [an_alert(stream, 1800.0)], {"evaluated": 3})
+    pairs.record_pairs(store.redis, keyspace, {s: [[1000.0, 0.0, 0.1, {}, {}]] for s in streams}, kept=10)
+    pairs.count_calls(store.redis, {keyspace: {"ok": 1, "segments": 3, "seconds": 0.1}})
+    return shadow
+
+
+@pytest.mark.parametrize("kind", ["single", "cluster"])
+def test_the_keyspaces_of_earlier_nominations_are_removed_and_the_newest_two_kept(request, repo, kind):
+    """Nominate, promote, roll back: each change opens a keyspace; the rollback removes the first
+    nomination's (but for its idempotency keys, which expire), keeps the promotion's whole, and
+    leaves the live keyspace untouched."""
+    url = request.getfixturevalue("redis_url" if kind == "single" else "redis_cluster_url")
+    store = TrendStore(url)
+    for key in store.redis.scan_iter("tf:*"):
+        store.redis.delete(key)
+    streams = [f"{kind}-{i}" for i in range(3)]
+    store.record_many([ScoredSegment(s, f"{s}/0", "d", 1000.0, 0.2, "x") for s in streams])
+    live_keys = set(store.redis.scan_iter("tf:*"))
+    nominated = switch.nominate(store, repo, "2", "shadow start").candidate_keyspace()
+    fill(store, nominated, streams)
+    promoted = switch.promote(store, gate.Thresholds(min_segments=0, min_shadow_s=0), 5, force=True)[0]
+    fill(store, promoted.candidate_keyspace(), streams)
+    before = {k: set(store.redis.scan_iter(f"{k}:*")) for k in (nominated, promoted.candidate_keyspace())}
+    assert any(":seen:" not in key for key in before[nominated])
+    rolled_back = switch.rollback(store, 5)
+    left = set(store.redis.scan_iter(f"{nominated}:*"))
+    assert left == {key for key in before[nominated] if ":seen:" in key}
+    assert set(store.redis.scan_iter(f"{promoted.candidate_keyspace()}:*")) == before[promoted.candidate_keyspace()]
+    assert roles.stale_keyspaces(store.redis, 0) == [promoted.candidate_keyspace(), rolled_back.candidate_keyspace()]
+    assert set(store.redis.scan_iter("tf:*")) - set(store.redis.scan_iter("tf:candidate:*")) >= live_keys
+    assert store.totals(streams[0])["count"] == 1

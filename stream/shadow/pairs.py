@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 
 CALL_OUTCOMES = ("ok", "error", "timeout", "skipped", "not_ready")  # only error and timeout are failures
+STREAM_KEY = "pairs"  # the per-stream key's suffix, beside the store's (stream/store.py)
 
 
 def pairs_key(keyspace: str, stream: str) -> str:
-    return f"{keyspace}:{{{stream}}}:pairs"
+    return f"{keyspace}:{{{stream}}}:{STREAM_KEY}"
 
 
 def calls_key(keyspace: str) -> str:

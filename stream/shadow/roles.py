@@ -7,6 +7,9 @@ Keys (one hash slot, {roles}, so that a change and its event are one script on a
                         epoch (one more at every change)
     tf:{roles}:events   Redis stream of the changes: action, who, at, the roles before and after,
                         and the comparison at that moment (JSON)
+    tf:{roles}:keyspaces  sorted set of the candidates' keyspaces, by the epoch that opened them:
+                        what is removed once newer nominations replace them (switch.py), without
+                        scanning Redis for them
 
 A change is a compare-and-set on the epoch: of two operators promoting at once, one wins and the
 other is told the roles moved. Without roles recorded, the live version is the newest Triton
@@ -31,11 +34,13 @@ from stream.errors import UserError
 
 ROLES = "tf:{roles}"
 EVENTS = "tf:{roles}:events"
+KEYSPACES = "tf:{roles}:keyspaces"
 EVENTS_KEPT = 10000
 
-# KEYS[1] = roles, KEYS[2] = events. ARGV[1] = the epoch the change was decided on, ARGV[2] = the new
-# roles (JSON object of strings), ARGV[3] = the event (JSON). Returns the new epoch, or -1 when the
-# roles moved meanwhile.
+# KEYS[1] = roles, KEYS[2] = events, KEYS[3] = keyspaces. ARGV[1] = the epoch the change was decided
+# on, ARGV[2] = the new roles (JSON object of strings), ARGV[3] = the event (JSON), ARGV[4] = events
+# kept, ARGV[5] = the new candidate's keyspace ("" without a candidate). Returns the new epoch, or -1
+# when the roles moved meanwhile.
 CHANGE = """
 local epoch = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
 if epoch ~= tonumber(ARGV[1]) then return -1 end
@@ -43,6 +48,7 @@ redis.call('DEL', KEYS[1])
 for k, v in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('HSET', KEYS[1], 'epoch', epoch + 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'json', ARGV[3])
+if ARGV[5] ~= '' then redis.call('ZADD', KEYS[3], epoch + 1, ARGV[5]) end
 return epoch + 1
 """
 
@@ -96,12 +102,22 @@ def change(client, before: Roles, after: Roles, action: str, comparison: dict | 
     `before` was read (RolesMoved)."""
     event = {"action": action, "who": who(), "at": time.time(), "from": before.fields(), "to": after.fields(),
              "comparison": comparison or {}}
-    epoch = client.register_script(CHANGE)(keys=[ROLES, EVENTS], args=[
-        before.epoch, json.dumps(after.fields()), json.dumps(event), EVENTS_KEPT])
+    keyspace = replace(after, epoch=before.epoch + 1).candidate_keyspace()  # the epoch the script sets
+    epoch = client.register_script(CHANGE)(keys=[ROLES, EVENTS, KEYSPACES], args=[
+        before.epoch, json.dumps(after.fields()), json.dumps(event), EVENTS_KEPT, keyspace or ""])
     if int(epoch) < 0:
         raise RolesMoved("the roles changed while this command ran (another promote, rollback or export?); "
                          "look at `tecaflow shadow report` and run it again")
     return replace(after, epoch=int(epoch))
+
+
+def stale_keyspaces(client, kept: int) -> list[str]:
+    """The candidates' keyspaces but the newest `kept` nominations', oldest first."""
+    return client.zrange(KEYSPACES, 0, -kept - 1)
+
+
+def forgotten(client, keyspace: str) -> None:
+    client.zrem(KEYSPACES, keyspace)
 
 
 def events(client, count: int = 20) -> list[dict]:
