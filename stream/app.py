@@ -196,7 +196,7 @@ async def check_health():
     pipeline = scoring.built()
     if pipeline is not None:  # until it is, Redis and Triton have not answered this worker
         checks["redis"] = lambda: asyncio.to_thread(pipeline.store.ping)
-        checks["triton"] = pipeline.scorer.served_version
+        checks["triton"] = lambda: pipeline.scorer.served_version(pipeline.served.model)
     await health.check(checks)
 
 

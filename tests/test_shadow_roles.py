@@ -31,10 +31,10 @@ def repo(tmp_path):
     return tmp_path
 
 
-def served_by_config(repo) -> list[int]:
+def served_by_config(repo, model: str = "tecafn") -> list[int]:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as pb
-    config = text_format.Parse((repo / "tecafn" / "config.pbtxt").read_text(), pb.ModelConfig())
+    config = text_format.Parse((repo / model / "config.pbtxt").read_text(), pb.ModelConfig())
     assert config.version_policy.WhichOneof("policy_choice") == "specific"
     return list(config.version_policy.specific.versions)
 
@@ -138,15 +138,46 @@ def test_the_report_and_gate_read_what_the_worker_records(client, repo):
     json.dumps(report)  # `shadow report --json` prints it
 
 
-def test_a_candidate_must_take_the_live_versions_inputs_and_give_its_outputs(repo):
-    from trainer.export import check_servable_beside
+def test_a_candidate_with_another_contract_goes_to_the_other_slot(repo):
+    from trainer.export import candidate_slot, next_version
     live = ModelContract({"audio": 4}, 16, 10)  # what the repo fixture's config.pbtxt serves
-    check_servable_beside(repo, ModelContract({"audio": 4}, 16, 10, max_batch=32))  # the batch size may differ
+    assert candidate_slot(repo, "tecafn", ModelContract({"audio": 4}, 16, 10, max_batch=32)) == "tecafn"
     for other in (ModelContract({"audio": 5}, 16, 10), ModelContract({"audio": 4}, 32, 10),
-                  ModelContract({"audio": 4}, 16, 10, attribution=True)):
+                  ModelContract({"audio": 4}, 16, 10, attribution=True),
+                  ModelContract({"audio": 4}, 16, 10, context=2, max_context_tokens=64)):
         assert other != live
-        with pytest.raises(UserError, match="cannot shadow it"):
-            check_servable_beside(repo, other)
+        assert candidate_slot(repo, "tecafn", other) == "tecafn_b"
+    (repo / "tecafn_b" / "7").mkdir(parents=True)
+    (repo / "tecafn_b" / "config.pbtxt").write_text(ModelContract({"audio": 5}, 16, 10).config_pbtxt(model="tecafn_b"))
+    assert candidate_slot(repo, "tecafn_b", ModelContract({"audio": 4}, 16, 10)) == "tecafn"
+    assert next_version(repo) == 8  # numbered across both slots: a version names one directory
+
+
+def test_the_roles_name_each_versions_model_and_old_roles_read_as_the_base_model(client, repo):
+    """A candidate in the second slot: nominated, promoted, rolled back and stopped, the roles
+    say which model serves each version, and each model's config serves exactly its versions.
+    A roles hash written before slots (versions only) reads as the base model's."""
+    (repo / "tecafn_b" / "4").mkdir(parents=True)
+    (repo / "tecafn_b" / "config.pbtxt").write_text(ModelContract({"audio": 5}, 16, 10).config_pbtxt(model="tecafn_b"))
+    client.hset(roles.ROLES, mapping={"live": "3", "epoch": "1"})  # as recorded before slots
+    old = roles.read(client)
+    assert (old.model("live"), old.served_by_model()) == ("tecafn", {"tecafn": ["3"]})
+    store = TrendStore("", client=client)
+    nominated = switch.nominate(store, repo, "4", "shadow start")
+    assert (nominated.live, nominated.model("live"), nominated.candidate, nominated.candidate_model) == \
+        ("3", "tecafn", "4", "tecafn_b")
+    assert served_by_config(repo) == [3] and served_by_config(repo, "tecafn_b") == [4]
+    promoted, _ = switch.promote(store, gate.Thresholds(min_segments=0, min_shadow_s=0), 5, force=True)
+    assert (promoted.live, promoted.live_model, promoted.candidate, promoted.model("candidate")) == \
+        ("4", "tecafn_b", "3", "tecafn")
+    assert roles.read(client) == promoted
+    back = switch.rollback(store, 5)
+    assert (back.live, back.model("live"), back.candidate, back.candidate_model) == ("3", "tecafn", "4", "tecafn_b")
+    switch.promote(store, gate.Thresholds(min_segments=0, min_shadow_s=0), 5, force=True)
+    stopped = switch.stop(store, repo)
+    assert (stopped.live, stopped.live_model, stopped.candidate) == ("4", "tecafn_b", None)
+    assert served_by_config(repo, "tecafn_b") == [4]
+
 
 
 def fill(store: TrendStore, keyspace: str, streams: list[str]) -> TrendStore:
@@ -187,3 +218,4 @@ def test_the_keyspaces_of_earlier_nominations_are_removed_and_the_newest_two_kep
     assert roles.stale_keyspaces(store.redis, 0) == [promoted.candidate_keyspace(), rolled_back.candidate_keyspace()]
     assert set(store.redis.scan_iter("tf:*")) - set(store.redis.scan_iter("tf:candidate:*")) >= live_keys
     assert store.totals(streams[0])["count"] == 1
+

@@ -49,10 +49,11 @@ class ShadowCall:
 
 class Shadow:
     def __init__(self, store: TrendStore, scorer, settings: Settings,
-                 candidate_model: Callable[[str], Awaitable[tuple[ModelContract, Tokenizer]]],
+                 candidate_model: Callable[[str, str | None], Awaitable[tuple[ModelContract, Tokenizer]]],
                  candidate_pipeline: Callable[..., object]):
-        """`candidate_model(version)`: that version's contract and tokenizer; `candidate_pipeline(
-        scorer, store, tokenizer, contract, version)`: a pipeline recording in the given store."""
+        """`candidate_model(version, model)`: the contract and tokenizer of that version, served by
+        that model (slot; None: the scorer's own); `candidate_pipeline(scorer, store, tokenizer,
+        contract, version, model)`: a pipeline recording in the given store."""
         self.store, self.scorer, self.settings = store, scorer, settings
         self.candidate_model, self.candidate_pipeline = candidate_model, candidate_pipeline
         self.current = roles.Roles()
@@ -78,31 +79,31 @@ class Shadow:
         return self.current
 
     async def follow_candidate(self) -> None:
-        version, keyspace = self.current.candidate, self.current.candidate_keyspace()
+        version, model, keyspace = self.current.candidate, self.current.candidate_model, self.current.candidate_keyspace()
         if self.candidate is not None and self.candidate.store.keyspace == keyspace:
             return
         self.candidate = None
         if not version:
             self.loading = None
             return
-        if not await self.loaded(version, keyspace):
+        if not await self.loaded(version, model, keyspace):
             return
         try:
-            contract, tokenizer = await self.candidate_model(version)
+            contract, tokenizer = await self.candidate_model(version, model)
         except Exception as e:  # noqa: BLE001 - not shadowed until it can be; the live path goes on
             log.error("candidate version %s cannot be shadowed: %s", version, e)
             return
         store = TrendStore("", self.store.settings, client=self.store.redis, keyspace=keyspace)
-        self.candidate = self.candidate_pipeline(self.scorer, store, tokenizer, contract, version)
+        self.candidate = self.candidate_pipeline(self.scorer, store, tokenizer, contract, version, model)
         log.warning("shadowing candidate version %s beside live version %s", version, self.current.live)
 
-    async def loaded(self, version: str, keyspace: str) -> bool:
+    async def loaded(self, version: str, model: str | None, keyspace: str) -> bool:
         """Whether Triton answers calls to `version` yet. The roles name a candidate the moment it
         is exported or nominated, and Triton loads it only at its next poll of the repository:
         calls before then would fail and count against the gate. Until it is loaded, batches are
         counted as "not_ready" and not shadowed; the next read of the roles asks again."""
         try:
-            ready = await self.scorer.version_ready(version)
+            ready = await self.scorer.version_ready(version, model)
         except Exception as e:  # noqa: BLE001 - Triton reloading or away: not ready, asked again
             log.debug("is candidate version %s ready? %s", version, e)
             ready = False
@@ -110,6 +111,10 @@ class Shadow:
             log.info("candidate version %s: waiting for Triton to load it before shadowing it", version)
         self.loading = None if ready else keyspace
         return ready
+
+    def context_read(self) -> int:
+        """How many previous transcripts the candidate reads (0: none, or no candidate)."""
+        return self.candidate.served.contract.context if self.candidate is not None else 0
 
     # ---- a batch's candidate call ------------------------------------------------------------
     def call(self, segments: list[Segment], previous: dict[str, list[str]] | None = None) -> ShadowCall | None:
@@ -132,8 +137,8 @@ class Shadow:
             inputs = candidate.model_inputs(segments, candidate.served)
             served = candidate.served.contract
             if served.context:
-                tokens = candidate.served.tokenizer.context([previous[s.segment_id] for s in segments],
-                                                            served.max_context_tokens)
+                tokens = candidate.served.tokenizer.context([previous[s.segment_id][-served.context:]
+                                                             for s in segments], served.max_context_tokens)
                 inputs.update(zip(CONTEXT_INPUTS, tokens))
         except Exception:  # noqa: BLE001 - segments the live model takes and the candidate does not
             log.exception("candidate version %s: a batch could not be prepared for it", candidate.served.version)
@@ -145,7 +150,8 @@ class Shadow:
     async def ask(self, candidate, inputs: dict[str, np.ndarray]) -> tuple[str, dict | None, float]:
         started = time.perf_counter()
         try:
-            answer = self.scorer.infer(inputs, candidate.served.contract.outputs, candidate.served.version)
+            answer = self.scorer.infer(inputs, candidate.served.contract.outputs, candidate.served.version,
+                                       model=candidate.served.model)
             outputs = await asyncio.wait_for(answer, self.settings.shadow_timeout_s)
             return "ok", outputs, time.perf_counter() - started
         except asyncio.TimeoutError:

@@ -70,12 +70,12 @@ def nominate(store: TrendStore, repo: Path | str, version: str, action: str,
     say so (a failed change of roles puts the config back)."""
     if before is None:
         before, live = live_before(store, repo, excluding=version)
-    after = roles.nominated(before, version, live)
-    roles.serve_exactly(repo, after.served())
+    after = roles.nominated(before, version, live, roles.contract.slot_of(repo, version))
+    roles.serve_roles(repo, after)
     try:
         return record(store, before, after, action)
     except Exception:
-        roles.serve_exactly(repo, before.served() or [after.live])
+        roles.serve_roles(repo, before if before.served() else roles.stopped(after))
         raise
 
 
@@ -84,7 +84,7 @@ def stop(store: TrendStore, repo: Path | str) -> roles.Roles:
     before = roles.read(store.redis)
     after = record(store, before, roles.stopped(before), "shadow stop",
                          summary(build(store, before, 0)))
-    roles.serve_exactly(repo, after.served())
+    roles.serve_roles(repo, after)
     return after
 
 
