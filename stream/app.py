@@ -184,7 +184,8 @@ async def report_shadow():
     if pipeline is None or pipeline.shadow is None:
         return
     try:
-        await asyncio.to_thread(publish_metrics, pipeline.store, pipeline.shadow.current, settings)
+        await asyncio.to_thread(publish_metrics, pipeline.store, pipeline.shadow.current, settings,
+                                SHADOW_REPORT_EVERY_S)
     except Exception as e:  # noqa: BLE001 - Redis away: the next tick tries again
         log.debug("shadow comparison not available now: %s", e)
 

@@ -219,3 +219,24 @@ def test_the_keyspaces_of_earlier_nominations_are_removed_and_the_newest_two_kep
     assert set(store.redis.scan_iter("tf:*")) - set(store.redis.scan_iter("tf:candidate:*")) >= live_keys
     assert store.totals(streams[0])["count"] == 1
 
+
+def test_the_metrics_publish_the_reports_divergences_computed_once_per_tick_for_every_worker(client, repo):
+    from stream import metrics
+    from stream.config import Settings
+    from stream.shadow.report import publish_metrics
+    store = TrendStore("", client=client)
+    current = switch.nominate(store, repo, "2", "shadow start")
+    keyspace = current.candidate_keyspace()
+    TrendStore("", client=client, keyspace=keyspace).record_many([ScoredSegment("a", "a/0", "d", 1000.0, 0.0, "x")])
+    pairs.record_pairs(client, keyspace, {"a": [[1000.0 + i, 0.1 * i, 0.1 * i + 0.3, {}, {}] for i in range(50)]},
+                       kept=100)
+    pairs.count_calls(client, {keyspace: {"ok": 4, "error": 1}})
+    settings = Settings.from_env({})
+    first = publish_metrics(store, current, settings, fresh_s=60)
+    assert first["divergences"] == gate.divergences(build(store, current, 5)) and first["segments"] == 50
+    assert metrics.SHADOW_DIVERGENCE.labels("mae")._value.get() == pytest.approx(0.3)
+    pairs.record_pairs(client, keyspace, {"a": [[2000.0, 0.0, 3.0, {}, {}]]}, kept=100)
+    assert publish_metrics(store, current, settings, fresh_s=60) == first  # another worker within the tick
+    client.delete(pairs.figures_key(keyspace))  # as when the tick's figures expire
+    again = publish_metrics(store, current, settings, fresh_s=60)
+    assert again["segments"] == 51 and again["divergences"]["mae"] > first["divergences"]["mae"]

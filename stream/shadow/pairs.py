@@ -5,6 +5,8 @@ Keys, under the candidate's keyspace (stream/shadow/roles.py candidate_keyspace)
     <keyspace>:{s}:pairs   the stream's last TECAFLOW_SHADOW_PAIRS_KEPT pairs, oldest first, JSON
                            [event_time, live score, candidate score, live contributions, candidate
                            contributions] (contributions: side -> how far that side moved the score)
+    <keyspace>:figures     the divergences the workers' metrics publish, as one worker computed
+                           them (JSON, expires after a metrics tick: stream/shadow/report.py)
     <keyspace>:calls       hash: ok, error, timeout, skipped, not_ready (batches; not_ready: not
                            sent, Triton had not loaded the candidate yet), segments, seconds (the
                            sum of the answered calls' latency)
@@ -25,6 +27,10 @@ def pairs_key(keyspace: str, stream: str) -> str:
 
 def calls_key(keyspace: str) -> str:
     return f"{keyspace}:calls"
+
+
+def figures_key(keyspace: str) -> str:
+    return f"{keyspace}:figures"
 
 
 def record_pairs(client, keyspace: str, pairs: dict[str, list[list]], kept: int) -> None:
