@@ -23,7 +23,7 @@ numpy and the standard library, so that the Python backend's interpreter can loa
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -95,6 +95,11 @@ class ModelContract:
     @property
     def outputs(self) -> tuple[str, ...]:
         return (SCORE, TEXT_ONLY, CONTRIBUTION) if self.attribution else (SCORE,)
+
+    def same_interface(self, other: "ModelContract") -> bool:
+        """Whether one config.pbtxt serves both: the same inputs and outputs (the batch limit is
+        the config's own)."""
+        return replace(self, max_batch=0) == replace(other, max_batch=0)
 
     # ---- tecafn.json: the contract plus where the model came from --------------------------
     def metadata(self, **provenance) -> dict:

@@ -4,6 +4,7 @@ model; its scores +0.5; one that fails; one too slow for its timeout)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -119,6 +120,23 @@ def published_once(live: Live, manifest: Path) -> tuple[dict, dict]:
             assert by_segment.setdefault(message["segment_id"], message) == message
     assert set(by_segment) == set(truth)
     return truth, by_segment
+
+
+def promoted_and_rolled_back_in_a_replay(live: Live, prefix: str, candidate: str) -> tuple[dict, dict, dict, Path]:
+    """A paced replay of 3 streams of 150 segments during which the candidate is promoted (--force)
+    and rolled back: every segment recorded once, and both versions in the scores. Returns the
+    streams' counts, segment_truth, each segment's one `scores` message, and the manifest."""
+    producing, manifest = replaying(live, prefix, 3, 150, 30)
+    time.sleep(5)
+    live.cli("promote", "--force")
+    time.sleep(4)
+    live.cli("rollback")
+    assert producing.wait(120) == 0
+    counts = live.wait_for_total(prefix, 450, timeout=240)
+    assert set(counts.values()) == {150}
+    truth, by_segment = published_once(live, manifest)
+    assert {m["version"] for m in by_segment.values()} == {"1", candidate}, "the switch should show in the scores"
+    return counts, truth, by_segment, manifest
 
 
 def read_topic(live: Live, topic: str, done, timeout: float = 120) -> list[dict]:
@@ -280,16 +298,7 @@ def test_6_a_candidate_with_another_contract_is_served_as_the_second_slot_promot
     shadowed = wait_for_pairs(system, 1)  # a call past its 1 s timeout (a busy machine) has none
     assert shadowed["overall"]["mae"] == pytest.approx(0.0, abs=1e-4)  # the same weights
     assert shadowed["calls"]["error"] == 0 and shadowed["contributions_moved"] == {}  # it gives none
-    producing, manifest = replaying(system, "slots", 3, 150, 30)
-    time.sleep(5)
-    system.cli("promote", "--force")
-    time.sleep(4)
-    system.cli("rollback")
-    assert producing.wait(120) == 0
-    counts = system.wait_for_total("slots", 450, timeout=240)
-    assert set(counts.values()) == {150}
-    truth, by_segment = published_once(system, manifest)
-    assert {m["version"] for m in by_segment.values()} == {"1", slotted}, "the switch should show in the scores"
+    counts, truth, by_segment, manifest = promoted_and_rolled_back_in_a_replay(system, "slots", slotted)
     for segment_id, message in by_segment.items():
         assert message["score"] == pytest.approx(truth[segment_id][1], abs=1e-4)
     for stream in counts:
@@ -298,3 +307,61 @@ def test_6_a_candidate_with_another_contract_is_served_as_the_second_slot_promot
             assert ("contributions" in entry and entry["contributions"] is not None) == (entry["version"] == "1"), entry
     after = roles.read(system.store.redis)
     assert (after.live, after.model("live"), after.candidate, after.candidate_model) == ("1", "tecafn", slotted, "tecafn_b")
+
+
+def context_truth(live: Live, manifest: Path, model: str, version: str) -> dict[str, float]:
+    """segment_id -> the score `version` of `model` (a model with context) gives each replayed
+    segment with the transcripts of the segments before it in its stream."""
+    from stream.contract import Tokenizer
+    from stream.schema import Limits, decode_segment
+    scorer = TritonScorer(live.env["TECAFLOW_TRITON_URL"], model=model)
+    try:
+        contract = scorer.contract()
+        tokenizer = Tokenizer(live.root / "repo" / model / version / "tokenizer", contract.max_text_tokens)
+        limits = Limits(widths=contract.widths, max_frames=contract.max_frames)
+        segments = sorted((decode_segment(base64.b64decode(json.loads(line)["message"]), limits)
+                           for line in manifest.read_text().splitlines()), key=lambda s: (s.stream_id, s.event_time))
+        previous = [[p.text for p in segments[max(0, i - contract.context):i] if p.stream_id == s.stream_id]
+                    for i, s in enumerate(segments)]
+        truth = {}
+        for start in range(0, len(segments), 16):
+            chunk = segments[start:start + 16]
+            inputs = contract.batch(*tokenizer([s.text for s in chunk]), {m: [s.frames(m) for s in chunk]
+                                                                           for m in contract.widths},
+                                    tokenizer.context(previous[start:start + 16], contract.max_context_tokens))
+            truth.update(zip((s.segment_id for s in chunk), map(float, scorer.score(inputs, version=version))))
+        return truth
+    finally:
+        scorer.close()
+
+
+def test_7_a_candidate_with_context_beside_a_live_model_without_is_shadowed_promoted_and_rolled_back(system):
+    """A model reading the two previous transcripts (k = 2) as the candidate of the live k = 0
+    model: served as the second slot, it is shadowed with the streams' context, then promoted and
+    rolled back during a replay; each segment is recorded once, with the version that scored it
+    and that version's score of it (with its context, where the version reads one)."""
+    from trainer.data import load_dataset
+    from trainer.train import TrainOptions, train
+    ds = load_dataset("synthetic", seed=0, n=600, cue_strength=1.5, max_frames=20)
+    train(ds, TrainOptions(out=system.root / "ckpt-context", epochs=2, text_encoder="tiny", max_frames=20,
+                           progress=False, patience=100, context=2,
+                           model_overrides=dict(encoder_layers=1, cross_layers=1, d_model=32, n_heads=4)))
+    system.cli("export", "--checkpoint", str(system.root / "ckpt-context" / "checkpoint.pt"), "--candidate",
+               "--quantize", "none")
+    current = roles.read(system.store.redis)
+    reading = current.candidate
+    assert (current.live, current.model("live"), current.candidate_model) == ("1", "tecafn", "tecafn_b")
+    assert json.loads((system.root / "repo" / "tecafn_b" / reading / "tecafn.json").read_text())["context"] == 2
+    wait_ready(system, reading, model="tecafn_b")
+    time.sleep(1.0)
+    replay(system, "context", 2, 30)
+    shadowed = wait_for_pairs(system, 1)
+    assert shadowed["calls"]["error"] == 0 and shadowed["overall"]["mae"] > 0  # another model, called as it should be
+    counts, truth, by_segment, manifest = promoted_and_rolled_back_in_a_replay(system, "contexts", reading)
+    with_context = context_truth(system, manifest, "tecafn_b", reading)
+    for segment_id, message in by_segment.items():
+        expected = truth[segment_id][1] if message["version"] == "1" else with_context[segment_id]
+        assert message["score"] == pytest.approx(expected, abs=1e-4), message
+    for stream in counts:
+        recorded = [m["score"] for m in by_segment.values() if m["stream_id"] == stream]
+        assert system.store.totals(stream)["sum"] == pytest.approx(sum(recorded), abs=1e-3)

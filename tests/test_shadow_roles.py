@@ -153,6 +153,16 @@ def test_a_candidate_with_another_contract_goes_to_the_other_slot(repo):
     assert next_version(repo) == 8  # numbered across both slots: a version names one directory
 
 
+def test_a_version_exported_with_another_contract_than_its_slot_now_serves_is_refused(client, repo):
+    ModelContract({"audio": 4}, 16, 10).write_metadata(repo / "tecafn" / "2")  # what the config serves
+    ModelContract({"audio": 4}, 16, 10, attribution=True).write_metadata(repo / "tecafn" / "1")
+    before = (repo / "tecafn" / "config.pbtxt").read_text()
+    with pytest.raises(UserError, match="version 1 was exported with another contract"):
+        switch.nominate(TrendStore("", client=client), repo, "1", "shadow start")
+    assert (repo / "tecafn" / "config.pbtxt").read_text() == before and not roles.read(client).recorded
+    assert switch.nominate(TrendStore("", client=client), repo, "2", "shadow start").candidate == "2"
+
+
 def test_the_roles_name_each_versions_model_and_old_roles_read_as_the_base_model(client, repo):
     """A candidate in the second slot: nominated, promoted, rolled back and stopped, the roles
     say which model serves each version, and each model's config serves exactly its versions.

@@ -378,7 +378,7 @@ def candidate_slot(repo: Path, live_model: str, served: ModelContract) -> str:
     may differ); else as the other slot, a model of its own with its own config (Triton has one
     config per model, and the workers read each model's contract from it)."""
     live = ModelContract.read_config_pbtxt(repo / live_model / contract.CONFIG_FILE)
-    return live_model if replace(live, max_batch=0) == replace(served, max_batch=0) else contract.other_slot(live_model)
+    return live_model if live.same_interface(served) else contract.other_slot(live_model)
 
 
 def export(checkpoint: Path, repo: Path, backend: str = "python", max_batch: int = 64,

@@ -222,6 +222,19 @@ def write_config(repo: Path | str, text: str, model: str = contract.MODEL_NAME) 
     os.replace(staging, path)
 
 
+def check_servable(repo: Path | str, version: str, model: str) -> None:
+    """`version` can be served under its model's config.pbtxt as it is now (the slot's config is
+    that of the last version exported to it, whose contract may differ)."""
+    own = Path(repo) / model / version
+    if not (own / contract.METADATA_FILE).is_file() or not config_path(repo, model).is_file():
+        return  # not a tecaflow export (Triton says whether it loads), or no config (serve_exactly says)
+    exported = contract.ModelContract.read_metadata(own)
+    if not exported.same_interface(contract.ModelContract.read_config_pbtxt(config_path(repo, model))):
+        raise UserError(f"version {version} was exported with another contract than {model}'s config.pbtxt now "
+                        f"serves (a later export to that slot changed it): export its checkpoint again with "
+                        f"`tecaflow export --candidate`")
+
+
 def serve_roles(repo: Path | str, after: Roles, base: str = contract.MODEL_NAME) -> None:
     """Each model serving a role serves exactly its roles' versions (the other slot, holding none,
     is left as it is: it keeps serving its last version until a next candidate replaces it)."""

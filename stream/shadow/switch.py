@@ -71,6 +71,7 @@ def nominate(store: TrendStore, repo: Path | str, version: str, action: str,
     if before is None:
         before, live = live_before(store, repo, excluding=version)
     after = roles.nominated(before, version, live, roles.contract.slot_of(repo, version))
+    roles.check_servable(repo, version, after.model("candidate"))
     roles.serve_roles(repo, after)
     try:
         return record(store, before, after, action)
