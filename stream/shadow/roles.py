@@ -113,10 +113,13 @@ def live_model(settings) -> str:
     """The Triton model serving the live version, for a tool that reads its contract (replay,
     benchmarks): the one the roles name, else TECAFLOW_TRITON_MODEL (no roles, or Redis away)."""
     from stream.store import connect
+    client = connect(settings.redis_url)
     try:
-        return read(connect(settings.redis_url)).model("live", settings.triton_model)
+        return read(client).model("live", settings.triton_model)
     except Exception:  # noqa: BLE001 - without Redis, what Triton serves without roles
         return settings.triton_model
+    finally:
+        client.close()
 
 
 def who() -> str:
