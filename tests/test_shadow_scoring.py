@@ -157,6 +157,24 @@ def test_a_candidate_with_context_beside_a_live_model_without_reads_the_streams_
     assert pairs.read_calls(pipeline.store.redis, keyspace)["error"] == 0
 
 
+def test_a_candidate_of_other_widths_is_not_sent_frames_of_the_live_widths(redis_url):
+    """Audio 1 wide against the live 5 (frames of 5 would reshape into five times as many frames of
+    1 without a word): every batch is counted as an error on the candidate's side, none is sent
+    to it, and the live path is as it was."""
+    scorer = VersionedScorer()
+    pipeline = shadowed_pipeline(redis_url, "2", scorer=scorer,
+                                 candidate_contract=replace(CONTRACT, widths={"audio": 1, "visual": 20}))
+
+    async def go():
+        results = await run(pipeline, batches("widths"))
+        await settle(pipeline)
+        return results
+    results = asyncio.run(go())
+    assert [len(r.scores) for r in results] == [8, 8, 8] and "2" not in scorer.called
+    keyspace = roles.read(pipeline.store.redis).candidate_keyspace()
+    assert pairs.read_calls(pipeline.store.redis, keyspace)["error"] == 3
+
+
 def test_a_redelivered_batch_pairs_nothing_twice(redis_url):
     pipeline = shadowed_pipeline(redis_url, "2")
     raws = batches("again", n=1)

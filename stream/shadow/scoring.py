@@ -23,7 +23,7 @@ import numpy as np
 
 from stream import metrics
 from stream.config import Settings
-from stream.contract import CONTEXT_INPUTS, SCORE, ModelContract, Tokenizer
+from stream.contract import CONTEXT_INPUTS, SCORE, ContractError, ModelContract, Tokenizer
 from stream.schema import Segment
 from stream.shadow import pairs, roles
 from stream.store import ScoredSegment, TrendStore
@@ -36,6 +36,16 @@ def chosen(segment_id: str, share: float) -> bool:
     if share >= 1.0:
         return True
     return int.from_bytes(hashlib.blake2b(segment_id.encode(), digest_size=8).digest(), "big") < share * 2 ** 64
+
+
+def check_widths(segments: list[Segment], contract: ModelContract, version: str) -> None:
+    """The segments were validated against the live model's widths: a candidate of other widths
+    cannot take them (reshaped, frames of one width would silently become frames of another)."""
+    unfit = sorted({m for s in segments for m, width in contract.widths.items()
+                    if len(s.frames(m)) and s.frames(m).shape[1] != width})
+    if unfit:
+        raise ContractError(f"candidate version {version} takes {', '.join(f'{m} {contract.widths[m]} wide' for m in unfit)}"
+                            f"; the segments carry frames of the live model's widths")
 
 
 @dataclass
@@ -134,6 +144,7 @@ class Shadow:
             self.count(candidate.store.keyspace, "skipped")
             return None
         try:
+            check_widths(segments, candidate.served.contract, candidate.served.version)
             inputs = candidate.model_inputs(segments, candidate.served)
             served = candidate.served.contract
             if served.context:
