@@ -184,7 +184,8 @@ async def report_shadow():
     if pipeline is None or pipeline.shadow is None:
         return
     try:
-        await asyncio.to_thread(publish_metrics, pipeline.store, pipeline.shadow.current, settings)
+        await asyncio.to_thread(publish_metrics, pipeline.store, pipeline.shadow.current, settings,
+                                SHADOW_REPORT_EVERY_S)
     except Exception as e:  # noqa: BLE001 - Redis away: the next tick tries again
         log.debug("shadow comparison not available now: %s", e)
 
@@ -196,7 +197,7 @@ async def check_health():
     pipeline = scoring.built()
     if pipeline is not None:  # until it is, Redis and Triton have not answered this worker
         checks["redis"] = lambda: asyncio.to_thread(pipeline.store.ping)
-        checks["triton"] = pipeline.scorer.served_version
+        checks["triton"] = lambda: pipeline.scorer.served_version(pipeline.served.model)
     await health.check(checks)
 
 

@@ -81,9 +81,10 @@ def cmd_replay(args) -> int:
 
 def model_shape(settings: Settings) -> tuple[dict[str, int], int]:
     """Feature widths and frame limit from the served model (Triton), so replayed frames fit it."""
+    from stream.shadow.roles import live_model
     from stream.triton_client import TritonScorer
     try:
-        scorer = TritonScorer(settings.triton_url, model=settings.triton_model)
+        scorer = TritonScorer(settings.triton_url, model=live_model(settings))
         contract = scorer.contract()
         scorer.close()
     except Exception as e:

@@ -23,13 +23,18 @@ numpy and the standard library, so that the Python backend's interpreter can loa
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 MODEL_NAME = "tecafn"
+# The second slot of a model (blue/green): a candidate whose contract differs from the live
+# version's is served as another Triton model, since one config.pbtxt serves all of a model's
+# versions. Roles name (model, version); versions are numbered across both slots, so a version
+# names one model directory.
+SECOND_SLOT = "_b"
 SCORE = "score"
 TEXT_ONLY = "text_only"  # the score from the words alone
 CONTRIBUTION = "contribution"  # [B, len(PRESENCE)]: score minus the score without that side
@@ -91,6 +96,11 @@ class ModelContract:
     def outputs(self) -> tuple[str, ...]:
         return (SCORE, TEXT_ONLY, CONTRIBUTION) if self.attribution else (SCORE,)
 
+    def same_interface(self, other: "ModelContract") -> bool:
+        """Whether one config.pbtxt serves both: the same inputs and outputs (the batch limit is
+        the config's own)."""
+        return replace(self, max_batch=0) == replace(other, max_batch=0)
+
     # ---- tecafn.json: the contract plus where the model came from --------------------------
     def metadata(self, **provenance) -> dict:
         return {"model": MODEL_NAME, "inputs": list(self.inputs), "outputs": list(self.outputs),
@@ -111,7 +121,8 @@ class ModelContract:
 
     # ---- config.pbtxt ------------------------------------------------------------------------
     def model_config(self, backend: str = "python", max_batch: int = 64, instances: int = DEFAULT_INSTANCES,
-                     queue_delay_us: int = 2000, tensorrt: bool = False, versions: Sequence[str | int] = ()):
+                     queue_delay_us: int = 2000, tensorrt: bool = False, versions: Sequence[str | int] = (),
+                     model: str = MODEL_NAME):
         """Triton's ModelConfig for this contract, serving the newest version or exactly `versions`
         (a live one and a candidate: stream/shadow/roles.py). The Python backend takes ragged batches (it
         pads across requests itself); ONNX Runtime batches only requests of equal shapes, so its
@@ -121,7 +132,7 @@ class ModelContract:
         if backend not in BACKENDS:
             raise ContractError(f"backend must be one of {BACKENDS}, not {backend!r}")
         ragged = backend == "python"
-        config = pb.ModelConfig(name=MODEL_NAME, max_batch_size=max_batch)
+        config = pb.ModelConfig(name=model, max_batch_size=max_batch)
         if ragged:
             config.backend = "python"
         else:
@@ -387,10 +398,31 @@ def pad_and_stack(arrays: Iterable[np.ndarray], minimum: int = 0) -> np.ndarray:
 
 
 # ---- the model repository ------------------------------------------------------------------
+def slots(model: str = MODEL_NAME) -> tuple[str, str]:
+    """The two Triton models a model's versions are served as: itself, and its second slot."""
+    base = model.removesuffix(SECOND_SLOT)
+    return base, base + SECOND_SLOT
+
+
+def other_slot(model: str) -> str:
+    first, second = slots(model)
+    return second if model == first else first
+
+
 def versions(repo: Path | str, model: str = MODEL_NAME) -> list[Path]:
     """The model's version directories, oldest first."""
     return sorted((p for p in (Path(repo) / model).glob("[0-9]*") if p.is_dir() and p.name.isdigit()),
                   key=lambda p: int(p.name))
+
+
+def slot_of(repo: Path | str, version: str, model: str = MODEL_NAME) -> str | None:
+    """The slot of `model` whose directory holds `version` (None: neither)."""
+    return next((slot for slot in slots(model) if (Path(repo) / slot / version).is_dir()), None)
+
+
+def newest_version(repo: Path | str, model: str = MODEL_NAME) -> int:
+    """The highest version number in either slot of `model` (0: none)."""
+    return max((int(p.name) for slot in slots(model) for p in versions(repo, slot)), default=0)
 
 
 def tokenizer_dir(repo: Path | str, model: str = MODEL_NAME, version: str | None = None) -> Path:

@@ -75,11 +75,12 @@ class BatchResult:
 @dataclass(frozen=True)
 class Served:
     """The model version a batch is prepared for: its contract, its tokenizer, and the limits
-    messages are validated against (None: whatever Triton serves)."""
+    messages are validated against (None: whatever Triton serves), and the model serving it."""
     version: str | None
     contract: ModelContract
     tokenizer: Tokenizer
     limits: Limits
+    model: str | None = None  # the Triton model (slot) serving it; None: the scorer's own
 
 
 @dataclass
@@ -103,10 +104,12 @@ class Pipeline:
 
     def __init__(self, scorer, store, tokenizer: Tokenizer, contract: ModelContract, detector_params: DetectorParams,
                  max_text_chars: int = 2000, max_future_s: float = 300.0, backoff: Callable[[], Backoff] = Backoff,
-                 version: str | None = None, model_for: Callable | None = None, shadow=None, role: str = "live"):
-        """`version`: the model version `contract` and `tokenizer` are for; `model_for(version)`
-        returns (contract, tokenizer) of another one Triton serves (None: the worker never
-        follows a new version). `shadow` (stream/shadow/scoring.py): the roles, which name the live
+                 version: str | None = None, model_for: Callable | None = None, shadow=None, role: str = "live",
+                 model: str | None = None):
+        """`version`: the model version `contract` and `tokenizer` are for, served by `model` (a
+        slot: stream/contract.py; None: the scorer's own); `model_for(version, model)` returns
+        (contract, tokenizer) of another one Triton serves (None: the worker never follows a new
+        version). `shadow` (stream/shadow/scoring.py): the roles, which name the live
         version, and the candidate scored beside it; `role`: "candidate" for the shadow's own
         pipeline, whose alerts are counted apart."""
         self.scorer, self.store = scorer, store
@@ -115,15 +118,16 @@ class Pipeline:
         self.max_text_chars, self.max_future_s = max_text_chars, max_future_s
         self.model_for = model_for
         self.shadow, self.role = shadow, role
-        self.served = self.serving(version, contract, tokenizer)
+        self.served = self.serving(version, contract, tokenizer, model)
         # per stream, the segments taken and not recorded yet, in partition order: the context of
         # a later segment counts them (stream/context.py)
         self.unrecorded: dict[str, list[context.Taken]] = {}
 
-    def serving(self, version: str | None, contract: ModelContract, tokenizer: Tokenizer) -> Served:
+    def serving(self, version: str | None, contract: ModelContract, tokenizer: Tokenizer,
+                model: str | None = None) -> Served:
         return Served(version, contract, tokenizer, Limits(widths=dict(contract.widths), max_frames=contract.max_frames,
                                                            max_text_chars=self.max_text_chars,
-                                                           max_future_s=self.max_future_s))
+                                                           max_future_s=self.max_future_s), model)
 
     @property
     def contract(self) -> ModelContract:
@@ -135,33 +139,34 @@ class Pipeline:
         if self.model_for is None:
             return False
         try:
-            version = await self.live_version()
+            model, version = await self.live_version()
         except Exception:  # noqa: BLE001 - Triton away: the call is retried, and this asked again
             return False
         if version is None:
             return False
         try:
-            contract, tokenizer = await self.model_for(version)
+            contract, tokenizer = await self.model_for(version, model)
         except UserError as e:  # waiting is all the worker can do: an operator must fix the export
             log.error("Triton now serves version %s, which this worker cannot use: %s", version, e)
             return False
         except Exception:  # noqa: BLE001 - Triton went away meanwhile: as above
             return False
-        if version == self.served.version and contract == self.served.contract:
+        if (model, version, contract) == (self.served.model, self.served.version, self.served.contract):
             return False  # the same model: the call failed for another reason, and is retried
-        old, self.served = self.served, self.serving(version, contract, tokenizer)
+        old, self.served = self.served, self.serving(version, contract, tokenizer, model)
         log.warning("Triton now serves version %s of the model (was %s): taking its contract%s and tokenizer",
                     version, old.version, "" if contract == old.contract else " (changed)")
         return True
 
-    async def live_version(self) -> str | None:
-        """The version the roles name live, where Triton serves it; else the newest Triton serves
-        (a plain export replaced it)."""
-        live = (await self.shadow.roles()).live if self.shadow is not None else None
-        if live is None:
-            return await self.scorer.served_version()
-        ready = await self.scorer.served_versions()
-        return live if live in ready else (ready[-1] if ready else None)
+    async def live_version(self) -> tuple[str | None, str | None]:
+        """The model and version the roles name live, where Triton serves it; else the newest the
+        model serves (a plain export replaced it), or without roles the newest the scorer's own
+        model serves (model None)."""
+        current = await self.shadow.roles() if self.shadow is not None else None
+        if current is None or current.live is None:
+            return None, await self.scorer.served_version()
+        ready = await self.scorer.served_versions(current.live_model)
+        return current.live_model, current.live if current.live in ready else (ready[-1] if ready else None)
 
     def decode(self, raws: list[bytes], result: BatchResult) -> list[tuple[Segment, bytes]]:
         """Valid segments; rejects go to `result` (decode_segment raises nothing but Rejected, so
@@ -234,7 +239,8 @@ class Pipeline:
             await self.follow_served_model()  # a promotion or rollback: the next call is the new live one's
             if batch.served is not self.served:
                 self.prepare_again(batch)
-        await self.add_context(batch)  # the candidate reads the same previous transcripts as the live model
+        # the candidate reads the same previous transcripts as the live model
+        await self.add_context(batch, self.shadow.context_read())
         batch.shadow = self.shadow.call([s for s, _ in batch.good], batch.previous)
 
     # ---- the stages of a batch: prepare (CPU), infer (Triton), record (Redis, detection) -------
@@ -268,21 +274,26 @@ class Pipeline:
             else:
                 self.unrecorded.pop(stream, None)
 
-    async def add_context(self, batch: "Prepared") -> None:
+    async def add_context(self, batch: "Prepared", reading: int = 0) -> None:
         """A model with context: each segment's previous transcripts (stream/context.py), from one
-        read of its streams' context windows and the segments taken before it."""
+        read of its streams' context windows and the segments taken before it. `reading`: how
+        many a candidate beside the live model reads (it may read more, or the live model none);
+        the batch keeps that many for it (batch.previous), and its own model takes its last k."""
         served = batch.served.contract
-        if not served.context or CONTEXT_INPUTS[0] in batch.inputs:
+        wanted = max(served.context, reading)
+        if not wanted or not batch.good or (CONTEXT_INPUTS[0] in batch.inputs if served.context else batch.previous):
             return
         mine = {(s.stream_id, s.segment_id, s.event_time) for s, _ in batch.good}  # prepare_again may drop some
         segments = [t for t in batch.taken if (t.stream_id, t.segment_id, t.event_time) in mine]
         with metrics.STAGE_SECONDS.labels("context").time():
             recorded = await retry_forever(self.store.recorded_context, "redis",
                                            list(dict.fromkeys(t.stream_id for t in segments)), backoff=self.backoff)
-            previous = context.transcripts(segments, batch.earlier, recorded, served.context)
+            previous = context.transcripts(segments, batch.earlier, recorded, wanted)
             batch.previous = {t.segment_id: p for t, p in zip(segments, previous)}
-            tokens = batch.served.tokenizer.context(previous, served.max_context_tokens)
-            batch.inputs.update(zip(CONTEXT_INPUTS, tokens))
+            if served.context:
+                tokens = batch.served.tokenizer.context([p[-served.context:] for p in previous],
+                                                        served.max_context_tokens)
+                batch.inputs.update(zip(CONTEXT_INPUTS, tokens))
 
     def prepare_again(self, batch: "Prepared") -> None:
         """The batch's valid segments prepared for the model now served; those it no longer
@@ -306,7 +317,8 @@ class Pipeline:
                 return {}
             await self.add_context(batch)
             try:
-                return await self.scorer.infer(batch.inputs, batch.served.contract.outputs, batch.served.version)
+                return await self.scorer.infer(batch.inputs, batch.served.contract.outputs, batch.served.version,
+                                               model=batch.served.model)
             except Exception:
                 await self.follow_served_model()
                 raise

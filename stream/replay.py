@@ -193,12 +193,13 @@ def served_scores(pool: UtterancePool, settings, batch: int = 64) -> np.ndarray:
     """The served model's score for every utterance of the pool (with no context), so that
     `--score-shift` can state shifts in score units: a label shift of 1 moves TeCaFN's scores by a
     model-dependent amount, and alerts are about scores."""
+    from stream.shadow.roles import live_model
     from stream.startup import load_tokenizer
     from stream.triton_client import TritonScorer
-    scorer = TritonScorer(settings.triton_url, model=settings.triton_model)
+    scorer = TritonScorer(settings.triton_url, model=live_model(settings))
     try:
         contract = scorer.contract()
-        tokenizer = load_tokenizer(settings, contract.max_text_tokens)
+        tokenizer = load_tokenizer(settings, contract.max_text_tokens, model=scorer.model)
         out = []
         for start in range(0, len(pool.texts), batch):
             rows = range(start, min(start + batch, len(pool.texts)))

@@ -32,6 +32,7 @@ K:{s}:pairs, the live and candidate outputs of the same segments, and K:calls
 (stream/shadow/pairs.py). The roles themselves, global and in one slot, are stream/shadow/roles.py's:
     tf:{roles}                 hash: live, candidate, previous versions, candidate_since, epoch
     tf:{roles}:events          Redis stream of every change of role (who, when, from, to, comparison)
+    tf:{roles}:keyspaces       the candidates' keyspaces by nomination: the older ones are dropped (drop)
 Each recorded segment (tf:{s}:recent, the `scores` topic) names the version that scored it.
 
 A stream's segments of one batch are recorded by one Lua script that touches that stream's slot
@@ -400,6 +401,37 @@ class TrendStore:
                 self._save_state(**call, client=pipe)
             saved = pipe.execute()
         return [stream for (stream, _), ok in zip(calls, saved) if not ok]
+
+    # ---- removal -----------------------------------------------------------------------------
+    STREAM_KEYS = ("totals", "recent", "window", "context", "detector", "alerts", "outbox")
+
+    def drop(self, extra: tuple[str, ...] = (), chunk: int = 500) -> int:
+        """Delete this keyspace (a candidate's nomination that ended; never the live one's): every
+        stream's keys, found from the index and each resolution's bucket index, `chunk` streams
+        per round trip, so that no SCAN walks the whole of Redis. `extra`: more per-stream keys
+        (suffixes) to delete. The idempotency keys (:seen:) are not indexed; they expire with
+        TECAFLOW_DEDUP_TTL_S. Returns the number of streams dropped."""
+        if self.keyspace == LIVE:
+            raise ValueError("the live keyspace is never dropped")  # a caller's bug
+        streams = self.redis.zrange(self.index, 0, -1)
+        suffixes = (*self.STREAM_KEYS, *extra, *(f"b{r}" for r in self.settings.resolutions))
+        for start in range(0, len(streams), chunk):
+            part = streams[start:start + chunk]
+            read = self.redis.pipeline(transaction=False)
+            for stream in part:
+                for r in self.settings.resolutions:
+                    read.zrange(f"{self._key(stream)}:b{r}", 0, -1)
+            buckets = iter(read.execute())
+            delete = self.redis.pipeline(transaction=False)
+            for stream in part:
+                for r in self.settings.resolutions:
+                    for bucket in next(buckets):
+                        delete.unlink(f"{self._key(stream)}:b{r}:{bucket}")
+                for suffix in suffixes:
+                    delete.unlink(f"{self._key(stream)}:{suffix}")
+            delete.execute()
+        self.redis.unlink(self.index)
+        return len(streams)
 
     # ---- reads ----------------------------------------------------------------------------
     def detector_state(self, stream: str) -> dict:

@@ -58,7 +58,8 @@ class TritonScorer:
 
 
 class AsyncTritonScorer:
-    """asyncio gRPC client: one call per micro-batch, used by the stream workers."""
+    """asyncio gRPC client: one call per micro-batch, used by the stream workers. Each method asks
+    about `model` where given (a slot the roles name: stream/contract.py), else its own."""
 
     def __init__(self, url: str, model: str = MODEL_NAME, timeout: float = 30.0):
         import tritonclient.grpc.aio as aio
@@ -66,26 +67,31 @@ class AsyncTritonScorer:
         self.client = aio.InferenceServerClient(url)
         self.model, self.timeout = model, timeout
 
-    async def contract(self) -> ModelContract:
-        config = await self.client.get_model_config(self.model, as_json=True)
+    async def contract(self, model: str | None = None) -> ModelContract:
+        config = await self.client.get_model_config(model or self.model, as_json=True)
         return ModelContract.from_model_config(config["config"])
 
-    async def served_versions(self) -> list[str]:
+    async def served_versions(self, model: str | None = None) -> list[str]:
         """The versions of the model Triton has ready, oldest first."""
-        metadata = await self.client.get_model_metadata(self.model, as_json=True)
+        metadata = await self.client.get_model_metadata(model or self.model, as_json=True)
         return sorted((str(v) for v in metadata.get("versions", []) if str(v).isdigit()), key=int)
 
-    async def served_version(self) -> str | None:
+    async def version_ready(self, version: str, model: str | None = None) -> bool:
+        """Whether Triton has loaded `version` of the model and answers calls to it (a version the
+        config names is loading for a while after the config changed)."""
+        return bool(await self.client.is_model_ready(model or self.model, version))
+
+    async def served_version(self, model: str | None = None) -> str | None:
         """The newest version of the model Triton has ready (None if it names none)."""
-        ready = await self.served_versions()
+        ready = await self.served_versions(model)
         return ready[-1] if ready else None
 
-    async def infer(self, inputs: dict[str, np.ndarray], outputs=(SCORE,), version: str | None = None
-                    ) -> dict[str, np.ndarray]:
+    async def infer(self, inputs: dict[str, np.ndarray], outputs=(SCORE,), version: str | None = None,
+                    model: str | None = None) -> dict[str, np.ndarray]:
         """Every named output of one call (the score, and the attribution where the model has it),
         from `version` (None: the one Triton picks)."""
-        result = await self.client.infer(self.model, infer_inputs(self._aio, inputs), model_version=version or "",
-                                         client_timeout=self.timeout,
+        result = await self.client.infer(model or self.model, infer_inputs(self._aio, inputs),
+                                         model_version=version or "", client_timeout=self.timeout,
                                          outputs=[self._aio.InferRequestedOutput(name) for name in outputs])
         return {name: result.as_numpy(name) for name in outputs}
 

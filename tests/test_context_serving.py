@@ -34,7 +34,7 @@ class ContextEcho:
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer, self.context_of, self.computed = tokenizer, {}, {}
 
-    async def infer(self, inputs, outputs, version=None):
+    async def infer(self, inputs, outputs, version=None, model=None):
         scores = []
         for i in range(len(inputs["input_ids"])):
             words = tuple(inputs["input_ids"][i][inputs["attention_mask"][i] > 0].tolist())
@@ -175,7 +175,7 @@ def test_a_model_reading_more_than_the_store_keeps_stops_the_worker():
     from stream.startup import served_contract
 
     class Serving:
-        async def contract(self):
+        async def contract(self, model=None):
             return WITH_CONTEXT
     with pytest.raises(ConfigError, match="TECAFLOW_CONTEXT_KEPT=1 keeps fewer"):
         asyncio.run(served_contract(Serving(), 32, context_kept=1))
@@ -184,7 +184,7 @@ def test_a_model_reading_more_than_the_store_keeps_stops_the_worker():
 
 def test_a_batch_cancelled_in_triton_is_no_longer_counted_as_taken(store):
     class Hanging(ContextEcho):
-        async def infer(self, inputs, outputs, version=None):
+        async def infer(self, inputs, outputs, version=None, model=None):
             await asyncio.sleep(3600)
     tokenizer = Tokenizer(minilm_dir(), WITH_CONTEXT.max_text_tokens)
     pipeline = Pipeline(Hanging(tokenizer), store, tokenizer, WITH_CONTEXT, DetectorParams(warmup=20),

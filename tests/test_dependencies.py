@@ -110,7 +110,7 @@ def test_a_worker_batch_larger_than_the_served_model_takes_stops_the_worker_at_s
         def __init__(self, max_batch):
             self.max_batch = max_batch
 
-        async def contract(self):
+        async def contract(self, model=None):
             return ModelContract(widths={"audio": 5, "visual": 20}, max_text_tokens=16, max_frames=50,
                                  max_batch=self.max_batch)
     with pytest.raises(ConfigError, match="TECAFLOW_BATCH_SIZE=32 is larger than the 16 segments"):

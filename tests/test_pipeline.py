@@ -39,7 +39,7 @@ class FlakyScorer:
         lengths = inputs["audio_lengths"].reshape(-1)
         return np.array([inputs["audio"][i, : lengths[i], 0].mean() for i in range(len(lengths))], np.float32)
 
-    async def infer(self, inputs, outputs, version=None):
+    async def infer(self, inputs, outputs, version=None, model=None):
         return {"score": await self.score(inputs)}
 
 
@@ -278,14 +278,14 @@ def test_a_new_model_version_is_followed_with_its_own_contract_and_tokenizer(pip
         async def served_version(self):
             return self.serving
 
-        async def infer(self, inputs, outputs, version=None):
+        async def infer(self, inputs, outputs, version=None, model=None):
             self.versions_called.append(version)
             if version != self.serving:
                 raise RuntimeError(f"Request for unknown model: 'tecafn' version {version} is not found")
             return await super().infer(inputs, outputs, version)
     smaller = replace(CONTRACT, max_frames=3)
 
-    async def model_for(version):
+    async def model_for(version, model=None):
         assert version == "2"
         return smaller, pipeline.served.tokenizer
     scorer = Swapping()

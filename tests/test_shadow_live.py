@@ -4,6 +4,7 @@ model; its scores +0.5; one that fails; one too slow for its timeout)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ PATCHES = {  # what a test candidate does differently from the live model, in it
     "shifted": (SERVING, SERVING + "                results[contract.SCORE] = results[contract.SCORE] + 0.5\n"),
     "failing": (EXECUTE, EXECUTE + "        raise RuntimeError('a candidate that fails')\n"),
     "slow": (EXECUTE, EXECUTE + "        import time\n        time.sleep(3)\n"),
+    "same": (EXECUTE, EXECUTE),
 }
 
 
@@ -39,20 +41,20 @@ def system(tmp_path_factory):
     shut_down(live)
 
 
-def wait_ready(live: Live, version: str, timeout: float = 120) -> None:
+def wait_ready(live: Live, version: str, timeout: float = 120, model: str = "tecafn") -> None:
     scorer = TritonScorer(live.env["TECAFLOW_TRITON_URL"])
     deadline = time.monotonic() + timeout
     try:
-        while not _ready(scorer, version):
-            assert time.monotonic() < deadline, f"Triton did not load version {version}"
+        while not _ready(scorer, version, model):
+            assert time.monotonic() < deadline, f"Triton did not load version {version} of {model}"
             time.sleep(0.5)
     finally:
         scorer.close()
 
 
-def _ready(scorer: TritonScorer, version: str) -> bool:
+def _ready(scorer: TritonScorer, version: str, model: str = "tecafn") -> bool:
     try:
-        return scorer.client.is_model_ready("tecafn", version)
+        return scorer.client.is_model_ready(model, version)
     except Exception:  # noqa: BLE001 - reloading
         return False
 
@@ -96,6 +98,45 @@ def wait_for_pairs(live: Live, expected: int, timeout: float = 120) -> dict:
         assert time.monotonic() < deadline, f"{found['overall']['segments']} of {expected} pairs recorded"
         time.sleep(1.0)
     return found
+
+
+def replaying(live: Live, prefix: str, streams: int, segments: int, rate: int) -> tuple[subprocess.Popen, Path]:
+    """A replay running in the background, paced, and the manifest it writes."""
+    manifest = live.root / f"{prefix}.jsonl"
+    producing = subprocess.Popen([*CLI, "replay", "--streams", str(streams), "--segments", str(segments), "--rate",
+                                  str(rate), "--prefix", prefix, "--manifest", str(manifest), "--no-progress"],
+                                 env=live.env, cwd=live.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return producing, manifest
+
+
+def published_once(live: Live, manifest: Path) -> tuple[dict, dict]:
+    """Each replayed segment's score from version 1 (segment_truth), and the one `scores` message
+    of each (a repeat must say what the first publication said)."""
+    truth = segment_truth(live, manifest, version="1")
+    published = read_topic(live, "scores", lambda found: {m["segment_id"] for m in found} >= set(truth))
+    by_segment = {}
+    for message in published:
+        if message["segment_id"] in truth:
+            assert by_segment.setdefault(message["segment_id"], message) == message
+    assert set(by_segment) == set(truth)
+    return truth, by_segment
+
+
+def promoted_and_rolled_back_in_a_replay(live: Live, prefix: str, candidate: str) -> tuple[dict, dict, dict, Path]:
+    """A paced replay of 3 streams of 150 segments during which the candidate is promoted (--force)
+    and rolled back: every segment recorded once, and both versions in the scores. Returns the
+    streams' counts, segment_truth, each segment's one `scores` message, and the manifest."""
+    producing, manifest = replaying(live, prefix, 3, 150, 30)
+    time.sleep(5)
+    live.cli("promote", "--force")
+    time.sleep(4)
+    live.cli("rollback")
+    assert producing.wait(120) == 0
+    counts = live.wait_for_total(prefix, 450, timeout=240)
+    assert set(counts.values()) == {150}
+    truth, by_segment = published_once(live, manifest)
+    assert {m["version"] for m in by_segment.values()} == {"1", candidate}, "the switch should show in the scores"
+    return counts, truth, by_segment, manifest
 
 
 def read_topic(live: Live, topic: str, done, timeout: float = 120) -> list[dict]:
@@ -186,10 +227,7 @@ def test_4_promotion_and_rollback_mid_replay_with_a_worker_killed_mid_switch(sys
     the alerts topic, once."""
     shifted = candidate_copy(system, "shifted")
     shadow(system, shifted)
-    manifest = system.root / "switch.jsonl"
-    producing = subprocess.Popen([*CLI, "replay", "--streams", "4", "--segments", "150", "--rate", "40",
-                                  "--prefix", "switch", "--manifest", str(manifest), "--no-progress"],
-                                 env=system.env, cwd=system.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    producing, manifest = replaying(system, "switch", 4, 150, 40)
     time.sleep(5)
     system.cli("promote", "--force")
     time.sleep(1.0)
@@ -201,13 +239,7 @@ def test_4_promotion_and_rollback_mid_replay_with_a_worker_killed_mid_switch(sys
     assert producing.wait(120) == 0
     counts = system.wait_for_total("switch", 600, timeout=240)
     assert set(counts.values()) == {150}
-    truth = segment_truth(system, manifest, version="1")
-    published = read_topic(system, "scores", lambda found: {m["segment_id"] for m in found} >= set(truth))
-    by_segment = {}
-    for message in published:
-        if message["segment_id"] in truth:  # a repeat says what the first publication said
-            assert by_segment.setdefault(message["segment_id"], message) == message
-    assert set(by_segment) == set(truth)
+    truth, by_segment = published_once(system, manifest)
     versions = {m["version"] for m in by_segment.values()}
     assert versions == {"1", shifted}, f"the switch should show in the scores: {versions}"
     for segment_id, message in by_segment.items():
@@ -223,3 +255,113 @@ def test_4_promotion_and_rollback_mid_replay_with_a_worker_killed_mid_switch(sys
     current = roles.read(system.store.redis)
     assert (current.live, current.candidate) == ("1", shifted)
     assert [e["action"] for e in roles.events(system.store.redis, 2)] == ["rollback", "promote --force"]
+
+
+def test_5_a_candidate_the_roles_name_before_triton_loaded_it_is_called_only_once_loaded(system):
+    """The roles name a version Triton does not serve yet (what an export looks like until Triton's
+    next poll): the workers wait for it to be ready, counting its batches as not ready, never as
+    failed calls; once Triton serves it, it is shadowed."""
+    roles.serve_exactly(system.root / "repo", ["1"])  # as `export --candidate` does before the version appears
+    version = candidate_copy(system, "same")
+    before = roles.read(system.store.redis)
+    after = roles.change(system.store.redis, before, roles.nominated(before, version, "1"), "test: not served yet")
+    time.sleep(1.0)  # workers read the roles every 0.2 s
+    replay(system, "loading", 2, 30)
+    deadline = time.monotonic() + 60
+    while (calls := report(system)["calls"])["not_ready"] == 0:
+        assert time.monotonic() < deadline, f"no batch counted as not ready: {calls}"
+        time.sleep(1.0)
+    assert calls["ok"] == calls["error"] == calls["timeout"] == 0
+    roles.serve_exactly(system.root / "repo", after.served())
+    wait_ready(system, version)
+    time.sleep(1.0)
+    replay(system, "loaded", 2, 30)
+    found = wait_for_pairs(system, 1)  # not all 60: a call past its 1 s timeout on a busy machine has none
+    assert found["overall"]["mae"] == 0.0
+    assert found["calls"]["error"] == 0 and found["calls"]["ok"] > 0
+
+
+def test_6_a_candidate_with_another_contract_is_served_as_the_second_slot_promoted_and_rolled_back(system):
+    """The live checkpoint exported again without attribution (other outputs: another contract)
+    is served as `tecafn_b`, beside the live `tecafn`; it is shadowed, prepared and asked for its
+    own outputs, then promoted and rolled back during a replay. Every segment is recorded once,
+    with the version that scored it, and what it holds is what that version's contract gives."""
+    system.cli("export", "--checkpoint", str(system.root / "ckpt" / "checkpoint.pt"), "--candidate",
+               "--quantize", "none", "--no-attribution")
+    current = roles.read(system.store.redis)
+    slotted = current.candidate
+    assert (current.live, current.model("live"), current.candidate_model) == ("1", "tecafn", "tecafn_b")
+    assert (system.root / "repo" / "tecafn_b" / slotted / "tecafn.json").is_file()
+    wait_ready(system, slotted, model="tecafn_b")
+    time.sleep(1.0)
+    replay(system, "slot", 2, 30)
+    shadowed = wait_for_pairs(system, 1)  # a call past its 1 s timeout (a busy machine) has none
+    assert shadowed["overall"]["mae"] == pytest.approx(0.0, abs=1e-4)  # the same weights
+    assert shadowed["calls"]["error"] == 0 and shadowed["contributions_moved"] == {}  # it gives none
+    counts, truth, by_segment, manifest = promoted_and_rolled_back_in_a_replay(system, "slots", slotted)
+    for segment_id, message in by_segment.items():
+        assert message["score"] == pytest.approx(truth[segment_id][1], abs=1e-4)
+    for stream in counts:
+        assert system.store.totals(stream)["count"] == 150
+        for entry in system.store.recent(stream, 150):
+            assert ("contributions" in entry and entry["contributions"] is not None) == (entry["version"] == "1"), entry
+    after = roles.read(system.store.redis)
+    assert (after.live, after.model("live"), after.candidate, after.candidate_model) == ("1", "tecafn", slotted, "tecafn_b")
+
+
+def context_truth(live: Live, manifest: Path, model: str, version: str) -> dict[str, float]:
+    """segment_id -> the score `version` of `model` (a model with context) gives each replayed
+    segment with the transcripts of the segments before it in its stream."""
+    from stream.contract import Tokenizer
+    from stream.schema import Limits, decode_segment
+    scorer = TritonScorer(live.env["TECAFLOW_TRITON_URL"], model=model)
+    try:
+        contract = scorer.contract()
+        tokenizer = Tokenizer(live.root / "repo" / model / version / "tokenizer", contract.max_text_tokens)
+        limits = Limits(widths=contract.widths, max_frames=contract.max_frames)
+        segments = sorted((decode_segment(base64.b64decode(json.loads(line)["message"]), limits)
+                           for line in manifest.read_text().splitlines()), key=lambda s: (s.stream_id, s.event_time))
+        previous = [[p.text for p in segments[max(0, i - contract.context):i] if p.stream_id == s.stream_id]
+                    for i, s in enumerate(segments)]
+        truth = {}
+        for start in range(0, len(segments), 16):
+            chunk = segments[start:start + 16]
+            inputs = contract.batch(*tokenizer([s.text for s in chunk]), {m: [s.frames(m) for s in chunk]
+                                                                           for m in contract.widths},
+                                    tokenizer.context(previous[start:start + 16], contract.max_context_tokens))
+            truth.update(zip((s.segment_id for s in chunk), map(float, scorer.score(inputs, version=version))))
+        return truth
+    finally:
+        scorer.close()
+
+
+def test_7_a_candidate_with_context_beside_a_live_model_without_is_shadowed_promoted_and_rolled_back(system):
+    """A model reading the two previous transcripts (k = 2) as the candidate of the live k = 0
+    model: served as the second slot, it is shadowed with the streams' context, then promoted and
+    rolled back during a replay; each segment is recorded once, with the version that scored it
+    and that version's score of it (with its context, where the version reads one)."""
+    from trainer.data import load_dataset
+    from trainer.train import TrainOptions, train
+    ds = load_dataset("synthetic", seed=0, n=600, cue_strength=1.5, max_frames=20)
+    train(ds, TrainOptions(out=system.root / "ckpt-context", epochs=2, text_encoder="tiny", max_frames=20,
+                           progress=False, patience=100, context=2,
+                           model_overrides=dict(encoder_layers=1, cross_layers=1, d_model=32, n_heads=4)))
+    system.cli("export", "--checkpoint", str(system.root / "ckpt-context" / "checkpoint.pt"), "--candidate",
+               "--quantize", "none")
+    current = roles.read(system.store.redis)
+    reading = current.candidate
+    assert (current.live, current.model("live"), current.candidate_model) == ("1", "tecafn", "tecafn_b")
+    assert json.loads((system.root / "repo" / "tecafn_b" / reading / "tecafn.json").read_text())["context"] == 2
+    wait_ready(system, reading, model="tecafn_b")
+    time.sleep(1.0)
+    replay(system, "context", 2, 30)
+    shadowed = wait_for_pairs(system, 1)
+    assert shadowed["calls"]["error"] == 0 and shadowed["overall"]["mae"] > 0  # another model, called as it should be
+    counts, truth, by_segment, manifest = promoted_and_rolled_back_in_a_replay(system, "contexts", reading)
+    with_context = context_truth(system, manifest, "tecafn_b", reading)
+    for segment_id, message in by_segment.items():
+        expected = truth[segment_id][1] if message["version"] == "1" else with_context[segment_id]
+        assert message["score"] == pytest.approx(expected, abs=1e-4), message
+    for stream in counts:
+        recorded = [m["score"] for m in by_segment.values() if m["stream_id"] == stream]
+        assert system.store.totals(stream)["sum"] == pytest.approx(sum(recorded), abs=1e-3)

@@ -31,10 +31,10 @@ def repo(tmp_path):
     return tmp_path
 
 
-def served_by_config(repo) -> list[int]:
+def served_by_config(repo, model: str = "tecafn") -> list[int]:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as pb
-    config = text_format.Parse((repo / "tecafn" / "config.pbtxt").read_text(), pb.ModelConfig())
+    config = text_format.Parse((repo / model / "config.pbtxt").read_text(), pb.ModelConfig())
     assert config.version_policy.WhichOneof("policy_choice") == "specific"
     return list(config.version_policy.specific.versions)
 
@@ -138,12 +138,115 @@ def test_the_report_and_gate_read_what_the_worker_records(client, repo):
     json.dumps(report)  # `shadow report --json` prints it
 
 
-def test_a_candidate_must_take_the_live_versions_inputs_and_give_its_outputs(repo):
-    from trainer.export import check_servable_beside
+def test_a_candidate_with_another_contract_goes_to_the_other_slot(repo):
+    from trainer.export import candidate_slot, next_version
     live = ModelContract({"audio": 4}, 16, 10)  # what the repo fixture's config.pbtxt serves
-    check_servable_beside(repo, ModelContract({"audio": 4}, 16, 10, max_batch=32))  # the batch size may differ
+    assert candidate_slot(repo, "tecafn", ModelContract({"audio": 4}, 16, 10, max_batch=32)) == "tecafn"
     for other in (ModelContract({"audio": 5}, 16, 10), ModelContract({"audio": 4}, 32, 10),
-                  ModelContract({"audio": 4}, 16, 10, attribution=True)):
+                  ModelContract({"audio": 4}, 16, 10, attribution=True),
+                  ModelContract({"audio": 4}, 16, 10, context=2, max_context_tokens=64)):
         assert other != live
-        with pytest.raises(UserError, match="cannot shadow it"):
-            check_servable_beside(repo, other)
+        assert candidate_slot(repo, "tecafn", other) == "tecafn_b"
+    (repo / "tecafn_b" / "7").mkdir(parents=True)
+    (repo / "tecafn_b" / "config.pbtxt").write_text(ModelContract({"audio": 5}, 16, 10).config_pbtxt(model="tecafn_b"))
+    assert candidate_slot(repo, "tecafn_b", ModelContract({"audio": 4}, 16, 10)) == "tecafn"
+    assert next_version(repo) == 8  # numbered across both slots: a version names one directory
+
+
+def test_a_version_exported_with_another_contract_than_its_slot_now_serves_is_refused(client, repo):
+    ModelContract({"audio": 4}, 16, 10).write_metadata(repo / "tecafn" / "2")  # what the config serves
+    ModelContract({"audio": 4}, 16, 10, attribution=True).write_metadata(repo / "tecafn" / "1")
+    before = (repo / "tecafn" / "config.pbtxt").read_text()
+    with pytest.raises(UserError, match="version 1 was exported with another contract"):
+        switch.nominate(TrendStore("", client=client), repo, "1", "shadow start")
+    assert (repo / "tecafn" / "config.pbtxt").read_text() == before and not roles.read(client).recorded
+    assert switch.nominate(TrendStore("", client=client), repo, "2", "shadow start").candidate == "2"
+
+
+def test_the_roles_name_each_versions_model_and_old_roles_read_as_the_base_model(client, repo):
+    """A candidate in the second slot: nominated, promoted, rolled back and stopped, the roles
+    say which model serves each version, and each model's config serves exactly its versions.
+    A roles hash written before slots (versions only) reads as the base model's."""
+    (repo / "tecafn_b" / "4").mkdir(parents=True)
+    (repo / "tecafn_b" / "config.pbtxt").write_text(ModelContract({"audio": 5}, 16, 10).config_pbtxt(model="tecafn_b"))
+    client.hset(roles.ROLES, mapping={"live": "3", "epoch": "1"})  # as recorded before slots
+    old = roles.read(client)
+    assert (old.model("live"), old.served_by_model()) == ("tecafn", {"tecafn": ["3"]})
+    store = TrendStore("", client=client)
+    nominated = switch.nominate(store, repo, "4", "shadow start")
+    assert (nominated.live, nominated.model("live"), nominated.candidate, nominated.candidate_model) == \
+        ("3", "tecafn", "4", "tecafn_b")
+    assert served_by_config(repo) == [3] and served_by_config(repo, "tecafn_b") == [4]
+    promoted, _ = switch.promote(store, gate.Thresholds(min_segments=0, min_shadow_s=0), 5, force=True)
+    assert (promoted.live, promoted.live_model, promoted.candidate, promoted.model("candidate")) == \
+        ("4", "tecafn_b", "3", "tecafn")
+    assert roles.read(client) == promoted
+    back = switch.rollback(store, 5)
+    assert (back.live, back.model("live"), back.candidate, back.candidate_model) == ("3", "tecafn", "4", "tecafn_b")
+    switch.promote(store, gate.Thresholds(min_segments=0, min_shadow_s=0), 5, force=True)
+    stopped = switch.stop(store, repo)
+    assert (stopped.live, stopped.live_model, stopped.candidate) == ("4", "tecafn_b", None)
+    assert served_by_config(repo, "tecafn_b") == [4]
+
+
+
+def fill(store: TrendStore, keyspace: str, streams: list[str]) -> TrendStore:
+    """Everything a worker writes for a candidate: trends, buckets, recent, window, alerts and
+    detector state, pairs, call counts."""
+    shadow = TrendStore("", store.settings, client=store.redis, keyspace=keyspace)
+    for stream in streams:
+        shadow.record_many([ScoredSegment(stream, f"{stream}/{i}", "d", 1000.0 + 400 * i, 0.1 * i, "x")
+                            for i in range(3)])
+        shadow.record_alerts(stream, [an_alert(stream, 1800.0)], {"evaluated": 3})
+    pairs.record_pairs(store.redis, keyspace, {s: [[1000.0, 0.0, 0.1, {}, {}]] for s in streams}, kept=10)
+    pairs.count_calls(store.redis, {keyspace: {"ok": 1, "segments": 3, "seconds": 0.1}})
+    return shadow
+
+
+@pytest.mark.parametrize("kind", ["single", "cluster"])
+def test_the_keyspaces_of_earlier_nominations_are_removed_and_the_newest_two_kept(request, repo, kind):
+    """Nominate, promote, roll back: each change opens a keyspace; the rollback removes the first
+    nomination's (but for its idempotency keys, which expire), keeps the promotion's whole, and
+    leaves the live keyspace untouched."""
+    url = request.getfixturevalue("redis_url" if kind == "single" else "redis_cluster_url")
+    store = TrendStore(url)
+    for key in store.redis.scan_iter("tf:*"):
+        store.redis.delete(key)
+    streams = [f"{kind}-{i}" for i in range(3)]
+    store.record_many([ScoredSegment(s, f"{s}/0", "d", 1000.0, 0.2, "x") for s in streams])
+    live_keys = set(store.redis.scan_iter("tf:*"))
+    nominated = switch.nominate(store, repo, "2", "shadow start").candidate_keyspace()
+    fill(store, nominated, streams)
+    promoted = switch.promote(store, gate.Thresholds(min_segments=0, min_shadow_s=0), 5, force=True)[0]
+    fill(store, promoted.candidate_keyspace(), streams)
+    before = {k: set(store.redis.scan_iter(f"{k}:*")) for k in (nominated, promoted.candidate_keyspace())}
+    assert any(":seen:" not in key for key in before[nominated])
+    rolled_back = switch.rollback(store, 5)
+    left = set(store.redis.scan_iter(f"{nominated}:*"))
+    assert left == {key for key in before[nominated] if ":seen:" in key}
+    assert set(store.redis.scan_iter(f"{promoted.candidate_keyspace()}:*")) == before[promoted.candidate_keyspace()]
+    assert roles.stale_keyspaces(store.redis, 0) == [promoted.candidate_keyspace(), rolled_back.candidate_keyspace()]
+    assert set(store.redis.scan_iter("tf:*")) - set(store.redis.scan_iter("tf:candidate:*")) >= live_keys
+    assert store.totals(streams[0])["count"] == 1
+
+
+def test_the_metrics_publish_the_reports_divergences_computed_once_per_tick_for_every_worker(client, repo):
+    from stream import metrics
+    from stream.config import Settings
+    from stream.shadow.report import publish_metrics
+    store = TrendStore("", client=client)
+    current = switch.nominate(store, repo, "2", "shadow start")
+    keyspace = current.candidate_keyspace()
+    TrendStore("", client=client, keyspace=keyspace).record_many([ScoredSegment("a", "a/0", "d", 1000.0, 0.0, "x")])
+    pairs.record_pairs(client, keyspace, {"a": [[1000.0 + i, 0.1 * i, 0.1 * i + 0.3, {}, {}] for i in range(50)]},
+                       kept=100)
+    pairs.count_calls(client, {keyspace: {"ok": 4, "error": 1}})
+    settings = Settings.from_env({})
+    first = publish_metrics(store, current, settings, fresh_s=60)
+    assert first["divergences"] == gate.divergences(build(store, current, 5)) and first["segments"] == 50
+    assert metrics.SHADOW_DIVERGENCE.labels("mae")._value.get() == pytest.approx(0.3)
+    pairs.record_pairs(client, keyspace, {"a": [[2000.0, 0.0, 3.0, {}, {}]]}, kept=100)
+    assert publish_metrics(store, current, settings, fresh_s=60) == first  # another worker within the tick
+    client.delete(pairs.figures_key(keyspace))  # as when the tick's figures expire
+    again = publish_metrics(store, current, settings, fresh_s=60)
+    assert again["segments"] == 51 and again["divergences"]["mae"] > first["divergences"]["mae"]

@@ -26,8 +26,18 @@ class VersionedScorer(FlakyScorer):
     def __init__(self):
         super().__init__()
         self.hanging = asyncio.Event()
+        self.loading: set[str] = set()  # versions Triton is still loading: not ready, and a call fails
+        self.called: list[str] = []
+        self.models: list[tuple[str, str | None]] = []  # (version, model) of each call
 
-    async def infer(self, inputs, outputs, version=None):
+    async def version_ready(self, version, model=None):
+        return version not in self.loading
+
+    async def infer(self, inputs, outputs, version=None, model=None):
+        self.called.append(version)
+        self.models.append((version, model or "tecafn"))  # None: the scorer's own model, as AsyncTritonScorer
+        if version in self.loading:
+            raise ConnectionError(f"Request for unknown model: 'tecafn' version {version} is not at ready state")
         if version == "3":
             raise ConnectionError("the candidate is broken")
         if version == "4":
@@ -36,7 +46,8 @@ class VersionedScorer(FlakyScorer):
         return {"score": scores + (0.5 if version == "2" else 0.0)}
 
 
-def shadowed_pipeline(redis_url: str, candidate: str, contract=CONTRACT, scorer=None, **settings) -> Pipeline:
+def shadowed_pipeline(redis_url: str, candidate: str, contract=CONTRACT, scorer=None, candidate_contract=None,
+                      **settings) -> Pipeline:
     store = TrendStore(redis_url)
     store.redis.flushdb()
     before = roles.read(store.redis)
@@ -45,12 +56,12 @@ def shadowed_pipeline(redis_url: str, candidate: str, contract=CONTRACT, scorer=
     config = replace(Settings.from_env({}), roles_refresh_s=0.01, **settings)
     scorer = scorer or VersionedScorer()
 
-    async def candidate_model(version):
-        return contract, tokenizer
+    async def candidate_model(version, model=None):
+        return candidate_contract or contract, tokenizer
 
-    def candidate_pipeline(scorer_, store_, tokenizer_, contract_, version_):
+    def candidate_pipeline(scorer_, store_, tokenizer_, contract_, version_, model_=None):
         return Pipeline(scorer_, store_, tokenizer_, contract_, DetectorParams(warmup=20), backoff=quick_backoff,
-                        version=version_, role="candidate")
+                        version=version_, role="candidate", model=model_)
     shadow = Shadow(store, scorer, config, candidate_model, candidate_pipeline)
     return Pipeline(scorer, store, tokenizer, contract, DetectorParams(warmup=20), backoff=quick_backoff,
                     version="1", shadow=shadow)
@@ -103,27 +114,65 @@ class InputsByVersion(VersionedScorer):
         super().__init__()
         self.seen = {}
 
-    async def infer(self, inputs, outputs, version=None):
+    async def infer(self, inputs, outputs, version=None, model=None):
         self.seen.setdefault(version, []).append({k: np.array(v) for k, v in inputs.items()})
         return await super().infer(inputs, outputs, version)
+
+
+def inputs_by_version(pipeline: Pipeline, prefix: str) -> tuple[list, list]:
+    """Three batches through the pipeline (and its candidate): the inputs of the live calls and of
+    the candidate's."""
+    async def go():
+        await run(pipeline, batches(prefix))
+        await settle(pipeline)
+    asyncio.run(go())
+    return pipeline.scorer.seen["1"], pipeline.scorer.seen["2"]
 
 
 def test_a_candidate_with_context_reads_the_context_the_live_model_read(redis_url):
     contract = replace(CONTRACT, context=2, max_context_tokens=32)
     scorer = InputsByVersion()
     pipeline = shadowed_pipeline(redis_url, "2", contract=contract, scorer=scorer)
-
-    async def go():
-        await run(pipeline, batches("ctx"))
-        await settle(pipeline)
-    asyncio.run(go())
-    live, candidate = scorer.seen["1"], scorer.seen["2"]
+    live, candidate = inputs_by_version(pipeline, "ctx")
     assert len(live) == len(candidate) == 3
     for mine, theirs in zip(live, candidate):
         assert "context_ids" in theirs
         np.testing.assert_array_equal(mine["context_ids"], theirs["context_ids"])
         np.testing.assert_array_equal(mine["context_mask"], theirs["context_mask"])
     assert live[-1]["context_mask"].sum() > 0  # later batches did have context to compare
+
+
+def test_a_candidate_with_context_beside_a_live_model_without_reads_the_streams_previous_transcripts(redis_url):
+    """k = 2 against a live k = 0: the worker reads the streams' context windows for the candidate
+    alone; the live calls stay without context inputs."""
+    scorer = InputsByVersion()
+    pipeline = shadowed_pipeline(redis_url, "2", scorer=scorer,
+                                 candidate_contract=replace(CONTRACT, context=2, max_context_tokens=32))
+    live, candidate = inputs_by_version(pipeline, "ctx0")
+    assert len(live) == len(candidate) == 3
+    assert not any("context_ids" in inputs for inputs in live)
+    assert candidate[0]["context_mask"].sum() > 0  # the batch's earlier segments of its stream
+    assert candidate[-1]["context_mask"].sum(1).min() > 0  # and, later, those recorded before it
+    keyspace = roles.read(pipeline.store.redis).candidate_keyspace()
+    assert pairs.read_calls(pipeline.store.redis, keyspace)["error"] == 0
+
+
+def test_a_candidate_of_other_widths_is_not_sent_frames_of_the_live_widths(redis_url):
+    """Audio 1 wide against the live 5 (frames of 5 would reshape into five times as many frames of
+    1 without a word): every batch is counted as an error on the candidate's side, none is sent
+    to it, and the live path is as it was."""
+    scorer = VersionedScorer()
+    pipeline = shadowed_pipeline(redis_url, "2", scorer=scorer,
+                                 candidate_contract=replace(CONTRACT, widths={"audio": 1, "visual": 20}))
+
+    async def go():
+        results = await run(pipeline, batches("widths"))
+        await settle(pipeline)
+        return results
+    results = asyncio.run(go())
+    assert [len(r.scores) for r in results] == [8, 8, 8] and "2" not in scorer.called
+    keyspace = roles.read(pipeline.store.redis).candidate_keyspace()
+    assert pairs.read_calls(pipeline.store.redis, keyspace)["error"] == 3
 
 
 def test_a_redelivered_batch_pairs_nothing_twice(redis_url):
@@ -136,6 +185,34 @@ def test_a_redelivered_batch_pairs_nothing_twice(redis_url):
     asyncio.run(go())
     keyspace = roles.read(pipeline.store.redis).candidate_keyspace()
     assert sum(map(len, pairs.read_pairs(pipeline.store.redis, keyspace, ["again-0", "again-1"]).values())) == 8
+
+
+def test_a_candidate_triton_has_not_loaded_yet_is_not_called_until_it_has(redis_url):
+    """The roles name a candidate before Triton has loaded it (an export, Triton's next poll):
+    its batches are counted as not ready, never as failed calls, and shadowing starts once it is
+    loaded."""
+    scorer = VersionedScorer()
+    scorer.loading.add("2")
+    pipeline = shadowed_pipeline(redis_url, "2", scorer=scorer)
+    raws = batches("loading", n=4)
+
+    async def go():
+        for batch in raws[:2]:
+            await pipeline.process(batch)
+        await settle(pipeline)
+        await asyncio.sleep(0.05)  # the not-ready counts are written beside the next batch, in the background
+        scorer.loading.clear()
+        await asyncio.sleep(0.02)  # past TECAFLOW_ROLES_REFRESH_S: the next read of the roles asks again
+        for batch in raws[2:]:
+            await pipeline.process(batch)
+        await settle(pipeline)
+    asyncio.run(go())
+    assert scorer.called.count("2") == 2  # the two batches after it was loaded, none before
+    keyspace = roles.read(pipeline.store.redis).candidate_keyspace()
+    calls = pairs.read_calls(pipeline.store.redis, keyspace)
+    assert (calls["not_ready"], calls["ok"], calls["error"], calls["failure_rate"]) == (2, 2, 0, 0.0)
+    shadowed = pairs.read_pairs(pipeline.store.redis, keyspace, ["loading-0", "loading-1"])
+    assert sum(map(len, shadowed.values())) == 16  # the two batches after it was loaded
 
 
 @pytest.mark.parametrize("candidate,outcome", [("3", "error"), ("4", "timeout")])
@@ -181,10 +258,10 @@ def test_a_promotion_is_adopted_at_the_next_batch(redis_url):
         await settle(pipeline)
         return first, second
 
-    async def model_for(version):
+    async def model_for(version, model=None):
         return CONTRACT, pipeline.served.tokenizer
     pipeline.model_for = model_for
-    pipeline.scorer.served_versions = lambda: _ready("1", "2")
+    pipeline.scorer.served_versions = lambda model=None: _ready("1", "2")
     first, second = asyncio.run(go())
     assert {s.version for s in first.scores} == {"1"} and {s.version for s in second.scores} == {"2"}
     assert pipeline.shadow.candidate.served.version == "1"  # the version it replaced shadows it
@@ -192,3 +269,39 @@ def test_a_promotion_is_adopted_at_the_next_batch(redis_url):
 
 async def _ready(*versions):
     return list(versions)
+
+
+def test_a_candidate_in_the_other_slot_is_called_there_and_the_live_calls_follow_it_once_promoted(redis_url):
+    """A candidate with another contract is served as the model's second slot: the roles name the
+    slot, the worker calls each version on its own model, and a promotion moves the live calls to
+    the candidate's slot (a rollback back)."""
+    pipeline = shadowed_pipeline(redis_url, "2")
+    before = roles.read(pipeline.store.redis)
+    roles.change(pipeline.store.redis, before, replace(before, live_model="tecafn", candidate_model="tecafn_b"), "test")
+    raws = batches("slots", n=3)
+
+    async def model_for(version, model=None):
+        return CONTRACT, pipeline.served.tokenizer
+    pipeline.model_for = model_for
+    pipeline.scorer.served_versions = lambda model=None: _ready(*{"tecafn": ["1"], "tecafn_b": ["2"]}[model])
+
+    async def switch(change):
+        current = roles.read(pipeline.store.redis)
+        roles.change(pipeline.store.redis, current, change(current), "test")
+        await asyncio.sleep(0.02)  # past TECAFLOW_ROLES_REFRESH_S
+
+    async def go():
+        await asyncio.sleep(0.02)
+        first = await pipeline.process(raws[0])
+        await settle(pipeline)
+        await switch(roles.promoted)
+        second = await pipeline.process(raws[1])
+        await settle(pipeline)
+        await switch(roles.rolled_back)
+        third = await pipeline.process(raws[2])
+        await settle(pipeline)
+        return first, second, third
+    results = asyncio.run(go())
+    assert [{s.version for s in r.scores} for r in results] == [{"1"}, {"2"}, {"1"}]
+    assert set(pipeline.scorer.models) == {("1", "tecafn"), ("2", "tecafn_b")}
+    assert pipeline.scorer.models.count(("2", "tecafn_b")) == 3 and pipeline.scorer.models.count(("1", "tecafn")) == 3

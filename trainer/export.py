@@ -368,35 +368,33 @@ def check_quantize_data(quantize: str, **data: str | None) -> None:
 
 
 def next_version(repo: Path) -> int:
-    found = contract.versions(repo)
-    return int(found[-1].name) + 1 if found else 1
+    """One more than the newest version in either slot: a version number names one model directory."""
+    return contract.newest_version(repo) + 1
 
 
-def check_servable_beside(repo: Path, served: ModelContract) -> None:
-    """A candidate is served under the live version's config.pbtxt (Triton has one per model, and
-    the workers read the live contract from it): it must take the same inputs and give the same
-    outputs. Weights, tokenizer, text encoder and quantization may differ."""
-    live = ModelContract.read_config_pbtxt(repo / MODEL_NAME / contract.CONFIG_FILE)
-    if replace(live, max_batch=0) != replace(served, max_batch=0):
-        raise UserError(f"this checkpoint's contract ({served.widths}, <= {served.max_text_tokens} tokens, <= "
-                        f"{served.max_frames} frames, attribution {served.attribution}) differs from the live "
-                        f"version's ({live.widths}, <= {live.max_text_tokens} tokens, <= {live.max_frames} frames, "
-                        f"attribution {live.attribution}); one config.pbtxt serves both, so it cannot shadow it: "
-                        "export it without --candidate, or match --no-attribution and the training limits")
+def candidate_slot(repo: Path, live_model: str, served: ModelContract) -> str:
+    """Where a candidate is served: beside the live version, under its config.pbtxt, when it takes
+    the same inputs and gives the same outputs (weights, tokenizer, text encoder and quantization
+    may differ); else as the other slot, a model of its own with its own config (Triton has one
+    config per model, and the workers read each model's contract from it)."""
+    live = ModelContract.read_config_pbtxt(repo / live_model / contract.CONFIG_FILE)
+    return live_model if live.same_interface(served) else contract.other_slot(live_model)
 
 
 def export(checkpoint: Path, repo: Path, backend: str = "python", max_batch: int = 64,
            tensorrt: bool = False, queue_delay_us: int = 2000, instances: int = DEFAULT_INSTANCES, quantize: str = "none",
            accuracy_data: str | None = None, attribution: bool = True, calibration_data: str | None = None,
-           keep_serving: Sequence[str] = ()) -> Path:
+           keep_serving: Sequence[str] = (), live_model: str = MODEL_NAME) -> Path:
     """Export `checkpoint` as the next version under repo/tecafn; return the version directory.
     With `attribution` (text-centred models), the graph returns the text-only score and each
     side's contribution beside the score, from the same call. quantize="int8" serves the int8
     quantization of the graph, its scales calibrated on the sample the training run wrote or on
     `calibration_data`'s training split (with `accuracy_data`, the change of test MAE it makes on
-    that dataset is logged and kept in tecafn.json). With `keep_serving` (the live version, when the
-    new one is exported as a candidate), Triton serves exactly those and the new version: the
-    config names only them before the version appears, and them and it once it has."""
+    that dataset is logged and kept in tecafn.json). With `keep_serving` (the live version, served
+    by `live_model`, when the new one is exported as a candidate), Triton serves exactly those and
+    the new version: the new one beside them (the config names only them before the version
+    appears, and them and it once it has) where its contract is theirs, else as the other slot
+    (candidate_slot), whose config names the new version alone once it has appeared."""
     if quantize not in QUANTIZATIONS:
         raise UserError(f"--quantize must be one of {QUANTIZATIONS}, not {quantize!r}")
     if backend not in contract.BACKENDS:
@@ -411,16 +409,16 @@ def export(checkpoint: Path, repo: Path, backend: str = "python", max_batch: int
         raise UserError("only regression (sentiment score) models are served; this checkpoint is binary")
     repo = Path(repo)
     version = next_version(repo)
-    target = repo / MODEL_NAME / str(version)
-    staging = repo / MODEL_NAME / f".staging-{version}"  # Triton ignores it until it is renamed
+    served = model_contract(model, ckpt["max_text_tokens"], ckpt["max_frames"] or 50,
+                            attribution=attribution and model.config.center == "text",
+                            max_context_tokens=batcher_options(ckpt)["max_context_tokens"])
+    slot = candidate_slot(repo, live_model, served) if keep_serving else MODEL_NAME
+    beside = keep_serving if slot == live_model else ()
+    target = repo / slot / str(version)
+    staging = repo / slot / f".staging-{version}"  # Triton ignores it until it is renamed
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        served = model_contract(model, ckpt["max_text_tokens"], ckpt["max_frames"] or 50,
-                                attribution=attribution and model.config.center == "text",
-                                max_context_tokens=batcher_options(ckpt)["max_context_tokens"])
-        if keep_serving:
-            check_servable_beside(repo, served)
         export_onnx(model, staging / contract.ONNX_FILE, served)
         diff = check_parity(model, staging / contract.ONNX_FILE, served)
         if not diff <= PARITY_TOLERANCE:
@@ -440,12 +438,13 @@ def export(checkpoint: Path, repo: Path, backend: str = "python", max_batch: int
                 shutil.copy(source, staging / name)
         config = dict(backend=backend, max_batch=max_batch, instances=instances, queue_delay_us=queue_delay_us,
                       tensorrt=tensorrt)
-        write_config(repo, served.config_pbtxt(**config, versions=keep_serving))
+        if beside or not keep_serving:  # in the other slot, the config names the new version once it is there
+            write_config(repo, served.config_pbtxt(**config, versions=beside, model=slot), slot)
         staging.rename(target)
         if keep_serving:
-            write_config(repo, served.config_pbtxt(**config, versions=[*keep_serving, version]))
+            write_config(repo, served.config_pbtxt(**config, versions=[*beside, version], model=slot), slot)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("exported %s as %s version %d (%s backend, parity %.1e)", checkpoint, MODEL_NAME, version, backend, diff)
+    log.info("exported %s as %s version %d (%s backend, parity %.1e)", checkpoint, slot, version, backend, diff)
     return target

@@ -169,6 +169,7 @@ class Soak:
 
 
 def run_soak(repo: Path, minutes: float, rate: float, streams: int, bad_share: float, every_s: float) -> dict:
+    from stream.shadow.roles import live_model
     from stream.triton_client import TritonScorer
     settings = Settings.from_env()
     stack = Stack(settings, repo)
@@ -177,7 +178,7 @@ def run_soak(repo: Path, minutes: float, rate: float, streams: int, bad_share: f
     service = worker_service(stack.run_dir, "soak-worker")
     try:
         worker = service.start().process
-        scorer = TritonScorer(settings.triton_url, model=settings.triton_model)
+        scorer = TritonScorer(settings.triton_url, model=live_model(settings))
         widths = scorer.contract().widths
         scorer.close()
         dlq_before = asyncio.run(topic_size(settings.broker_servers(), settings.topic_dlq))

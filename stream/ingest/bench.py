@@ -124,9 +124,10 @@ def live_latency(wav: Path, settings: Settings, threads: int) -> dict:
 def score_correlation(truths: list[str], heard: list[str], settings: Settings) -> dict:
     """Pearson correlation of the served model's scores of the transcripts and of the truths."""
     from stream.replay import served_scores
+    from stream.shadow.roles import live_model
     from stream.triton_client import TritonScorer
     try:
-        scorer = TritonScorer(settings.triton_url, model=settings.triton_model, timeout=5.0)
+        scorer = TritonScorer(settings.triton_url, model=live_model(settings), timeout=5.0)
     except Exception as e:  # noqa: BLE001 - any failure to reach it means: no served model to compare with
         return {"skipped": f"no served model at TECAFLOW_TRITON_URL={settings.triton_url} ({type(e).__name__}; "
                            f"tecaflow stack up)"}

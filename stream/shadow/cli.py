@@ -108,7 +108,7 @@ def export_candidate(settings: Settings, repo: Path, export) -> Path:
     if live is None:
         from stream.errors import UserError
         raise UserError("no live version to shadow: export a first model without --candidate")
-    target = export(keep_serving=[live])
+    target = export(keep_serving=[live], live_model=before.model("live", settings.triton_model))
     switch.nominate(store, repo, target.name, "export --candidate", before, live)
     return target
 
@@ -117,13 +117,13 @@ def export_live(settings: Settings, repo: Path, export) -> Path:
     """A plain `tecaflow export` replaces what Triton serves (the newest version alone): where roles
     are recorded, they say so too (workers would otherwise find the live version they name gone,
     and fall back to the newest served)."""
-    from stream.shadow import roles
+    from stream.shadow import roles, switch
     target = export()
     try:
         store = _store(settings)
         before = roles.read(store.redis)
         if before.recorded:
-            roles.change(store.redis, before, roles.Roles(live=target.name), "export")
+            switch.record(store, before, roles.Roles(live=target.name, live_model=target.parent.name), "export")
     except Exception as e:  # noqa: BLE001 - the export is done; the roles are the workers' to fall back from
         print(f"note: Redis not reached, so shadow roles (if any) still name the old live version ({e})")
     return target

@@ -5,8 +5,11 @@ Keys, under the candidate's keyspace (stream/shadow/roles.py candidate_keyspace)
     <keyspace>:{s}:pairs   the stream's last TECAFLOW_SHADOW_PAIRS_KEPT pairs, oldest first, JSON
                            [event_time, live score, candidate score, live contributions, candidate
                            contributions] (contributions: side -> how far that side moved the score)
-    <keyspace>:calls       hash: ok, error, timeout, skipped (batches), segments, seconds (the sum
-                           of the answered calls' latency)
+    <keyspace>:figures     the divergences the workers' metrics publish, as one worker computed
+                           them (JSON, expires after a metrics tick: stream/shadow/report.py)
+    <keyspace>:calls       hash: ok, error, timeout, skipped, not_ready (batches; not_ready: not
+                           sent, Triton had not loaded the candidate yet), segments, seconds (the
+                           sum of the answered calls' latency)
 A pair is written once, when the candidate first records the segment; a crash between the two
 writes loses that pair, never doubles it (the comparison is a sample).
 """
@@ -14,15 +17,20 @@ from __future__ import annotations
 
 import json
 
-CALL_OUTCOMES = ("ok", "error", "timeout", "skipped")
+CALL_OUTCOMES = ("ok", "error", "timeout", "skipped", "not_ready")  # only error and timeout are failures
+STREAM_KEY = "pairs"  # the per-stream key's suffix, beside the store's (stream/store.py)
 
 
 def pairs_key(keyspace: str, stream: str) -> str:
-    return f"{keyspace}:{{{stream}}}:pairs"
+    return f"{keyspace}:{{{stream}}}:{STREAM_KEY}"
 
 
 def calls_key(keyspace: str) -> str:
     return f"{keyspace}:calls"
+
+
+def figures_key(keyspace: str) -> str:
+    return f"{keyspace}:figures"
 
 
 def record_pairs(client, keyspace: str, pairs: dict[str, list[list]], kept: int) -> None:

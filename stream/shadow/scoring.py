@@ -23,7 +23,7 @@ import numpy as np
 
 from stream import metrics
 from stream.config import Settings
-from stream.contract import CONTEXT_INPUTS, SCORE, ModelContract, Tokenizer
+from stream.contract import CONTEXT_INPUTS, SCORE, ContractError, ModelContract, Tokenizer
 from stream.schema import Segment
 from stream.shadow import pairs, roles
 from stream.store import ScoredSegment, TrendStore
@@ -38,6 +38,16 @@ def chosen(segment_id: str, share: float) -> bool:
     return int.from_bytes(hashlib.blake2b(segment_id.encode(), digest_size=8).digest(), "big") < share * 2 ** 64
 
 
+def check_widths(segments: list[Segment], contract: ModelContract, version: str) -> None:
+    """The segments were validated against the live model's widths: a candidate of other widths
+    cannot take them (reshaped, frames of one width would silently become frames of another)."""
+    unfit = sorted({m for s in segments for m, width in contract.widths.items()
+                    if len(s.frames(m)) and s.frames(m).shape[1] != width})
+    if unfit:
+        raise ContractError(f"candidate version {version} takes {', '.join(f'{m} {contract.widths[m]} wide' for m in unfit)}"
+                            f"; the segments carry frames of the live model's widths")
+
+
 @dataclass
 class ShadowCall:
     """A batch's segments sent to the candidate, and the task that waits for its answer."""
@@ -49,14 +59,16 @@ class ShadowCall:
 
 class Shadow:
     def __init__(self, store: TrendStore, scorer, settings: Settings,
-                 candidate_model: Callable[[str], Awaitable[tuple[ModelContract, Tokenizer]]],
+                 candidate_model: Callable[[str, str | None], Awaitable[tuple[ModelContract, Tokenizer]]],
                  candidate_pipeline: Callable[..., object]):
-        """`candidate_model(version)`: that version's contract and tokenizer; `candidate_pipeline(
-        scorer, store, tokenizer, contract, version)`: a pipeline recording in the given store."""
+        """`candidate_model(version, model)`: the contract and tokenizer of that version, served by
+        that model (slot; None: the scorer's own); `candidate_pipeline(scorer, store, tokenizer,
+        contract, version, model)`: a pipeline recording in the given store."""
         self.store, self.scorer, self.settings = store, scorer, settings
         self.candidate_model, self.candidate_pipeline = candidate_model, candidate_pipeline
         self.current = roles.Roles()
         self.candidate = None  # the candidate's pipeline, once built for current.candidate
+        self.loading: str | None = None  # the keyspace of a candidate the roles name and Triton has not loaded yet
         self._read_at = -math.inf
         self._pending = 0
         self._queue: asyncio.Queue | None = None
@@ -77,20 +89,42 @@ class Shadow:
         return self.current
 
     async def follow_candidate(self) -> None:
-        version, keyspace = self.current.candidate, self.current.candidate_keyspace()
+        version, model, keyspace = self.current.candidate, self.current.candidate_model, self.current.candidate_keyspace()
         if self.candidate is not None and self.candidate.store.keyspace == keyspace:
             return
         self.candidate = None
         if not version:
+            self.loading = None
+            return
+        if not await self.loaded(version, model, keyspace):
             return
         try:
-            contract, tokenizer = await self.candidate_model(version)
+            contract, tokenizer = await self.candidate_model(version, model)
         except Exception as e:  # noqa: BLE001 - not shadowed until it can be; the live path goes on
             log.error("candidate version %s cannot be shadowed: %s", version, e)
             return
         store = TrendStore("", self.store.settings, client=self.store.redis, keyspace=keyspace)
-        self.candidate = self.candidate_pipeline(self.scorer, store, tokenizer, contract, version)
+        self.candidate = self.candidate_pipeline(self.scorer, store, tokenizer, contract, version, model)
         log.warning("shadowing candidate version %s beside live version %s", version, self.current.live)
+
+    async def loaded(self, version: str, model: str | None, keyspace: str) -> bool:
+        """Whether Triton answers calls to `version` yet. The roles name a candidate the moment it
+        is exported or nominated, and Triton loads it only at its next poll of the repository:
+        calls before then would fail and count against the gate. Until it is loaded, batches are
+        counted as "not_ready" and not shadowed; the next read of the roles asks again."""
+        try:
+            ready = await self.scorer.version_ready(version, model)
+        except Exception as e:  # noqa: BLE001 - Triton reloading or away: not ready, asked again
+            log.debug("is candidate version %s ready? %s", version, e)
+            ready = False
+        if not ready and self.loading != keyspace:
+            log.info("candidate version %s: waiting for Triton to load it before shadowing it", version)
+        self.loading = None if ready else keyspace
+        return ready
+
+    def context_read(self) -> int:
+        """How many previous transcripts the candidate reads (0: none, or no candidate)."""
+        return self.candidate.served.contract.context if self.candidate is not None else 0
 
     # ---- a batch's candidate call ------------------------------------------------------------
     def call(self, segments: list[Segment], previous: dict[str, list[str]] | None = None) -> ShadowCall | None:
@@ -98,24 +132,28 @@ class Shadow:
         contract and tokenizer (with context: `previous`, each segment's context as the live
         model read it); None when nothing is shadowed."""
         candidate = self.candidate
-        if candidate is None:
+        if candidate is None and self.loading is None:
             return None
         segments = [s for s in segments if chosen(s.segment_id, self.settings.shadow_share)]
         if not segments:
             return None
+        if candidate is None:
+            self.count(self.loading, "not_ready")
+            return None
         if self._pending >= self.settings.shadow_backlog:
-            self.count(candidate, "skipped")
+            self.count(candidate.store.keyspace, "skipped")
             return None
         try:
+            check_widths(segments, candidate.served.contract, candidate.served.version)
             inputs = candidate.model_inputs(segments, candidate.served)
             served = candidate.served.contract
             if served.context:
-                tokens = candidate.served.tokenizer.context([previous[s.segment_id] for s in segments],
-                                                            served.max_context_tokens)
+                tokens = candidate.served.tokenizer.context([previous[s.segment_id][-served.context:]
+                                                             for s in segments], served.max_context_tokens)
                 inputs.update(zip(CONTEXT_INPUTS, tokens))
         except Exception:  # noqa: BLE001 - segments the live model takes and the candidate does not
             log.exception("candidate version %s: a batch could not be prepared for it", candidate.served.version)
-            self.count(candidate, "error")
+            self.count(candidate.store.keyspace, "error")
             return None
         self._pending += 1
         return ShadowCall(candidate, segments, inputs, asyncio.ensure_future(self.ask(candidate, inputs)))
@@ -123,7 +161,8 @@ class Shadow:
     async def ask(self, candidate, inputs: dict[str, np.ndarray]) -> tuple[str, dict | None, float]:
         started = time.perf_counter()
         try:
-            answer = self.scorer.infer(inputs, candidate.served.contract.outputs, candidate.served.version)
+            answer = self.scorer.infer(inputs, candidate.served.contract.outputs, candidate.served.version,
+                                       model=candidate.served.model)
             outputs = await asyncio.wait_for(answer, self.settings.shadow_timeout_s)
             return "ok", outputs, time.perf_counter() - started
         except asyncio.TimeoutError:
@@ -153,7 +192,7 @@ class Shadow:
                 await self.record(call, recorded)
             except Exception:  # noqa: BLE001 - a shadow failure is logged, never the live path's
                 log.exception("recording a candidate batch failed")
-                self.count(call.candidate, "error")
+                self.count(call.candidate.store.keyspace, "error")
             finally:
                 await self.flush_counts()  # before the batch stops counting as pending: a reader that
                 self._pending -= 1  # waits for none pending then finds its calls counted
@@ -161,7 +200,7 @@ class Shadow:
     async def record(self, call: ShadowCall, recorded: list[tuple[Segment, float, ScoredSegment]]) -> None:
         outcome, outputs, seconds = await call.answer
         candidate, version = call.candidate, call.candidate.served.version
-        self.count(candidate, outcome, len(call.segments), seconds)
+        self.count(candidate.store.keyspace, outcome, len(call.segments), seconds)
         if outcome != "ok":
             return
         live = {segment.segment_id: (score, item) for segment, score, item in recorded}
@@ -185,13 +224,13 @@ class Shadow:
         if alerts:  # recorded in the candidate's keyspace; its outbox is never published
             await asyncio.to_thread(candidate.store.mark_published, alerts)
 
-    def count(self, candidate, outcome: str, segments: int = 0, seconds: float = 0.0) -> None:
-        """A call's outcome, for the candidate (pipeline) it was for: in the metrics now, in Redis
-        (for the report) with the next batch recorded."""
+    def count(self, keyspace: str, outcome: str, segments: int = 0, seconds: float = 0.0) -> None:
+        """A call's outcome, for the candidate (its keyspace) it was for: in the metrics now, in
+        Redis (for the report) with the next batch recorded."""
         metrics.SHADOW_CALLS.labels(outcome).inc()
         if outcome == "ok":
             metrics.SHADOW_LATENCY.observe(seconds)
-        tally = self._tally.setdefault(candidate.store.keyspace, {})
+        tally = self._tally.setdefault(keyspace, {})
         for field, value in ((outcome, 1), ("segments", segments), ("seconds", seconds)):
             tally[field] = tally.get(field, 0) + value
 
