@@ -160,13 +160,18 @@ class Pipeline:
 
     async def live_version(self) -> tuple[str | None, str | None]:
         """The model and version the roles name live, where Triton serves it; else the newest the
-        model serves (a plain export replaced it), or without roles the newest the scorer's own
-        model serves (model None)."""
+        model serves but the candidate (a plain export replaced the live one while Redis was away),
+        or without roles the newest the scorer's own model serves (model None). Never the
+        candidate: while Triton reloads a model after its config changed, its metadata may list
+        the candidate alone, and the live path must not adopt the candidate for that."""
         current = await self.shadow.roles() if self.shadow is not None else None
         if current is None or current.live is None:
             return None, await self.scorer.served_version()
         ready = await self.scorer.served_versions(current.live_model)
-        return current.live_model, current.live if current.live in ready else (ready[-1] if ready else None)
+        if current.live in ready:
+            return current.live_model, current.live
+        others = [v for v in ready if v != current.candidate]  # versions are numbered across both slots
+        return current.live_model, others[-1] if others else current.live
 
     def decode(self, raws: list[bytes], result: BatchResult) -> list[tuple[Segment, bytes]]:
         """Valid segments; rejects go to `result` (decode_segment raises nothing but Rejected, so

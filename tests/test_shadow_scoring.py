@@ -305,3 +305,35 @@ def test_a_candidate_in_the_other_slot_is_called_there_and_the_live_calls_follow
     assert [{s.version for s in r.scores} for r in results] == [{"1"}, {"2"}, {"1"}]
     assert set(pipeline.scorer.models) == {("1", "tecafn"), ("2", "tecafn_b")}
     assert pipeline.scorer.models.count(("2", "tecafn_b")) == 3 and pipeline.scorer.models.count(("1", "tecafn")) == 3
+
+
+def test_the_live_path_never_adopts_the_candidate_while_triton_lists_it_alone(redis_url):
+    """While Triton reloads the model after its config changed, its metadata may list only the
+    candidate. A live call that fails then makes the worker ask what is live: the answer is still
+    the live version (its call retried), never the candidate, which would score the live path."""
+    pipeline = shadowed_pipeline(redis_url, "2")
+    scorer = pipeline.scorer
+    scorer.loading.add("1")  # the live version reloading: its next call fails, then it answers
+
+    async def model_for(version, model=None):
+        return CONTRACT, pipeline.served.tokenizer
+    pipeline.model_for = model_for
+    scorer.served_versions = lambda model=None: _ready("2")
+    live_infer = scorer.infer
+
+    async def infer_then_loaded(inputs, outputs, version=None, model=None):
+        try:
+            return await live_infer(inputs, outputs, version, model)
+        finally:
+            scorer.loading.discard("1")
+    scorer.infer = infer_then_loaded
+
+    async def go():
+        await asyncio.sleep(0.02)
+        result = await pipeline.process(batches("reload", n=1)[0])
+        await settle(pipeline)
+        return result
+    result = asyncio.run(go())
+    assert {s.version for s in result.scores} == {"1"}
+    assert pipeline.served.version == "1"
+    assert "1" in scorer.called[1:]  # the failed call was retried on the live version

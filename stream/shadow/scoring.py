@@ -177,7 +177,8 @@ class Shadow:
         in the order of the batches."""
         if call is None:
             if self._tally:  # calls that failed before they were sent: counted all the same
-                asyncio.ensure_future(self.flush_counts())
+                self._pending += 1  # until written: a reader that waits for none pending finds them
+                asyncio.ensure_future(self.flush_counts_then_done())
             return
         if self._queue is None:
             self._queue = asyncio.Queue()
@@ -233,6 +234,12 @@ class Shadow:
         tally = self._tally.setdefault(keyspace, {})
         for field, value in ((outcome, 1), ("segments", segments), ("seconds", seconds)):
             tally[field] = tally.get(field, 0) + value
+
+    async def flush_counts_then_done(self) -> None:
+        try:
+            await self.flush_counts()
+        finally:
+            self._pending -= 1
 
     async def flush_counts(self) -> None:
         tally, self._tally = self._tally, {}
