@@ -143,6 +143,33 @@ def test_autocorrelation_of_white_noise_is_estimated_without_bias():
     assert abs(np.mean(estimates)) < 0.012 and min(estimates) < 0
 
 
+def ar1(rng, streams, steps, rho):
+    """`streams` AR(1) series of unit variance, lag-1 correlation rho, one a row."""
+    x = np.empty((streams, steps))
+    x[:, 0] = rng.standard_normal(streams)
+    e = rng.standard_normal((streams, steps)) * math.sqrt(1 - rho * rho)
+    for t in range(1, steps):
+        x[:, t] = rho * x[:, t - 1] + e[:, t]
+    return x
+
+
+def test_a_young_autocorrelation_is_pulled_towards_zero_and_errs_less():
+    """From 120 segments the raw lag-1 estimate errs by about 0.09. Pulled towards 0 by its
+    sampling variance, its mean squared error is about 0.54 of the raw one's at rho 0 and 0.63 at
+    0.1 (400 streams each: bound 0.8); at 0.25 the pull leaves it about 0.06 low, and the bias
+    shrink_rho reports (which the threshold pays for) is that within 3 of its standard errors."""
+    rng = np.random.default_rng(18)
+    for rho in (0.0, 0.1):
+        raw = np.array([noise.estimate(x).rho for x in ar1(rng, 400, 120, rho)])
+        pulled = np.array([noise.shrink_rho(r, 120).rho for r in raw])
+        assert np.mean((pulled - rho) ** 2) < 0.8 * np.mean((raw - rho) ** 2)
+    pulled = [noise.shrink_rho(noise.estimate(x).rho, 120) for x in ar1(rng, 400, 120, 0.25)]
+    left_low = [0.25 - p.rho for p in pulled]
+    assert np.mean([p.bias for p in pulled]) == pytest.approx(np.mean(left_low), abs=3 * np.std(left_low) / 20)
+    assert noise.shrink_rho(0.25, 500).rho == pytest.approx(0.25, abs=0.025)  # the pull fades as the reference grows
+    assert noise.shrink_rho(-0.2, 100).bias == 0.0  # pulled up: more whitening, the safe side
+
+
 def test_the_segments_just_before_a_run_stay_out_of_the_reference():
     """The last 1.5/k^2 segments before the earliest open run, or before now, are held back: a
     CUSUM sitting at zero selected them to lean against the next run."""
@@ -305,14 +332,19 @@ def alarms_per_target(threshold, k, clip, target, reference, seed, streams=2000,
     against each stream's estimated (mean, sd), `reference(rng, streams)`, fixed for its life."""
     rng = np.random.default_rng(seed)
     mean, sd = reference(rng, streams)
+    increments = (np.clip((rng.standard_normal(streams) - mean) / sd, -clip, clip) for _ in range(steps))
+    return two_sided_alarms(increments, k, threshold, streams) / streams / steps * target
+
+
+def two_sided_alarms(increments, k, threshold, streams):
+    """Alarms of a two-sided CUSUM per stream (restarting after each) over rows of increments."""
     up, down, alarms = np.zeros(streams), np.zeros(streams), 0
-    for _ in range(steps):
-        z = np.clip((rng.standard_normal(streams) - mean) / sd, -clip, clip)
+    for z in increments:
         up, down = np.maximum(0, up + z - k), np.maximum(0, down - z - k)
         fire = (up >= threshold) | (down >= threshold)
         alarms += int(fire.sum())
         up[fire], down[fire] = 0.0, 0.0
-    return alarms / streams / steps * target
+    return alarms
 
 
 def test_the_oracle_fit_estimates_the_level_and_keeps_the_noise_it_is_told():
@@ -342,7 +374,7 @@ def test_threshold_for_a_told_autocorrelation_pays_for_the_level_and_noise_level
     that threshold gives the asked rate within 15 %, and the one that pays for the level alone over
     1.1 times as many false alarms (about 5000 alarms a run: a standard error near 1.5 %)."""
     k, clip, target, n = 0.35, 2.5, 2000, 100
-    b = cusum_threshold.threshold(k, n, 0.0, target, clip, rho_known=True)
+    b = cusum_threshold.threshold(k, n, 0.0, target, clip, rho_share=0.0)
     b_level = cusum_threshold.threshold(k, n, 0.0, target, clip, spread_known=True)
     assert b_level < b < cusum_threshold.threshold(k, n, 0.0, target, clip)
 
@@ -354,6 +386,64 @@ def test_threshold_for_a_told_autocorrelation_pays_for_the_level_and_noise_level
     assert alarms_per_target(b_level, k, clip, target, level_and_sd, seed=15) > 1.1
 
 
+def test_the_fit_pulls_a_young_autocorrelation_where_that_lowers_the_threshold():
+    """fit_reference takes the raw or the pulled autocorrelation, whichever gives the lower
+    threshold: the pulled one on most young references with little autocorrelation (41 of 50 at
+    rho 0.15 and 120 segments), the raw one on most old references with more (2 of 50 pulled at
+    0.3 and 500 segments), where paying for the pull's bias costs more than its smaller variance
+    saves."""
+    params, rng = DetectorParams(), np.random.default_rng(19)
+
+    def pulled_share(rho, n):
+        pulled = 0
+        for x in ar1(rng, 50, n, rho):
+            reference = list(0.75 * x)
+            est, fit = noise.estimate(reference), detector.fit_reference(reference, params)
+            shrunk = noise.shrink_rho(est.rho, n)
+            raw = detector.fit_with(reference, est.mean, est.sd, est.rho, params)
+            pulled_fit = detector.fit_with(reference, est.mean, est.sd, shrunk.rho, params, shrunk.variance_share,
+                                           rho_bias=shrunk.bias)
+            assert fit == min(raw, pulled_fit, key=lambda f: f[4])
+            pulled += fit[2] != est.rho
+        return pulled / 50
+
+    assert pulled_share(0.15, 120) > 0.6 and pulled_share(0.3, 500) < 0.2
+
+
+def young_autocorrelated_alarms(rho_true, pulled, pays_for_bias, seed, streams=2000, steps=5000, n=100):
+    """False alarms, over the target rate, of a two-sided CUSUM on AR(1) streams whitened against
+    each stream's level, sd and autocorrelation estimated from its first n segments (fixed for its
+    life), the autocorrelation raw or pulled towards 0 (noise.shrink_rho), each stream's threshold
+    paying for what is left of its error (and for the pull's bias, if `pays_for_bias`)."""
+    k, clip, target = 0.35, 2.5, 2000
+    rng = np.random.default_rng(seed)
+    x = ar1(rng, streams, n + steps, rho_true)
+    mean, sd, rho, b = (np.empty(streams) for _ in range(4))
+    for i in range(streams):
+        est = noise.estimate(x[i, :n])
+        shrunk = noise.shrink_rho(est.rho, n)
+        r, share, bias = (shrunk.rho, shrunk.variance_share, shrunk.bias if pays_for_bias else 0.0) if pulled \
+            else (est.rho, 1.0, 0.0)
+        mean[i], sd[i], rho[i] = est.mean, est.sd, r
+        b[i] = cusum_threshold.threshold(k, n, r, target, clip, rho_share=share, rho_bias=bias)
+    increments = (np.clip((x[:, t] - mean - rho * (x[:, t - 1] - mean)) / (sd * np.sqrt(1 - rho * rho)), -clip, clip)
+                  for t in range(n, n + steps))
+    return two_sided_alarms(increments, k, b, streams) / streams / steps * target
+
+
+def test_the_threshold_pays_for_the_pull_of_a_young_autocorrelation():
+    """On 2000 streams with rho 0.25 and a reference of 100 segments each (5000-6500 alarms a run:
+    a count's standard error near 1.5 %), an autocorrelation pulled towards 0 whitens too little:
+    a threshold that counts only the smaller variance the pull leaves gave 1.93 times the asked
+    rate. Paying for the bias too brought it to 1.27 (the raw estimate: 1.13; the threshold's
+    approximations err upwards on a reference this young and fixed for life, while the detector's
+    grows: tests/test_families.py checks whole streams), and on white streams the pulled estimate
+    keeps the rate within 15 % (0.93)."""
+    assert young_autocorrelated_alarms(0.25, pulled=True, pays_for_bias=False, seed=17) > 1.6
+    assert young_autocorrelated_alarms(0.25, pulled=True, pays_for_bias=True, seed=17) < 1.45
+    assert young_autocorrelated_alarms(0.0, pulled=True, pays_for_bias=True, seed=17) == pytest.approx(1.0, abs=0.15)
+
+
 def test_a_told_fit_keeps_what_it_is_told_and_estimates_the_rest():
     from stream.alerts.baselines import told_fit
     rng = np.random.default_rng(16)
@@ -362,7 +452,7 @@ def test_a_told_fit_keeps_what_it_is_told_and_estimates_the_rest():
     est = noise.estimate(values)
     assert (mean, sd, rho, n) == (est.mean, est.sd, 0.1, 300)
     assert k == pytest.approx(ALLOWANCE_FACTOR * detector.min_shift_in_innovation_sd(P.min_shift, sd, 0.1) / 2)
-    assert b == detector.fit_with(values, mean, sd, 0.1, P, rho_known=True)[4]
+    assert b == detector.fit_with(values, mean, sd, 0.1, P, rho_share=0.0)[4]
     told = told_fit(est.sd, 0.1, tell_sd=True)(values, P)  # told the sd it would have estimated
     assert told[1:3] == [est.sd, 0.1] and told[5] == k and told[4] < b  # it pays for the level alone
     assert told_fit(0.7, 0.1, tell_sd=True)(values, P)[1] == 0.7

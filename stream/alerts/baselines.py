@@ -118,7 +118,7 @@ def told_fit(sd: float, rho: float, tell_sd: bool):
     def fit(reference: list[float], params) -> list:
         est = noise.estimate(reference)
         told_sd = sd if tell_sd else detector.floored_sd(est.sd, params)
-        return detector.fit_with(reference, est.mean, told_sd, rho, params, rho_known=True, spread_known=tell_sd)
+        return detector.fit_with(reference, est.mean, told_sd, rho, params, rho_share=0.0, spread_known=tell_sd)
     return fit
 
 

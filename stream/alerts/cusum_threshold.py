@@ -13,12 +13,14 @@ estimation error: the reference mean's error is N(0, 1/n) in increment units (fo
 series whitened with its own coefficient this holds exactly, autocorrelation included), and the
 relative error of the noise level is N(0, 1/(2 n_eff)), and an error r in the autocorrelation
 leaves the whitened increments correlated at about r ~ N(0, (1 - rho^2)/n), which scales their
-long-run spread by about 1 + r. The threshold is the smallest b whose
-averaged rate is at most 1/run_length. Few reference segments therefore mean a higher threshold,
-not more false alarms. A CUSUM told the noise level and autocorrelation (the bench's oracle that
-estimates only the level) averages over the mean's error alone (`spread_known`); one told the
-autocorrelation only, over the mean's and the noise level's (`rho_known`: `tecaflow bench detect
---decompose`).
+long-run spread by about 1 + r. The detector pulls its autocorrelation estimate towards 0
+(noise.shrink_rho): that leaves a share `rho_share` of the error's variance and adds a bias
+`rho_bias` (the estimate too low, so too little whitening), which shifts the error r by that much
+and the long-run spread with it. The threshold is the smallest b whose averaged rate is at most
+1/run_length. Few reference segments therefore mean a higher threshold, not more false alarms. A
+CUSUM told the noise level and autocorrelation (the bench's oracle that estimates only the level)
+averages over the mean's error alone (`spread_known`); one told the autocorrelation only, over the
+mean's and the noise level's (`rho_share` 0: `tecaflow bench detect --decompose`).
 
 The detector clips each increment to +-clip sd (an outlier is not evidence), which thins the tails
 the false alarms come from. Siegmund's formula holds for any increment law once 2 drift is
@@ -123,18 +125,20 @@ def empirical_tilt_gain(increments: np.ndarray, k: float) -> float:
 
 def false_alarm_rate(k: float, b: float, n: int, rho: float = 0.0, clip: float | None = None,
                      spread_known: bool = False, gains: tuple[float, float] | None = None,
-                     rho_known: bool = False) -> float:
+                     rho_share: float = 1.0, rho_bias: float = 0.0) -> float:
     """Two-sided alarms per segment of a CUSUM with allowance k and threshold b (increment sd units),
     increments clipped to +-clip, averaged over the error of a reference estimated from n segments
     (of its mean only, when the noise level and autocorrelation are known: `spread_known`; of its
-    mean and noise level, when the autocorrelation is: `rho_known`).
+    mean and noise level, when the autocorrelation is: `rho_share` 0). `rho_share`: the share of
+    the autocorrelation estimate's sampling variance (1 - rho^2)/n it still has; `rho_bias`: how
+    far below the true one it lies (see the module's docstring).
     `gains`: each side's tilt gain (up, down) from the stream's own innovations
     (empirical_tilt_gain); by default a clipped Gaussian's, the same on both sides."""
     m = _NODES_M[:, None] / math.sqrt(n)                      # reference mean error
     n_eff = n * (1 - rho * rho) / (1 + rho * rho)
-    rho_error = 0.0 if rho_known else (1 - rho * rho) / n
+    rho_error = rho_share * (1 - rho * rho) / n
     spread_error = 0.0 if spread_known else math.sqrt(1 / (2 * n_eff) + rho_error)
-    scale = 1.0 + _NODES_S[None, :] * spread_error             # noise level: estimated / true
+    scale = 1.0 - rho_bias + _NODES_S[None, :] * spread_error  # noise level: estimated / true
     scale = np.maximum(scale, 0.2)
     # increments z/scale: drift and threshold in true units are (±m - k)·scale... dividing by the
     # increment sd 1/scale gives drift (±m - k)·scale and threshold b·scale.
@@ -147,17 +151,17 @@ def false_alarm_rate(k: float, b: float, n: int, rho: float = 0.0, clip: float |
 
 @lru_cache(maxsize=1 << 15)
 def _threshold(k_milli: int, n: int, rho_centi: int, run_length_target: float, clip: float | None,
-               spread_known: bool = False, gains: tuple[float, float] | None = None, rho_known: bool = False
-               ) -> float:
+               spread_known: bool = False, gains: tuple[float, float] | None = None, rho_share: float = 1.0,
+               rho_bias: float = 0.0) -> float:
     k, rho = k_milli / 1000.0, rho_centi / 100.0
     lo, hi = 0.0, 1.0
-    while false_alarm_rate(k, hi, n, rho, clip, spread_known, gains, rho_known) > 1.0 / run_length_target:
+    while false_alarm_rate(k, hi, n, rho, clip, spread_known, gains, rho_share, rho_bias) > 1.0 / run_length_target:
         hi *= 2.0
         if hi > 1e4:
             raise ValueError(f"no CUSUM threshold reaches a run length of {run_length_target} (k={k}, n={n})")
     while hi - lo > THRESHOLD_PRECISION:
         mid = (lo + hi) / 2
-        if false_alarm_rate(k, mid, n, rho, clip, spread_known, gains, rho_known) > 1.0 / run_length_target:
+        if false_alarm_rate(k, mid, n, rho, clip, spread_known, gains, rho_share, rho_bias) > 1.0 / run_length_target:
             lo = mid
         else:
             hi = mid
@@ -168,8 +172,8 @@ N_STEPS_PER_DOUBLING = 16  # the reference-size grid: about 4 % apart
 
 
 def threshold(k: float, n: int, rho: float, target_run_length: float, clip: float | None = None,
-              spread_known: bool = False, gains: tuple[float, float] | None = None, rho_known: bool = False
-              ) -> float:
+              spread_known: bool = False, gains: tuple[float, float] | None = None, rho_share: float = 1.0,
+              rho_bias: float = 0.0) -> float:
     """Threshold b (increment sd units) for two sides with allowance k, a reference of n segments,
     autocorrelation rho and increments clipped to +-clip, so that false alarms come every
     `target_run_length` segments. The arguments are rounded towards a higher threshold (k down to
@@ -178,9 +182,11 @@ def threshold(k: float, n: int, rho: float, target_run_length: float, clip: floa
     0.1 of a threshold near 13, where a grid 19 % apart cost about 0.3, a segment of delay.
     `spread_known`: only the reference mean is estimated (`tecaflow bench detect`'s oracle that is
     told the noise level and autocorrelation but not the level). `gains`: each side's tilt gain
-    from the stream's own innovations (empirical_tilt_gain), already on a grid. `rho_known`: the
-    autocorrelation is told, the level and noise level estimated (`bench detect --decompose`)."""
+    from the stream's own innovations (empirical_tilt_gain), already on a grid. `rho_share`,
+    `rho_bias`: what is left of the autocorrelation's error (false_alarm_rate; rounded up to 0.05
+    and 0.01); a share of 0 means it is told (`bench detect --decompose`)."""
     steps = N_STEPS_PER_DOUBLING
     n_grid = int(2 ** (math.floor(steps * math.log2(max(3, n))) / steps))
     return _threshold(max(5, 5 * math.floor(k * 200)), max(3, n_grid), min(95, 5 * math.ceil(rho * 20)),
-                      float(target_run_length), clip, spread_known, gains, rho_known)
+                      float(target_run_length), clip, spread_known, gains,
+                      math.ceil(rho_share * 20) / 20, math.ceil(rho_bias * 100) / 100)

@@ -12,7 +12,9 @@ innovation units, and b comes from the false alarms the user accepts
 (TECAFLOW_ALERT_FALSE_ALARMS_PER_10K; see stream/alerts/cusum_threshold.py). This is Page's CUSUM, the
 detector that attains Lorden's bound on detection delay, made to survive real score streams:
 
-- autocorrelation: whitening with rho keeps correlated noise from looking like evidence;
+- autocorrelation: whitening with rho keeps correlated noise from looking like evidence; from a
+  young reference rho errs by about 0.1, and where pulling it towards 0 (noise.shrink_rho) lowers
+  the threshold, the pulled rho is used and the threshold pays for its bias (fit_reference);
 - outliers: an innovation counts at most CLIP sd, and the lag carries the clipped value, so one
   wild score moves the statistic by a bounded amount, once; and no single segment, however far
   out, raises an alert on its own (threshold_for);
@@ -99,19 +101,27 @@ def clip_for(min_shift_innovation: float) -> float:
 
 
 def threshold_for(k: float, n: int, rho: float, run_length: float, clip: float, spread_known: bool = False,
-                  gains: tuple[float, float] | None = None, rho_known: bool = False) -> float:
+                  gains: tuple[float, float] | None = None, rho_share: float = 1.0, rho_bias: float = 0.0) -> float:
     """The threshold for the asked false-alarm rate (stream/alerts/cusum_threshold.py), and never one a
     single clipped innovation can reach: one segment is an outlier until the next confirms it."""
-    b = cusum_threshold.threshold(k, n, rho, run_length, clip, spread_known, gains, rho_known)
+    b = cusum_threshold.threshold(k, n, rho, run_length, clip, spread_known, gains, rho_share, rho_bias)
     return max(b, clip - k + cusum_threshold.THRESHOLD_PRECISION)
 
 
 def fit_reference(reference: list[float], params: DetectorParams) -> list:
     """[mean, sd, rho, n, b, k] from the reference: the noise estimated robustly (its sd at least
     min_shift / MAX_SHIFT_IN_SD), the allowance k for a shift ALLOWANCE_FACTOR times min_shift,
-    and the threshold b that pays for the estimate."""
+    and the threshold b that pays for the estimate; with the autocorrelation as estimated or pulled
+    towards 0 by its sampling variance (noise.shrink_rho, its threshold paying for the pull's
+    bias), whichever gives the lower threshold."""
     est = noise.estimate(reference)
-    return fit_with(reference, est.mean, floored_sd(est.sd, params), est.rho, params)
+    sd, pulled = floored_sd(est.sd, params), noise.shrink_rho(est.rho, est.n)
+    raw = fit_with(reference, est.mean, sd, est.rho, params)
+    shrunk = fit_with(reference, est.mean, sd, pulled.rho, params, pulled.variance_share, rho_bias=pulled.bias)
+    # The pull pays off where the variance it removes is worth more than the bias it then pays for
+    # (a young reference, a small autocorrelation); on older references with a larger one it
+    # raised the threshold and cost the 0.5 shifts of `bench detect` half a segment of delay.
+    return min(raw, shrunk, key=lambda fit: fit[4])
 
 
 def floored_sd(sd: float, params: DetectorParams) -> float:
@@ -120,16 +130,17 @@ def floored_sd(sd: float, params: DetectorParams) -> float:
 
 
 def fit_with(reference: list[float], mean: float, sd: float, rho: float, params: DetectorParams,
-             rho_known: bool = False, spread_known: bool = False) -> list:
+             rho_share: float = 1.0, spread_known: bool = False, rho_bias: float = 0.0) -> list:
     """[mean, sd, rho, n, b, k] for this noise: the allowance from min_shift, the threshold from the
     reference's own innovations, paying for what was estimated (all of it, unless the
-    autocorrelation, or the noise level and autocorrelation, were told: `bench detect --decompose`)."""
+    autocorrelation, or the noise level and autocorrelation, were told: `bench detect --decompose`).
+    `rho_share`, `rho_bias`: what is left of the autocorrelation's error (cusum_threshold)."""
     shift = min_shift_in_innovation_sd(params.min_shift, sd, rho)
     k, clip = ALLOWANCE_FACTOR * shift / 2, clip_for(shift)
     z = np.clip(innovations(reference, mean, sd, rho), -clip, clip)
     gains = (cusum_threshold.empirical_tilt_gain(z, k), cusum_threshold.empirical_tilt_gain(-z, k))
     n = len(reference)
-    b = threshold_for(k, n, rho, params.run_length, clip, spread_known, gains, rho_known)
+    b = threshold_for(k, n, rho, params.run_length, clip, spread_known, gains, rho_share, rho_bias)
     return [mean, sd, rho, n, b, k]
 
 

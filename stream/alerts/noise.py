@@ -10,7 +10,9 @@ small-sample bias (it runs low by about (1 + 3 rho)/n, and too little whitening 
 alarms) and kept in [RHO_MIN, RHO_MAX]: a larger one would mean the "noise" is really a slow drift.
 A negative estimate is kept: cutting it to 0 would bias the estimate of a stream with no
 autocorrelation upwards (by 0.4/sqrt(n)), over-whiten it and give it fewer false alarms, and
-later detections, than the threshold was set for.
+later detections, than the threshold was set for. From a young reference the estimate errs by
+about 0.1; shrink_rho pulls it towards 0 by its sampling variance, and the detector takes the
+pulled estimate where that lowers its threshold (stream/alerts/detector.py, fit_reference).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ WINSOR = 2.5
 RHO_MAX = 0.9
 RHO_MIN = -0.5  # scores that alternate more strongly than this are not noise to whiten against
 SIGMA_FLOOR = 0.02  # score units: a stream this flat is quantised, not noiseless
+RHO_PRIOR_SD = 0.15  # how far from 0 a stream's autocorrelation plausibly lies (see shrink_rho)
 
 
 def _winsorized_variance_factor(c: float) -> float:
@@ -64,3 +67,22 @@ def estimate(values) -> Noise:
     rho = float(centred[1:] @ centred[:-1]) / denom if denom > 0 else 0.0
     rho += (1 + 3 * rho) / x.size  # Kendall's bias: the lag-1 estimate runs low by about this
     return Noise(mean, sd, min(max(rho, RHO_MIN), RHO_MAX), int(x.size))
+
+
+@dataclass(frozen=True)
+class ShrunkRho:
+    rho: float  # the estimate pulled towards 0
+    variance_share: float  # what is left of the raw estimate's sampling variance, as a share of it
+    bias: float  # how far below the true autocorrelation the pull leaves it, estimated (never < 0)
+
+
+def shrink_rho(rho: float, n: int) -> ShrunkRho:
+    """The autocorrelation estimated from n segments, pulled towards 0 by its sampling variance
+    (1 - rho^2)/n against a prior spread RHO_PRIOR_SD (the posterior mean under a normal prior):
+    from the 100-160 segments of a young reference the raw estimate errs by about 0.1, and the
+    detector pays for that error in its threshold and its allowance. The pull costs a bias where
+    the true autocorrelation is far from 0; `bias` is its estimate, on the side that means too
+    little whitening (more false alarms), so the threshold can pay for it."""
+    sampling = (1 - rho * rho) / n
+    weight = RHO_PRIOR_SD ** 2 / (RHO_PRIOR_SD ** 2 + sampling)
+    return ShrunkRho(weight * rho, weight * weight, max(0.0, (1 - weight) * rho))
