@@ -252,7 +252,7 @@ def test_accuracy_data_that_does_not_exist_is_refused_before_the_checkpoint_is_r
     assert capsys.readouterr().err == "tecaflow export: error: --accuracy-data /nonexistent: no such file or directory\n"
     assert cli.main(["export", "--checkpoint", str(tmp_path / "notes.txt"), "--quantize", "none",
                      "--accuracy-data", "synthetic"]) == 2
-    assert "--accuracy-data measures the int8 graph: it needs --quantize int8" in capsys.readouterr().err
+    assert "--accuracy-data measures the int8 graph: it needs --quantize int8 or auto" in capsys.readouterr().err
 
 
 def test_training_flags_are_the_training_options_declared_once():

@@ -163,7 +163,7 @@ def check_parity(model: TeCaFN, onnx_path: Path, served: ModelContract) -> float
 
 
 # ---- quantization ---------------------------------------------------------------------------
-QUANTIZATIONS = ("none", "int8")
+QUANTIZATIONS = ("none", "int8", "auto")  # auto: int8 where it stays within tolerance, else fp32
 INT8_FORMAT = ("static QDQ: uint8 activations with scales calibrated on training segments, int8 weights per "
                "output channel in 7 bits (reduce_range), MatMul only")
 # The int8 graph against the fp32 graph on held-out training segments. What a user sees of a
@@ -313,6 +313,26 @@ def calibration_feeds(checkpoint: Path, ckpt: dict, data: str | None) -> tuple[l
     return [graph_feed(c) for c in calibrate], [graph_feed(c) for c in check], source
 
 
+class Int8OutOfTolerance(UserError):
+    """The int8 graph strays from the fp32 graph past its tolerance (e.g. a trained MPNet model)."""
+
+
+def quantized_or_fp32(quantize: str, ckpt: dict, checkpoint: Path, staging: Path, served: ModelContract,
+                      data: str | None, calibration_data: str | None) -> dict:
+    """The staged graph as `quantize` asks: "int8" or refuse; "auto" the int8 graph where it stays
+    within tolerance, else the fp32 graph, logged and kept in tecafn.json; "none" the fp32 graph."""
+    if quantize == "none":
+        return {}
+    try:
+        return quantize_export(ckpt, checkpoint, staging, served, data, calibration_data)
+    except Int8OutOfTolerance as e:
+        if quantize == "int8":
+            raise
+        (staging / "model.fp32.onnx").replace(staging / contract.ONNX_FILE)
+        log.warning("--quantize auto: serving the fp32 graph, since %s", e.args[0].split("; ")[0])
+        return {"quantized": "none", "int8_refused": e.args[0].split("; ")[0]}
+
+
 def quantize_export(ckpt: dict, checkpoint: Path, staging: Path, served: ModelContract,
                     data: str | None, calibration_data: str | None) -> dict:
     """Replace the staged fp32 graph by its int8 quantization, once it is within tolerance of the
@@ -324,10 +344,10 @@ def quantize_export(ckpt: dict, checkpoint: Path, staging: Path, served: ModelCo
     quantize_int8(fp32, int8, calibrate)
     parity = quantized_parity(fp32, int8, held_out)
     if not (parity["rms_diff"] <= INT8_RMS_TOLERANCE and parity["max_abs_diff"] <= INT8_MAX_TOLERANCE):
-        raise RuntimeError(f"the int8 graph differs from the fp32 graph by {parity['rms_diff']:.3f} (root mean square) "
-                           f"and {parity['max_abs_diff']:.3f} at most on {parity['segments']} held-out training "
-                           f"segments (tolerances {INT8_RMS_TOLERANCE}, {INT8_MAX_TOLERANCE}); not exporting, "
-                           f"--quantize none serves fp32")
+        raise Int8OutOfTolerance(f"the int8 graph differs from the fp32 graph by {parity['rms_diff']:.3f} (root mean "
+                                 f"square) and {parity['max_abs_diff']:.3f} at most on {parity['segments']} held-out "
+                                 f"training segments (tolerances {INT8_RMS_TOLERANCE}, {INT8_MAX_TOLERANCE}); not "
+                                 f"exporting, --quantize auto or none serves fp32")
     report = {"quantized": "int8", "int8_format": INT8_FORMAT,
               "int8_calibration": {"source": source, "segments": sum(len(f["input_ids"]) for f in calibrate)},
               "int8_parity": parity}
@@ -361,8 +381,8 @@ def check_quantize_data(quantize: str, **data: str | None) -> None:
         if spec is None:
             continue
         flag = "--" + name.replace("_", "-")
-        if quantize != "int8":
-            raise UserError(f"{flag} {QUANTIZE_DATA[name]} the int8 graph: it needs --quantize int8")
+        if quantize == "none":
+            raise UserError(f"{flag} {QUANTIZE_DATA[name]} the int8 graph: it needs --quantize int8 or auto")
         if spec != "synthetic" and not Path(spec).exists():
             raise UserError(f"{flag} {spec}: no such file or directory")
 
@@ -424,8 +444,7 @@ def export(checkpoint: Path, repo: Path, backend: str = "python", max_batch: int
         if not diff <= PARITY_TOLERANCE:
             raise RuntimeError(f"ONNX Runtime differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE:.0e}) "
                                f"on padded inputs; not exporting")
-        quantization = quantize_export(ckpt, checkpoint, staging, served, accuracy_data, calibration_data) \
-            if quantize == "int8" else {}
+        quantization = quantized_or_fp32(quantize, ckpt, checkpoint, staging, served, accuracy_data, calibration_data)
         invariance = check_batch_invariance(staging / contract.ONNX_FILE, model, served)
         served.write_metadata(staging, version=version, task=model.config.task,
                               modalities=list(model.config.modalities),
