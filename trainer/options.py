@@ -43,9 +43,10 @@ class TrainOptions:
     patience: int = option(10, "early-stopping patience in epochs", type=positive(int))
     seed: int = option(1111, type=int)
     device: str = option("cpu", "cpu or cuda[:N]")
-    text_encoder: str = option("minilm", "minilm (offline all-MiniLM-L6-v2), mpnet (offline all-mpnet-base-v2, "
-                                         "MPNet-base: `make mpnet` installs it), tiny (small random BERT), or a "
-                                         "local BERT-family path")
+    text_encoder: str = option("mpnet", "mpnet (offline all-mpnet-base-v2, MPNet-base: `make mpnet` installs it; "
+                                        "the default: the quality docs/model.md reports), minilm (offline "
+                                        "all-MiniLM-L6-v2: faster to serve, lower quality), tiny "
+                                        "(small random BERT), or a local BERT-family path")
     ablation: str = option("full", flag=False)
     max_text_tokens: int = option(50, type=positive(int))
     max_frames: int | None = option(DEFAULT_MAX_FRAMES, f"audio/visual frames kept per segment (default "
