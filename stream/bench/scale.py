@@ -133,6 +133,9 @@ def drain_with(n: int, tmp: Path, env: dict, settings: Settings, store, triton_p
         progress(f"{n} worker(s) joined in {started_s:.1f}s; waiting for every one to consume")
         window = settle(ports, store, names, total, timeout=300)
         t0, count0 = time.perf_counter(), recorded(store, names)
+        if count0 >= 0.9 * total:
+            raise RuntimeError(f"{n} worker(s) recorded {count0} of {total} segments while joining: too small a "
+                               f"backlog to measure a drain rate on (give more segments)")
         cpu0 = [cpu_seconds(w.pid()) for w in workers], cpu_seconds(triton_pid)
         peak_rss, triton_rss = [0.0] * n, 0.0
         deadline = time.monotonic() + 600
