@@ -314,7 +314,12 @@ def calibration_feeds(checkpoint: Path, ckpt: dict, data: str | None) -> tuple[l
 
 
 class Int8OutOfTolerance(UserError):
-    """The int8 graph strays from the fp32 graph past its tolerance (e.g. a trained MPNet model)."""
+    """The int8 graph strays from the fp32 graph past its tolerance (e.g. a trained MPNet model);
+    `finding` says by how much."""
+
+    def __init__(self, finding: str):
+        super().__init__(f"{finding}; not exporting, --quantize auto or none serves fp32")
+        self.finding = finding
 
 
 def quantized_or_fp32(quantize: str, ckpt: dict, checkpoint: Path, staging: Path, served: ModelContract,
@@ -329,8 +334,8 @@ def quantized_or_fp32(quantize: str, ckpt: dict, checkpoint: Path, staging: Path
         if quantize == "int8":
             raise
         (staging / "model.fp32.onnx").replace(staging / contract.ONNX_FILE)
-        log.warning("--quantize auto: serving the fp32 graph, since %s", e.args[0].split("; ")[0])
-        return {"quantized": "none", "int8_refused": e.args[0].split("; ")[0]}
+        log.warning("--quantize auto: serving the fp32 graph, since %s", e.finding)
+        return {"quantized": "none", "int8_refused": e.finding}
 
 
 def quantize_export(ckpt: dict, checkpoint: Path, staging: Path, served: ModelContract,
@@ -346,8 +351,7 @@ def quantize_export(ckpt: dict, checkpoint: Path, staging: Path, served: ModelCo
     if not (parity["rms_diff"] <= INT8_RMS_TOLERANCE and parity["max_abs_diff"] <= INT8_MAX_TOLERANCE):
         raise Int8OutOfTolerance(f"the int8 graph differs from the fp32 graph by {parity['rms_diff']:.3f} (root mean "
                                  f"square) and {parity['max_abs_diff']:.3f} at most on {parity['segments']} held-out "
-                                 f"training segments (tolerances {INT8_RMS_TOLERANCE}, {INT8_MAX_TOLERANCE}); not "
-                                 f"exporting, --quantize auto or none serves fp32")
+                                 f"training segments (tolerances {INT8_RMS_TOLERANCE}, {INT8_MAX_TOLERANCE})")
     report = {"quantized": "int8", "int8_format": INT8_FORMAT,
               "int8_calibration": {"source": source, "segments": sum(len(f["input_ids"]) for f in calibrate)},
               "int8_parity": parity}

@@ -232,7 +232,7 @@ def bench_compare(options: list[str], quantizations=("none", "int8"), concurrenc
                 try:
                     version = export(checkpoint, repo, max_batch=concurrency, quantize=quantize)
                 except Int8OutOfTolerance as e:  # a row of its own: the model cannot be served int8
-                    rows.append({"option": option, "quantize": quantize, "refused": e.args[0].split("; ")[0],
+                    rows.append({"option": option, "quantize": quantize, "refused": e.finding,
                                  "test": quality})
                     progress(f"{option}, {quantize}: not served, {rows[-1]['refused']}")
                     continue
