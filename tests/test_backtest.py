@@ -121,3 +121,16 @@ def test_a_stream_shorter_than_the_warm_up_is_reported_as_not_evaluated():
     assert result["not_evaluated"] == ["short"]
     assert "fewer segments than the warm-up of 100" in backtest.format_report(result).splitlines()[-1]
     assert "short" in backtest.format_report(result).splitlines()[-1]
+
+
+def test_a_segment_published_again_on_the_scores_topic_counts_once():
+    """The worker publishes a redelivered segment's score again: the topic's backtest counts each
+    segment once, in event-time order, whatever order the partitions gave."""
+    def message(stream, n, t, score):
+        return {"stream_id": stream, "segment_id": f"{stream}/{n:05d}", "event_time": t, "score": score,
+                "version": "1"}
+    messages = [message("a", 2, T0 + 2, -0.5), message("a", 1, T0 + 1, 0.25), message("b", 1, T0, 1.0),
+                message("a", 2, T0 + 2, -0.5), message("a", 1, T0 + 1, 0.25)]
+    scores, repeats = backtest.scores_from_messages(messages)
+    assert scores == {"a": [(T0 + 1, 0.25), (T0 + 2, -0.5)], "b": [(T0, 1.0)]}
+    assert repeats == 2

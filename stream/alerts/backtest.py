@@ -17,6 +17,7 @@ so use known score-unit shifts (replay's `--score-shift`) to judge the detector 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from collections import defaultdict
 from dataclasses import replace
@@ -33,6 +34,8 @@ Scores = dict[str, list[tuple[float, float]]]  # stream -> (event_time, score), 
 # The model's scores are 3 * tanh(.): a value outside is not a score (another scale, a column
 # mix-up), and the detector's thresholds would mean nothing on it.
 SCORE_RANGE = 3.0
+
+log = logging.getLogger(__name__)
 
 
 def _rows(path: Path, columns: int, what: str):
@@ -87,8 +90,25 @@ def scores_from_redis(store) -> Scores:
     return _sorted({s: store.window(s) for s, _ in store.streams()})
 
 
+def scores_from_messages(messages) -> tuple[Scores, int]:
+    """The scores of `scores` topic messages, each segment once (its first message: the worker
+    publishes a redelivered segment's score again, the same score), and how many repeats were left
+    out. Counted twice, a repeat would add a segment that the detector skips as a near-duplicate
+    and that no stream had, and inflate the segments false alarms are counted over."""
+    out, seen, repeats = defaultdict(list), set(), 0
+    for message in messages:
+        score = Score.from_message(message)
+        if score.segment_id in seen:
+            repeats += 1
+            continue
+        seen.add(score.segment_id)
+        out[score.stream_id].append((score.event_time, score.score))
+    return _sorted(out), repeats
+
+
 def scores_from_topic(servers: str, topic: str, timeout_s: float = 10.0) -> Scores:
-    """Every record on the scores topic, from the beginning to the end offsets seen at start."""
+    """Every segment's score on the scores topic (scores_from_messages), from the beginning to the
+    end offsets seen at start."""
     import asyncio
     import json
 
@@ -97,7 +117,7 @@ def scores_from_topic(servers: str, topic: str, timeout_s: float = 10.0) -> Scor
     async def read() -> Scores:
         consumer = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False, auto_offset_reset="earliest")
         await consumer.start()
-        out = defaultdict(list)
+        messages = []
         try:
             if topic not in await consumer.topics():  # also fetches the partition metadata
                 raise UserError(f"topic {topic!r} does not exist on {servers}")
@@ -112,15 +132,15 @@ def scores_from_topic(servers: str, topic: str, timeout_s: float = 10.0) -> Scor
 
             while await behind():
                 batch = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), timeout_s)
-                for records in batch.values():
-                    for r in records:
-                        score = Score.from_message(json.loads(r.value))
-                        out[score.stream_id].append((score.event_time, score.score))
+                messages += [json.loads(r.value) for records in batch.values() for r in records]
         finally:
             await consumer.stop()
-        return _sorted(out)
+        return messages
 
-    return asyncio.run(read())
+    scores, repeats = scores_from_messages(asyncio.run(read()))
+    if repeats:
+        log.info("%s: %d repeated segments (redeliveries published again) counted once", topic, repeats)
+    return scores
 
 
 def shifts_from_csv(path: Path) -> dict[str, list[float]]:
