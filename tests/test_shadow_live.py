@@ -28,16 +28,19 @@ EXECUTE = "    def execute(self, requests):\n"
 PATCHES = {  # what a test candidate does differently from the live model, in its model.py
     "shifted": (SERVING, SERVING + "                results[contract.SCORE] = results[contract.SCORE] + 0.5\n"),
     "failing": (EXECUTE, EXECUTE + "        raise RuntimeError('a candidate that fails')\n"),
-    "slow": (EXECUTE, EXECUTE + "        import time\n        time.sleep(8)\n"),
+    # its first batch only: a candidate instance sleeping through every queued batch would still be
+    # busy when the next test's candidate replaces it
+    "slow": (EXECUTE, EXECUTE + "        if not getattr(self, 'slept', False):\n            self.slept = True\n"
+                                "            import time\n            time.sleep(20)\n"),
     "same": (EXECUTE, EXECUTE),
 }
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
-    # a candidate call may take 5 s (not 1) before it counts as timed out: tests 1 and 2 count
-    # every pair, also on a loaded machine
-    live = launch(tmp_path_factory.mktemp("shadow"), TECAFLOW_ROLES_REFRESH_S="0.2", TECAFLOW_SHADOW_TIMEOUT_S="5",
+    # a candidate call may take 15 s before it counts as timed out: tests 1 and 2 count every pair,
+    # also on a loaded machine (a fresh-clone CI run once missed some at 5 s)
+    live = launch(tmp_path_factory.mktemp("shadow"), TECAFLOW_ROLES_REFRESH_S="0.2", TECAFLOW_SHADOW_TIMEOUT_S="15",
                   TECAFLOW_GATE_MIN_SEGMENTS="100", TECAFLOW_GATE_MIN_SHADOW_S="0")
     yield live
     shut_down(live)
@@ -97,7 +100,8 @@ def wait_for_pairs(live: Live, expected: int, timeout: float = 120) -> dict:
     """The report once the candidate has recorded `expected` pairs (it records after the live path)."""
     deadline = time.monotonic() + timeout
     while (found := report(live))["overall"]["segments"] < expected:
-        assert time.monotonic() < deadline, f"{found['overall']['segments']} of {expected} pairs recorded"
+        assert time.monotonic() < deadline, \
+            f"{found['overall']['segments']} of {expected} pairs recorded; candidate calls {found['calls']}"
         time.sleep(1.0)
     return found
 
