@@ -72,8 +72,9 @@ def register(sub) -> None:
                         "(attribution costs a few passes of the fusion layers; `tecaflow bench serve` measures it)")
     # int8 by default on the CPU (python) backend where it holds: on the real CMU-MOSI test split it
     # moved a MiniLM model's MAE by +0.007 and -0.008 on two checkpoints (the bar was 0.01) and nearly
-    # doubles throughput on CPU (README, Benchmarks); a trained MPNet model's int8 graph strays
-    # 0.18 RMS, so `auto` serves it fp32. Not on the GPU backend: TensorRT and CUDA take fp32/fp16 graphs.
+    # doubles throughput on CPU (README, Benchmarks); a trained MPNet model's is within tolerance only
+    # with its feed-forward output projections fp32 (export.INT8_STEPS), and a graph past it at every
+    # step is served fp32 by `auto`. Not on the GPU backend: TensorRT and CUDA take fp32/fp16 graphs.
     p.add_argument("--quantize", choices=("none", "int8", "auto"),
                    help="int8: serve ONNX Runtime's static int8 quantization of the graph (scales calibrated on "
                         "training segments), refused when it strays from fp32 past its tolerance; auto: int8 "

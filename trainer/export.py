@@ -179,12 +179,6 @@ BATCH_INVARIANCE_TOLERANCE = 1e-5
 CALIBRATION_ROWS = 32  # segments per calibration batch
 HELD_OUT = 64  # calibration-sample segments kept out of calibration to check the int8 graph on
 FFN_OUTPUT = re.compile(r"^/text_encoder/.*/layer\.\d+/output/dense/MatMul$")
-# What the export tries, in order, until the int8 graph is within tolerance: every weight MatMul
-# int8 (MiniLM models are), then the text encoder's feed-forward output projections left fp32 (a
-# trained MPNet-base on CMU-MOSI: 0.180 -> 0.065 RMS, 0.50 -> 0.30 at most; 12 of its 133 weight
-# MatMuls, a third of the encoder's weight-MatMul work).
-INT8_STEPS = (("every weight MatMul int8", lambda path: []),
-              ("the text encoder's feed-forward output projections fp32", lambda path: ffn_output_matmuls(path)))
 
 
 class CalibrationReader:
@@ -253,6 +247,14 @@ def ffn_output_matmuls(onnx_path: Path) -> list[str]:
     import onnx
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     return [n.name for n in graph.node if n.op_type == "MatMul" and FFN_OUTPUT.search(n.name)]
+
+
+# What the export tries, in order, until the int8 graph is within tolerance: every weight MatMul
+# int8 (MiniLM models are), then the text encoder's feed-forward output projections left fp32 (a
+# trained MPNet-base on CMU-MOSI: 0.180 -> 0.065 RMS, 0.50 -> 0.30 at most; 12 of its 133 weight
+# MatMuls, a third of the encoder's weight-MatMul work).
+INT8_STEPS = (("every weight MatMul int8", lambda path: []),
+              ("the text encoder's feed-forward output projections fp32", ffn_output_matmuls))
 
 
 def ort_session(onnx_path: Path):

@@ -116,9 +116,9 @@ def scores_from_topic(servers: str, topic: str, timeout_s: float = 10.0) -> Scor
 
     async def read() -> Scores:
         consumer = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False, auto_offset_reset="earliest")
-        await consumer.start()
         messages = []
         try:
+            await consumer.start()  # in the try: a consumer that failed to start is closed too
             if topic not in await consumer.topics():  # also fetches the partition metadata
                 raise UserError(f"topic {topic!r} does not exist on {servers}")
             parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
