@@ -8,7 +8,8 @@ Keys, under the candidate's keyspace (stream/shadow/roles.py candidate_keyspace)
     <keyspace>:figures     the divergences the workers' metrics publish, as one worker computed
                            them (JSON, expires after a metrics tick: stream/shadow/report.py)
     <keyspace>:calls       hash: ok, error, timeout, skipped, not_ready (batches; not_ready: not
-                           sent, Triton had not loaded the candidate yet), segments, seconds (the
+                           sent, Triton had not loaded the candidate yet; error also counts batches
+                           not sent because its contract could not be read), segments, seconds (the
                            sum of the answered calls' latency)
 A pair is written once, when the candidate first records the segment; a crash between the two
 writes loses that pair, never doubles it (the comparison is a sample).

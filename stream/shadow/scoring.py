@@ -68,8 +68,11 @@ class Shadow:
         self.candidate_model, self.candidate_pipeline = candidate_model, candidate_pipeline
         self.current = roles.Roles()
         self.candidate = None  # the candidate's pipeline, once built for current.candidate
-        self.loading: str | None = None  # the keyspace of a candidate the roles name and Triton has not loaded yet
+        # a candidate the roles name that is not shadowed yet: its keyspace, and how its batches are
+        # counted ("not_ready": Triton has not loaded it; "error": its contract could not be read)
+        self.waiting: tuple[str, str] | None = None
         self._read_at = -math.inf
+        self._reading = asyncio.Lock()
         self._pending = 0
         self._queue: asyncio.Queue | None = None
         self._recorder: asyncio.Task | None = None
@@ -77,16 +80,19 @@ class Shadow:
 
     # ---- the roles ---------------------------------------------------------------------------
     async def roles(self) -> roles.Roles:
-        """The roles, read at most every TECAFLOW_ROLES_REFRESH_S (Redis away: the last ones read)."""
-        if time.monotonic() - self._read_at < self.settings.roles_refresh_s:
+        """The roles, read at most every TECAFLOW_ROLES_REFRESH_S (Redis away: the last ones read).
+        A batch that starts while another batch reads them waits for that read: it would otherwise
+        go on with the roles from before it (an export's first batches neither shadowed nor counted)."""
+        async with self._reading:
+            if time.monotonic() - self._read_at < self.settings.roles_refresh_s:
+                return self.current
+            try:
+                self.current = await asyncio.to_thread(roles.read, self.store.redis)
+            except Exception as e:  # noqa: BLE001 - the live path waits for Redis where it writes
+                log.debug("roles not read (%s); keeping %s", e, self.current)
+            await self.follow_candidate()
+            self._read_at = time.monotonic()
             return self.current
-        self._read_at = time.monotonic()
-        try:
-            self.current = await asyncio.to_thread(roles.read, self.store.redis)
-        except Exception as e:  # noqa: BLE001 - the live path waits for Redis where it writes
-            log.debug("roles not read (%s); keeping %s", e, self.current)
-        await self.follow_candidate()
-        return self.current
 
     async def follow_candidate(self) -> None:
         version, model, keyspace = self.current.candidate, self.current.candidate_model, self.current.candidate_keyspace()
@@ -94,7 +100,7 @@ class Shadow:
             return
         self.candidate = None
         if not version:
-            self.loading = None
+            self.waiting = None
             return
         if not await self.loaded(version, model, keyspace):
             return
@@ -102,6 +108,7 @@ class Shadow:
             contract, tokenizer = await self.candidate_model(version, model)
         except Exception as e:  # noqa: BLE001 - not shadowed until it can be; the live path goes on
             log.error("candidate version %s cannot be shadowed: %s", version, e)
+            self.waiting = (keyspace, "error")  # counted: a candidate nobody can call must not pass the gate
             return
         store = TrendStore("", self.store.settings, client=self.store.redis, keyspace=keyspace)
         self.candidate = self.candidate_pipeline(self.scorer, store, tokenizer, contract, version, model)
@@ -117,9 +124,9 @@ class Shadow:
         except Exception as e:  # noqa: BLE001 - Triton reloading or away: not ready, asked again
             log.debug("is candidate version %s ready? %s", version, e)
             ready = False
-        if not ready and self.loading != keyspace:
+        if not ready and self.waiting != (keyspace, "not_ready"):
             log.info("candidate version %s: waiting for Triton to load it before shadowing it", version)
-        self.loading = None if ready else keyspace
+        self.waiting = None if ready else (keyspace, "not_ready")
         return ready
 
     def context_read(self) -> int:
@@ -132,13 +139,13 @@ class Shadow:
         contract and tokenizer (with context: `previous`, each segment's context as the live
         model read it); None when nothing is shadowed."""
         candidate = self.candidate
-        if candidate is None and self.loading is None:
+        if candidate is None and self.waiting is None:
             return None
         segments = [s for s in segments if chosen(s.segment_id, self.settings.shadow_share)]
         if not segments:
             return None
         if candidate is None:
-            self.count(self.loading, "not_ready")
+            self.count(*self.waiting)
             return None
         if self._pending >= self.settings.shadow_backlog:
             self.count(candidate.store.keyspace, "skipped")
