@@ -97,6 +97,14 @@ class Prepared:
     shadow: object | None = None  # the candidate's call on the batch (stream/shadow/scoring.py)
     recorded: list = field(default_factory=list)  # (segment, score, ScoredSegment) the live path recorded
 
+    def context_added(self) -> bool:
+        """Whether add_context has been here since the batch was last prepared: a model with
+        context has its context inputs (prepare_again, after a switch of model, drops them); for
+        one without, only a candidate reads context, and batch.previous holds it."""
+        if self.served.contract.context:
+            return CONTEXT_INPUTS[0] in self.inputs
+        return bool(self.previous)
+
 
 class Pipeline:
     shadow = None  # the roles and the candidate beside the live model (stream/shadow/scoring.py), if any
@@ -286,7 +294,7 @@ class Pipeline:
         the batch keeps that many for it (batch.previous), and its own model takes its last k."""
         served = batch.served.contract
         wanted = max(served.context, reading)
-        if not wanted or not batch.good or (CONTEXT_INPUTS[0] in batch.inputs if served.context else batch.previous):
+        if not wanted or not batch.good or batch.context_added():
             return
         mine = {(s.stream_id, s.segment_id, s.event_time) for s, _ in batch.good}  # prepare_again may drop some
         segments = [t for t in batch.taken if (t.stream_id, t.segment_id, t.event_time) in mine]
