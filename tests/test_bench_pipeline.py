@@ -90,6 +90,7 @@ def test_bench_serve_compare_tables_options_against_the_first(tmp_path):
     assert all(row["served"]["requests"] > 0 and row["raw"]["segments_per_s"] > 0 for row in r["rows"])
     table = format_compare(r).splitlines()
     assert len(table) == 4 and f"{second['test']['mae']:.3f}" in table[3] and "1.00x" in table[2]
+    assert table[3].startswith(f"{run} ")  # the run directory in full, however long
 
 
 @pytest.mark.parametrize("argv, message", [

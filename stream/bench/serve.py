@@ -294,20 +294,21 @@ def run_metrics(run: Path) -> dict | None:
 
 
 def format_compare(r: dict) -> str:
+    width = max([len("option")] + [len(row["option"]) for row in r["rows"]])  # a run directory in full
     lines = [f"{r['cores']} cores; served: {r['concurrency']} clients, {r['seconds']:g} s per row, one row at a time "
              f"(load: the 1-minute load average after it); raw: ONNX Runtime at batch {r['concurrency']}, median "
              f"of {r['rounds']} interleaved rounds",
-             f"{'option':<24} {'model':>5} {'served seg/s':>13} {'p99 ms':>8} {'vs first':>9} {'load':>5} "
+             f"{'option':<{width}} {'model':>5} {'served seg/s':>13} {'p99 ms':>8} {'vs first':>9} {'load':>5} "
              f"{'raw seg/s':>10} {'vs first':>9} {'test MAE':>9} {'Corr':>6} {'Acc-7':>6}"]
     for row in r["rows"]:
         test = row["test"]
         quality = (f" {test['mae']:>9.3f} {test['corr']:>6.3f} {100 * test['acc7']:>6.2f}" if test
                    else f" {'-':>9} {'-':>6} {'-':>6}")
         if "refused" in row:
-            lines.append(f"{row['option'][-24:]:<24} {'int8':>5} not served: {row['refused']}{quality}")
+            lines.append(f"{row['option']:<{width}} {'int8':>5} not served: {row['refused']}{quality}")
             continue
         served, raw = row["served"], row["raw"]
-        lines.append(f"{row['option'][-24:]:<24} {'int8' if row['quantize'] == 'int8' else 'fp32':>5} "
+        lines.append(f"{row['option']:<{width}} {'int8' if row['quantize'] == 'int8' else 'fp32':>5} "
                      f"{served['segments_per_s']:>13.1f} {served['p99_ms']:>8.1f} {served['vs_first']:>8.2f}x "
                      f"{row['load']:>5.1f} {raw['segments_per_s']:>10.1f} {raw['vs_first']:>8.2f}x{quality}")
     return "\n".join(lines)
