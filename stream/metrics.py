@@ -32,7 +32,8 @@ ROLE_SCORED = Counter("tecaflow_role_segments_scored_total",
                       "Segments recorded, by the role and version of the model that scored them", ["role", "version"])
 SHADOW_CALLS = Counter("tecaflow_shadow_calls_total",
                        "Candidate calls by outcome (ok, error, timeout; skipped: a backlog too long; "
-                       "not_ready: Triton had not loaded the candidate yet; a candidate whose contract cannot be read counts as error)", ["outcome"])
+                       "not_ready: Triton had not loaded the candidate yet; a candidate whose contract cannot "
+                       "be read counts as error)", ["outcome"])
 SHADOW_LATENCY = Histogram("tecaflow_shadow_latency_seconds", "Candidate call latency per batch",
                            buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
 SHADOW_ALERTS = Counter("tecaflow_shadow_alerts_total", "Alerts the candidate raised (recorded, never sent)",
