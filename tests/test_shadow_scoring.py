@@ -252,8 +252,7 @@ def test_a_candidate_whose_contract_cannot_be_read_counts_its_batches_as_failed(
         for batch in batches("unreadable", n=2):
             await pipeline.process(batch)
             await asyncio.sleep(0.02)  # past TECAFLOW_ROLES_REFRESH_S: each batch asks again
-        await settle(pipeline)
-        await asyncio.sleep(0.05)  # counts of calls never sent are written in the background
+        await settle(pipeline)  # counts of calls never sent are pending until written
     asyncio.run(go())
     keyspace = roles.read(pipeline.store.redis).candidate_keyspace()
     calls = pairs.read_calls(pipeline.store.redis, keyspace)
