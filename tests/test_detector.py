@@ -8,7 +8,8 @@ import pytest
 
 from stream.alerts import cusum_threshold, detector, noise
 from stream.config import DetectorParams
-from stream.alerts.detector import ALLOWANCE_FACTOR, CLIP, initial_state, scan, step
+from stream.alerts.detector import (ALLOWANCE_FACTOR, CLIP, SETTLED_REFERENCE, YOUNG_ALLOWANCE_FACTOR, YOUNG_REFERENCE,
+                                    initial_state, scan, step)
 from stream.alerts.synthetic_scores import generate
 
 P = DetectorParams(min_shift=0.5, false_alarms_per_10k=1.0, warmup=50)
@@ -33,10 +34,10 @@ def test_a_step_alerts_at_the_hand_computed_segment():
     mean, sd, rho, n, b, k = state["fit"]
     assert (mean, rho, n) == (0.0, noise.RHO_MIN, 50) and noise.RHO_MIN == -0.5
     assert sd == pytest.approx(math.sqrt(50 / 49 / noise.WINSOR_FACTOR))
-    # allowance: ALLOWANCE_FACTOR x half of 0.5, times the (1 - rho) of a step that whitening
-    # keeps, in innovation units sd sqrt(1 - rho^2): 1.15 x 0.25 x 1.5 / (sd sqrt(0.75)), which is
-    # 1.15 x 0.25 x sqrt(3) / sd
-    assert k == pytest.approx(ALLOWANCE_FACTOR * 0.25 * math.sqrt(3) / sd)
+    # allowance: a reference of 50 is young, so YOUNG_ALLOWANCE_FACTOR x half of 0.5, times the
+    # (1 - rho) of a step that whitening keeps, in innovation units sd sqrt(1 - rho^2):
+    # 1.6 x 0.25 x 1.5 / (sd sqrt(0.75)), which is 1.6 x 0.25 x sqrt(3) / sd
+    assert k == pytest.approx(YOUNG_ALLOWANCE_FACTOR * 0.25 * math.sqrt(3) / sd)
     # the threshold pays for the tails of the warm-up's own innovations, side by side
     z = np.clip(detector.innovations(warm, 0.0, sd, -0.5), -CLIP, CLIP)
     gains = (cusum_threshold.empirical_tilt_gain(z, k), cusum_threshold.empirical_tilt_gain(-z, k))
@@ -68,6 +69,21 @@ def test_a_step_alerts_at_the_hand_computed_segment():
     assert alert.evidence["statistic"] >= alert.evidence["threshold"]
     _, state = feed(step_values[:expected + 1], state=before, t0=2000.0)
     assert state["fit"] is None and state["reference"] == [] and state["alerts"] == 1  # reset: warming up again
+
+
+def test_the_allowance_is_larger_while_the_reference_is_young_and_settles_as_it_grows():
+    factors = [detector.allowance_factor(n) for n in range(20, 600, 10)]
+    assert all(a >= b for a, b in zip(factors, factors[1:]))  # never larger for an older reference
+    assert detector.allowance_factor(YOUNG_REFERENCE // 2) == detector.allowance_factor(YOUNG_REFERENCE)
+    assert detector.allowance_factor(YOUNG_REFERENCE) == YOUNG_ALLOWANCE_FACTOR > ALLOWANCE_FACTOR
+    middle = (YOUNG_REFERENCE + SETTLED_REFERENCE) // 2
+    assert detector.allowance_factor(middle) == pytest.approx((YOUNG_ALLOWANCE_FACTOR + ALLOWANCE_FACTOR) / 2)
+    assert detector.allowance_factor(SETTLED_REFERENCE) == detector.allowance_factor(5000) == ALLOWANCE_FACTOR
+    # and the fit uses it: the same noise, a younger reference, a larger allowance
+    values = list(np.random.default_rng(3).normal(0.0, 0.75, SETTLED_REFERENCE))
+    young = detector.fit_with(values[:YOUNG_REFERENCE], 0.0, 0.75, 0.0, P)
+    settled = detector.fit_with(values, 0.0, 0.75, 0.0, P)
+    assert young[5] / settled[5] == pytest.approx(YOUNG_ALLOWANCE_FACTOR / ALLOWANCE_FACTOR)
 
 
 def test_steady_gaussian_series_raise_nothing():
@@ -451,7 +467,8 @@ def test_a_told_fit_keeps_what_it_is_told_and_estimates_the_rest():
     mean, sd, rho, n, b, k = told_fit(0.7, 0.1, tell_sd=False)(values, P)
     est = noise.estimate(values)
     assert (mean, sd, rho, n) == (est.mean, est.sd, 0.1, 300)
-    assert k == pytest.approx(ALLOWANCE_FACTOR * detector.min_shift_in_innovation_sd(P.min_shift, sd, 0.1) / 2)
+    shift = detector.min_shift_in_innovation_sd(P.min_shift, sd, 0.1)
+    assert k == pytest.approx(detector.allowance_factor(300) * shift / 2)
     assert b == detector.fit_with(values, mean, sd, 0.1, P, rho_share=0.0)[4]
     told = told_fit(est.sd, 0.1, tell_sd=True)(values, P)  # told the sd it would have estimated
     assert told[1:3] == [est.sd, 0.1] and told[5] == k and told[4] < b  # it pays for the level alone
