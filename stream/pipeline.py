@@ -29,7 +29,7 @@ from typing import Awaitable, Callable
 import numpy as np
 
 from stream import context, metrics
-from stream.alerts import detector, drivers
+from stream.alerts import detector, drivers, noise
 from stream.config import DetectorParams, Settings
 from stream.contract import CONTEXT_INPUTS, PRESENT, SCORE, ModelContract, Tokenizer
 from stream.errors import UserError
@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 
 DLQ_KEEP_BYTES = Settings.dlq_keep_bytes  # the default of TECAFLOW_DLQ_KEEP_BYTES, for callers without settings
+# The pooled autocorrelation prior is a property of the deployment, not of a batch: read again
+# once a minute, from the streams heard from within a day (those that ended drop out).
+RHO_PRIOR_REFRESH_S = 60.0
+RHO_PRIOR_MAX_AGE_S = 86400.0
 
 
 @dataclass
@@ -130,6 +134,7 @@ class Pipeline:
         # per stream, the segments taken and not recorded yet, in partition order: the context of
         # a later segment counts them (stream/context.py)
         self.unrecorded: dict[str, list[context.Taken]] = {}
+        self._rho_prior, self._rho_prior_read_at = None, -math.inf
 
     def serving(self, version: str | None, contract: ModelContract, tokenizer: Tokenizer,
                 model: str | None = None) -> Served:
@@ -427,7 +432,8 @@ class Pipeline:
         one to save (a stream that raised alerts saves with them); a retry after a failure half-way
         is safe: the detector resumes where it stopped. Returns the alerts to publish: those found
         now, and those found before a crash that came before publishing."""
-        alerts, steady, started_from = [], {}, {}
+        alerts, steady, started_from, warmed_up = [], {}, {}, {}
+        prior = self.rho_prior()
         for stream, seen in self.store.detection_inputs(streams).items():  # redelivered batches too
             alerts += seen.unpublished
             started_from[stream] = seen.state.get("evaluated", 0)
@@ -435,12 +441,14 @@ class Pipeline:
                 continue
             try:
                 found, state = detector.scan(stream, seen.window, seen.totals["count"], seen.state,
-                                             self.detector_params)
+                                             self.detector_params, prior)
             except Exception:  # noqa: BLE001 - a detector bug must not stall scoring (retry_forever would)
                 metrics.DETECTION_FAILURES.inc()
                 log.exception("shift detection failed on stream %s; its state is kept and the next batch "
                               "tries again", stream)
                 continue
+            if state["warmup_rho"]:
+                warmed_up[stream] = state["warmup_rho"]
             if found:
                 found = self.with_drivers(stream, found)
                 alerts += self.record_alerts(stream, found, state, started_from[stream])
@@ -450,7 +458,21 @@ class Pipeline:
         if moved_on:
             log.info("detection on %d stream(s) was done meanwhile by another worker (a rebalance); its "
                      "state is kept", len(moved_on))
+        self.store.record_warmup_rho(warmed_up)
         return alerts
+
+    def rho_prior(self) -> noise.RhoPrior | None:
+        """The autocorrelation prior the deployment's streams give (their warm-ups', every worker's,
+        through Redis), read again every RHO_PRIOR_REFRESH_S; None until there are enough of them."""
+        if time.monotonic() - self._rho_prior_read_at >= RHO_PRIOR_REFRESH_S:
+            warmups = self.store.warmup_rhos(RHO_PRIOR_MAX_AGE_S)
+            prior, before = noise.pooled_rho_prior(warmups), self._rho_prior
+            self._rho_prior, self._rho_prior_read_at = prior, time.monotonic()
+            if (prior is None) != (before is None) or (prior and abs(prior.mean - before.mean) > 0.02):
+                log.info("shift detection: young streams' autocorrelation is pulled towards %s (%d streams' "
+                         "warm-ups)", f"{prior.mean:.3f} ± {prior.sd:.3f}" if prior else "0, too few to pool",
+                         len(warmups))
+        return self._rho_prior
 
     def with_drivers(self, stream: str, alerts: list[Alert]) -> list[Alert]:
         """Each alert with what moved (stream/alerts/drivers.py), from the stream's recent segments

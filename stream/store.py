@@ -24,7 +24,10 @@ Redis Cluster hash slot):
     tf:{s}:detector            the detector's state
     tf:{s}:alerts              Redis stream of the stream's alerts, newest last
     tf:{s}:outbox              alerts not yet published to Kafka (entry id -> JSON), until the agent has
-    tf:streams                 sorted set of streams by last activity (wall clock): the one global key
+    tf:streams                 sorted set of streams by last activity (wall clock): a global key
+    tf:warmup_rho              hash: stream -> "rho n recorded-at": each stream's lag-1 autocorrelation
+                               as its detector's warm-up estimated it; the workers pool them into the
+                               prior young streams are pulled towards (noise.pooled_rho_prior)
 
 A candidate model in shadow (docs/shadow.md) has the same structures under its own keyspace,
 K = tf:candidate:<version>:<epoch of its nomination> (K:{s}:totals, ..., K:streams), plus
@@ -231,6 +234,7 @@ class TrendStore:
     def __init__(self, url: str, settings: StoreSettings = StoreSettings(), client=None, keyspace: str = LIVE):
         """`keyspace`: the prefix of every key (LIVE, or a candidate's: stream/shadow/roles.py)."""
         self.keyspace, self.index = keyspace, f"{keyspace}:streams"
+        self.warmup_rho_key = f"{keyspace}:warmup_rho"
         self.redis = client or connect(url)
         self.cluster = isinstance(self.redis, RedisCluster)
         self.settings = settings
@@ -402,6 +406,26 @@ class TrendStore:
             saved = pipe.execute()
         return [stream for (stream, _), ok in zip(calls, saved) if not ok]
 
+    def record_warmup_rho(self, estimates: dict[str, list], now: float | None = None) -> None:
+        """Each stream's warm-up autocorrelation [rho, n] (its detector state keeps it), stamped now."""
+        if estimates:
+            now = time.time() if now is None else now
+            self.redis.hset(self.warmup_rho_key, mapping={s: f"{r} {n} {now}" for s, (r, n) in estimates.items()})
+
+    def warmup_rhos(self, max_age_s: float, now: float | None = None) -> list[tuple[float, int]]:
+        """The warm-up autocorrelations (rho, n) recorded within max_age_s; older ones are removed
+        (streams that ended)."""
+        now, fresh, stale = time.time() if now is None else now, [], []
+        for stream, value in self.redis.hgetall(self.warmup_rho_key).items():
+            rho, n, at = value.split()
+            if now - float(at) <= max_age_s:
+                fresh.append((float(rho), int(n)))
+            else:
+                stale.append(stream)
+        if stale:
+            self.redis.hdel(self.warmup_rho_key, *stale)
+        return fresh
+
     # ---- removal -----------------------------------------------------------------------------
     STREAM_KEYS = ("totals", "recent", "window", "context", "detector", "alerts", "outbox")
 
@@ -431,6 +455,7 @@ class TrendStore:
                     delete.unlink(f"{self._key(stream)}:{suffix}")
             delete.execute()
         self.redis.unlink(self.index)
+        self.redis.unlink(self.warmup_rho_key)
         return len(streams)
 
     # ---- reads ----------------------------------------------------------------------------

@@ -134,3 +134,20 @@ def test_a_segment_published_again_on_the_scores_topic_counts_once():
     scores, repeats = backtest.scores_from_messages(messages)
     assert scores == {"a": [(T0 + 1, 0.25), (T0 + 2, -0.5)], "b": [(T0, 1.0)]}
     assert repeats == 2
+
+
+def test_the_backtest_pools_its_streams_warm_ups_as_the_worker_would():
+    from stream.alerts import backtest, noise
+    from stream.config import DetectorParams
+    params, rng = DetectorParams(warmup=50), np.random.default_rng(6)
+
+    def distinct(x):  # no near-duplicates: the warm-up is the series' first 50 scores
+        for i in range(1, len(x)):
+            x[i] += 0.1 if abs(x[i] - x[i - 1]) <= 0.05 else 0.0
+        return x
+    scores = {f"s{j}": [(float(i), float(x)) for i, x in enumerate(distinct(rng.normal(0, 0.7, 80)))]
+              for j in range(noise.POOL_MIN_STREAMS)}
+    prior = backtest.warmup_prior(scores, params)
+    warmups = [noise.estimate([x for _, x in series[:50]]).rho for series in scores.values()]
+    assert prior.mean == pytest.approx(float(np.median(np.round(warmups, 4))))
+    assert backtest.warmup_prior(dict(list(scores.items())[:3]), params) is None  # too few streams to pool

@@ -473,3 +473,46 @@ def test_a_told_fit_keeps_what_it_is_told_and_estimates_the_rest():
     told = told_fit(est.sd, 0.1, tell_sd=True)(values, P)  # told the sd it would have estimated
     assert told[1:3] == [est.sd, 0.1] and told[5] == k and told[4] < b  # it pays for the level alone
     assert told_fit(0.7, 0.1, tell_sd=True)(values, P)[1] == 0.7
+
+
+def test_the_pooled_prior_finds_the_streams_autocorrelation_and_how_alike_they_are():
+    rng = np.random.default_rng(41)
+    phi = rng.uniform(0.2, 0.3, 300)
+    warmups = [(noise.estimate(ar1(rng, 1, 100, p)[0]).rho, 100) for p in phi]
+    prior = noise.pooled_rho_prior(warmups)
+    # each warm-up errs by about 0.1; the median of 300 by about 0.1 x 1.25 / sqrt(300) = 0.007
+    assert prior.mean == pytest.approx(0.25, abs=0.03)
+    assert prior.sd < 0.07  # alike streams (their spread is 0.03): a narrow prior, not the 0.1 one warm-up errs by
+    mixed = [(noise.estimate(ar1(rng, 1, 100, p)[0]).rho, 100) for p in (0.0, 0.6) * 150]
+    assert noise.pooled_rho_prior(mixed).sd > 0.2  # streams unlike each other: a wide prior, which pulls little
+    assert noise.pooled_rho_prior(warmups[:noise.POOL_MIN_STREAMS - 1]) is None  # too few to pool
+
+
+def test_a_pooled_prior_pulls_a_young_estimate_towards_the_streams_not_towards_zero():
+    prior = noise.RhoPrior(0.25, 0.03)
+    pooled, alone = noise.shrink_rho(0.45, 100, prior), noise.shrink_rho(0.45, 100)
+    assert 0.25 < pooled.rho < 0.3 and alone.rho < 0.45 and abs(pooled.rho - 0.25) < abs(alone.rho - 0.25)
+    # the posterior's variance is what is left to pay for, and the prior is the streams' own: no bias
+    weight = 0.03 ** 2 / (0.03 ** 2 + (1 - 0.45 ** 2) / 100)
+    assert (pooled.variance_share, pooled.bias) == (pytest.approx(weight), 0.0) and alone.bias > 0
+    # the detector uses it while the reference is young; a settled one's own estimate errs little
+    values = list(0.75 * ar1(np.random.default_rng(4), 1, SETTLED_REFERENCE, 0.4)[0])
+    young, settled = values[:120], values
+    assert detector.fit_reference(young, P, prior) != detector.fit_reference(young, P)
+    assert detector.fit_reference(settled, P, prior) == detector.fit_reference(settled, P)
+
+
+def test_the_prior_is_taken_into_the_state_when_the_warm_up_ends_so_a_redelivery_decides_the_same():
+    rng = np.random.default_rng(8)
+    scores = list(0.6 * ar1(rng, 1, 400, 0.25)[0])
+    scores[250:] = [x - 0.8 for x in scores[250:]]
+    window = [(1000.0 + i, x) for i, x in enumerate(scores)]
+    first, second = noise.RhoPrior(0.25, 0.03), noise.RhoPrior(0.0, 0.3)
+    _, armed = scan("s", window[:150], 150, initial_state(), P, first)
+    assert armed["rho_prior"] == [0.25, 0.03] and armed["warmup_rho"][1] == P.warmup
+    assert armed["warmup_rho"][0] == round(noise.estimate(armed["reference"][:P.warmup]).rho, 4)  # its own
+    alerts, state = scan("s", window[:290], 290, copy.deepcopy(armed), P, second)  # the prior moved meanwhile
+    again, state_again = scan("s", window[:290], 290, copy.deepcopy(armed), P, first)
+    assert alerts and alerts == again and state == state_again and state["fit"] is None  # warming up again
+    _, rearmed = scan("s", window, 400, state, P, second)
+    assert rearmed["rho_prior"] == [0.0, 0.3]  # a fresh warm-up takes the prior of its time

@@ -18,7 +18,8 @@ def test_false_alarms_on_steady_streams_keep_the_setting(name):
     params = DetectorParams()
     _, calm = bench.build_family(families.families()[name], seed=23, per_shift=0, steady=STEADY_STREAMS,
                                  warmup=params.warmup)
-    alarms, _ = bench.cusum_alarms(calm, params)
+    prior = bench.history_prior(families.families()[name].generate, 23, params)  # as the worker pools it
+    alarms, _ = bench.cusum_alarms(calm, params, prior=prior)
     expected = alarms.size * params.false_alarms_per_10k / 1e4
     low = poisson.ppf(TAIL, bench.FA_BAND[0] * expected)
     high = poisson.ppf(1 - TAIL, bench.FA_BAND[1] * expected)
@@ -37,7 +38,8 @@ def test_large_shifts_soon_after_the_warm_up_are_caught_nearly_as_soon_as_by_the
     rng = np.random.default_rng(31)
     shifted = [family.generate(rng, bench.SHIFT_LENGTH, family.shift_at(rng, params.warmup), sign * delta)
                for delta in (0.8, 1.2) for sign in (1, -1) for _ in range(60)]
-    caught = bench.delays(shifted, bench.cusum_alarms(shifted, params)[1]) <= 30
+    prior = bench.history_prior(family.generate, 31, params)
+    caught = bench.delays(shifted, bench.cusum_alarms(shifted, params, prior=prior)[1]) <= 30
     told = bench.cusum_alarms(shifted, params, lambda s: baselines.oracle_fit(s.sd, s.rho, abs(s.delta)))[1]
     oracle = bench.delays(shifted, told) <= 30
     se = np.sqrt((caught.mean() * (1 - caught.mean()) + oracle.mean() * (1 - oracle.mean())) / len(shifted))

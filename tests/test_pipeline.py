@@ -1,6 +1,7 @@
 """The worker's batch logic with a fake Triton (unit test) and a real Redis."""
 import asyncio
 import json
+import math
 
 import numpy as np
 import pytest
@@ -301,3 +302,20 @@ def test_a_new_model_version_is_followed_with_its_own_contract_and_tokenizer(pip
     assert pipeline.served.version == "2" and pipeline.contract == smaller
     assert sorted(s.segment_id for s in result.scores) == ["v/0", "v/1", "v/2"]
     assert [(r.reason, r.raw) for r in result.rejects] == [("too_many_frames", long)]
+
+
+def test_young_streams_are_pulled_towards_the_autocorrelation_the_other_streams_warmed_up_with(pipeline):
+    """Every stream's warm-up autocorrelation goes to Redis; once there are enough of them the
+    worker pools them into a prior, and a stream whose warm-up ends afterwards takes it."""
+    from stream.alerts import noise
+    rng = np.random.default_rng(12)
+    streams = [f"w{j:02d}" for j in range(noise.POOL_MIN_STREAMS)]
+    batch = [scored(s, i, float(x)) for s in streams for i, x in enumerate(rng.normal(0, 0.7, 25))]
+    asyncio.run(pipeline.process(batch))
+    warmups = pipeline.store.warmup_rhos(60)
+    assert sorted(warmups) == sorted(tuple(pipeline.store.detector_state(s)["warmup_rho"]) for s in streams)
+    assert all(pipeline.store.detector_state(s)["rho_prior"] is None for s in streams)  # nothing to pool yet
+    pipeline._rho_prior_read_at = -math.inf  # the minute between reads has passed
+    asyncio.run(pipeline.process([scored("late", i, float(x)) for i, x in enumerate(rng.normal(0, 0.7, 25))]))
+    prior = noise.pooled_rho_prior(warmups)
+    assert pipeline.store.detector_state("late")["rho_prior"] == [prior.mean, prior.sd]

@@ -152,3 +152,11 @@ def test_detector_state_and_alerts_are_written_only_over_the_state_detection_rea
     assert store.detector_state("a")["evaluated"] == 28
     # a stream detection has never saved a state for starts from 0
     assert store.save_detector_states({"new": {"evaluated": 5}}, {"new": 0}) == []
+
+
+def test_warm_up_autocorrelations_are_kept_for_every_worker_and_forgotten_when_their_stream_ends(store):
+    store.record_warmup_rho({"a": [0.2, 100], "b": [0.3, 120]}, now=1000.0)
+    assert sorted(store.warmup_rhos(60, now=1030.0)) == [(0.2, 100), (0.3, 120)]
+    store.record_warmup_rho({"b": [0.31, 120]}, now=1100.0)  # b is still heard from, a has ended
+    assert store.warmup_rhos(60, now=1130.0) == [(0.31, 120)]
+    assert store.redis.hkeys(store.warmup_rho_key) == ["b"]  # the ended stream's is removed

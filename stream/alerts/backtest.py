@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.alerts import detector
+from stream.alerts import detector, noise
 from stream.config import DetectorParams
 from stream.errors import UserError
 from stream.schema import Alert, Score
@@ -159,14 +159,30 @@ def parse_shift(text: str) -> tuple[str, float]:
     return stream, float(t)
 
 
+def warmup_prior(scores: Scores, params: DetectorParams) -> noise.RhoPrior | None:
+    """The autocorrelation prior the worker pools from its streams' warm-ups
+    (noise.pooled_rho_prior), as it stands once every stream here has warmed up: the worker's
+    steady state, where a young stream meets the warm-ups of many before it."""
+    warmups = []
+    for stream, series in scores.items():
+        state = detector.initial_state()
+        for t, x in series:
+            detector.step(state, t, x, params, stream)
+            if state["warmup_rho"]:
+                warmups.append(state["warmup_rho"])
+                break
+    return noise.pooled_rho_prior(warmups)
+
+
 def detect(scores: Scores, params: DetectorParams) -> tuple[dict[str, list[Alert]], list[str]]:
     """Each stream's alerts, and the streams the detector never armed on (fewer segments than
     the warm-up, repeats not counted): it could not have alerted there, so they are not evaluated."""
     alerts, unarmed = {}, []
+    prior = warmup_prior(scores, params)
     for stream, series in scores.items():
         state, found = detector.initial_state(), []
         for t, x in series:
-            alert = detector.step(state, t, x, params, stream)
+            alert = detector.step(state, t, x, params, stream, prior=prior)
             if alert:
                 found.append(alert)
         alerts[stream] = found

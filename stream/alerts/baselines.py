@@ -102,7 +102,7 @@ def oracle_fit(sd: float, rho: float, shift: float):
     Between the detector and oracle_cusum: what is left of the gap once only the level is unknown."""
     k = shift * (1 - rho) / (sd * math.sqrt(1 - rho * rho)) / 2
 
-    def fit(reference: list[float], params) -> list:
+    def fit(reference: list[float], params, prior=None) -> list:  # told rho: a prior has nothing to add
         n = len(reference)
         clip = detector.clip_for(detector.min_shift_in_innovation_sd(params.min_shift, sd, rho))
         b = detector.threshold_for(k, n, rho, params.run_length, clip, spread_known=True)
@@ -115,7 +115,7 @@ def told_fit(sd: float, rho: float, tell_sd: bool):
     when `tell_sd`), but neither its level nor its shift size: the detector's own allowance and
     tails, its threshold paying for what is left to estimate. Between the detector and
     oracle_fit, it says what each estimate costs (`tecaflow bench detect --decompose`)."""
-    def fit(reference: list[float], params) -> list:
+    def fit(reference: list[float], params, prior=None) -> list:  # told rho: a prior has nothing to add
         est = noise.estimate(reference)
         told_sd = sd if tell_sd else detector.floored_sd(est.sd, params)
         return detector.fit_with(reference, est.mean, told_sd, rho, params, rho_share=0.0, spread_known=tell_sd)

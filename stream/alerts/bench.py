@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from stream.alerts import baselines, detector
+from stream.alerts import baselines, detector, noise
 from stream.config import DetectorParams
 from stream.alerts.families import Family, Marginal, families
 from stream.alerts.synthetic_scores import generate
@@ -44,6 +44,8 @@ FA_BAND = (0.7, 1.3)  # the issue's targets: false alarms within this factor of 
 RECALL_SLACK = 0.03  # recall within this of the level-estimating oracle's,
 DELAY_SLACK = 1.1  # and the median delay of a 0.5 shift within this factor of Lorden's bound
 CALIBRATION_FACTOR = 10  # calibration streams per measured steady stream: about 300 false alarms at the default
+# the other streams of a family whose warm-ups give the pooled autocorrelation prior (history_prior)
+HISTORY_STREAMS, HISTORY_LENGTH, HISTORY_SEED_OFFSET = 100, 200, 2000
 
 
 def _stack(series):
@@ -58,18 +60,36 @@ def build(seed: int, per_shift: int, steady: int):
     return shifted, calm
 
 
-def cusum_alarms(series, params: DetectorParams, fit_for=lambda s: detector.fit_reference):
+def cusum_alarms(series, params: DetectorParams, fit_for=lambda s: detector.fit_reference,
+                 prior: noise.RhoPrior | None = None):
     """stream/alerts/detector.py, one stream at a time, exactly as the worker feeds it (`fit_for(series)`:
-    how it fits its reference; the worker's own by default)."""
+    how it fits its reference; the worker's own by default; `prior`: the autocorrelation prior the
+    deployment's streams give, history_prior)."""
     alarms = np.zeros((len(series), len(series[0].scores)), bool)
     direction = np.zeros_like(alarms, np.int8)
     for i, s in enumerate(series):
         state, fit = detector.initial_state(), fit_for(s)
         for t, (when, x) in enumerate(zip(s.times.tolist(), s.scores.tolist())):
-            alert = detector.step(state, when, x, params, fit=fit)
+            alert = detector.step(state, when, x, params, fit=fit, prior=prior)
             if alert:
                 alarms[i, t], direction[i, t] = True, 1 if alert.direction == "up" else -1
     return alarms, direction
+
+
+def history_prior(generate, seed: int, params: DetectorParams, streams: int = HISTORY_STREAMS
+                  ) -> noise.RhoPrior | None:
+    """The pooled autocorrelation prior (noise.pooled_rho_prior) a worker would have from `streams`
+    other steady streams of the same kind (`generate(rng, length)`), drawn apart from the measured
+    ones and run through the detector as the worker runs them: what their warm-ups estimate."""
+    rng = np.random.default_rng(seed + HISTORY_SEED_OFFSET)
+    warmups = []
+    for _ in range(streams):
+        s, state = generate(rng, HISTORY_LENGTH), detector.initial_state()
+        for when, x in zip(s.times.tolist(), s.scores.tolist()):
+            detector.step(state, when, x, params)
+        if state["warmup_rho"]:
+            warmups.append(state["warmup_rho"])
+    return noise.pooled_rho_prior(warmups)
 
 
 def per_10k(alarms: np.ndarray) -> float:
@@ -140,8 +160,9 @@ def bench_detect(seed: int = 7, per_shift: int = 100, steady: int = 300, progres
     results = {}
 
     progress("cusum (stream/alerts/detector.py)")
-    _, d_cusum = cusum_alarms(shifted, params)
-    fa = per_10k(cusum_alarms(calm, params)[0])
+    prior = history_prior(lambda rng, length: generate(rng, length), seed, params)
+    _, d_cusum = cusum_alarms(shifted, params, prior=prior)
+    fa = per_10k(cusum_alarms(calm, params, prior=prior)[0])
     results["cusum"] = {"false_alarms_per_10k": fa, "threshold": "from TECAFLOW_ALERT_FALSE_ALARMS_PER_10K",
                         **summarise(shifted, d_cusum, target)}
 
@@ -201,7 +222,8 @@ def family_figures(family: Family, seed: int, per_shift: int, steady: int, param
     stream's autocorrelation, then its sd too (decomposition)."""
     shifted, calm = build_family(family, seed, per_shift, steady, params.warmup)
     target = params.false_alarms_per_10k
-    alarms, direction = cusum_alarms(calm, params)[0], cusum_alarms(shifted, params)[1]
+    prior = history_prior(family.generate, seed, params)
+    alarms, direction = cusum_alarms(calm, params, prior=prior)[0], cusum_alarms(shifted, params, prior=prior)[1]
     cusum = {"false_alarms": int(alarms.sum()), "false_alarms_per_10k": per_10k(alarms),
              **summarise(shifted, direction, target)}
     low, high = poisson_interval(cusum["false_alarms"])

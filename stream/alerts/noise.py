@@ -12,7 +12,10 @@ A negative estimate is kept: cutting it to 0 would bias the estimate of a stream
 autocorrelation upwards (by 0.4/sqrt(n)), over-whiten it and give it fewer false alarms, and
 later detections, than the threshold was set for. From a young reference the estimate errs by
 about 0.1; shrink_rho pulls it towards 0 by its sampling variance, and the detector takes the
-pulled estimate where that lowers its threshold (stream/alerts/detector.py, fit_reference).
+pulled estimate where that lowers its threshold (stream/alerts/detector.py, fit_reference). Once a
+deployment has POOL_MIN_STREAMS streams past their warm-up, their warm-ups' autocorrelations make a
+prior in place of 0 (pooled_rho_prior, empirical Bayes): streams scored by one model tend to share
+much of theirs, and a young stream's estimate is pulled towards what its peers have.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ RHO_MAX = 0.9
 RHO_MIN = -0.5  # scores that alternate more strongly than this are not noise to whiten against
 SIGMA_FLOOR = 0.02  # score units: a stream this flat is quantised, not noiseless
 RHO_PRIOR_SD = 0.15  # how far from 0 a stream's autocorrelation plausibly lies (see shrink_rho)
+POOL_MIN_STREAMS = 20  # streams past their warm-up before their autocorrelations make a prior
+POOL_SD_FLOOR = 0.03  # the pooled prior's spread never claims the streams are more alike than this
 
 
 def _winsorized_variance_factor(c: float) -> float:
@@ -76,13 +81,43 @@ class ShrunkRho:
     bias: float  # how far below the true autocorrelation the pull leaves it, estimated (never < 0)
 
 
-def shrink_rho(rho: float, n: int) -> ShrunkRho:
-    """The autocorrelation estimated from n segments, pulled towards 0 by its sampling variance
-    (1 - rho^2)/n against a prior spread RHO_PRIOR_SD (the posterior mean under a normal prior):
-    from the 100-160 segments of a young reference the raw estimate errs by about 0.1, and the
-    detector pays for that error in its threshold and its allowance. The pull costs a bias where
-    the true autocorrelation is far from 0; `bias` is its estimate, on the side that means too
-    little whitening (more false alarms), so the threshold can pay for it."""
+@dataclass(frozen=True)
+class RhoPrior:
+    """The autocorrelation of a deployment's streams as a population: its centre and spread."""
+    mean: float
+    sd: float
+
+
+def shrink_rho(rho: float, n: int, prior: RhoPrior | None = None) -> ShrunkRho:
+    """The autocorrelation estimated from n segments, pulled towards a prior by its sampling
+    variance (1 - rho^2)/n (the posterior mean under a normal prior): from the 100-160 segments of
+    a young reference the raw estimate errs by about 0.1, and the detector pays for that error in
+    its threshold and its allowance.
+
+    Without a pooled prior the pull is towards 0 with spread RHO_PRIOR_SD, a guess that is wrong
+    for a stream far from 0: the pull then costs a bias, and `bias` is its estimate, on the side
+    that means too little whitening (more false alarms), so the threshold can pay for it. With a
+    prior pooled from the deployment's own streams (pooled_rho_prior), the error left is the
+    posterior's, a share `weight` of the sampling variance, and no bias on average over them."""
     sampling = (1 - rho * rho) / n
-    weight = RHO_PRIOR_SD ** 2 / (RHO_PRIOR_SD ** 2 + sampling)
-    return ShrunkRho(weight * rho, weight * weight, max(0.0, (1 - weight) * rho))
+    if prior is None:
+        weight = RHO_PRIOR_SD ** 2 / (RHO_PRIOR_SD ** 2 + sampling)
+        return ShrunkRho(weight * rho, weight * weight, max(0.0, (1 - weight) * rho))
+    weight = prior.sd ** 2 / (prior.sd ** 2 + sampling)
+    return ShrunkRho(prior.mean + weight * (rho - prior.mean), weight, 0.0)
+
+
+def pooled_rho_prior(estimates) -> RhoPrior | None:
+    """The prior a deployment's streams give, from (rho, n) estimated on each one's warm-up: their
+    median, and the spread they vary by beyond their own sampling error (robustly, from the median
+    absolute deviation; at least POOL_SD_FLOOR); None with fewer than POOL_MIN_STREAMS of them.
+    Streams that differ widely give a wide prior, which pulls little."""
+    pairs = [(float(r), int(n)) for r, n in estimates if n >= 3]
+    if len(pairs) < POOL_MIN_STREAMS:
+        return None
+    rho, n = np.array([r for r, _ in pairs]), np.array([n for _, n in pairs], float)
+    # robustly: a stream whose warm-up held a shift looks strongly autocorrelated
+    centre = float(np.median(rho))
+    spread = 1.4826 * float(np.median(np.abs(rho - centre)))
+    sampling = float(np.mean((1 - rho * rho) / n))
+    return RhoPrior(centre, math.sqrt(max(spread * spread - sampling, POOL_SD_FLOOR ** 2)))
