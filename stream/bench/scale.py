@@ -106,14 +106,36 @@ def recorded(store, names: list[str]) -> int:
     return sum(t["count"] for t in store.totals_many(names).values() if t)
 
 
+class BacklogTooSmall(RuntimeError):
+    """The workers recorded most of the backlog before they had all joined the group."""
+
+
+BACKLOG_GROWTH, BACKLOG_ATTEMPTS = 4, 3
+
+
+def drain_growing(n: int, *args, total: int, progress, **kwargs) -> dict:
+    """drain_with, the backlog grown BACKLOG_GROWTH-fold while the first worker to join records
+    most of it before the others have joined (a fast model, a slow join): the drain rate of n
+    workers needs a backlog that outlasts their start."""
+    for attempt in range(BACKLOG_ATTEMPTS):
+        try:
+            return drain_with(n, *args, total=total * BACKLOG_GROWTH ** attempt, progress=progress,
+                              prefix=f"scale{n}-{attempt}", **kwargs)
+        except BacklogTooSmall as e:
+            if attempt == BACKLOG_ATTEMPTS - 1:
+                raise
+            progress(f"{e}; again with {total * BACKLOG_GROWTH ** (attempt + 1)}")
+    raise AssertionError("unreachable")
+
+
 def drain_with(n: int, tmp: Path, env: dict, settings: Settings, store, triton_pid: int | None, total: int,
-               streams: int, widths, frames: int, sample_s: float, progress) -> dict:
+               streams: int, widths, frames: int, sample_s: float, progress, prefix: str = "") -> dict:
     """Produce a backlog, start `n` workers at once, measure until it is recorded."""
     from stream.bench.pipeline import produce, segments
     from stream.stack.service import free_ports
     from stream.bench.soak import tree_rss_mb
     from stream.stack.embedded import worker_service
-    prefix = f"scale{n}"
+    prefix = prefix or f"scale{n}"
     names = [f"{prefix}-{s:03d}" for s in range(streams)]
     per_stream = total // streams
     progress(f"{n} worker(s): producing a backlog of {per_stream * streams} segments")
@@ -134,8 +156,8 @@ def drain_with(n: int, tmp: Path, env: dict, settings: Settings, store, triton_p
         window = settle(ports, store, names, total, timeout=300)
         t0, count0 = time.perf_counter(), recorded(store, names)
         if count0 >= 0.9 * total:
-            raise RuntimeError(f"{n} worker(s) recorded {count0} of {total} segments while joining: too small a "
-                               f"backlog to measure a drain rate on (give more segments)")
+            raise BacklogTooSmall(f"{n} worker(s) recorded {count0} of {total} segments while joining: too small "
+                                  f"a backlog to measure a drain rate on (give more segments)")
         cpu0 = [cpu_seconds(w.pid()) for w in workers], cpu_seconds(triton_pid)
         peak_rss, triton_rss = [0.0] * n, 0.0
         deadline = time.monotonic() + 600
@@ -284,8 +306,9 @@ def bench_scale(checkpoint: Path | None = None, counts=(1, 2, 4), total: int = 4
             scorer.close()
             store = TrendStore(settings.redis_url)
             triton_pid = stack.stopper("triton").pid()
-            runs = [drain_with(n, tmp, env, settings, store, triton_pid, total, streams, widths, frames, sample_s,
-                               progress) for n in counts]
+            runs = [drain_growing(n, tmp, env, settings, store, triton_pid, total=total, streams=streams,
+                                  widths=widths, frames=frames, sample_s=sample_s, progress=progress)
+                    for n in counts]
             steady = steady_lag(tmp, env, settings, runs[0]["drain_rate"] / 2, steady_s, streams, widths, frames,
                                 sample_s, progress)
         finally:
