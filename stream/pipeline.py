@@ -454,11 +454,10 @@ class Pipeline:
                 alerts += self.record_alerts(stream, found, state, started_from[stream])
             else:
                 steady[stream] = state
-        moved_on = self.store.save_detector_states(steady, started_from)
+        moved_on = self.store.save_detector_states(steady, started_from, warmed_up)  # one round trip
         if moved_on:
             log.info("detection on %d stream(s) was done meanwhile by another worker (a rebalance); its "
                      "state is kept", len(moved_on))
-        self.store.record_warmup_rho(warmed_up)
         return alerts
 
     def rho_prior(self) -> noise.RhoPrior | None:

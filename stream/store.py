@@ -388,29 +388,35 @@ class TrendStore:
         """Overwrite a stream's detector state (tools and tests; the worker saves over what it read)."""
         self.save_detector_states({stream: state}, {stream: None})
 
-    def save_detector_states(self, states: dict[str, dict], over_evaluated: dict[str, int | None]) -> list[str]:
+    def save_detector_states(self, states: dict[str, dict], over_evaluated: dict[str, int | None],
+                             warmups: dict[str, list] | None = None) -> list[str]:
         """Many streams' detector states, in one pipelined round trip (one per stream on a cluster),
         each only over the state that had evaluated `over_evaluated[stream]` segments (None:
-        unconditionally). Returns the streams whose state had moved on meanwhile, left as they were."""
+        unconditionally), and the streams' `warmups` (record_warmup_rho) with them. Returns the
+        streams whose state had moved on meanwhile, left as they were."""
         if not states:
+            self.record_warmup_rho(warmups or {})
             return []
         calls = [(stream, dict(keys=[self._key(stream) + ":detector"],
                                args=[_expected(over_evaluated[stream]), _state_json(state)]))
                  for stream, state in states.items()]
         if self.cluster:  # a cluster pipeline cannot run scripts (EVALSHA)
             saved = [self._save_state(**call) for _, call in calls]
+            self.record_warmup_rho(warmups or {})
         else:
             pipe = self.redis.pipeline(transaction=False)
             for _, call in calls:
                 self._save_state(**call, client=pipe)
-            saved = pipe.execute()
+            self.record_warmup_rho(warmups or {}, client=pipe)
+            saved = pipe.execute()[:len(calls)]
         return [stream for (stream, _), ok in zip(calls, saved) if not ok]
 
-    def record_warmup_rho(self, estimates: dict[str, list], now: float | None = None) -> None:
-        """Each stream's warm-up autocorrelation [rho, n] (its detector state keeps it), stamped now."""
+    def record_warmup_rho(self, estimates: dict[str, list], now: float | None = None, client=None) -> None:
+        """Each stream's warm-up autocorrelation [rho, n] (its detector state keeps it), stamped now
+        (`client`: a pipeline to add the write to)."""
         if estimates:
             now = time.time() if now is None else now
-            self.redis.hset(self.warmup_rho_key, mapping={s: f"{r} {n} {now}" for s, (r, n) in estimates.items()})
+            (client or self.redis).hset(self.warmup_rho_key, mapping={s: f"{r} {n} {now}" for s, (r, n) in estimates.items()})
 
     def warmup_rhos(self, max_age_s: float, now: float | None = None) -> list[tuple[float, int]]:
         """The warm-up autocorrelations (rho, n) recorded within max_age_s; older ones are removed

@@ -160,3 +160,8 @@ def test_warm_up_autocorrelations_are_kept_for_every_worker_and_forgotten_when_t
     store.record_warmup_rho({"b": [0.31, 120]}, now=1100.0)  # b is still heard from, a has ended
     assert store.warmup_rhos(60, now=1130.0) == [(0.31, 120)]
     assert store.redis.hkeys(store.warmup_rho_key) == ["b"]  # the ended stream's is removed
+    # the worker records them with the detector states, in the same round trip
+    assert store.save_detector_states({"c": {"evaluated": 5}}, {"c": 3}, {"c": [0.1, 100]}) == ["c"]  # moved on
+    assert store.save_detector_states({"d": {"evaluated": 5}}, {"d": 0}, {"c": [0.1, 100], "d": [0.4, 100]}) == []
+    assert store.detector_state("d") == {"evaluated": 5}
+    assert sorted(store.warmup_rhos(60)) == [(0.1, 100), (0.4, 100)]

@@ -117,15 +117,15 @@ def drain_growing(n: int, *args, total: int, progress, **kwargs) -> dict:
     """drain_with, the backlog grown BACKLOG_GROWTH-fold while the first worker to join records
     most of it before the others have joined (a fast model, a slow join): the drain rate of n
     workers needs a backlog that outlasts their start."""
-    for attempt in range(BACKLOG_ATTEMPTS):
+    def attempt(k: int) -> dict:
+        return drain_with(n, *args, total=total * BACKLOG_GROWTH ** k, progress=progress, prefix=f"scale{n}-{k}",
+                          **kwargs)
+    for k in range(BACKLOG_ATTEMPTS - 1):
         try:
-            return drain_with(n, *args, total=total * BACKLOG_GROWTH ** attempt, progress=progress,
-                              prefix=f"scale{n}-{attempt}", **kwargs)
+            return attempt(k)
         except BacklogTooSmall as e:
-            if attempt == BACKLOG_ATTEMPTS - 1:
-                raise
-            progress(f"{e}; again with {total * BACKLOG_GROWTH ** (attempt + 1)}")
-    raise AssertionError("unreachable")
+            progress(f"{e}; again with {total * BACKLOG_GROWTH ** (k + 1)}")
+    return attempt(BACKLOG_ATTEMPTS - 1)
 
 
 def drain_with(n: int, tmp: Path, env: dict, settings: Settings, store, triton_pid: int | None, total: int,
