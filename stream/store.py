@@ -416,7 +416,8 @@ class TrendStore:
         (`client`: a pipeline to add the write to)."""
         if estimates:
             now = time.time() if now is None else now
-            (client or self.redis).hset(self.warmup_rho_key, mapping={s: f"{r} {n} {now}" for s, (r, n) in estimates.items()})
+            entries = {s: f"{r} {n} {now}" for s, (r, n) in estimates.items()}
+            (client or self.redis).hset(self.warmup_rho_key, mapping=entries)
 
     def warmup_rhos(self, max_age_s: float, now: float | None = None) -> list[tuple[float, int]]:
         """The warm-up autocorrelations (rho, n) recorded within max_age_s; older ones are removed
