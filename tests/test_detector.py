@@ -114,6 +114,32 @@ def test_a_burst_of_near_duplicates_counts_once():
     assert feed(2.0 + np.arange(40) * 0.05, state=state)[0]
 
 
+def test_a_burst_in_the_warmup_is_collapsed_once_the_noise_level_is_known():
+    """The warm-up is collected at the narrow unfitted tolerance; copies of a burst 0.02-0.05 apart
+    pass it, and would read as autocorrelation. At arming they are collapsed at the fitted one."""
+    rng = np.random.default_rng(12)
+    warm = rng.normal(0.0, 1.0, P.warmup)
+    warm[10] = 1.8  # a burst of copies of one high score, each > 0.02 from the one before:
+    burst = warm[10] + np.array([0.04, -0.04, 0.045, -0.045] * 3)
+    values = np.concatenate([warm[:11], burst, warm[11:]])
+    state = initial_state()
+    for i, x in enumerate(values):  # up to the segment that ends the warm-up
+        step(state, 1000.0 + i, float(x), P)
+        if state["fit"] is not None:
+            break
+    fed = values[:i + 1]
+    tol = detector.duplicate_tol(state["fit"])
+    assert tol > 0.045  # the fitted tolerance covers the burst's spread
+    reference = state["reference"]
+    assert not set(burst) & set(reference)  # every copy collapsed into the burst's first score
+    assert all(abs(a - b) > tol for a, b in zip(reference, reference[1:]))
+    assert len(reference) + state["duplicates"] == len(fed)  # skipped, counted, nothing lost
+    # the warm-up's autocorrelation is the noise's, not the burst's
+    plain = noise.estimate(fed[:11].tolist() + fed[11 + len(burst):].tolist()).rho
+    with_copies = noise.estimate(fed).rho
+    assert abs(state["warmup_rho"][0] - plain) < 0.05 < with_copies - plain
+
+
 def test_a_missed_shift_is_not_absorbed():
     """A shift of exactly min_shift eventually alerts, and the reference it is measured against
     is still the level before the shift."""
@@ -509,8 +535,9 @@ def test_the_prior_is_taken_into_the_state_when_the_warm_up_ends_so_a_redelivery
     window = [(1000.0 + i, x) for i, x in enumerate(scores)]
     first, second = noise.RhoPrior(0.25, 0.03), noise.RhoPrior(0.0, 0.3)
     _, armed = scan("s", window[:150], 150, initial_state(), P, first)
-    assert armed["rho_prior"] == [0.25, 0.03] and armed["warmup_rho"][1] == P.warmup
-    assert armed["warmup_rho"][0] == round(noise.estimate(armed["reference"][:P.warmup]).rho, 4)  # its own
+    n = armed["warmup_rho"][1]  # the warm-up less its near-duplicates at the fitted tolerance
+    assert armed["rho_prior"] == [0.25, 0.03] and P.warmup - 5 < n <= P.warmup
+    assert armed["warmup_rho"][0] == round(noise.estimate(armed["reference"][:n]).rho, 4)  # its own
     alerts, state = scan("s", window[:290], 290, copy.deepcopy(armed), P, second)  # the prior moved meanwhile
     again, state_again = scan("s", window[:290], 290, copy.deepcopy(armed), P, first)
     assert alerts and alerts == again and state == state_again and state["fit"] is None  # warming up again
