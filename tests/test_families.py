@@ -112,3 +112,27 @@ def test_bench_detect_reports_each_family_as_json():
         steps = [f["cusum"], *f["decomposition"].values(), f["oracle-level-estimated"]]
         recall_60 = " / ".join(f"{s['recall_60_ge_0.5']:.1%}" for s in steps)
         assert any(line.startswith(f"| {name} | {recall_60} | ") for line in table)
+
+
+def test_bench_detect_false_alarms_only_counts_the_steady_streams_alone():
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "stream.cli", "bench", "detect", "--false-alarms-only", "--steady", "3",
+                          "--families", "gaussian,mixture", "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout)
+    assert list(figures) == ["gaussian", "mixture"]
+    for name, f in figures.items():
+        # the same count the detector gives on the same streams, fed as the worker feeds them
+        _, calm = bench.build_family(families.families()[name], 7, 0, 3, DetectorParams().warmup)
+        prior = bench.history_prior(families.families()[name].generate, 7, DetectorParams())
+        alarms = bench.cusum_alarms(calm, DetectorParams(), prior=prior)[0]
+        assert f["false_alarms"] == int(alarms.sum()) and f["steady_segments"] == 3 * bench.STEADY_LENGTH
+        low, high = f["false_alarms_per_10k_interval"]
+        assert low <= f["false_alarms_per_10k"] <= high
+        assert f["within_band"] == (bench.FA_BAND[0] <= f["false_alarm_ratio"] <= bench.FA_BAND[1])
+    for bad in (["--decompose"], ["--families", "none"]):
+        out = subprocess.run([sys.executable, "-m", "stream.cli", "bench", "detect", "--false-alarms-only", *bad],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and out.stdout == "" and "--false-alarms-only" in out.stderr

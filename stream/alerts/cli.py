@@ -41,6 +41,8 @@ def register_bench(bench_sub) -> None:
                                                   "families' marginal instead of the built-in stand-in")
     p.add_argument("--decompose", action="store_true", help="per family, also the detector told each stream's "
                    "autocorrelation, then its sd too: what each estimate costs against the oracle")
+    p.add_argument("--false-alarms-only", action="store_true", help="per family, only the detector's false alarms "
+                   "on --steady streams (no shifts, baselines or oracles): to judge the 0.7-1.3 band, use 1500 or more")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_detect)
 
@@ -50,9 +52,25 @@ def cmd_bench_detect(args) -> int:
     from stream.alerts.families import empirical_marginal
     names = {"all": None, "none": []}.get(args.families, [n.strip() for n in args.families.split(",")])
     marginal = empirical_marginal(args.residuals) if args.residuals else None
+    if args.false_alarms_only:
+        return _false_alarms_only(args, names, marginal)
     result = bench_detect(args.seed, args.per_shift, args.steady, progress=lambda m: print(m, file=sys.stderr),
                           family_names=names, marginal=marginal, decompose=args.decompose)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
+def _false_alarms_only(args, names, marginal) -> int:
+    from stream.alerts.bench import bench_false_alarms, chosen_families, format_false_alarms
+    from stream.config import DetectorParams
+    if args.decompose:
+        raise UserError("--decompose measures shifts; --false-alarms-only measures none")
+    if names == []:
+        raise UserError("--false-alarms-only measures the families: --families none leaves nothing to measure")
+    params = DetectorParams()
+    chosen = chosen_families(names, marginal)
+    figures = bench_false_alarms(args.seed, args.steady, chosen, params, lambda m: print(m, file=sys.stderr))
+    print(json.dumps(figures, indent=2) if args.json else format_false_alarms(figures, params.false_alarms_per_10k))
     return 0
 
 
