@@ -65,6 +65,7 @@ from stream.schema import SIDES, Alert
 
 LIVE = "tf"  # the live model's keyspace: what the dashboard, `tecaflow trends` and the topics show
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+WARMUP_RHO_SAMPLE = 2000  # streams' warm-ups a worker reads to pool the autocorrelation prior (warmup_rhos)
 
 # KEYS[1] = tf:{s}:totals (it names the slot). ARGV[1] = stream, ARGV[2] = settings as JSON,
 # ARGV[3] = now, ARGV[4] = JSON list of [segment_id, digest, event_time, score, score^2, recent-json,
@@ -419,11 +420,19 @@ class TrendStore:
             entries = {s: f"{r} {n} {now}" for s, (r, n) in estimates.items()}
             (client or self.redis).hset(self.warmup_rho_key, mapping=entries)
 
-    def warmup_rhos(self, max_age_s: float, now: float | None = None) -> list[tuple[float, int]]:
-        """The warm-up autocorrelations (rho, n) recorded within max_age_s; older ones are removed
-        (streams that ended)."""
+    def warmup_rhos(self, max_age_s: float, now: float | None = None, sample: int = WARMUP_RHO_SAMPLE
+                    ) -> list[tuple[float, int]]:
+        """The warm-up autocorrelations (rho, n) recorded within max_age_s, of at most `sample`
+        streams drawn at random (HRANDFIELD) once there are more: every worker reads them once a
+        minute, and the median of 2,000 is within about 0.003 of all of theirs. Older ones among those
+        read are removed (streams that ended); a large hash is cleaned a sample at a time."""
         now, fresh, stale = time.time() if now is None else now, [], []
-        for stream, value in self.redis.hgetall(self.warmup_rho_key).items():
+        if self.redis.hlen(self.warmup_rho_key) <= sample:
+            entries = self.redis.hgetall(self.warmup_rho_key).items()
+        else:
+            drawn = self.redis.hrandfield(self.warmup_rho_key, sample, withvalues=True)
+            entries = zip(drawn[::2], drawn[1::2])
+        for stream, value in entries:
             rho, n, at = value.split()
             if now - float(at) <= max_age_s:
                 fresh.append((float(rho), int(n)))

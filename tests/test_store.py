@@ -165,3 +165,19 @@ def test_warm_up_autocorrelations_are_kept_for_every_worker_and_forgotten_when_t
     assert store.save_detector_states({"d": {"evaluated": 5}}, {"d": 0}, {"c": [0.1, 100], "d": [0.4, 100]}) == []
     assert store.detector_state("d") == {"evaluated": 5}
     assert sorted(store.warmup_rhos(60)) == [(0.1, 100), (0.4, 100)]
+
+
+def test_a_large_set_of_warm_ups_is_read_a_random_sample_at_a_time_and_cleaned_as_it_is_read(store):
+    store.redis.delete(store.warmup_rho_key)
+    store.record_warmup_rho({f"old{i}": [0.9, 100] for i in range(40)}, now=1000.0)  # streams that ended
+    store.record_warmup_rho({f"s{i}": [round(0.001 * i, 3), 100] for i in range(160)}, now=5000.0)
+    seen, stale_left = set(), []
+    for _ in range(12):
+        read = store.warmup_rhos(60, now=5030.0, sample=50)
+        assert len(read) <= 50 and all(rho < 0.9 for rho, _ in read)  # only live streams' warm-ups
+        seen.update(read)
+        stale_left.append(sum(1 for k in store.redis.hkeys(store.warmup_rho_key) if k.startswith("old")))
+    assert len(seen) > 100  # drawn at random, not the same 50 every minute
+    assert stale_left == sorted(stale_left, reverse=True) and stale_left[-1] < 10  # ended ones pruned as met
+    # all read at once when they fit in the sample, and every stale one left removed
+    assert len(store.warmup_rhos(60, now=5030.0, sample=1000)) == store.redis.hlen(store.warmup_rho_key) == 160
