@@ -302,9 +302,8 @@ def step(state: dict, t: float, x: float, params: DetectorParams, stream: str = 
         state["lag"] = x
         if len(state["reference"]) >= params.warmup:
             _collapse_warmup_duplicates(state, params)
-            # the warm-up is the one stretch of the stream the reference keeps whole: later ones
-            # leave out the segments around each run, and the lag-1 estimate across those gaps
-            # runs low; the warm-up's own estimate is what the deployment's prior is pooled from
+            # the deployment's prior is pooled from warm-ups: every stream has one, of one size,
+            # by the time its peers need the prior
             state["warmup_rho"] = [round(noise.estimate(state["reference"]).rho, 4), len(state["reference"])]
             state["rho_prior"] = None if prior is None else [prior.mean, prior.sd]
             _arm(state, params, fit)
