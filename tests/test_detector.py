@@ -83,7 +83,30 @@ def test_the_allowance_is_larger_while_the_reference_is_young_and_settles_as_it_
     values = list(np.random.default_rng(3).normal(0.0, 0.75, SETTLED_REFERENCE))
     young = detector.fit_with(values[:YOUNG_REFERENCE], 0.0, 0.75, 0.0, P)
     settled = detector.fit_with(values, 0.0, 0.75, 0.0, P)
-    assert young[5] / settled[5] == pytest.approx(YOUNG_ALLOWANCE_FACTOR / ALLOWANCE_FACTOR)
+    shift = detector.min_shift_in_innovation_sd(P.min_shift, 0.75, 0.0)
+
+    def inside(reference):  # the share of its innovations the clip leaves whole
+        return np.mean(np.abs(detector.innovations(reference, 0.0, 0.75, 0.0)) < detector.clip_for(shift))
+    assert young[5] == pytest.approx(YOUNG_ALLOWANCE_FACTOR * shift * inside(values[:YOUNG_REFERENCE]) / 2)
+    assert settled[5] == pytest.approx(ALLOWANCE_FACTOR * shift * inside(values) / 2)
+
+
+def test_the_allowance_is_matched_to_the_shift_as_the_clipped_innovations_see_it():
+    """A small shift d moves the mean of a clipped innovation by d times the share inside the clip:
+    a stream whose innovations reach the clip more often gets a smaller allowance, in proportion."""
+    rng = np.random.default_rng(5)
+    gaussian = list(rng.normal(0.0, 0.75, 400))
+    heavy = list(0.75 * rng.standard_t(3, 400) / math.sqrt(3))  # the same sd, heavier tails
+    k_gaussian = detector.fit_with(gaussian, 0.0, 0.75, 0.0, P)[5]
+    k_heavy = detector.fit_with(heavy, 0.0, 0.75, 0.0, P)[5]
+    clip = detector.clip_for(detector.min_shift_in_innovation_sd(P.min_shift, 0.75, 0.0))
+    share = [np.mean(np.abs(detector.innovations(v, 0.0, 0.75, 0.0)) < clip) for v in (gaussian, heavy)]
+    assert k_heavy < k_gaussian and k_heavy / k_gaussian == pytest.approx(share[1] / share[0])
+    # the mean clipped innovation under a shift of the smallest size grows by about that much
+    z = np.asarray(heavy) / 0.75
+    d = P.min_shift / 0.75
+    moved = np.mean(np.clip(z + d, -clip, clip)) - np.mean(np.clip(z, -clip, clip))
+    assert moved == pytest.approx(d * share[1], rel=0.15) and moved < d * share[0]
 
 
 def test_steady_gaussian_series_raise_nothing():
@@ -98,10 +121,12 @@ def test_one_outlier_moves_the_statistic_by_a_bounded_amount():
     rng = np.random.default_rng(1)
     _, state = feed(rng.normal(0, 0.75, 300))
     before, (mean, sd, rho, *_), lag = state["up"], state["fit"], state["lag"]
+    clip = detector.clip_for(detector.min_shift_in_innovation_sd(P.min_shift, sd, rho))
+    assert CLIP <= clip < 2 * CLIP
     alerts, state = feed([40.0], state=state)
-    assert alerts == [] and state["up"] <= before + CLIP
-    # the lag carries the clipped value: the prediction plus CLIP innovation sds, not 40
-    assert state["lag"] == pytest.approx(mean + rho * (lag - mean) + CLIP * sd * math.sqrt(1 - rho * rho))
+    assert alerts == [] and state["up"] <= before + clip
+    # the lag carries the clipped value: the prediction plus `clip` innovation sds, not 40
+    assert state["lag"] == pytest.approx(mean + rho * (lag - mean) + clip * sd * math.sqrt(1 - rho * rho))
 
 
 def test_a_burst_of_near_duplicates_counts_once():
@@ -403,7 +428,8 @@ def test_the_oracle_fit_estimates_the_level_and_keeps_the_noise_it_is_told():
     mean, sd, rho, n, b, k = state["fit"]
     assert (sd, rho, k) == (0.75, 0.0, pytest.approx(0.8 / 0.75 / 2))
     assert abs(mean - 0.3) < 0.15 and 200 <= n <= len(state["reference"])  # refitted every REFIT_EVERY
-    assert b == cusum_threshold.threshold(k, n, 0.0, P.run_length, CLIP, spread_known=True)
+    clip = detector.clip_for(detector.min_shift_in_innovation_sd(P.min_shift, 0.75, 0.0))
+    assert b == cusum_threshold.threshold(k, n, 0.0, P.run_length, clip, spread_known=True)
     alerts = [(i, a) for i, x in enumerate(values[300:]) if (a := step(state, 2000.0 + i, float(x), P, "s", fit=fit))]
     assert alerts and alerts[0][0] < 60 and alerts[0][1].direction == "up"
     assert alerts[0][1].evidence["allowance"] == pytest.approx(k, abs=1e-4)
@@ -494,8 +520,8 @@ def test_a_told_fit_keeps_what_it_is_told_and_estimates_the_rest():
     est = noise.estimate(values)
     assert (mean, sd, rho, n) == (est.mean, est.sd, 0.1, 300)
     shift = detector.min_shift_in_innovation_sd(P.min_shift, sd, 0.1)
-    assert k == pytest.approx(detector.allowance_factor(300) * shift / 2)
-    assert b == detector.fit_with(values, mean, sd, 0.1, P, rho_share=0.0)[4]
+    own = detector.fit_with(values, mean, sd, 0.1, P, rho_share=0.0)  # the detector's allowance and tails
+    assert (k, b) == (own[5], own[4]) and 0.95 < k / (detector.allowance_factor(300) * shift / 2) <= 1
     told = told_fit(est.sd, 0.1, tell_sd=True)(values, P)  # told the sd it would have estimated
     assert told[1:3] == [est.sd, 0.1] and told[5] == k and told[4] < b  # it pays for the level alone
     assert told_fit(0.7, 0.1, tell_sd=True)(values, P)[1] == 0.7
