@@ -427,12 +427,9 @@ class TrendStore:
         minute, and the median of 2,000 is within about 0.003 of all of theirs. Older ones among those
         read are removed (streams that ended); a large hash is cleaned a sample at a time."""
         now, fresh, stale = time.time() if now is None else now, [], []
-        if self.redis.hlen(self.warmup_rho_key) <= sample:
-            entries = self.redis.hgetall(self.warmup_rho_key).items()
-        else:
-            drawn = self.redis.hrandfield(self.warmup_rho_key, sample, withvalues=True)
-            entries = zip(drawn[::2], drawn[1::2])
-        for stream, value in entries:
+        # a positive count draws distinct fields, and all of them when the hash holds fewer
+        drawn = self.redis.hrandfield(self.warmup_rho_key, sample, withvalues=True) or []
+        for stream, value in zip(drawn[::2], drawn[1::2]):
             rho, n, at = value.split()
             if now - float(at) <= max_age_s:
                 fresh.append((float(rho), int(n)))

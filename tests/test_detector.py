@@ -153,7 +153,7 @@ def test_a_burst_in_the_warmup_is_collapsed_once_the_noise_level_is_known():
         if state["fit"] is not None:
             break
     fed = values[:i + 1]
-    tol = detector.duplicate_tol(state["fit"])
+    tol = detector.duplicate_tol(state["fit"][1])
     assert tol > 0.045  # the fitted tolerance covers the burst's spread
     reference = state["reference"]
     assert not set(burst) & set(reference)  # every copy collapsed into the burst's first score

@@ -194,9 +194,10 @@ def innovations(values, mean: float, sd: float, rho: float) -> np.ndarray:
     return (x[1:] - rho * x[:-1]) / (sd * math.sqrt(1 - rho * rho))
 
 
-def duplicate_tol(fit: list | None) -> float:
-    """How close to the previous kept score a score is a near-duplicate (see DUPLICATE_TOL)."""
-    return DUPLICATE_TOL_UNFITTED if fit is None else min(DUPLICATE_TOL, DUPLICATE_SD_FRACTION * fit[1])
+def duplicate_tol(sd: float | None) -> float:
+    """How close to the previous kept score a score is a near-duplicate, for a stream whose fitted
+    noise sd is `sd` (None: not fitted yet; see DUPLICATE_TOL)."""
+    return DUPLICATE_TOL_UNFITTED if sd is None else min(DUPLICATE_TOL, DUPLICATE_SD_FRACTION * sd)
 
 
 def _refit(state: dict, params: DetectorParams, fit) -> None:
@@ -291,8 +292,7 @@ def _collapse_warmup_duplicates(state: dict, params: DetectorParams) -> None:
     reference and read as autocorrelation: on `bench detect`'s near-duplicates family the warm-up's
     lag-1 estimate ran 0.045 above the true one, and the detector whitened too much."""
     ref = state["reference"]
-    sd = floored_sd(noise.estimate(ref).sd, params)
-    kept = collapse_near_duplicates(ref, min(DUPLICATE_TOL, DUPLICATE_SD_FRACTION * sd))
+    kept = collapse_near_duplicates(ref, duplicate_tol(floored_sd(noise.estimate(ref).sd, params)))
     if len(kept) >= 3:
         state["duplicates"] += len(ref) - len(kept)
         state["reference"] = kept
@@ -313,7 +313,7 @@ def step(state: dict, t: float, x: float, params: DetectorParams, stream: str = 
     state when a warm-up ends: a redelivered batch decides as the first delivery did, whatever the
     prior is by then, until the stream warms up again after an alert."""
     last = state["last"]
-    if last is not None and abs(x - last) <= duplicate_tol(state["fit"]):
+    if last is not None and abs(x - last) <= duplicate_tol(None if state["fit"] is None else state["fit"][1]):
         state["duplicates"] += 1
         return None
     state["last"] = x
