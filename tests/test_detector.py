@@ -295,6 +295,23 @@ def test_clipping_tilt_solves_walds_equation():
     assert cusum_threshold.tilt_gain(0.35, None) == 1.0
 
 
+def test_the_empirical_tilt_is_the_last_grid_step_below_walds_root():
+    """mean(exp(theta (z - k))) = 1 over the stream's own innovations: the gain returned lies
+    below the root and the next grid step does not, on light, heavy and skewed samples."""
+    rng = np.random.default_rng(4)
+    step = cusum_threshold.GAIN_STEP
+
+    def mgf(z, k, gain):
+        return float(np.mean(np.exp(2 * k * gain * (z - k))))
+    for z, k in ((rng.standard_normal(300), 0.35), (np.clip(rng.standard_t(3, 200), -2, 2), 0.4),
+                 (rng.gamma(2.0, 1.0, 150) - 2.0, 0.2)):
+        gain = cusum_threshold.empirical_tilt_gain(z, k)
+        assert step <= gain < cusum_threshold.GAIN_MAX
+        assert mgf(z, k, gain) < 1 <= mgf(z, k, gain + step)
+    assert cusum_threshold.empirical_tilt_gain(np.full(10, 0.5), 0.35) == step  # no negative drift
+    assert cusum_threshold.empirical_tilt_gain(np.full(10, -0.5), 0.35) == cusum_threshold.GAIN_MAX
+
+
 @pytest.mark.parametrize("k, clip", [(2.0, 3.2), (4.0, 8.5), (9.5, 18.0), (14.0, 25.8)])
 def test_the_tilt_is_found_for_the_large_allowances_of_quiet_streams(k, clip):
     """Quiet streams have allowances of several sd and a clip widened to match; the root then lies

@@ -107,20 +107,24 @@ def empirical_tilt_gain(increments: np.ndarray, k: float) -> float:
     if z.max() <= 0:
         return GAIN_MAX  # increments never positive: nothing this noise does reaches a threshold
 
-    def log_mean_exp(theta: float) -> float:
-        v = theta * z
+    def below_root(step: int) -> bool:
+        # log mean exp(theta z) is convex and 0 at theta = 0, falling first: negative exactly
+        # below the root
+        v = 2.0 * k * step * GAIN_STEP * z
         top = v.max()
-        return top + math.log(np.exp(v - top).mean())
-    lo, hi = 0.0, 2.0 * k * GAIN_MAX
-    if log_mean_exp(hi) < 0:
+        return top + math.log(np.exp(v - top).mean()) < 0
+    # the answer is a grid step, so the search runs over steps (8 evaluations, where bisecting
+    # the root to float precision took 40)
+    lo, hi = 0, round(GAIN_MAX / GAIN_STEP)
+    if below_root(hi):
         return GAIN_MAX
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if log_mean_exp(mid) < 0:
+    while hi - lo > 1:  # below_root(lo) (or lo = 0), not below_root(hi)
+        mid = (lo + hi) // 2
+        if below_root(mid):
             lo = mid
         else:
             hi = mid
-    return max(GAIN_STEP, math.floor(lo / (2.0 * k) / GAIN_STEP) * GAIN_STEP)
+    return max(GAIN_STEP, lo * GAIN_STEP)
 
 
 def false_alarm_rate(k: float, b: float, n: int, rho: float = 0.0, clip: float | None = None,
