@@ -2,9 +2,9 @@
 (stream/alerts/families.py), each with a fixed seed, and the families themselves."""
 import numpy as np
 import pytest
-from scipy.stats import poisson, skew
+from scipy.stats import binom, poisson, skew
 
-from stream.alerts import bench, families
+from stream.alerts import baselines, bench, families
 from stream.config import DetectorParams
 
 STEADY_STREAMS = 250  # of 1000 segments: 25 false alarms expected at the default setting
@@ -107,6 +107,9 @@ def test_bench_detect_reports_each_family_as_json():
         c, o = f["cusum"]["0.5"], f["oracle-level-estimated"]["0.5"]
         long_run = f"{c['median_delay'] / c['bound_long_run_sd']:.2f} ({o['median_delay'] / o['bound_long_run_sd']:.2f})"
         assert [cell.strip() for cell in row.split("|")][7] == long_run
+        low, high = c["median_over_bound_interval"]  # and its delay with the median's 95 % interval
+        delay = f"{c['median_over_bound']:.2f} [{low:.2f}-{high:.2f}]"
+        assert [cell.strip() for cell in row.split("|")][6].startswith(delay)
     # and, decomposed, the detector's recall beside the told detectors' and the oracle's
     for name, f in figures.items():
         steps = [f["cusum"], *f["decomposition"].values(), f["oracle-level-estimated"]]
@@ -136,3 +139,47 @@ def test_bench_detect_false_alarms_only_counts_the_steady_streams_alone():
         out = subprocess.run([sys.executable, "-m", "stream.cli", "bench", "detect", "--false-alarms-only", *bad],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and out.stdout == "" and "--false-alarms-only" in out.stderr
+
+
+def test_the_median_delays_interval_covers_the_median_as_often_as_the_binomial_says():
+    """Order statistics at the binomial's ranks: on 200 delays the interval runs from the 86th to
+    the 115th, and covers the true median with probability 1 - 2 P(Bin(200, 1/2) <= 85)."""
+    assert bench.median_interval(np.arange(1.0, 201.0)) == (86.0, 115.0)
+    never_caught = np.r_[np.arange(1.0, 101.0), np.full(100, np.inf)]  # shifts never caught sort last
+    assert bench.median_interval(never_caught) == (86.0, np.inf)
+    rng = np.random.default_rng(5)
+    draws = 2000
+    covered = np.mean([low <= np.log(2) <= high for low, high in
+                       (bench.median_interval(rng.exponential(1.0, 200)) for _ in range(draws))])
+    coverage = 1 - 2 * binom.cdf(85, 200, 0.5)
+    assert abs(covered - coverage) <= 4 * np.sqrt(coverage * (1 - coverage) / draws)
+
+
+def test_bench_detect_delay_only_measures_the_half_shifts_alone():
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "stream.cli", "bench", "detect", "--delay-only", "--per-shift", "3",
+                          "--families", "outliers", "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    f = json.loads(out.stdout)["outliers"]
+    # the same delays the detector gives on the same streams, fed as the worker feeds them
+    family, params = families.families()["outliers"], DetectorParams()
+    rng = np.random.default_rng(7)
+    shifted = [family.generate(rng, bench.SHIFT_LENGTH, family.shift_at(rng, params.warmup), sign * 0.5)
+               for sign in (1, -1) for _ in range(3)]
+    prior = bench.history_prior(family.generate, 7, params)
+    delays = bench.delays(shifted, bench.cusum_alarms(shifted, params, prior=prior)[1])
+    assert f["shifts"] == 6 and f["median_delay"] == float(np.median(delays))
+    assert f["median_delay_interval"] == list(bench.median_interval(delays))
+    assert f["meets"] == (f["median_over_bound"] <= bench.DELAY_SLACK)
+    # and the level-estimating oracle's on the same streams
+    oracle = bench.cusum_alarms(shifted, params, lambda s: baselines.oracle_fit(s.sd, s.rho, 0.5))[1]
+    assert f["oracle-level-estimated"]["median_delay"] == float(np.median(bench.delays(shifted, oracle)))
+    o = f["oracle-level-estimated"]
+    table = bench.format_delays({"outliers": f})
+    assert f"| outliers | 6 | {f['recall_60']:.1%} ({o['recall_60']:.1%}) | {f['median_delay']:g} [" in table
+    for bad in (["--decompose"], ["--families", "none"], ["--false-alarms-only"]):
+        out = subprocess.run([sys.executable, "-m", "stream.cli", "bench", "detect", "--delay-only", *bad],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and out.stdout == "" and "--delay-only" in out.stderr

@@ -43,6 +43,9 @@ def register_bench(bench_sub) -> None:
                    "autocorrelation, then its sd too: what each estimate costs against the oracle")
     p.add_argument("--false-alarms-only", action="store_true", help="per family, only the detector's false alarms "
                    "on --steady streams (no shifts, baselines or oracles): to judge the 0.7-1.3 band, use 1500 or more")
+    p.add_argument("--delay-only", action="store_true", help="per family, only the median delay of 0.5 shifts "
+                   "on --per-shift streams each way, the detector's and the level-estimating oracle's, with their "
+                   "95 %% intervals: to judge the delay target, use 500 or more")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_detect)
 
@@ -52,8 +55,12 @@ def cmd_bench_detect(args) -> int:
     from stream.alerts.families import empirical_marginal
     names = {"all": None, "none": []}.get(args.families, [n.strip() for n in args.families.split(",")])
     marginal = empirical_marginal(args.residuals) if args.residuals else None
+    if args.false_alarms_only and args.delay_only:
+        raise UserError("--false-alarms-only and --delay-only each measure one thing: run them one at a time")
     if args.false_alarms_only:
         return _false_alarms_only(args, names, marginal)
+    if args.delay_only:
+        return _delay_only(args, names, marginal)
     result = bench_detect(args.seed, args.per_shift, args.steady, progress=lambda m: print(m, file=sys.stderr),
                           family_names=names, marginal=marginal, decompose=args.decompose)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
@@ -71,6 +78,19 @@ def _false_alarms_only(args, names, marginal) -> int:
     chosen = chosen_families(names, marginal)
     figures = bench_false_alarms(args.seed, args.steady, chosen, params, lambda m: print(m, file=sys.stderr))
     print(json.dumps(figures, indent=2) if args.json else format_false_alarms(figures, params.false_alarms_per_10k))
+    return 0
+
+
+def _delay_only(args, names, marginal) -> int:
+    from stream.alerts.bench import bench_delays, chosen_families, format_delays
+    from stream.config import DetectorParams
+    if args.decompose:
+        raise UserError("--decompose compares the detector with what it is told; --delay-only runs the detector alone")
+    if names == []:
+        raise UserError("--delay-only measures the families: --families none leaves nothing to measure")
+    figures = bench_delays(args.seed, args.per_shift, chosen_families(names, marginal), DetectorParams(),
+                           lambda m: print(m, file=sys.stderr))
+    print(json.dumps(figures, indent=2) if args.json else format_delays(figures))
     return 0
 
 
